@@ -1,0 +1,368 @@
+//! Per-SKU inventory actors and the registry that finds (or activates) them.
+//!
+//! Owns: one SKU's [`SkuInventory`] (stock, reserved, live reservations), its unit
+//! price and the next journal sequence number. Nothing else reads or writes it.
+//! Takes: [`Reserve`], [`Forget`], [`Confirm`], [`Release`], [`SetStock`], [`GetView`].
+//! Promises: every mutation is decided in memory, in mailbox order, and handed back as
+//! a [`JournalEntry`] for the caller to make durable with the rest of its write-set. A
+//! sold-out request is answered here and never reaches the database.
+//!
+//! Activation loads the SKU's snapshot and live reservations from the store;
+//! passivation stops an actor that has been idle for `idle_passivate_secs`, holds no
+//! reservation and has nothing waiting in the write-behind. Actors are spread over
+//! one arbiter (thread) per core; the registry is a sharded concurrent map, so looking
+//! an actor up never takes a global lock.
+
+use crate::actors::write_behind::{CommitError, WriteBehind};
+use crate::domain::ids::{OrderId, Sku};
+use crate::domain::inventory::{Change, InventoryError, Outcome, SkuInventory};
+use crate::domain::money::Money;
+use crate::domain::{now_millis, Millis};
+use crate::persistence::{JournalEntry, SqlStore, StoreError, WriteSet};
+use crate::telemetry::Metrics;
+use actix::prelude::*;
+use actix::ArbiterHandle;
+use dashmap::DashMap;
+use serde::Serialize;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ACTOR: &str = "sku";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct InventoryView {
+    pub sku: String,
+    pub stock: i64,
+    pub reserved: i64,
+    pub available: i64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InventoryFailure {
+    #[error("unknown sku {0}")]
+    UnknownSku(Sku),
+    #[error(transparent)]
+    Rule(#[from] InventoryError),
+    #[error("inventory unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for InventoryFailure {
+    fn from(e: StoreError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+impl From<CommitError> for InventoryFailure {
+    fn from(e: CommitError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// A reservation was taken (or already existed: `entry` is `None`).
+#[derive(Debug, Clone)]
+pub struct Reserved {
+    pub entry: Option<JournalEntry>,
+    pub unit_price: Money,
+}
+
+#[derive(Message, Clone)]
+#[rtype(result = "Result<Reserved, InventoryError>")]
+pub struct Reserve {
+    pub order: OrderId,
+    pub qty: i64,
+    pub expires_at: Millis,
+}
+
+/// Drops a reservation whose order never became durable (not journaled).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Forget {
+    pub order: OrderId,
+}
+
+#[derive(Message, Clone)]
+#[rtype(result = "Option<JournalEntry>")]
+pub struct Confirm {
+    pub order: OrderId,
+}
+
+#[derive(Message, Clone)]
+#[rtype(result = "Option<JournalEntry>")]
+pub struct Release {
+    pub order: OrderId,
+}
+
+/// Admin change of stock on hand; answered after it is committed.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<InventoryView, InventoryFailure>")]
+pub struct SetStock {
+    pub stock: i64,
+}
+
+#[derive(Message, Clone)]
+#[rtype(result = "InventoryView")]
+pub struct GetView;
+
+pub struct SkuActor {
+    sku: Sku,
+    unit_price: Money,
+    inventory: SkuInventory,
+    seq: i64,
+    last_message: Instant,
+    shared: Arc<Shared>,
+}
+
+impl SkuActor {
+    fn journal(&mut self, change: Change) -> JournalEntry {
+        self.seq += 1;
+        JournalEntry { sku: self.sku.clone(), seq: self.seq, change, at: now_millis() }
+    }
+
+    fn view(&self) -> InventoryView {
+        InventoryView {
+            sku: self.sku.to_string(),
+            stock: self.inventory.stock(),
+            reserved: self.inventory.reserved(),
+            available: self.inventory.available(),
+        }
+    }
+
+    fn touch(&mut self) {
+        self.last_message = Instant::now();
+        self.shared.metrics.actor_messages.with_label_values(&[ACTOR]).inc();
+    }
+
+    fn maybe_passivate(&mut self, ctx: &mut Context<Self>) {
+        let idle = self.last_message.elapsed() >= self.shared.idle_timeout;
+        if idle && !self.inventory.has_reservations() && self.shared.write_behind.is_drained() {
+            let me = ctx.address();
+            self.shared.actors.remove_if(&self.sku, |_, addr| *addr == me);
+            ctx.stop();
+        }
+    }
+}
+
+impl Actor for SkuActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.shared.mailbox_capacity);
+        self.shared.metrics.actors_active.with_label_values(&[ACTOR]).inc();
+        self.shared.metrics.actor_activations.with_label_values(&[ACTOR]).inc();
+        let every = (self.shared.idle_timeout / 2).max(Duration::from_millis(50));
+        ctx.run_interval(every, |act, ctx| act.maybe_passivate(ctx));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.shared.metrics.actors_active.with_label_values(&[ACTOR]).dec();
+        self.shared.metrics.actor_passivations.with_label_values(&[ACTOR]).inc();
+    }
+}
+
+impl Handler<Reserve> for SkuActor {
+    type Result = Result<Reserved, InventoryError>;
+    fn handle(&mut self, msg: Reserve, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        let outcome = self.inventory.reserve(msg.order, msg.qty, msg.expires_at);
+        let label = if outcome.is_ok() { "accepted" } else { "sold_out" };
+        self.shared.metrics.reservations.with_label_values(&[label]).inc();
+        let entry = match outcome? {
+            Outcome::Applied(change) => Some(self.journal(change)),
+            Outcome::Unchanged => None,
+        };
+        Ok(Reserved { entry, unit_price: self.unit_price })
+    }
+}
+
+impl Handler<Forget> for SkuActor {
+    type Result = ();
+    fn handle(&mut self, msg: Forget, _ctx: &mut Self::Context) {
+        self.touch();
+        self.inventory.forget(msg.order);
+    }
+}
+
+impl Handler<Confirm> for SkuActor {
+    type Result = Option<JournalEntry>;
+    fn handle(&mut self, msg: Confirm, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        match self.inventory.confirm(msg.order) {
+            Outcome::Applied(change) => Some(self.journal(change)),
+            Outcome::Unchanged => None,
+        }
+    }
+}
+
+impl Handler<Release> for SkuActor {
+    type Result = Option<JournalEntry>;
+    fn handle(&mut self, msg: Release, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        match self.inventory.release(msg.order) {
+            Outcome::Applied(change) => Some(self.journal(change)),
+            Outcome::Unchanged => None,
+        }
+    }
+}
+
+impl Handler<SetStock> for SkuActor {
+    // Atomic: no other message of this SKU runs until the change is committed, so
+    // undoing it after a failed commit cannot invalidate anything decided meanwhile.
+    type Result = AtomicResponse<Self, Result<InventoryView, InventoryFailure>>;
+    fn handle(&mut self, msg: SetStock, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        let previous = self.inventory.stock();
+        let change = match self.inventory.set_stock(msg.stock) {
+            Ok(change) => change,
+            Err(e) => return AtomicResponse::new(Box::pin(actix::fut::ready(Err(e.into())))),
+        };
+        let entry = self.journal(change);
+        let write_behind = self.shared.write_behind.clone();
+        let set = WriteSet { journal: vec![entry], ..WriteSet::default() };
+        AtomicResponse::new(Box::pin(async move { write_behind.commit(set).await }.into_actor(self).map(
+            move |result, act, _ctx| match result {
+                Ok(()) => Ok(act.view()),
+                Err(e) => {
+                    // Stock only went up or down by this change; restoring it is always valid.
+                    let _ = act.inventory.set_stock(previous);
+                    Err(e.into())
+                }
+            },
+        )))
+    }
+}
+
+impl Handler<GetView> for SkuActor {
+    type Result = MessageResult<GetView>;
+    fn handle(&mut self, _msg: GetView, _ctx: &mut Self::Context) -> Self::Result {
+        self.touch();
+        MessageResult(self.view())
+    }
+}
+
+/// What every SKU actor shares with the registry.
+struct Shared {
+    actors: DashMap<Sku, Addr<SkuActor>>,
+    store: SqlStore,
+    write_behind: WriteBehind,
+    metrics: Arc<Metrics>,
+    idle_timeout: Duration,
+    mailbox_capacity: usize,
+}
+
+/// The registry: finds a SKU's actor, activating it from the store on first use.
+#[derive(Clone)]
+pub struct Inventory {
+    shared: Arc<Shared>,
+    arbiters: Arc<Vec<ArbiterHandle>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InventoryOptions {
+    pub idle_timeout: Duration,
+    pub mailbox_capacity: usize,
+}
+
+impl Inventory {
+    /// `arbiters` are the threads actors run on (one per core); must be called inside an actix System.
+    pub fn new(
+        store: SqlStore,
+        write_behind: WriteBehind,
+        metrics: Arc<Metrics>,
+        arbiters: Arc<Vec<ArbiterHandle>>,
+        options: InventoryOptions,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                actors: DashMap::new(),
+                store,
+                write_behind,
+                metrics,
+                idle_timeout: options.idle_timeout,
+                mailbox_capacity: options.mailbox_capacity.max(16),
+            }),
+            arbiters,
+        }
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.shared.actors.len()
+    }
+
+    async fn actor(&self, sku: &Sku) -> Result<Addr<SkuActor>, InventoryFailure> {
+        if let Some(addr) = self.shared.actors.get(sku) {
+            return Ok(addr.clone());
+        }
+        let record = self.shared.store.load_sku(sku).await?.ok_or_else(|| InventoryFailure::UnknownSku(sku.clone()))?;
+        let entry = self.shared.actors.entry(sku.clone());
+        Ok(match entry {
+            // Another request activated it while we were loading: use theirs.
+            dashmap::Entry::Occupied(existing) => existing.get().clone(),
+            dashmap::Entry::Vacant(slot) => {
+                let shared = self.shared.clone();
+                let arbiter = &self.arbiters[shard_of(sku, self.arbiters.len())];
+                let addr = SkuActor::start_in_arbiter(arbiter, move |_ctx| SkuActor {
+                    sku: record.sku,
+                    unit_price: record.unit_price,
+                    inventory: SkuInventory::restore(record.stock, record.reservations),
+                    seq: record.seq,
+                    last_message: Instant::now(),
+                    shared,
+                });
+                slot.insert(addr.clone());
+                addr
+            }
+        })
+    }
+
+    /// Sends `msg` to the SKU's actor, re-activating it once if it stopped in between.
+    async fn ask<M>(&self, sku: &Sku, msg: M) -> Result<M::Result, InventoryFailure>
+    where
+        M: Message + Send + Clone + 'static,
+        M::Result: Send,
+        SkuActor: Handler<M>,
+    {
+        for _ in 0..3 {
+            let addr = self.actor(sku).await?;
+            match addr.send(msg.clone()).await {
+                Ok(result) => return Ok(result),
+                Err(MailboxError::Closed) => {
+                    self.shared.actors.remove_if(sku, |_, a| *a == addr);
+                }
+                Err(MailboxError::Timeout) => break,
+            }
+        }
+        Err(InventoryFailure::Unavailable(format!("inventory actor for {sku} is not answering")))
+    }
+
+    pub async fn reserve(&self, sku: &Sku, order: OrderId, qty: i64, expires_at: Millis) -> Result<Reserved, InventoryFailure> {
+        Ok(self.ask(sku, Reserve { order, qty, expires_at }).await??)
+    }
+
+    pub async fn forget(&self, sku: &Sku, order: OrderId) -> Result<(), InventoryFailure> {
+        self.ask(sku, Forget { order }).await
+    }
+
+    pub async fn confirm(&self, sku: &Sku, order: OrderId) -> Result<Option<JournalEntry>, InventoryFailure> {
+        self.ask(sku, Confirm { order }).await
+    }
+
+    pub async fn release(&self, sku: &Sku, order: OrderId) -> Result<Option<JournalEntry>, InventoryFailure> {
+        self.ask(sku, Release { order }).await
+    }
+
+    pub async fn set_stock(&self, sku: &Sku, stock: i64) -> Result<InventoryView, InventoryFailure> {
+        self.ask(sku, SetStock { stock }).await?
+    }
+
+    pub async fn view(&self, sku: &Sku) -> Result<InventoryView, InventoryFailure> {
+        self.ask(sku, GetView).await
+    }
+}
+
+/// Which arbiter runs a key's actor: a fixed-key hash, so a SKU always lands on the same thread.
+pub fn shard_of<K: Hash>(key: &K, shards: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() % shards.max(1) as u64) as usize
+}

@@ -1,0 +1,8 @@
+//! The actors of the runtime. Each file starts with what its actor owns, which
+//! messages it takes and what it promises.
+
+pub mod inventory;
+pub mod order;
+pub mod outbox;
+pub mod payment;
+pub mod write_behind;

@@ -1,0 +1,667 @@
+//! Order actors: one per order whose saga is still running, plus [`Orders`], the
+//! directory that places orders, starts sagas, forwards cancellations and recovers
+//! in-flight orders at start-up.
+//!
+//! Owns: one order's state and saga progress (payment attempt, expiry timer).
+//! Takes: [`Cancel`]; internally, payment outcomes and the expiry timer.
+//! Promises: the order moves only along the state machine of `domain::order`; each
+//! step (PAID, COMPLETED, CANCELLED) is committed with its inventory journal entries
+//! and outbox events before the actor takes its next message, so a customer cancel
+//! and a payment outcome can never both win. On payment failure, customer cancel or
+//! expiry, the compensation releases every reservation.
+//!
+//! Saga: PENDING_PAYMENT --charge (attempts with exponential backoff)--> PAID
+//! --confirm inventory--> COMPLETED; a decline, the last failed attempt, a cancel or
+//! the reservation deadline --release inventory--> CANCELLED.
+
+use crate::actors::inventory::{shard_of, Inventory, InventoryFailure};
+use crate::actors::payment::{Charge, PaymentActor, PaymentError};
+use crate::actors::write_behind::{CommitError, WriteBehind};
+use crate::domain::events::{Event, EventType};
+use crate::domain::ids::{OrderId, Sku, UserId};
+use crate::domain::inventory::InventoryError;
+use crate::domain::order::{
+    next_status, quantities_by_sku, total, CancelReason, Order, OrderLimits, OrderLine, OrderRequestError, OrderStatus,
+    Transition,
+};
+use crate::domain::now_millis;
+use crate::persistence::{IdempotencyRecord, JournalEntry, SqlStore, StatusChange, StoreError, WriteSet};
+use crate::telemetry::Metrics;
+use actix::prelude::*;
+use actix::ArbiterHandle;
+use dashmap::DashMap;
+use serde_json::json;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+const ACTOR: &str = "order";
+
+#[derive(Debug, Clone)]
+pub struct SagaOptions {
+    pub payment_attempts: u32,
+    pub attempt_timeout: Duration,
+    pub backoff_base: Duration,
+    pub reservation_ttl: Duration,
+    pub limits: OrderLimits,
+}
+
+struct Deps {
+    inventory: Inventory,
+    write_behind: WriteBehind,
+    store: SqlStore,
+    payment: Addr<PaymentActor>,
+    metrics: Arc<Metrics>,
+    actors: DashMap<OrderId, Addr<OrderActor>>,
+    arbiters: Arc<Vec<ArbiterHandle>>,
+    options: SagaOptions,
+    keys_in_flight: DashMap<(UserId, String), ()>,
+}
+
+/// Why an order could not be placed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PlaceError {
+    #[error(transparent)]
+    Invalid(#[from] OrderRequestError),
+    #[error("unknown sku {0}")]
+    UnknownSku(Sku),
+    #[error("{sku} is out of stock: {requested} requested, {available} available")]
+    OutOfStock { sku: Sku, requested: i64, available: i64 },
+    #[error("the same Idempotency-Key was used with a different request")]
+    IdempotencyMismatch,
+    #[error("a request with this Idempotency-Key is still being processed")]
+    KeyInProgress,
+    #[error("the order could not be made durable: {0}")]
+    Unavailable(String),
+}
+
+/// Why a cancellation was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CancelRefused {
+    #[error("order not found")]
+    NotFound,
+    #[error("order is {} and can no longer be cancelled", .0.as_str())]
+    NotPending(OrderStatus),
+    #[error("the cancellation could not be made durable")]
+    Unavailable,
+}
+
+pub struct PlaceOrder {
+    pub user: UserId,
+    pub items: Vec<(Sku, i64)>,
+    pub payment_token: String,
+    /// `(key, hash of the request body)` when the client sent an `Idempotency-Key`.
+    pub idempotency: Option<(String, String)>,
+    pub traceparent: Option<String>,
+}
+
+/// A placed order; `replayed` when it is the stored answer to a repeated Idempotency-Key.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub order: Order,
+    pub replayed: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    pub resumed: usize,
+    pub expired: usize,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Order, CancelRefused>")]
+pub struct Cancel {
+    pub reason: CancelReason,
+}
+
+pub struct OrderActor {
+    order: Order,
+    attempt: u32,
+    traceparent: Option<String>,
+    deps: Arc<Deps>,
+}
+
+impl Actor for OrderActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.deps.metrics.actors_active.with_label_values(&[ACTOR]).inc();
+        self.deps.metrics.actor_activations.with_label_values(&[ACTOR]).inc();
+        let until_expiry = (self.order.expires_at - now_millis()).max(0) as u64;
+        ctx.run_later(Duration::from_millis(until_expiry), |act, ctx| act.expire(ctx));
+        match self.order.status {
+            OrderStatus::PendingPayment => self.charge(ctx),
+            OrderStatus::Paid => self.complete(ctx),
+            OrderStatus::Completed | OrderStatus::Cancelled => ctx.stop(),
+        }
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        let me = ctx.address();
+        self.deps.actors.remove_if(&self.order.id, |_, addr| *addr == me);
+        self.deps.metrics.actors_active.with_label_values(&[ACTOR]).dec();
+        self.deps.metrics.actor_passivations.with_label_values(&[ACTOR]).inc();
+    }
+}
+
+impl Handler<Cancel> for OrderActor {
+    type Result = AtomicResponse<Self, Result<Order, CancelRefused>>;
+    fn handle(&mut self, msg: Cancel, _ctx: &mut Self::Context) -> Self::Result {
+        self.deps.metrics.actor_messages.with_label_values(&[ACTOR]).inc();
+        if self.order.status != OrderStatus::PendingPayment {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(CancelRefused::NotPending(self.order.status)))));
+        }
+        AtomicResponse::new(Box::pin(self.cancel(msg.reason, None)))
+    }
+}
+
+impl OrderActor {
+    fn skus(&self) -> Vec<Sku> {
+        self.order.lines.iter().map(|l| l.sku.clone()).collect::<BTreeSet<_>>().into_iter().collect()
+    }
+
+    fn event(&self, event_type: EventType, aggregate: impl ToString, data: serde_json::Value) -> Event {
+        Event::new(event_type, aggregate, now_millis(), self.traceparent.clone(), data)
+    }
+
+    fn status_change(&self, transition: Transition) -> Option<StatusChange> {
+        let to = next_status(self.order.status, transition).ok()?;
+        let cancel_reason = match transition {
+            Transition::Cancel(reason) => Some(reason),
+            _ => None,
+        };
+        Some(StatusChange { order_id: self.order.id, from: self.order.status, to, cancel_reason, at: now_millis() })
+    }
+
+    fn charge(&mut self, ctx: &mut Context<Self>) {
+        self.attempt += 1;
+        let request = Charge {
+            order: self.order.id,
+            amount: self.order.total,
+            token: self.order.payment_token.clone(),
+            attempt: self.attempt,
+        };
+        let payment = self.deps.payment.clone();
+        let timeout = self.deps.options.attempt_timeout;
+        let attempt = async move {
+            match tokio::time::timeout(timeout, payment.send(request)).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(mailbox)) => Err(PaymentError::Transient(mailbox.to_string())),
+                Err(_) => Err(PaymentError::Timeout),
+            }
+        };
+        // Spawned, not awaited: a cancel or the expiry may arrive while the gateway thinks.
+        ctx.spawn(attempt.into_actor(self).map(|outcome, act, ctx| act.on_payment(outcome, ctx)));
+    }
+
+    fn on_payment(&mut self, outcome: Result<(), PaymentError>, ctx: &mut Context<Self>) {
+        let label = match &outcome {
+            Ok(()) => "succeeded",
+            Err(PaymentError::Declined) => "declined",
+            Err(PaymentError::Timeout) => "timeout",
+            Err(PaymentError::Transient(_)) => "error",
+        };
+        self.deps.metrics.payment_attempts.with_label_values(&[label]).inc();
+        if self.order.status != OrderStatus::PendingPayment {
+            // Cancelled while the gateway was answering: a real gateway call would be voided here.
+            info!(order_id = %self.order.id, "payment outcome after cancellation ignored");
+            return;
+        }
+        match outcome {
+            Ok(()) => self.mark_paid(ctx),
+            Err(e) if e.is_retryable() && self.attempt < self.deps.options.payment_attempts => {
+                let backoff = self.deps.options.backoff_base * 2u32.saturating_pow(self.attempt - 1);
+                ctx.run_later(backoff, |act, ctx| {
+                    if act.order.status == OrderStatus::PendingPayment {
+                        act.charge(ctx);
+                    }
+                });
+            }
+            Err(e) => {
+                let fut = self.cancel(CancelReason::PaymentFailed, Some(e.to_string()));
+                ctx.wait(fut.map(|_, _, _| ()));
+            }
+        }
+    }
+
+    fn mark_paid(&mut self, ctx: &mut Context<Self>) {
+        let Some(change) = self.status_change(Transition::PaymentSucceeded) else { return };
+        let event = self.event(
+            EventType::PaymentSucceeded,
+            self.order.id,
+            json!({"order_id": self.order.id, "amount": self.order.total, "attempts": self.attempt}),
+        );
+        let set = WriteSet { status_change: Some(change.clone()), events: vec![event], ..WriteSet::default() };
+        let deps = self.deps.clone();
+        let id = self.order.id;
+        ctx.wait(async move { commit_step(&deps, set, id, OrderStatus::Paid).await }.into_actor(self).map(
+            move |ok, act, ctx| {
+                if ok {
+                    act.order.status = change.to;
+                    act.order.updated_at = change.at;
+                    act.complete(ctx);
+                } else {
+                    ctx.stop();
+                }
+            },
+        ));
+    }
+
+    fn complete(&mut self, ctx: &mut Context<Self>) {
+        let Some(change) = self.status_change(Transition::Complete) else { return };
+        let (deps, skus, id) = (self.deps.clone(), self.skus(), self.order.id);
+        let traceparent = self.traceparent.clone();
+        ctx.wait(
+            async move {
+                let journal = settle_each(&deps, &skus, id, Settle::Confirm).await;
+                let mut events: Vec<Event> = journal
+                    .iter()
+                    .map(|e| {
+                        Event::new(
+                            EventType::InventoryConfirmed,
+                            &e.sku,
+                            e.at,
+                            traceparent.clone(),
+                            json!({"sku": e.sku, "order_id": id, "qty": e.change.qty}),
+                        )
+                    })
+                    .collect();
+                events.push(Event::new(EventType::OrderCompleted, id, now_millis(), traceparent, json!({"order_id": id})));
+                let set = WriteSet { status_change: Some(change.clone()), journal, events, ..WriteSet::default() };
+                (commit_step(&deps, set, id, OrderStatus::Completed).await, change)
+            }
+            .into_actor(self)
+            .map(|(ok, change), act, ctx| {
+                if ok {
+                    act.order.status = change.to;
+                    act.order.updated_at = change.at;
+                    act.deps.metrics.orders_finished.with_label_values(&["COMPLETED"]).inc();
+                }
+                ctx.stop();
+            }),
+        );
+    }
+
+    fn expire(&mut self, ctx: &mut Context<Self>) {
+        if self.order.status == OrderStatus::PendingPayment {
+            self.deps.metrics.reservation_expirations.inc();
+            let fut = self.cancel(CancelReason::Expired, None);
+            ctx.wait(fut.map(|_, _, _| ()));
+        }
+    }
+
+    /// The compensation: release every reservation, then commit CANCELLED with its events.
+    fn cancel(&mut self, reason: CancelReason, failure: Option<String>) -> impl ActorFuture<Self, Output = Result<Order, CancelRefused>> {
+        let change = self.status_change(Transition::Cancel(reason));
+        let (deps, skus, id) = (self.deps.clone(), self.skus(), self.order.id);
+        let traceparent = self.traceparent.clone();
+        async move {
+            let Some(change) = change else { return None };
+            let journal = settle_each(&deps, &skus, id, Settle::Release).await;
+            let mut events = Vec::new();
+            if reason == CancelReason::PaymentFailed {
+                events.push(Event::new(
+                    EventType::PaymentFailed,
+                    id,
+                    now_millis(),
+                    traceparent.clone(),
+                    json!({"order_id": id, "error": failure}),
+                ));
+            }
+            events.extend(journal.iter().map(|e| {
+                Event::new(
+                    EventType::InventoryReleased,
+                    &e.sku,
+                    e.at,
+                    traceparent.clone(),
+                    json!({"sku": e.sku, "order_id": id, "qty": e.change.qty}),
+                )
+            }));
+            events.push(Event::new(
+                EventType::OrderCancelled,
+                id,
+                now_millis(),
+                traceparent,
+                json!({"order_id": id, "reason": reason}),
+            ));
+            let set = WriteSet { status_change: Some(change.clone()), journal, events, ..WriteSet::default() };
+            commit_step(&deps, set, id, OrderStatus::Cancelled).await.then_some(change)
+        }
+        .into_actor(self)
+        .map(move |committed, act, ctx| {
+            ctx.stop();
+            let change = committed.ok_or(CancelRefused::Unavailable)?;
+            act.order.status = change.to;
+            act.order.cancel_reason = change.cancel_reason;
+            act.order.updated_at = change.at;
+            act.deps.metrics.orders_finished.with_label_values(&["CANCELLED"]).inc();
+            Ok(act.order.clone())
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Settle {
+    Confirm,
+    Release,
+}
+
+/// Confirms or releases the order's reservation on every SKU, retrying an inventory
+/// actor that is briefly unavailable (a saga step must finish, not give up).
+async fn settle_each(deps: &Deps, skus: &[Sku], order: OrderId, how: Settle) -> Vec<JournalEntry> {
+    let mut journal = Vec::new();
+    for sku in skus {
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let result = match how {
+                Settle::Confirm => deps.inventory.confirm(sku, order).await,
+                Settle::Release => deps.inventory.release(sku, order).await,
+            };
+            match result {
+                Ok(entry) => {
+                    journal.extend(entry);
+                    break;
+                }
+                Err(e) => {
+                    warn!(%sku, order_id = %order, error = %e, "inventory not answering, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+    journal
+}
+
+/// Commits a saga step, retrying while the store is down. Returns false only if the
+/// store refuses the step for good and the order is not already in `target`.
+async fn commit_step(deps: &Deps, set: WriteSet, order: OrderId, target: OrderStatus) -> bool {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match deps.write_behind.commit(set.clone()).await {
+            Ok(()) => return true,
+            Err(CommitError::Store(StoreError::Rejected(e) | StoreError::Conflict(e))) => {
+                // An earlier attempt may have committed even though it reported failure.
+                if let Ok(Some(stored)) = deps.store.get_order(order).await {
+                    if stored.status == target {
+                        return true;
+                    }
+                }
+                error!(order_id = %order, error = %e, "saga step refused by the store");
+                return false;
+            }
+            Err(e) => {
+                warn!(order_id = %order, error = %e, "saga step not durable yet, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The order directory: placement, live sagas, cancellation and recovery.
+#[derive(Clone)]
+pub struct Orders {
+    deps: Arc<Deps>,
+}
+
+impl Orders {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        inventory: Inventory,
+        write_behind: WriteBehind,
+        store: SqlStore,
+        payment: Addr<PaymentActor>,
+        metrics: Arc<Metrics>,
+        arbiters: Arc<Vec<ArbiterHandle>>,
+        options: SagaOptions,
+    ) -> Self {
+        Self {
+            deps: Arc::new(Deps {
+                inventory,
+                write_behind,
+                store,
+                payment,
+                metrics,
+                actors: DashMap::new(),
+                arbiters,
+                options,
+                keys_in_flight: DashMap::new(),
+            }),
+        }
+    }
+
+    pub fn live_sagas(&self) -> usize {
+        self.deps.actors.len()
+    }
+
+    fn start_saga(&self, order: Order, traceparent: Option<String>) {
+        let deps = self.deps.clone();
+        let arbiter = &self.deps.arbiters[shard_of(&order.id, self.deps.arbiters.len())];
+        // Registered from inside the actor's own start, so a saga that finishes at once
+        // cannot leave a stale entry behind.
+        OrderActor::start_in_arbiter(arbiter, move |ctx| {
+            deps.actors.insert(order.id, ctx.address());
+            OrderActor { order, attempt: 0, traceparent, deps }
+        });
+    }
+
+    /// Places an order: reserve every SKU or none, group-commit, start the saga.
+    /// Runs on its own task so a client that hangs up cannot leave a reservation behind.
+    pub async fn place(&self, request: PlaceOrder) -> Result<Placed, PlaceError> {
+        let this = self.clone();
+        tokio::spawn(async move { this.place_detached(request).await })
+            .await
+            .unwrap_or_else(|e| Err(PlaceError::Unavailable(e.to_string())))
+    }
+
+    async fn place_detached(&self, request: PlaceOrder) -> Result<Placed, PlaceError> {
+        let Some((key, hash)) = request.idempotency.clone() else {
+            return self.reserve_and_commit(request).await;
+        };
+        let slot = (request.user.clone(), key.clone());
+        if let Some(stored) = self.stored_answer(&request.user, &key, &hash).await? {
+            return Ok(stored);
+        }
+        if self.deps.keys_in_flight.insert(slot.clone(), ()).is_some() {
+            return Err(PlaceError::KeyInProgress);
+        }
+        // Checked again under the in-flight mark: the first request may have finished in between.
+        let result = match self.stored_answer(&request.user, &key, &hash).await {
+            Ok(Some(stored)) => Ok(stored),
+            Ok(None) => self.reserve_and_commit(request).await,
+            Err(e) => Err(e),
+        };
+        self.deps.keys_in_flight.remove(&slot);
+        result
+    }
+
+    async fn stored_answer(&self, user: &UserId, key: &str, hash: &str) -> Result<Option<Placed>, PlaceError> {
+        let stored = self.deps.store.find_idempotency(user, key).await.map_err(|e| PlaceError::Unavailable(e.to_string()))?;
+        match stored {
+            None => Ok(None),
+            Some(record) if record.request_hash != hash => Err(PlaceError::IdempotencyMismatch),
+            Some(record) => {
+                let order = serde_json::from_str(&record.response).map_err(|e| PlaceError::Unavailable(e.to_string()))?;
+                Ok(Some(Placed { order, replayed: true }))
+            }
+        }
+    }
+
+    async fn reserve_and_commit(&self, request: PlaceOrder) -> Result<Placed, PlaceError> {
+        let deps = &self.deps;
+        let wanted = quantities_by_sku(&request.items, deps.options.limits)?;
+        let id = OrderId::generate();
+        let now = now_millis();
+        let expires_at = now + deps.options.reservation_ttl.as_millis() as i64;
+
+        let mut journal = Vec::with_capacity(wanted.len());
+        let mut prices = HashMap::with_capacity(wanted.len());
+        let mut failure = None;
+        for (sku, qty) in &wanted {
+            match deps.inventory.reserve(sku, id, *qty, expires_at).await {
+                Ok(reserved) => {
+                    prices.insert(sku.clone(), reserved.unit_price);
+                    journal.extend(reserved.entry);
+                }
+                Err(e) => {
+                    failure = Some(match e {
+                        InventoryFailure::UnknownSku(sku) => PlaceError::UnknownSku(sku),
+                        InventoryFailure::Rule(InventoryError::OutOfStock { requested, available }) => {
+                            PlaceError::OutOfStock { sku: sku.clone(), requested, available }
+                        }
+                        other => PlaceError::Unavailable(other.to_string()),
+                    });
+                    break;
+                }
+            }
+        }
+        let order = failure.map_or_else(|| build_order(&request, id, &prices, now, expires_at), Err);
+        let order = match order {
+            Ok(order) => order,
+            Err(e) => {
+                self.forget_all(prices.keys(), id).await;
+                return Err(e);
+            }
+        };
+
+        let mut events = vec![Event::new(
+            EventType::OrderCreated,
+            id,
+            now,
+            request.traceparent.clone(),
+            json!({"order_id": id, "user_id": order.user_id, "items": order.lines, "total": order.total}),
+        )];
+        events.extend(journal.iter().map(|e| {
+            Event::new(
+                EventType::InventoryReserved,
+                &e.sku,
+                now,
+                request.traceparent.clone(),
+                json!({"sku": e.sku, "order_id": id, "qty": e.change.qty, "expires_at": expires_at}),
+            )
+        }));
+        let idempotency = match &request.idempotency {
+            Some((key, hash)) => Some(IdempotencyRecord {
+                user_id: request.user.clone(),
+                key: key.clone(),
+                request_hash: hash.clone(),
+                order_id: id,
+                response: serde_json::to_string(&order).map_err(|e| PlaceError::Unavailable(e.to_string()))?,
+            }),
+            None => None,
+        };
+        let set = WriteSet { new_order: Some(order.clone()), status_change: None, journal, events, idempotency };
+        match deps.write_behind.commit(set).await {
+            Ok(()) => {
+                deps.metrics.orders_created.inc();
+                self.start_saga(order.clone(), request.traceparent);
+                Ok(Placed { order, replayed: false })
+            }
+            Err(e) => {
+                // Memory never keeps what the database does not.
+                self.forget_all(prices.keys(), id).await;
+                Err(PlaceError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    async fn forget_all(&self, skus: impl Iterator<Item = &Sku>, order: OrderId) {
+        for sku in skus {
+            if let Err(e) = self.deps.inventory.forget(sku, order).await {
+                // The actor is gone, and with it the in-memory reservation.
+                warn!(%sku, order_id = %order, error = %e, "could not forget reservation");
+            }
+        }
+    }
+
+    /// Customer (or admin) cancellation of a PENDING_PAYMENT order.
+    pub async fn cancel(&self, id: OrderId) -> Result<Order, CancelRefused> {
+        let live = self.deps.actors.get(&id).map(|a| a.clone());
+        if let Some(addr) = live {
+            if let Ok(answer) = addr.send(Cancel { reason: CancelReason::Customer }).await {
+                return answer;
+            }
+        }
+        // No live saga: the order already finished (or never existed).
+        match self.deps.store.get_order(id).await {
+            Ok(Some(order)) if order.status == OrderStatus::PendingPayment => Err(CancelRefused::Unavailable),
+            Ok(Some(order)) => Err(CancelRefused::NotPending(order.status)),
+            Ok(None) => Err(CancelRefused::NotFound),
+            Err(_) => Err(CancelRefused::Unavailable),
+        }
+    }
+
+    /// Start-up recovery of the sagas: orders whose reservation expired while the
+    /// server was down are cancelled in one coalesced sweep (their write-sets share
+    /// group commits); the others resume where they stopped.
+    pub async fn recover(&self) -> Result<RecoveryReport, StoreError> {
+        let in_flight = self.deps.store.orders_in_flight().await?;
+        let now = now_millis();
+        let (expired, live): (Vec<Order>, Vec<Order>) = in_flight
+            .into_iter()
+            .partition(|o| o.status == OrderStatus::PendingPayment && o.expires_at <= now);
+        let report = RecoveryReport { resumed: live.len(), expired: expired.len() };
+        let sweeps = expired.into_iter().map(|order| self.expire_offline(order));
+        futures_util::future::join_all(sweeps).await;
+        for order in live {
+            self.start_saga(order, None);
+        }
+        info!(resumed = report.resumed, expired = report.expired, "sagas recovered");
+        Ok(report)
+    }
+
+    async fn expire_offline(&self, order: Order) {
+        let deps = &self.deps;
+        let skus: Vec<Sku> = order.lines.iter().map(|l| l.sku.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let journal = settle_each(deps, &skus, order.id, Settle::Release).await;
+        let at = now_millis();
+        let mut events: Vec<Event> = journal
+            .iter()
+            .map(|e| {
+                Event::new(EventType::InventoryReleased, &e.sku, at, None, json!({"sku": e.sku, "order_id": order.id, "qty": e.change.qty}))
+            })
+            .collect();
+        events.push(Event::new(EventType::OrderCancelled, order.id, at, None, json!({"order_id": order.id, "reason": CancelReason::Expired})));
+        let change = StatusChange {
+            order_id: order.id,
+            from: OrderStatus::PendingPayment,
+            to: OrderStatus::Cancelled,
+            cancel_reason: Some(CancelReason::Expired),
+            at,
+        };
+        let set = WriteSet { status_change: Some(change), journal, events, ..WriteSet::default() };
+        if commit_step(deps, set, order.id, OrderStatus::Cancelled).await {
+            deps.metrics.reservation_expirations.inc();
+            deps.metrics.orders_finished.with_label_values(&["CANCELLED"]).inc();
+        }
+    }
+}
+
+fn build_order(
+    request: &PlaceOrder,
+    id: OrderId,
+    prices: &HashMap<Sku, crate::domain::money::Money>,
+    now: i64,
+    expires_at: i64,
+) -> Result<Order, PlaceError> {
+    let lines: Vec<OrderLine> = request
+        .items
+        .iter()
+        .filter_map(|(sku, qty)| prices.get(sku).map(|price| OrderLine { sku: sku.clone(), qty: *qty, unit_price: *price }))
+        .collect();
+    let total = total(&lines).map_err(OrderRequestError::from)?;
+    Ok(Order {
+        id,
+        user_id: request.user.clone(),
+        status: OrderStatus::PendingPayment,
+        lines,
+        total,
+        payment_token: request.payment_token.clone(),
+        cancel_reason: None,
+        created_at: now,
+        updated_at: now,
+        expires_at,
+    })
+}

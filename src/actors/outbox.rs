@@ -1,0 +1,101 @@
+//! The outbox relay: moves committed events from the `outbox` table to the event bus.
+//!
+//! Owns: the relay loop. Takes: a wake-up after every group commit (and polls anyway).
+//! Promises: each event is published at least once, in id order per aggregate; a row is
+//! marked published only after the bus acknowledged it; a failed publish is retried
+//! with exponential backoff and, after `max_attempts`, moved to `failed_events` (from
+//! where `emporium replay` re-publishes it). While one event of an aggregate waits
+//! for a retry, the later events of that aggregate wait too.
+
+use crate::config::OutboxSettings;
+use crate::domain::now_millis;
+use crate::persistence::bus::EventBus;
+use crate::persistence::{OutboxRow, SqlStore, StoreError};
+use crate::telemetry::Metrics;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::warn;
+
+pub struct OutboxRelay {
+    store: SqlStore,
+    bus: Arc<dyn EventBus>,
+    settings: OutboxSettings,
+    metrics: Arc<Metrics>,
+}
+
+impl OutboxRelay {
+    pub fn new(store: SqlStore, bus: Arc<dyn EventBus>, settings: OutboxSettings, metrics: Arc<Metrics>) -> Self {
+        Self { store, bus, settings, metrics }
+    }
+
+    pub fn poll_interval_ms(&self) -> u64 {
+        self.settings.poll_interval_ms
+    }
+
+    /// Publishes everything that is due now. Returns how many events were published.
+    pub async fn drain(&self) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let published = self.relay_once().await?;
+            total += published;
+            if published == 0 {
+                self.metrics.outbox_backlog.set(self.store.outbox_backlog().await?);
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn relay_once(&self) -> Result<usize, StoreError> {
+        let rows = self.store.outbox_pending(self.settings.batch_size.max(1)).await?;
+        let now = now_millis();
+        let mut waiting: HashSet<&str> = HashSet::new();
+        let mut due: Vec<&OutboxRow> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let aggregate = row.event.aggregate_id.as_str();
+            if waiting.contains(aggregate) || row.next_attempt_at > now {
+                waiting.insert(aggregate);
+                continue;
+            }
+            due.push(row);
+        }
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let events: Vec<_> = due.iter().map(|r| &r.event).collect();
+        let outcomes = self.bus.publish(&events).await;
+        self.metrics.outbox_publish_duration.observe(started.elapsed().as_secs_f64());
+
+        let mut published = Vec::with_capacity(due.len());
+        let mut failed_aggregates: HashSet<&str> = HashSet::new();
+        for (row, outcome) in due.iter().zip(outcomes) {
+            let aggregate = row.event.aggregate_id.as_str();
+            match outcome {
+                // After a failure, later events of the aggregate stay unpublished so they
+                // are delivered again after it (at least once, never skipped).
+                Ok(()) if !failed_aggregates.contains(aggregate) => published.push(row.id),
+                Ok(()) => {}
+                Err(e) => {
+                    failed_aggregates.insert(aggregate);
+                    self.give_up_or_retry(row, &e.to_string()).await?;
+                }
+            }
+        }
+        self.store.outbox_mark_published(&published).await?;
+        self.metrics.outbox_published.inc_by(published.len() as u64);
+        Ok(published.len())
+    }
+
+    async fn give_up_or_retry(&self, row: &OutboxRow, error: &str) -> Result<(), StoreError> {
+        let attempts = row.attempts + 1;
+        if attempts >= self.settings.max_attempts {
+            self.metrics.outbox_failed.inc();
+            warn!(event_id = %row.event.id, attempts, error, "outbox event moved to failed_events");
+            return self.store.outbox_fail(&OutboxRow { attempts, ..row.clone() }, error).await;
+        }
+        self.metrics.outbox_retries.inc();
+        let backoff = self.settings.backoff_base_ms.saturating_mul(1 << attempts.min(16)) as i64;
+        self.store.outbox_defer(row.id, attempts, now_millis() + backoff, error).await
+    }
+}

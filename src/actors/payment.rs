@@ -1,0 +1,81 @@
+//! The payment actor: talks to the (simulated) payment gateway.
+//!
+//! Owns: the gateway connection settings. Takes: [`Charge`]. Promises: one answer per
+//! attempt; the order saga decides about retries, timeouts and compensation.
+//!
+//! The simulated gateway understands the test tokens of DESIGN.md: `test_ok` (the
+//! default) succeeds, `test_decline` is declined, `test_flaky` fails its first two
+//! attempts and then succeeds, `test_down` never answers within the attempt timeout.
+
+use crate::domain::ids::OrderId;
+use crate::domain::money::Money;
+use actix::prelude::*;
+use std::time::Duration;
+
+/// The payment tokens the simulated gateway knows.
+pub const TEST_TOKENS: [&str; 4] = ["test_ok", "test_decline", "test_flaky", "test_down"];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PaymentError {
+    #[error("payment declined")]
+    Declined,
+    #[error("payment gateway error: {0}")]
+    Transient(String),
+    #[error("payment gateway did not answer in time")]
+    Timeout,
+}
+
+impl PaymentError {
+    /// A declined card stays declined; anything else may work on the next attempt.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Declined)
+    }
+}
+
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), PaymentError>")]
+pub struct Charge {
+    pub order: OrderId,
+    pub amount: Money,
+    pub token: String,
+    /// 1-based attempt number; the gateway sees the order id as its idempotency key.
+    pub attempt: u32,
+}
+
+pub struct PaymentActor {
+    latency: Duration,
+    /// How long `test_down` hangs: longer than any attempt timeout, bounded so hung
+    /// simulated calls do not pile up forever.
+    hang: Duration,
+}
+
+impl PaymentActor {
+    pub fn new(latency: Duration, attempt_timeout: Duration) -> Self {
+        Self { latency, hang: attempt_timeout * 2 }
+    }
+}
+
+impl Actor for PaymentActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Charge> for PaymentActor {
+    type Result = ResponseFuture<Result<(), PaymentError>>;
+
+    fn handle(&mut self, msg: Charge, _ctx: &mut Self::Context) -> Self::Result {
+        let (latency, hang) = (self.latency, self.hang);
+        let span = tracing::debug_span!("payment_charge", order_id = %msg.order, attempt = msg.attempt);
+        Box::pin(tracing::Instrument::instrument(async move {
+            tokio::time::sleep(latency).await;
+            match msg.token.as_str() {
+                "test_decline" => Err(PaymentError::Declined),
+                "test_flaky" if msg.attempt <= 2 => Err(PaymentError::Transient("simulated gateway failure".into())),
+                "test_down" => {
+                    tokio::time::sleep(hang).await;
+                    Err(PaymentError::Timeout)
+                }
+                _ => Ok(()),
+            }
+        }, span))
+    }
+}

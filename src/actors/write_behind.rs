@@ -1,0 +1,177 @@
+//! The write-behind (journal) actor: the only path by which orders, inventory journal
+//! entries, status changes and outbox rows reach the database.
+//!
+//! Owns: the queue of write-sets waiting for durability.
+//! Takes: one [`WriteSet`] per caller, with a reply channel.
+//! Promises: a caller hears `Ok` only after its write-set is committed; many callers
+//! share one transaction (group commit: everything queued while the previous commit
+//! ran, up to `max_batch`). If a batch is refused by a constraint, its write-sets are
+//! retried one by one so a single bad write-set fails alone.
+//!
+//! It is a tokio task rather than an actix actor because it must keep accepting work
+//! while it awaits the database; `recv_many` on a channel is exactly that.
+
+use crate::config::WriteBehindSettings;
+use crate::persistence::{SqlStore, StoreError, WriteSet};
+use crate::telemetry::Metrics;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::{debug, warn};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("the write-behind queue is full")]
+    QueueFull,
+    #[error("the write-behind has stopped")]
+    Stopped,
+}
+
+struct Pending {
+    set: WriteSet,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+#[derive(Clone)]
+pub struct WriteBehind {
+    sender: mpsc::Sender<Pending>,
+    queued: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl WriteBehind {
+    /// Starts the commit loop. `committed` is notified after every successful commit
+    /// (the outbox relay listens to it).
+    pub fn start(
+        store: SqlStore,
+        settings: &WriteBehindSettings,
+        metrics: Arc<Metrics>,
+        committed: Arc<Notify>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
+        let handle = Self { sender, queued: Arc::default(), healthy: Arc::new(AtomicBool::new(true)) };
+        let worker = CommitLoop {
+            receiver,
+            store,
+            max_batch: settings.max_batch.max(1),
+            linger: Duration::from_millis(settings.linger_ms),
+            metrics,
+            committed,
+            queued: handle.queued.clone(),
+            healthy: handle.healthy.clone(),
+        };
+        (handle, tokio::spawn(worker.run()))
+    }
+
+    /// Makes `set` durable and returns once it is committed (or definitely not).
+    pub async fn commit(&self, set: WriteSet) -> Result<(), CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.sender.try_send(Pending { set, reply }) {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(match e {
+                mpsc::error::TrySendError::Full(_) => CommitError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => CommitError::Stopped,
+            });
+        }
+        Ok(answer.await.map_err(|_| CommitError::Stopped)??)
+    }
+
+    /// No write-set is waiting or being committed.
+    pub fn is_drained(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) == 0
+    }
+
+    /// The last commit attempt reached the database.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Waits until everything queued so far is committed or refused (graceful shutdown).
+    pub async fn drain(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while !self.is_drained() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
+    }
+}
+
+struct CommitLoop {
+    receiver: mpsc::Receiver<Pending>,
+    store: SqlStore,
+    max_batch: usize,
+    linger: Duration,
+    metrics: Arc<Metrics>,
+    committed: Arc<Notify>,
+    queued: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl CommitLoop {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while self.receiver.recv_many(&mut batch, self.max_batch).await > 0 {
+            if !self.linger.is_zero() && batch.len() < self.max_batch {
+                tokio::time::sleep(self.linger).await;
+                while batch.len() < self.max_batch {
+                    match self.receiver.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.metrics.write_queue_depth.set(self.queued.load(Ordering::Relaxed) as i64);
+            let size = batch.len();
+            self.commit_batch(std::mem::take(&mut batch)).await;
+            self.queued.fetch_sub(size, Ordering::SeqCst);
+        }
+    }
+
+    async fn commit_batch(&self, batch: Vec<Pending>) {
+        let started = Instant::now();
+        let result = {
+            let sets: Vec<&WriteSet> = batch.iter().map(|p| &p.set).collect();
+            let span = tracing::debug_span!("group_commit", size = sets.len());
+            tracing::Instrument::instrument(self.store.commit(&sets), span).await
+        };
+        self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.commit_batch_size.observe(batch.len() as f64);
+        match result {
+            Ok(()) => {
+                self.healthy.store(true, Ordering::Relaxed);
+                for p in batch {
+                    let _ = p.reply.send(Ok(()));
+                }
+                self.committed.notify_one();
+            }
+            Err(StoreError::Rejected(_) | StoreError::Conflict(_)) if batch.len() > 1 => {
+                // One write-set broke a rule; find it by committing each alone.
+                debug!(size = batch.len(), "batch refused, committing its write-sets one by one");
+                for p in batch {
+                    let alone = self.store.commit(&[&p.set]).await;
+                    if alone.is_err() {
+                        self.metrics.commit_failures.inc();
+                    }
+                    let _ = p.reply.send(alone);
+                }
+                self.committed.notify_one();
+            }
+            Err(e) => {
+                self.metrics.commit_failures.inc();
+                let outage = matches!(e, StoreError::Unavailable(_));
+                self.healthy.store(!outage, Ordering::Relaxed);
+                warn!(error = %e, size = batch.len(), "group commit failed");
+                for p in batch {
+                    let _ = p.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Wiring: builds every part from [`Settings`] once, runs the HTTP server, recovers,
+//! and shuts down gracefully.
+//!
+//! Start-up: store (migrated) → write-behind → arbiters (one per core) → inventory
+//! registry → payment actor → order directory → outbox relay → HTTP server (ready = 503)
+//! → saga recovery → ready. Shutdown on SIGTERM/SIGINT: readiness and new orders turn
+//! 503, in-flight requests finish, the write-behind queue and the outbox are flushed.
+
+use crate::actors::inventory::{Inventory, InventoryOptions};
+use crate::actors::order::{Orders, SagaOptions};
+use crate::actors::outbox::OutboxRelay;
+use crate::actors::payment::PaymentActor;
+use crate::actors::write_behind::WriteBehind;
+use crate::auth::Keys;
+use crate::config::Settings;
+use crate::domain::order::OrderLimits;
+use crate::http::{self, AppState, Lifecycle};
+use crate::persistence::bus::{EventBus, InProcessBus};
+use crate::persistence::sql::StoreOptions;
+use crate::persistence::SqlStore;
+use crate::telemetry::Metrics;
+use actix::prelude::*;
+use actix_web::dev::ServerHandle;
+use actix_web::{web, HttpServer};
+use anyhow::Context as _;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+/// Every long-lived part of a running Emporium.
+#[derive(Clone)]
+pub struct App {
+    pub settings: Arc<Settings>,
+    pub store: SqlStore,
+    pub inventory: Inventory,
+    pub orders: Orders,
+    pub write_behind: WriteBehind,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub bus: InProcessBus,
+    pub keys: Arc<Keys>,
+    relay: Arc<OutboxRelay>,
+}
+
+pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
+    std::fs::create_dir_all(&settings.server.data_dir)
+        .with_context(|| format!("cannot create data dir {}", settings.server.data_dir.display()))?;
+    let options = StoreOptions {
+        max_connections: settings.store.max_connections,
+        acquire_timeout: Duration::from_millis(settings.store.acquire_timeout_ms),
+        sqlite_synchronous: settings.store.sqlite_synchronous.clone(),
+    };
+    let url = settings.store_url();
+    SqlStore::connect(&url, &options)
+        .await
+        .with_context(|| format!("cannot open the store at {}", crate::persistence::sql::redact(&url)))
+}
+
+fn cores(configured: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+}
+
+impl App {
+    /// Builds every part. Must run inside an actix `System` (the actors need arbiters).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            settings.inventory.strategy == "actor",
+            "inventory.strategy {:?} is not available in this build (only \"actor\")",
+            settings.inventory.strategy
+        );
+        anyhow::ensure!(settings.bus.kind == "embedded", "bus.kind {:?} is not available in this build", settings.bus.kind);
+        anyhow::ensure!(settings.payment.mode == "local", "payment.mode {:?} is not available in this build", settings.payment.mode);
+
+        let store = connect_store(&settings).await?;
+        if settings.store.migrate_on_start {
+            store.migrate().await?;
+        }
+        let keys = Arc::new(Keys::load(&settings)?);
+        let metrics = Arc::new(Metrics::new()?);
+        let committed = Arc::new(tokio::sync::Notify::new());
+        let (write_behind, _) = WriteBehind::start(store.clone(), &settings.write_behind, metrics.clone(), committed.clone());
+
+        let arbiters: Arc<Vec<_>> = Arc::new((0..cores(settings.inventory.shards)).map(|_| Arbiter::new().handle()).collect());
+        let inventory = Inventory::new(
+            store.clone(),
+            write_behind.clone(),
+            metrics.clone(),
+            arbiters.clone(),
+            InventoryOptions {
+                idle_timeout: Duration::from_secs(settings.inventory.idle_passivate_secs),
+                mailbox_capacity: settings.inventory.mailbox_capacity,
+            },
+        );
+        let attempt_timeout = Duration::from_millis(settings.payment.attempt_timeout_ms);
+        let latency = Duration::from_millis(settings.payment.gateway_latency_ms);
+        let payment = PaymentActor::start_in_arbiter(&arbiters[0], move |_| PaymentActor::new(latency, attempt_timeout));
+        let orders = Orders::new(
+            inventory.clone(),
+            write_behind.clone(),
+            store.clone(),
+            payment,
+            metrics.clone(),
+            arbiters,
+            SagaOptions {
+                payment_attempts: settings.payment.attempts.max(1),
+                attempt_timeout,
+                backoff_base: Duration::from_millis(settings.payment.backoff_base_ms),
+                reservation_ttl: settings.reservation_ttl(),
+                limits: OrderLimits { max_items: settings.orders.max_items, max_qty_per_item: settings.orders.max_qty_per_item },
+            },
+        );
+        let bus = InProcessBus::default();
+        let relay = Arc::new(OutboxRelay::new(
+            store.clone(),
+            Arc::new(bus.clone()) as Arc<dyn EventBus>,
+            settings.outbox.clone(),
+            metrics.clone(),
+        ));
+        let relay_loop = relay.clone();
+        tokio::spawn(async move {
+            let poll = Duration::from_millis(relay_loop.poll_interval_ms().max(1));
+            loop {
+                tokio::select! {
+                    _ = committed.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+                if let Err(e) = relay_loop.drain().await {
+                    warn!(error = %e, "outbox relay could not read the outbox");
+                }
+            }
+        });
+        Ok(Self {
+            settings: Arc::new(settings),
+            store,
+            inventory,
+            orders,
+            write_behind,
+            metrics,
+            lifecycle: Arc::new(Lifecycle::default()),
+            bus,
+            keys,
+            relay,
+        })
+    }
+
+    /// Binds the listener, starts serving and recovery, and returns at once.
+    pub async fn start(self) -> anyhow::Result<Running> {
+        let listener = TcpListener::bind(&self.settings.server.listen)
+            .with_context(|| format!("cannot listen on {}", self.settings.server.listen))?;
+        let addr = listener.local_addr()?;
+        let state = web::Data::new(AppState {
+            settings: self.settings.clone(),
+            store: self.store.clone(),
+            inventory: self.inventory.clone(),
+            orders: self.orders.clone(),
+            write_behind: self.write_behind.clone(),
+            metrics: self.metrics.clone(),
+            lifecycle: self.lifecycle.clone(),
+        });
+        let keys = web::Data::from(self.keys.clone());
+        let body_limit = self.settings.server.body_limit_bytes;
+        let server = HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(state.clone())
+                .app_data(keys.clone())
+                .app_data(web::JsonConfig::default().limit(body_limit).error_handler(http::problem::json_error))
+                .app_data(web::PathConfig::default().error_handler(http::problem::path_error))
+                .app_data(web::QueryConfig::default().error_handler(http::problem::query_error))
+                .wrap(actix_web::middleware::from_fn(http::observe))
+                .configure(http::routes)
+        })
+        .workers(cores(self.settings.server.workers))
+        .shutdown_timeout(self.settings.server.shutdown_grace_secs)
+        // Slow-client protection: a client must send its headers within this time.
+        .client_request_timeout(Duration::from_secs(5))
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        let server_task = tokio::spawn(server);
+
+        let app = self.clone();
+        tokio::spawn(async move {
+            match app.orders.recover().await {
+                Ok(_) => {
+                    app.lifecycle.mark_recovered();
+                    info!("recovery done, ready");
+                }
+                Err(e) => error!(error = %e, "recovery failed; staying not ready"),
+            }
+        });
+        Ok(Running { addr, app: self, handle, server_task })
+    }
+}
+
+/// A started server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: App,
+    handle: ServerHandle,
+    server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Graceful stop: refuse new orders, finish in-flight requests, flush the
+    /// write-behind and the outbox.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let grace = Duration::from_secs(self.app.settings.server.shutdown_grace_secs);
+        self.app.lifecycle.start_draining();
+        self.handle.stop(true).await;
+        let _ = self.server_task.await;
+        if !self.app.write_behind.drain(grace).await {
+            warn!("write-behind not drained within the grace period");
+        }
+        if let Err(e) = self.app.relay.drain().await {
+            warn!(error = %e, "outbox not flushed");
+        }
+        info!("stopped");
+        Ok(())
+    }
+
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn until_signalled(self) -> anyhow::Result<()> {
+        wait_for_signal().await;
+        info!("shutdown signal received, draining");
+        self.shutdown().await
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,158 @@
+//! Settings, read once at start-up and passed down.
+//!
+//! Layers, later wins: `config/default.toml` (compiled in) < `config/$EMPORIUM_ENV.toml`
+//! or `--config FILE` < `EMPORIUM__SECTION__KEY` environment variables < CLI flags.
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub store: StoreSettings,
+    pub write_behind: WriteBehindSettings,
+    pub inventory: InventorySettings,
+    pub orders: OrderSettings,
+    pub payment: PaymentSettings,
+    pub outbox: OutboxSettings,
+    pub bus: BusSettings,
+    pub auth: AuthSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub workers: usize,
+    pub body_limit_bytes: usize,
+    pub request_timeout_ms: u64,
+    pub shutdown_grace_secs: u64,
+    pub public_introspection: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoreSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub migrate_on_start: bool,
+    pub acquire_timeout_ms: u64,
+    pub sqlite_synchronous: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WriteBehindSettings {
+    pub max_batch: usize,
+    pub linger_ms: u64,
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct InventorySettings {
+    pub strategy: String,
+    pub shards: usize,
+    pub idle_passivate_secs: u64,
+    pub reservation_ttl_secs: u64,
+    pub mailbox_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrderSettings {
+    pub max_items: usize,
+    pub max_qty_per_item: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentSettings {
+    pub mode: String,
+    pub attempts: u32,
+    pub attempt_timeout_ms: u64,
+    pub backoff_base_ms: u64,
+    pub gateway_latency_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboxSettings {
+    pub poll_interval_ms: u64,
+    pub batch_size: i64,
+    pub max_attempts: i64,
+    pub backoff_base_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BusSettings {
+    pub kind: String,
+    pub brokers: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub jwt_secret: String,
+    pub jwt_secret_file: String,
+    pub token_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    pub log_format: String,
+    pub log_level: String,
+    pub otlp_endpoint: String,
+}
+
+impl Settings {
+    /// Loads the layers. `file` replaces the `$EMPORIUM_ENV` file when given.
+    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        match file {
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None => {
+                if let Ok(env) = std::env::var("EMPORIUM_ENV") {
+                    figment = figment.merge(Toml::file(format!("config/{env}.toml")));
+                }
+            }
+        }
+        figment.merge(Env::prefixed("EMPORIUM__").split("__")).extract()
+    }
+
+    /// The store URL, defaulting to the SQLite file in the data dir.
+    pub fn store_url(&self) -> String {
+        if self.store.url.is_empty() {
+            format!("sqlite://{}?mode=rwc", self.server.data_dir.join("emporium.db").display())
+        } else {
+            self.store.url.clone()
+        }
+    }
+
+    pub fn reservation_ttl(&self) -> Duration {
+        Duration::from_secs(self.inventory.reservation_ttl_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_point_at_the_embedded_store() {
+        let s: Settings = Figment::from(Toml::string(DEFAULTS)).extract().unwrap();
+        assert_eq!(s.inventory.strategy, "actor");
+        assert!(s.store_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn environment_variables_override_the_files() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EMPORIUM__STORE__URL", "mysql://root@127.0.0.1:3306/shop");
+            jail.set_env("EMPORIUM__WRITE_BEHIND__MAX_BATCH", "7");
+            let s = Settings::load(None)?;
+            assert_eq!(s.store_url(), "mysql://root@127.0.0.1:3306/shop");
+            assert_eq!(s.write_behind.max_batch, 7);
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,65 @@
+//! Operational routes: health, metrics, the OpenAPI document and the dashboard page.
+
+use super::auth::Admin;
+use super::openapi::ApiDoc;
+use super::problem::ApiError;
+use super::AppState;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use serde_json::json;
+use utoipa::OpenApi;
+
+/// The process is up.
+#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, description = "Live")))]
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "live"}))
+}
+
+/// Ready for traffic: recovery finished, the store answers, not shutting down.
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses((status = 200, description = "Ready"), (status = 503, description = "Recovering, draining or a backend is down")))]
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let recovered = state.lifecycle.is_recovered();
+    let draining = state.lifecycle.is_draining();
+    let store = state.write_behind.is_healthy() && state.store.ping().await.is_ok();
+    let body = json!({
+        "status": if recovered && !draining && store { "ready" } else { "not_ready" },
+        "checks": {"recovered": recovered, "draining": draining, "store": store},
+    });
+    if recovered && !draining && store {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().insert_header(("Retry-After", "1")).json(body)
+    }
+}
+
+async fn introspection_allowed(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    if state.settings.server.public_introspection {
+        return Ok(());
+    }
+    Admin::extract(req).await.map(|_| ())
+}
+
+pub async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    introspection_allowed(&state, &req).await?;
+    let (size, idle) = state.store.pool_usage();
+    let m = &state.metrics;
+    m.db_pool_connections.with_label_values(&["in_use"]).set(i64::from(size) - idle as i64);
+    m.db_pool_connections.with_label_values(&["idle"]).set(idle as i64);
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(m.render()))
+}
+
+pub async fn openapi(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    introspection_allowed(&state, &req).await?;
+    Ok(HttpResponse::Ok().json(ApiDoc::openapi()))
+}
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+pub async fn dashboard(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    introspection_allowed(&state, &req).await?;
+    Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(DASHBOARD))
+}
+
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!("no route {} {}", req.method(), req.path())))
+}

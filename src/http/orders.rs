@@ -1,0 +1,214 @@
+//! `/v1/orders`: place, read, list and cancel orders.
+
+use super::auth::Caller;
+use super::problem::ApiError;
+use super::{rfc3339, AppState, TraceParent};
+use crate::actors::order::{CancelRefused, PlaceError, PlaceOrder};
+use crate::actors::payment::TEST_TOKENS;
+use crate::domain::ids::{OrderId, Sku};
+use crate::domain::money::Money;
+use crate::domain::order::{CancelReason, Order, OrderLine, OrderStatus};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    pub items: Vec<OrderItem>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment: Option<PaymentInput>,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderItem {
+    #[schema(value_type = String, example = "TSHIRT-RED-M")]
+    pub sku: Sku,
+    #[schema(minimum = 1)]
+    pub qty: i64,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentInput {
+    /// Simulated gateway token: `test_ok` (default), `test_decline`, `test_flaky`, `test_down`.
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderView {
+    pub id: String,
+    pub user_id: String,
+    pub status: OrderStatus,
+    pub items: Vec<OrderLine>,
+    pub total: Money,
+    pub created_at: String,
+    pub updated_at: String,
+    /// When an unpaid order's reservation expires.
+    pub expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<CancelReason>,
+}
+
+impl From<&Order> for OrderView {
+    fn from(o: &Order) -> Self {
+        Self {
+            id: o.id.to_string(),
+            user_id: o.user_id.to_string(),
+            status: o.status,
+            items: o.lines.clone(),
+            total: o.total,
+            created_at: rfc3339(o.created_at),
+            updated_at: rfc3339(o.updated_at),
+            expires_at: rfc3339(o.expires_at),
+            cancel_reason: o.cancel_reason,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderPage {
+    pub items: Vec<OrderView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct PageQuery {
+    /// 1 to 1000, default 50.
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl From<PlaceError> for ApiError {
+    fn from(e: PlaceError) -> Self {
+        match e {
+            PlaceError::Invalid(_) | PlaceError::UnknownSku(_) => ApiError::unprocessable(e.to_string()),
+            PlaceError::OutOfStock { .. } => ApiError::OutOfStock(e.to_string()),
+            PlaceError::IdempotencyMismatch => ApiError::IdempotencyMismatch(e.to_string()),
+            PlaceError::KeyInProgress => ApiError::Conflict(e.to_string()),
+            PlaceError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<CancelRefused> for ApiError {
+    fn from(e: CancelRefused) -> Self {
+        match e {
+            CancelRefused::NotFound => ApiError::NotFound(e.to_string()),
+            CancelRefused::NotPending(_) => ApiError::Conflict(e.to_string()),
+            CancelRefused::Unavailable => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("Idempotency-Key") else { return Ok(None) };
+    let key = value.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::bad_request("Idempotency-Key must be 1-255 visible ASCII characters"));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn parse_order_id(raw: &str) -> Result<OrderId, ApiError> {
+    // A malformed id cannot name an order: not found, like any other unknown id.
+    OrderId::parse(raw).map_err(|_| ApiError::NotFound(format!("no order {raw:?}")))
+}
+
+/// Place an order: reserves every item or none, answers 201 once the order is durable.
+#[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = CreateOrder,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: same answer; other body: 422")),
+    responses(
+        (status = 201, body = OrderView, description = "Order accepted and durable"),
+        (status = 400, body = super::problem::Problem), (status = 401, body = super::problem::Problem),
+        (status = 409, body = super::problem::Problem, description = "Out of stock"),
+        (status = 422, body = super::problem::Problem),
+        (status = 503, body = super::problem::Problem, description = "Not durable; retry after Retry-After")),
+    security(("bearer" = [])))]
+pub async fn create_order(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    body: web::Json<CreateOrder>,
+) -> Result<HttpResponse, ApiError> {
+    state.accepting_orders()?;
+    let key = idempotency_key(&req)?;
+    let body = body.into_inner();
+    let token = body.payment.as_ref().map_or("test_ok", |p| p.token.as_str()).to_owned();
+    if !TEST_TOKENS.contains(&token.as_str()) {
+        return Err(ApiError::unprocessable(format!("unknown payment token; use one of {TEST_TOKENS:?}")));
+    }
+    let idempotency = key.map(|key| {
+        // Hash the parsed request, so formatting differences are still "the same body".
+        let canonical = serde_json::to_vec(&body).unwrap_or_default();
+        (key, hex::encode(Sha256::digest(canonical)))
+    });
+    let request = PlaceOrder {
+        user: caller.user,
+        items: body.items.into_iter().map(|i| (i.sku, i.qty)).collect(),
+        payment_token: token,
+        idempotency,
+        traceparent: req.extensions().get::<TraceParent>().map(|t| t.0.clone()),
+    };
+    let wait = Duration::from_millis(state.settings.server.request_timeout_ms);
+    let placed = tokio::time::timeout(wait, state.orders.place(request))
+        .await
+        .map_err(|_| ApiError::Unavailable("the order was not confirmed in time; retry with the same Idempotency-Key".into()))??;
+    Ok(HttpResponse::Created()
+        .insert_header((actix_web::http::header::LOCATION, format!("/v1/orders/{}", placed.order.id)))
+        .json(OrderView::from(&placed.order)))
+}
+
+/// Read one order (its owner or an admin; anyone else gets 404).
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path)),
+    responses((status = 200, body = OrderView), (status = 401, body = super::problem::Problem), (status = 404, body = super::problem::Problem)),
+    security(("bearer" = [])))]
+pub async fn get_order(state: web::Data<AppState>, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let order = visible_order(&state, &caller, &id).await?;
+    Ok(HttpResponse::Ok().json(OrderView::from(&order)))
+}
+
+async fn visible_order(state: &AppState, caller: &Caller, raw_id: &str) -> Result<Order, ApiError> {
+    let id = parse_order_id(raw_id)?;
+    let order = state.store.get_order(id).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    order
+        .filter(|o| caller.may_see(&o.user_id))
+        .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))
+}
+
+/// List the caller's orders, newest first (an admin sees every order).
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(PageQuery),
+    responses((status = 200, body = OrderPage), (status = 400, body = super::problem::Problem), (status = 401, body = super::problem::Problem)),
+    security(("bearer" = [])))]
+pub async fn list_orders(state: web::Data<AppState>, caller: Caller, query: web::Query<PageQuery>) -> Result<HttpResponse, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    let cursor = match &query.cursor {
+        Some(c) => Some(OrderId::parse(c).map_err(|_| ApiError::bad_request("cursor is not one this server issued"))?),
+        None => None,
+    };
+    let owner = (!caller.admin).then_some(&caller.user);
+    let orders = state.store.list_orders(owner, cursor, limit).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let next_cursor = (orders.len() as i64 == limit).then(|| orders.last().map(|o| o.id.to_string())).flatten();
+    Ok(HttpResponse::Ok().json(OrderPage { items: orders.iter().map(OrderView::from).collect(), next_cursor }))
+}
+
+/// Cancel a PENDING_PAYMENT order; its reservation is released.
+#[utoipa::path(post, path = "/v1/orders/{id}/cancel", tag = "orders", params(("id" = String, Path)),
+    responses((status = 200, body = OrderView), (status = 401, body = super::problem::Problem), (status = 404, body = super::problem::Problem),
+        (status = 409, body = super::problem::Problem, description = "No longer PENDING_PAYMENT"), (status = 503, body = super::problem::Problem)),
+    security(("bearer" = [])))]
+pub async fn cancel_order(state: web::Data<AppState>, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let order = visible_order(&state, &caller, &id).await?;
+    let wait = Duration::from_millis(state.settings.server.request_timeout_ms);
+    let cancelled = tokio::time::timeout(wait, state.orders.cancel(order.id))
+        .await
+        .map_err(|_| ApiError::Unavailable("the cancellation was not confirmed in time".into()))??;
+    Ok(HttpResponse::Ok().json(OrderView::from(&cancelled)))
+}

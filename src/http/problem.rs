@@ -1,0 +1,123 @@
+//! Every failure becomes an RFC 9457 `application/problem+json` response here, and
+//! only here. The `type` values are part of the public contract (DESIGN.md).
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    OutOfStock(String),
+    /// Malformed request (400) or well-formed but invalid content (422).
+    #[error("{detail}")]
+    Invalid { status: StatusCode, detail: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    IdempotencyMismatch(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::Invalid { status: StatusCode::BAD_REQUEST, detail: detail.into() }
+    }
+    pub fn unprocessable(detail: impl Into<String>) -> Self {
+        Self::Invalid { status: StatusCode::UNPROCESSABLE_ENTITY, detail: detail.into() }
+    }
+
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::OutOfStock(_) => ("/problems/out-of-stock", "Out of stock"),
+            Self::Invalid { .. } => ("/problems/invalid-request", "Invalid request"),
+            Self::NotFound(_) => ("/problems/not-found", "Not found"),
+            Self::Unauthorized(_) => ("/problems/unauthorized", "Unauthorized"),
+            Self::Forbidden(_) => ("/problems/forbidden", "Forbidden"),
+            Self::Conflict(_) => ("/problems/conflict", "Conflict"),
+            Self::IdempotencyMismatch(_) => ("/problems/idempotency-mismatch", "Idempotency key reused with another request"),
+            Self::Unavailable(_) => ("/problems/unavailable", "Service unavailable"),
+        }
+    }
+}
+
+/// The problem document (RFC 9457).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+}
+
+/// Seconds a client should wait before retrying after a 503.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::OutOfStock(_) | Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Invalid { status, .. } => *status,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::IdempotencyMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (problem_type, title) = self.kind();
+        let status = self.status_code();
+        let mut response = HttpResponse::build(status);
+        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        match self {
+            Self::Unavailable(_) => {
+                response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
+            }
+            Self::Unauthorized(_) => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            _ => {}
+        }
+        response.body(
+            serde_json::to_string(&Problem { problem_type, title, status: status.as_u16(), detail: self.to_string() })
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// JSON body errors: syntax is 400, a well-formed body with wrong content is 422,
+/// a body over the limit is 413 (all `/problems/invalid-request`).
+pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as E;
+    let api = match &err {
+        E::Deserialize(e) if e.classify() == serde_json::error::Category::Data => ApiError::unprocessable(e.to_string()),
+        E::Overflow { limit } | E::OverflowKnownLength { limit, .. } => ApiError::Invalid {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            detail: format!("request body is larger than {limit} bytes"),
+        },
+        E::ContentType => ApiError::Invalid {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            detail: "Content-Type must be application/json".into(),
+        },
+        other => ApiError::bad_request(other.to_string()),
+    };
+    api.into()
+}
+
+pub fn path_error(err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+    ApiError::NotFound(err.to_string()).into()
+}
+
+pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+    ApiError::bad_request(err.to_string()).into()
+}

@@ -1,0 +1,11 @@
+//! Emporium: an order and inventory runtime. See DESIGN.md for the contract and
+//! README.md for how to run it.
+
+pub mod actors;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod persistence;
+pub mod telemetry;

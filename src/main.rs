@@ -1,0 +1,109 @@
+//! The `emporium` command line: `serve` (default), `migrate`, `token`, `reconcile`, `replay`.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use emporium::app::{connect_store, App};
+use emporium::auth::Keys;
+use emporium::config::Settings;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "emporium", version, about = "Order and inventory runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// A TOML file layered over the defaults (instead of config/$EMPORIUM_ENV.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Where the embedded default keeps its data (default ./data).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default command).
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free one).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Create or upgrade the database schema.
+    Migrate,
+    /// Print a signed JWT for a user.
+    Token {
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Check offline that inventory, journal and orders agree; non-zero exit on any inconsistency.
+    Reconcile,
+    /// Re-publish events that the outbox gave up on (failed_events).
+    Replay,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let mut settings = Settings::load(cli.config.as_deref()).context("invalid configuration")?;
+    if let Some(dir) = cli.data_dir {
+        settings.server.data_dir = dir;
+    }
+    emporium::telemetry::init_logging(&settings.telemetry.log_format, &settings.telemetry.log_level);
+    match cli.command.unwrap_or(Command::Serve { listen: None }) {
+        Command::Serve { listen } => {
+            if let Some(listen) = listen {
+                settings.server.listen = listen;
+            }
+            actix_rt::System::new().block_on(async move {
+                let running = App::build(settings).await?.start().await?;
+                // Tests and scripts read this line to find the port.
+                println!("emporium listening on http://{}", running.addr);
+                running.until_signalled().await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { sub, admin } => {
+            println!("{}", Keys::load(&settings)?.issue(&sub, admin)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => block_on(async {
+            connect_store(&settings).await?.migrate().await?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Reconcile => block_on(async {
+            let store = connect_store(&settings).await?;
+            let problems = store.reconcile().await?;
+            if problems.is_empty() {
+                println!("consistent: inventory, journal and orders agree");
+                return Ok(ExitCode::SUCCESS);
+            }
+            for p in &problems {
+                println!("INCONSISTENT {p}");
+            }
+            println!("{} inconsistencies", problems.len());
+            Ok(ExitCode::FAILURE)
+        }),
+        Command::Replay => block_on(async {
+            let replayed = connect_store(&settings).await?.replay_failed().await?;
+            println!("{replayed} failed events put back into the outbox");
+            Ok(ExitCode::SUCCESS)
+        }),
+    }
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
+}

@@ -1,0 +1,58 @@
+//! The event bus the outbox relays to. The embedded default delivers to in-process
+//! subscribers (the outbox table itself is the durable log); Kafka is another
+//! implementation of the same trait.
+
+use crate::domain::events::Event;
+use async_trait::async_trait;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("event bus: {0}")]
+pub struct BusError(pub String);
+
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Publishes the events in the given order and reports, per event, whether the bus
+    /// acknowledged it. The outbox marks a row published only on `Ok`.
+    async fn publish(&self, events: &[&Event]) -> Vec<Result<(), BusError>>;
+    /// A short name for logs and metrics.
+    fn kind(&self) -> &'static str;
+}
+
+/// In-process delivery to subscribers of a broadcast channel. A slow subscriber
+/// that falls behind misses events (it can re-read the outbox table), but publishing
+/// never blocks the relay.
+#[derive(Clone)]
+pub struct InProcessBus {
+    sender: broadcast::Sender<Arc<Event>>,
+}
+
+impl Default for InProcessBus {
+    fn default() -> Self {
+        Self { sender: broadcast::channel(16_384).0 }
+    }
+}
+
+impl InProcessBus {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.sender.subscribe()
+    }
+}
+
+#[async_trait]
+impl EventBus for InProcessBus {
+    async fn publish(&self, events: &[&Event]) -> Vec<Result<(), BusError>> {
+        events
+            .iter()
+            .map(|e| {
+                // No subscriber is not an error: the outbox row stays the record.
+                let _ = self.sender.send(Arc::new((*e).clone()));
+                Ok(())
+            })
+            .collect()
+    }
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+}

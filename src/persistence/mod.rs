@@ -1,0 +1,114 @@
+//! Durable state: the SQL store (SQLite by default, MySQL when configured) and the
+//! event bus. Everything above this layer speaks in domain types; everything SQL
+//! stays in [`sql`].
+
+pub mod bus;
+pub mod sql;
+
+use crate::domain::events::Event;
+use crate::domain::ids::{OrderId, ProductId, Sku, UserId};
+use crate::domain::inventory::{Change, Reservation};
+use crate::domain::money::Money;
+use crate::domain::order::{CancelReason, Order, OrderStatus};
+use crate::domain::Millis;
+
+pub use sql::SqlStore;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or did not answer: retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness rule refused the write (duplicate SKU, duplicate key).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A constraint refused the write: a bug upstream, never retried as is.
+    #[error("rejected by the store: {0}")]
+    Rejected(String),
+    /// Stored data that does not parse back into domain types.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+/// One accepted inventory operation with the SKU and sequence number its actor gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    pub sku: Sku,
+    pub seq: i64,
+    pub change: Change,
+    pub at: Millis,
+}
+
+/// A guarded order status change: applied only if the order is still in `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    pub order_id: OrderId,
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+    pub cancel_reason: Option<CancelReason>,
+    pub at: Millis,
+}
+
+/// The stored answer to an `Idempotency-Key`, replayed for the same key and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub user_id: UserId,
+    pub key: String,
+    pub request_hash: String,
+    pub order_id: OrderId,
+    pub response: String,
+}
+
+/// Everything one request or saga step makes durable, committed all together or not at
+/// all. The write-behind commits many write-sets in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct WriteSet {
+    pub new_order: Option<Order>,
+    pub status_change: Option<StatusChange>,
+    pub journal: Vec<JournalEntry>,
+    pub events: Vec<Event>,
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+/// What an inventory actor loads when it is activated.
+#[derive(Debug, Clone)]
+pub struct SkuRecord {
+    pub sku: Sku,
+    pub product_id: ProductId,
+    pub unit_price: Money,
+    pub stock: i64,
+    pub reserved: i64,
+    pub seq: i64,
+    pub reservations: Vec<(OrderId, Reservation)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSku {
+    pub sku: Sku,
+    pub price: Money,
+    pub stock: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewProduct {
+    pub id: ProductId,
+    pub doc: serde_json::Value,
+    pub skus: Vec<NewSku>,
+    pub at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub event: Event,
+    pub attempts: i64,
+    pub next_attempt_at: Millis,
+}
+
+#[derive(Debug, Clone)]
+pub struct FailedEvent {
+    pub id: i64,
+    pub event: Event,
+    pub error: String,
+    pub attempts: i64,
+}

@@ -1,0 +1,747 @@
+//! The SQL store: one implementation for SQLite (the embedded default) and MySQL,
+//! on sqlx's `Any` driver. Both dialects take the same `?`-placeholder SQL; the few
+//! places where they differ go through [`Dialect`].
+//!
+//! The write path is [`SqlStore::commit`]: the group commit of many write-sets in one
+//! transaction (multi-row INSERTs, one coalesced `inventory` snapshot UPDATE per SKU).
+//! The `inventory` table's CHECK (`0 <= reserved <= stock`) is a second line of
+//! defence: if memory were ever wrong, the commit fails instead of storing an oversell.
+
+use super::{
+    FailedEvent, IdempotencyRecord, JournalEntry, NewProduct, OutboxRow, SkuRecord, StoreError, WriteSet,
+};
+use crate::domain::events::Event;
+use crate::domain::ids::{OrderId, ProductId, Sku, UserId};
+use crate::domain::inventory::{ChangeKind, Reservation};
+use crate::domain::money::{Currency, Money};
+use crate::domain::order::{CancelReason, Order, OrderLine, OrderStatus};
+use crate::domain::Millis;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Executor, QueryBuilder, Row};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mysql");
+
+/// Rows per multi-row INSERT: well under SQLite's and MySQL's placeholder limits.
+const ROWS_PER_INSERT: usize = 500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    MySql,
+}
+
+impl Dialect {
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Self::Sqlite)
+        } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+            Some(Self::MySql)
+        } else {
+            None
+        }
+    }
+    /// SUM() is DECIMAL on MySQL, which the Any driver cannot decode: cast to a 64-bit integer.
+    fn int(self, expr: &str) -> String {
+        match self {
+            Self::Sqlite => format!("CAST({expr} AS INTEGER)"),
+            Self::MySql => format!("CAST({expr} AS SIGNED)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    /// SQLite `PRAGMA synchronous`: "full" or "normal".
+    pub sqlite_synchronous: String,
+}
+
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(db.message().to_owned()),
+            sqlx::Error::Database(db) => {
+                // SQLite reports a locked or busy database as a database error: that is an outage, not a bad write.
+                let msg = db.message().to_owned();
+                if msg.contains("locked") || msg.contains("busy") || msg.contains("disk") || msg.contains("readonly") {
+                    StoreError::Unavailable(msg)
+                } else {
+                    StoreError::Rejected(msg)
+                }
+            }
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) | sqlx::Error::TypeNotFound { .. } => {
+                StoreError::Corrupt(err.to_string())
+            }
+            _ => StoreError::Unavailable(err.to_string()),
+        }
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+impl SqlStore {
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::of_url(url)
+            .ok_or_else(|| StoreError::Rejected(format!("store.url must start with sqlite: or mysql:, got {:?}", redact(url))))?;
+        let synchronous = match options.sqlite_synchronous.as_str() {
+            "normal" => "NORMAL",
+            _ => "FULL",
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // WAL lets readers run beside the group-commit writer; the busy timeout
+                        // makes the few other writers wait instead of failing.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute(format!("PRAGMA synchronous = {synchronous}").as_str()).await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+        Ok(Self { pool, dialect })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let migrator = match self.dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+            Dialect::MySql => &MYSQL_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await.map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Connections in use and idle, for the pool metrics.
+    pub fn pool_usage(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
+    /// The group commit: every write-set in one transaction, or none of them.
+    pub async fn commit(&self, sets: &[&WriteSet]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+
+        let orders: Vec<&Order> = sets.iter().filter_map(|s| s.new_order.as_ref()).collect();
+        for chunk in orders.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::<Any>::new(
+                "INSERT INTO orders (id, user_id, status, total_amount, currency, payment_token, cancel_reason, created_at, updated_at, expires_at) ",
+            );
+            q.push_values(chunk, |mut b, o| {
+                b.push_bind(o.id.to_string())
+                    .push_bind(o.user_id.to_string())
+                    .push_bind(o.status.as_str())
+                    .push_bind(o.total.amount)
+                    .push_bind(o.total.currency.to_string())
+                    .push_bind(o.payment_token.clone())
+                    .push_bind(o.cancel_reason.map(|r| r.as_str()))
+                    .push_bind(o.created_at)
+                    .push_bind(o.updated_at)
+                    .push_bind(o.expires_at);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+
+        let items: Vec<(&Order, usize, &OrderLine)> =
+            orders.iter().flat_map(|o| o.lines.iter().enumerate().map(move |(i, l)| (*o, i, l))).collect();
+        for chunk in items.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::<Any>::new("INSERT INTO order_items (order_id, line, sku, qty, unit_amount) ");
+            q.push_values(chunk, |mut b, (o, i, l)| {
+                b.push_bind(o.id.to_string())
+                    .push_bind(*i as i64)
+                    .push_bind(l.sku.to_string())
+                    .push_bind(l.qty)
+                    .push_bind(l.unit_price.amount);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+
+        let keys: Vec<&IdempotencyRecord> = sets.iter().filter_map(|s| s.idempotency.as_ref()).collect();
+        for chunk in keys.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::<Any>::new(
+                "INSERT INTO idempotency_keys (user_id, idem_key, request_hash, order_id, response, created_at) ",
+            );
+            let now = crate::domain::now_millis();
+            q.push_values(chunk, |mut b, k| {
+                b.push_bind(k.user_id.to_string())
+                    .push_bind(k.key.clone())
+                    .push_bind(k.request_hash.clone())
+                    .push_bind(k.order_id.to_string())
+                    .push_bind(k.response.clone())
+                    .push_bind(now);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+
+        for change in sets.iter().filter_map(|s| s.status_change.as_ref()) {
+            let updated = sqlx::query("UPDATE orders SET status = ?, cancel_reason = ?, updated_at = ? WHERE id = ? AND status = ?")
+                .bind(change.to.as_str())
+                .bind(change.cancel_reason.map(|r| r.as_str()))
+                .bind(change.at)
+                .bind(change.order_id.to_string())
+                .bind(change.from.as_str())
+                .execute(&mut *tx)
+                .await?;
+            if updated.rows_affected() != 1 {
+                return Err(StoreError::Rejected(format!(
+                    "order {} is not {} any more",
+                    change.order_id,
+                    change.from.as_str()
+                )));
+            }
+        }
+
+        let journal: Vec<&JournalEntry> = sets.iter().flat_map(|s| s.journal.iter()).collect();
+        self.apply_journal(&mut tx, &journal).await?;
+
+        let events: Vec<&Event> = sets.iter().flat_map(|s| s.events.iter()).collect();
+        insert_outbox(&mut tx, &events).await?;
+
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Journal rows, reservation rows, and one coalesced snapshot update per SKU.
+    async fn apply_journal(&self, tx: &mut sqlx::Transaction<'_, Any>, journal: &[&JournalEntry]) -> Result<(), StoreError> {
+        for chunk in journal.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::<Any>::new(
+                "INSERT INTO inventory_journal (sku, seq, kind, order_id, qty, stock_delta, reserved_delta, created_at) ",
+            );
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(e.sku.to_string())
+                    .push_bind(e.seq)
+                    .push_bind(e.change.kind.as_str())
+                    .push_bind(e.change.order.map(|o| o.to_string()))
+                    .push_bind(e.change.qty)
+                    .push_bind(e.change.stock_delta)
+                    .push_bind(e.change.reserved_delta)
+                    .push_bind(e.at);
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+
+        let reserves: Vec<&JournalEntry> = journal.iter().copied().filter(|e| e.change.kind == ChangeKind::Reserve).collect();
+        for chunk in reserves.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::<Any>::new("INSERT INTO reservations (sku, order_id, qty, expires_at) ");
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(e.sku.to_string())
+                    .push_bind(e.change.order.map(|o| o.to_string()).unwrap_or_default())
+                    .push_bind(e.change.qty)
+                    .push_bind(e.change.expires_at.unwrap_or_default());
+            });
+            q.build().execute(&mut **tx).await?;
+        }
+
+        let settled: Vec<&JournalEntry> = journal
+            .iter()
+            .copied()
+            .filter(|e| matches!(e.change.kind, ChangeKind::Confirm | ChangeKind::Release))
+            .collect();
+        for chunk in settled.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::<Any>::new("DELETE FROM reservations WHERE (sku, order_id) IN (");
+            let mut list = q.separated(", ");
+            for e in chunk {
+                list.push("(");
+                list.push_bind_unseparated(e.sku.to_string());
+                list.push_unseparated(", ");
+                list.push_bind_unseparated(e.change.order.map(|o| o.to_string()).unwrap_or_default());
+                list.push_unseparated(")");
+            }
+            q.push(")");
+            let deleted = q.build().execute(&mut **tx).await?;
+            if deleted.rows_affected() != chunk.len() as u64 {
+                return Err(StoreError::Rejected("a confirm or release has no stored reservation".into()));
+            }
+        }
+
+        // Coalesce: one UPDATE per SKU per batch, however many orders touched it.
+        let mut per_sku: BTreeMap<&Sku, (i64, i64, i64)> = BTreeMap::new();
+        for e in journal {
+            let acc = per_sku.entry(&e.sku).or_insert((0, 0, 0));
+            acc.0 += e.change.stock_delta;
+            acc.1 += e.change.reserved_delta;
+            acc.2 = acc.2.max(e.seq);
+        }
+        let now = crate::domain::now_millis();
+        for (sku, (stock_delta, reserved_delta, seq)) in per_sku {
+            let updated = sqlx::query(
+                "UPDATE inventory SET stock = stock + ?, reserved = reserved + ?, \
+                 seq = CASE WHEN seq > ? THEN seq ELSE ? END, updated_at = ? WHERE sku = ?",
+            )
+            .bind(stock_delta)
+            .bind(reserved_delta)
+            .bind(seq)
+            .bind(seq)
+            .bind(now)
+            .bind(sku.to_string())
+            .execute(&mut **tx)
+            .await?;
+            if updated.rows_affected() != 1 {
+                return Err(StoreError::Rejected(format!("no inventory row for {sku}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a product with its SKUs, their initial stock (journaled) and its events.
+    pub async fn create_product(&self, product: &NewProduct, events: &[Event]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO products (id, doc, created_at, updated_at) VALUES (?, ?, ?, ?)")
+            .bind(product.id.to_string())
+            .bind(product.doc.to_string())
+            .bind(product.at)
+            .bind(product.at)
+            .execute(&mut *tx)
+            .await?;
+        for s in &product.skus {
+            sqlx::query("INSERT INTO skus (sku, product_id, price_amount, currency) VALUES (?, ?, ?, ?)")
+                .bind(s.sku.to_string())
+                .bind(product.id.to_string())
+                .bind(s.price.amount)
+                .bind(s.price.currency.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| match StoreError::from(e) {
+                    StoreError::Conflict(_) => StoreError::Conflict(format!("sku {} already exists", s.sku)),
+                    other => other,
+                })?;
+            sqlx::query("INSERT INTO inventory (sku, stock, reserved, seq, updated_at) VALUES (?, 0, 0, 0, ?)")
+                .bind(s.sku.to_string())
+                .bind(product.at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Initial stock enters through the journal like any other change, so the journal
+        // alone accounts for every unit ever received.
+        let journal: Vec<JournalEntry> = product
+            .skus
+            .iter()
+            .map(|s| JournalEntry {
+                sku: s.sku.clone(),
+                seq: 1,
+                change: crate::domain::inventory::SkuInventory::default()
+                    .set_stock(s.stock)
+                    .expect("new stock is never below zero reservations"),
+                at: product.at,
+            })
+            .collect();
+        let refs: Vec<&JournalEntry> = journal.iter().collect();
+        self.apply_journal(&mut tx, &refs).await?;
+        insert_outbox(&mut tx, &events.iter().collect::<Vec<_>>()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_product(&self, id: ProductId) -> Result<Option<serde_json::Value>, StoreError> {
+        let row = sqlx::query("SELECT doc FROM products WHERE id = ?").bind(id.to_string()).fetch_optional(&self.pool).await?;
+        row.map(|r| {
+            let doc: String = r.try_get("doc")?;
+            serde_json::from_str(&doc).map_err(corrupt)
+        })
+        .transpose()
+    }
+
+    pub async fn load_sku(&self, sku: &Sku) -> Result<Option<SkuRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT s.product_id, s.price_amount, s.currency, i.stock, i.reserved, i.seq \
+             FROM skus s JOIN inventory i ON i.sku = s.sku WHERE s.sku = ?",
+        )
+        .bind(sku.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let reservations = sqlx::query("SELECT order_id, qty, expires_at FROM reservations WHERE sku = ?")
+            .bind(sku.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                let order = OrderId::parse(&r.try_get::<String, _>("order_id")?).map_err(corrupt)?;
+                Ok((order, Reservation { qty: r.try_get("qty")?, expires_at: r.try_get("expires_at")? }))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let currency = Currency::parse(&row.try_get::<String, _>("currency")?).map_err(corrupt)?;
+        Ok(Some(SkuRecord {
+            sku: sku.clone(),
+            product_id: ProductId::parse(&row.try_get::<String, _>("product_id")?).map_err(corrupt)?,
+            unit_price: Money::new(row.try_get("price_amount")?, currency).map_err(corrupt)?,
+            stock: row.try_get("stock")?,
+            reserved: row.try_get("reserved")?,
+            seq: row.try_get("seq")?,
+            reservations,
+        }))
+    }
+
+    pub async fn get_order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
+        let rows = sqlx::query(&format!("{ORDER_COLUMNS} WHERE id = ?")).bind(id.to_string()).fetch_all(&self.pool).await?;
+        Ok(self.with_lines(rows).await?.into_iter().next())
+    }
+
+    /// A user's orders (or everyone's for `None`), newest first, before the cursor.
+    pub async fn list_orders(&self, user: Option<&UserId>, before: Option<OrderId>, limit: i64) -> Result<Vec<Order>, StoreError> {
+        let mut q = QueryBuilder::<Any>::new(ORDER_COLUMNS);
+        q.push(" WHERE 1 = 1");
+        if let Some(user) = user {
+            q.push(" AND user_id = ").push_bind(user.to_string());
+        }
+        if let Some(before) = before {
+            q.push(" AND id < ").push_bind(before.to_string());
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+        let rows = q.build().fetch_all(&self.pool).await?;
+        self.with_lines(rows).await
+    }
+
+    /// Orders whose saga has not finished: what recovery resumes.
+    pub async fn orders_in_flight(&self) -> Result<Vec<Order>, StoreError> {
+        let rows = sqlx::query(&format!("{ORDER_COLUMNS} WHERE status IN ('PENDING_PAYMENT', 'PAID') ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?;
+        self.with_lines(rows).await
+    }
+
+    async fn with_lines(&self, rows: Vec<AnyRow>) -> Result<Vec<Order>, StoreError> {
+        let mut orders = rows.iter().map(order_from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut index: HashMap<OrderId, usize> = orders.iter().enumerate().map(|(i, o)| (o.id, i)).collect();
+        for chunk in orders.iter().map(|o| o.id.to_string()).collect::<Vec<_>>().chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::<Any>::new("SELECT order_id, sku, qty, unit_amount FROM order_items WHERE order_id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(id.clone());
+            }
+            q.push(") ORDER BY order_id, line");
+            for r in q.build().fetch_all(&self.pool).await? {
+                let order_id = OrderId::parse(&r.try_get::<String, _>("order_id")?).map_err(corrupt)?;
+                let Some(&i) = index.get(&order_id) else { continue };
+                let currency = orders[i].total.currency;
+                orders[i].lines.push(OrderLine {
+                    sku: Sku::parse(r.try_get::<String, _>("sku")?).map_err(corrupt)?,
+                    qty: r.try_get("qty")?,
+                    unit_price: Money::new(r.try_get("unit_amount")?, currency).map_err(corrupt)?,
+                });
+            }
+        }
+        index.clear();
+        Ok(orders)
+    }
+
+    pub async fn find_idempotency(&self, user: &UserId, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let row = sqlx::query("SELECT request_hash, order_id, response FROM idempotency_keys WHERE user_id = ? AND idem_key = ?")
+            .bind(user.to_string())
+            .bind(key.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(IdempotencyRecord {
+                user_id: user.clone(),
+                key: key.to_owned(),
+                request_hash: r.try_get("request_hash")?,
+                order_id: OrderId::parse(&r.try_get::<String, _>("order_id")?).map_err(corrupt)?,
+                response: r.try_get("response")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The oldest unpublished outbox rows, in id order.
+    pub async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+        let rows = sqlx::query("SELECT id, body, attempts, next_attempt_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxRow {
+                    id: r.try_get("id")?,
+                    event: serde_json::from_str(&r.try_get::<String, _>("body")?).map_err(corrupt)?,
+                    attempts: r.try_get("attempts")?,
+                    next_attempt_at: r.try_get("next_attempt_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL").fetch_one(&self.pool).await?;
+        Ok(row.try_get("n")?)
+    }
+
+    pub async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let now = crate::domain::now_millis();
+        for chunk in ids.chunks(ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::<Any>::new("UPDATE outbox SET published_at = ");
+            q.push_bind(now).push(" WHERE id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build().execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn outbox_defer(&self, id: i64, attempts: i64, next_attempt_at: Millis, error: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?")
+            .bind(attempts)
+            .bind(next_attempt_at)
+            .bind(error.to_owned())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Gives up on an outbox row: it moves to `failed_events`, from where `replay` re-publishes it.
+    pub async fn outbox_fail(&self, row: &OutboxRow, error: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO failed_events (event_id, event_type, aggregate_id, body, error, attempts, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(row.event.id.to_string())
+        .bind(row.event.event_type.as_str())
+        .bind(row.event.aggregate_id.clone())
+        .bind(serde_json::to_string(&row.event).map_err(corrupt)?)
+        .bind(error.to_owned())
+        .bind(row.attempts)
+        .bind(crate::domain::now_millis())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM outbox WHERE id = ?").bind(row.id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn failed_events(&self, limit: i64) -> Result<Vec<FailedEvent>, StoreError> {
+        let rows = sqlx::query("SELECT id, body, error, attempts FROM failed_events WHERE replayed_at IS NULL ORDER BY id LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FailedEvent {
+                    id: r.try_get("id")?,
+                    event: serde_json::from_str(&r.try_get::<String, _>("body")?).map_err(corrupt)?,
+                    error: r.try_get("error")?,
+                    attempts: r.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Puts failed events back into the outbox (with fresh attempts) and marks them replayed.
+    pub async fn replay_failed(&self) -> Result<usize, StoreError> {
+        let failed = self.failed_events(10_000).await?;
+        let mut tx = self.pool.begin().await?;
+        let events: Vec<&Event> = failed.iter().map(|f| &f.event).collect();
+        // The event keeps its id, so consumers that saw it once still deduplicate it.
+        for f in &failed {
+            sqlx::query("DELETE FROM outbox WHERE event_id = ?").bind(f.event.id.to_string()).execute(&mut *tx).await?;
+        }
+        insert_outbox(&mut tx, &events).await?;
+        for f in &failed {
+            sqlx::query("UPDATE failed_events SET replayed_at = ? WHERE id = ?")
+                .bind(crate::domain::now_millis())
+                .bind(f.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(failed.len())
+    }
+
+    /// Offline invariant check over inventory, reservations, journal and orders.
+    /// Returns one line per inconsistency; empty means consistent.
+    pub async fn reconcile(&self) -> Result<Vec<String>, StoreError> {
+        let d = self.dialect;
+        let sum = |e: &str| d.int(&format!("COALESCE(SUM({e}), 0)"));
+        let checks: Vec<(String, String)> = vec![
+            (
+                "reserved outside 0..=stock".into(),
+                "SELECT sku, stock, reserved FROM inventory WHERE reserved < 0 OR reserved > stock".into(),
+            ),
+            (
+                "snapshot reserved differs from its live reservations".into(),
+                format!(
+                    "SELECT i.sku, i.reserved, {} AS held FROM inventory i LEFT JOIN reservations r ON r.sku = i.sku \
+                     GROUP BY i.sku, i.reserved HAVING i.reserved <> {}",
+                    sum("r.qty"),
+                    sum("r.qty")
+                ),
+            ),
+            (
+                "snapshot differs from the sum of its journal".into(),
+                format!(
+                    "SELECT i.sku, i.stock, i.reserved, {} AS journal_stock, {} AS journal_reserved \
+                     FROM inventory i LEFT JOIN inventory_journal j ON j.sku = i.sku GROUP BY i.sku, i.stock, i.reserved \
+                     HAVING i.stock <> {} OR i.reserved <> {}",
+                    sum("j.stock_delta"),
+                    sum("j.reserved_delta"),
+                    sum("j.stock_delta"),
+                    sum("j.reserved_delta")
+                ),
+            ),
+            (
+                "reservation without an unfinished order".into(),
+                "SELECT r.sku, r.order_id, o.status FROM reservations r LEFT JOIN orders o ON o.id = r.order_id \
+                 WHERE o.id IS NULL OR o.status NOT IN ('PENDING_PAYMENT', 'PAID')"
+                    .into(),
+            ),
+            (
+                "unfinished order whose reservation does not match its items".into(),
+                format!(
+                    "SELECT o.id, it.sku, {} AS wanted, r.qty AS held FROM orders o \
+                     JOIN order_items it ON it.order_id = o.id \
+                     LEFT JOIN reservations r ON r.order_id = o.id AND r.sku = it.sku \
+                     WHERE o.status IN ('PENDING_PAYMENT', 'PAID') GROUP BY o.id, it.sku, r.qty \
+                     HAVING r.qty IS NULL OR r.qty <> {}",
+                    sum("it.qty"),
+                    sum("it.qty")
+                ),
+            ),
+            (
+                "order confirmed more than once".into(),
+                "SELECT order_id, sku, COUNT(*) AS confirms FROM inventory_journal WHERE kind = 'confirm' \
+                 GROUP BY order_id, sku HAVING COUNT(*) > 1"
+                    .into(),
+            ),
+            (
+                "completed order without a confirm for one of its SKUs".into(),
+                "SELECT o.id, it.sku FROM orders o JOIN order_items it ON it.order_id = o.id WHERE o.status = 'COMPLETED' \
+                 AND NOT EXISTS (SELECT 1 FROM inventory_journal j WHERE j.order_id = o.id AND j.sku = it.sku AND j.kind = 'confirm')"
+                    .into(),
+            ),
+            (
+                "confirm journaled for an order that is not COMPLETED".into(),
+                "SELECT j.sku, j.order_id, o.status FROM inventory_journal j LEFT JOIN orders o ON o.id = j.order_id \
+                 WHERE j.kind = 'confirm' AND (o.id IS NULL OR o.status <> 'COMPLETED')"
+                    .into(),
+            ),
+            (
+                "journal entry for an order that does not exist".into(),
+                "SELECT j.sku, j.seq, j.order_id FROM inventory_journal j LEFT JOIN orders o ON o.id = j.order_id \
+                 WHERE j.order_id IS NOT NULL AND o.id IS NULL"
+                    .into(),
+            ),
+            (
+                "sold more than was ever received".into(),
+                format!(
+                    "SELECT sku, {} AS sold, {} AS received FROM inventory_journal GROUP BY sku HAVING {} > {}",
+                    sum("CASE WHEN kind = 'confirm' THEN qty ELSE 0 END"),
+                    sum("CASE WHEN kind = 'set_stock' AND stock_delta > 0 THEN stock_delta ELSE 0 END"),
+                    sum("CASE WHEN kind = 'confirm' THEN qty ELSE 0 END"),
+                    sum("CASE WHEN kind = 'set_stock' AND stock_delta > 0 THEN stock_delta ELSE 0 END"),
+                ),
+            ),
+        ];
+        let mut problems = Vec::new();
+        for (what, sql) in checks {
+            for row in sqlx::query(&sql).fetch_all(&self.pool).await? {
+                problems.push(format!("{what}: {}", describe_row(&row)));
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Inventory totals (stock, reserved) of one SKU straight from the snapshot table.
+    pub async fn inventory_row(&self, sku: &Sku) -> Result<Option<(i64, i64)>, StoreError> {
+        let row = sqlx::query("SELECT stock, reserved FROM inventory WHERE sku = ?")
+            .bind(sku.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("stock")?, r.try_get("reserved")?))).transpose()
+    }
+}
+
+const ORDER_COLUMNS: &str = "SELECT id, user_id, status, total_amount, currency, payment_token, cancel_reason, \
+                             created_at, updated_at, expires_at FROM orders";
+
+fn order_from_row(r: &AnyRow) -> Result<Order, StoreError> {
+    let currency = Currency::parse(&r.try_get::<String, _>("currency")?).map_err(corrupt)?;
+    let status: String = r.try_get("status")?;
+    let cancel_reason: Option<String> = r.try_get("cancel_reason")?;
+    Ok(Order {
+        id: OrderId::parse(&r.try_get::<String, _>("id")?).map_err(corrupt)?,
+        user_id: UserId::parse(r.try_get::<String, _>("user_id")?).map_err(corrupt)?,
+        status: OrderStatus::parse(&status).ok_or_else(|| corrupt(format!("order status {status:?}")))?,
+        lines: Vec::new(),
+        total: Money::new(r.try_get("total_amount")?, currency).map_err(corrupt)?,
+        payment_token: r.try_get("payment_token")?,
+        cancel_reason: cancel_reason.as_deref().and_then(CancelReason::parse),
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        expires_at: r.try_get("expires_at")?,
+    })
+}
+
+async fn insert_outbox(tx: &mut sqlx::Transaction<'_, Any>, events: &[&Event]) -> Result<(), StoreError> {
+    for chunk in events.chunks(ROWS_PER_INSERT) {
+        let bodies = chunk.iter().map(|e| serde_json::to_string(e).map_err(corrupt)).collect::<Result<Vec<_>, _>>()?;
+        let mut q = QueryBuilder::<Any>::new("INSERT INTO outbox (event_id, event_type, aggregate_id, body, created_at) ");
+        q.push_values(chunk.iter().zip(bodies), |mut b, (e, body)| {
+            b.push_bind(e.id.to_string())
+                .push_bind(e.event_type.as_str())
+                .push_bind(e.aggregate_id.clone())
+                .push_bind(body)
+                .push_bind(e.occurred_at);
+        });
+        q.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Renders a result row as `col=value, ...` for reconcile reports.
+fn describe_row(row: &AnyRow) -> String {
+    use sqlx::Column;
+    row.columns()
+        .iter()
+        .map(|c| {
+            let i = c.ordinal();
+            let value = row
+                .try_get::<Option<i64>, _>(i)
+                .map(|v| v.map_or("NULL".to_owned(), |v| v.to_string()))
+                .or_else(|_| row.try_get::<Option<String>, _>(i).map(|v| v.unwrap_or_else(|| "NULL".into())))
+                .unwrap_or_else(|_| "?".into());
+            format!("{}={}", c.name(), value)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A store URL with its password hidden, for error messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
