@@ -73,8 +73,16 @@ impl App {
             "inventory.strategy {:?} is not available in this build (only \"actor\")",
             settings.inventory.strategy
         );
-        anyhow::ensure!(settings.bus.kind == "embedded", "bus.kind {:?} is not available in this build", settings.bus.kind);
-        anyhow::ensure!(settings.payment.mode == "local", "payment.mode {:?} is not available in this build", settings.payment.mode);
+        anyhow::ensure!(
+            settings.bus.kind == "embedded",
+            "bus.kind {:?} is not available in this build",
+            settings.bus.kind
+        );
+        anyhow::ensure!(
+            settings.payment.mode == "local",
+            "payment.mode {:?} is not available in this build",
+            settings.payment.mode
+        );
 
         let store = connect_store(&settings).await?;
         if settings.store.migrate_on_start {
@@ -83,9 +91,18 @@ impl App {
         let keys = Arc::new(Keys::load(&settings)?);
         let metrics = Arc::new(Metrics::new()?);
         let committed = Arc::new(tokio::sync::Notify::new());
-        let (write_behind, _) = WriteBehind::start(store.clone(), &settings.write_behind, metrics.clone(), committed.clone());
+        let (write_behind, _) = WriteBehind::start(
+            store.clone(),
+            &settings.write_behind,
+            metrics.clone(),
+            committed.clone(),
+        );
 
-        let arbiters: Arc<Vec<_>> = Arc::new((0..cores(settings.inventory.shards)).map(|_| Arbiter::new().handle()).collect());
+        let arbiters: Arc<Vec<_>> = Arc::new(
+            (0..cores(settings.inventory.shards))
+                .map(|_| Arbiter::new().handle())
+                .collect(),
+        );
         let inventory = Inventory::new(
             store.clone(),
             write_behind.clone(),
@@ -98,7 +115,8 @@ impl App {
         );
         let attempt_timeout = Duration::from_millis(settings.payment.attempt_timeout_ms);
         let latency = Duration::from_millis(settings.payment.gateway_latency_ms);
-        let payment = PaymentActor::start_in_arbiter(&arbiters[0], move |_| PaymentActor::new(latency, attempt_timeout));
+        let payment =
+            PaymentActor::start_in_arbiter(&arbiters[0], move |_| PaymentActor::new(latency, attempt_timeout));
         let orders = Orders::new(
             inventory.clone(),
             write_behind.clone(),
@@ -111,7 +129,10 @@ impl App {
                 attempt_timeout,
                 backoff_base: Duration::from_millis(settings.payment.backoff_base_ms),
                 reservation_ttl: settings.reservation_ttl(),
-                limits: OrderLimits { max_items: settings.orders.max_items, max_qty_per_item: settings.orders.max_qty_per_item },
+                limits: OrderLimits {
+                    max_items: settings.orders.max_items,
+                    max_qty_per_item: settings.orders.max_qty_per_item,
+                },
             },
         );
         let bus = InProcessBus::default();
@@ -168,7 +189,11 @@ impl App {
             actix_web::App::new()
                 .app_data(state.clone())
                 .app_data(keys.clone())
-                .app_data(web::JsonConfig::default().limit(body_limit).error_handler(http::problem::json_error))
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(body_limit)
+                        .error_handler(http::problem::json_error),
+                )
                 .app_data(web::PathConfig::default().error_handler(http::problem::path_error))
                 .app_data(web::QueryConfig::default().error_handler(http::problem::query_error))
                 .wrap(actix_web::middleware::from_fn(http::observe))
@@ -194,7 +219,12 @@ impl App {
                 Err(e) => error!(error = %e, "recovery failed; staying not ready"),
             }
         });
-        Ok(Running { addr, app: self, handle, server_task })
+        Ok(Running {
+            addr,
+            app: self,
+            handle,
+            server_task,
+        })
     }
 }
 

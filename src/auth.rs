@@ -49,7 +49,10 @@ impl Keys {
         let secret = if !auth.jwt_secret.is_empty() {
             auth.jwt_secret.clone().into_bytes()
         } else if !auth.jwt_secret_file.is_empty() {
-            std::fs::read_to_string(&auth.jwt_secret_file)?.trim().as_bytes().to_vec()
+            std::fs::read_to_string(&auth.jwt_secret_file)?
+                .trim()
+                .as_bytes()
+                .to_vec()
         } else {
             generated_secret(&settings.server.data_dir.join("jwt_secret"))?
         };
@@ -94,7 +97,9 @@ fn generated_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
             Ok(secret.into_bytes())
         }
         // Another process created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(std::fs::read_to_string(path)?.trim().as_bytes().to_vec()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(path)?.trim().as_bytes().to_vec())
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -106,7 +106,7 @@ pub struct TelemetrySettings {
 
 impl Settings {
     /// Loads the layers. `file` replaces the `$EMPORIUM_ENV` file when given.
-    pub fn load(file: Option<&Path>) -> Result<Self, figment::Error> {
+    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Toml::string(DEFAULTS));
         match file {
             Some(path) => figment = figment.merge(Toml::file_exact(path)),
@@ -116,13 +116,16 @@ impl Settings {
                 }
             }
         }
-        figment.merge(Env::prefixed("EMPORIUM__").split("__")).extract()
+        figment.merge(Env::prefixed("EMPORIUM__").split("__")).extract().map_err(Box::new)
     }
 
     /// The store URL, defaulting to the SQLite file in the data dir.
     pub fn store_url(&self) -> String {
         if self.store.url.is_empty() {
-            format!("sqlite://{}?mode=rwc", self.server.data_dir.join("emporium.db").display())
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.server.data_dir.join("emporium.db").display()
+            )
         } else {
             self.store.url.clone()
         }
@@ -145,11 +148,12 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail fixes the closure's error type
     fn environment_variables_override_the_files() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("EMPORIUM__STORE__URL", "mysql://root@127.0.0.1:3306/shop");
             jail.set_env("EMPORIUM__WRITE_BEHIND__MAX_BATCH", "7");
-            let s = Settings::load(None)?;
+            let s = Settings::load(None).expect("settings load");
             assert_eq!(s.store_url(), "mysql://root@127.0.0.1:3306/shop");
             assert_eq!(s.write_behind.max_batch, 7);
             Ok(())

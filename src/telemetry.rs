@@ -50,7 +50,9 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let latency_buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
         macro_rules! reg {
             ($c:expr) => {{
                 let c = $c;
@@ -68,13 +70,19 @@ impl Metrics {
                     .buckets(latency_buckets.clone()),
                 &["route", "method"]
             )?),
-            actors_active: reg!(IntGaugeVec::new(Opts::new("emporium_actors_active", "Live actors by type"), &["actor"])?),
+            actors_active: reg!(IntGaugeVec::new(
+                Opts::new("emporium_actors_active", "Live actors by type"),
+                &["actor"]
+            )?),
             actor_activations: reg!(IntCounterVec::new(
                 Opts::new("emporium_actor_activations_total", "Actors started"),
                 &["actor"]
             )?),
             actor_passivations: reg!(IntCounterVec::new(
-                Opts::new("emporium_actor_passivations_total", "Actors stopped after being idle or finished"),
+                Opts::new(
+                    "emporium_actor_passivations_total",
+                    "Actors stopped after being idle or finished"
+                ),
                 &["actor"]
             )?),
             actor_messages: reg!(IntCounterVec::new(
@@ -82,14 +90,20 @@ impl Metrics {
                 &["actor"]
             )?),
             reservations: reg!(IntCounterVec::new(
-                Opts::new("emporium_reservations_total", "Reservation attempts by outcome (accepted, sold_out)"),
+                Opts::new(
+                    "emporium_reservations_total",
+                    "Reservation attempts by outcome (accepted, sold_out)"
+                ),
                 &["outcome"]
             )?),
             reservation_expirations: reg!(IntCounter::new(
                 "emporium_reservation_expirations_total",
                 "Unpaid orders cancelled because their reservation expired"
             )?),
-            orders_created: reg!(IntCounter::new("emporium_orders_created_total", "Orders accepted durably (201)")?),
+            orders_created: reg!(IntCounter::new(
+                "emporium_orders_created_total",
+                "Orders accepted durably (201)"
+            )?),
             orders_finished: reg!(IntCounterVec::new(
                 Opts::new("emporium_orders_finished_total", "Orders reaching a final state"),
                 &["status"]
@@ -106,18 +120,42 @@ impl Metrics {
                 HistogramOpts::new("emporium_write_behind_commit_duration_seconds", "Group commit latency")
                     .buckets(latency_buckets.clone())
             )?),
-            commit_failures: reg!(IntCounter::new("emporium_write_behind_failures_total", "Failed group commits")?),
-            write_queue_depth: reg!(IntGauge::new("emporium_write_behind_queue_depth", "Write-sets waiting to be committed")?),
-            outbox_backlog: reg!(IntGauge::new("emporium_outbox_backlog", "Outbox events not yet published")?),
-            outbox_published: reg!(IntCounter::new("emporium_outbox_published_total", "Outbox events published")?),
-            outbox_retries: reg!(IntCounter::new("emporium_outbox_retries_total", "Outbox publish attempts that failed and will be retried")?),
-            outbox_failed: reg!(IntCounter::new("emporium_outbox_failed_total", "Outbox events moved to failed_events")?),
+            commit_failures: reg!(IntCounter::new(
+                "emporium_write_behind_failures_total",
+                "Failed group commits"
+            )?),
+            write_queue_depth: reg!(IntGauge::new(
+                "emporium_write_behind_queue_depth",
+                "Write-sets waiting to be committed"
+            )?),
+            outbox_backlog: reg!(IntGauge::new(
+                "emporium_outbox_backlog",
+                "Outbox events not yet published"
+            )?),
+            outbox_published: reg!(IntCounter::new(
+                "emporium_outbox_published_total",
+                "Outbox events published"
+            )?),
+            outbox_retries: reg!(IntCounter::new(
+                "emporium_outbox_retries_total",
+                "Outbox publish attempts that failed and will be retried"
+            )?),
+            outbox_failed: reg!(IntCounter::new(
+                "emporium_outbox_failed_total",
+                "Outbox events moved to failed_events"
+            )?),
             outbox_publish_duration: reg!(Histogram::with_opts(
-                HistogramOpts::new("emporium_outbox_publish_duration_seconds", "Latency of one relay publish round")
-                    .buckets(latency_buckets)
+                HistogramOpts::new(
+                    "emporium_outbox_publish_duration_seconds",
+                    "Latency of one relay publish round"
+                )
+                .buckets(latency_buckets)
             )?),
             db_pool_connections: reg!(IntGaugeVec::new(
-                Opts::new("emporium_db_pool_connections", "Database pool connections by state (in_use, idle)"),
+                Opts::new(
+                    "emporium_db_pool_connections",
+                    "Database pool connections by state (in_use, idle)"
+                ),
                 &["state"]
             )?),
             registry,

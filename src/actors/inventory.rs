@@ -116,7 +116,12 @@ pub struct SkuActor {
 impl SkuActor {
     fn journal(&mut self, change: Change) -> JournalEntry {
         self.seq += 1;
-        JournalEntry { sku: self.sku.clone(), seq: self.seq, change, at: now_millis() }
+        JournalEntry {
+            sku: self.sku.clone(),
+            seq: self.seq,
+            change,
+            at: now_millis(),
+        }
     }
 
     fn view(&self) -> InventoryView {
@@ -171,7 +176,10 @@ impl Handler<Reserve> for SkuActor {
             Outcome::Applied(change) => Some(self.journal(change)),
             Outcome::Unchanged => None,
         };
-        Ok(Reserved { entry, unit_price: self.unit_price })
+        Ok(Reserved {
+            entry,
+            unit_price: self.unit_price,
+        })
     }
 }
 
@@ -218,17 +226,22 @@ impl Handler<SetStock> for SkuActor {
         };
         let entry = self.journal(change);
         let write_behind = self.shared.write_behind.clone();
-        let set = WriteSet { journal: vec![entry], ..WriteSet::default() };
-        AtomicResponse::new(Box::pin(async move { write_behind.commit(set).await }.into_actor(self).map(
-            move |result, act, _ctx| match result {
-                Ok(()) => Ok(act.view()),
-                Err(e) => {
-                    // Stock only went up or down by this change; restoring it is always valid.
-                    let _ = act.inventory.set_stock(previous);
-                    Err(e.into())
-                }
-            },
-        )))
+        let set = WriteSet {
+            journal: vec![entry],
+            ..WriteSet::default()
+        };
+        AtomicResponse::new(Box::pin(
+            async move { write_behind.commit(set).await }
+                .into_actor(self)
+                .map(move |result, act, _ctx| match result {
+                    Ok(()) => Ok(act.view()),
+                    Err(e) => {
+                        // Stock only went up or down by this change; restoring it is always valid.
+                        let _ = act.inventory.set_stock(previous);
+                        Err(e.into())
+                    }
+                }),
+        ))
     }
 }
 
@@ -293,7 +306,12 @@ impl Inventory {
         if let Some(addr) = self.shared.actors.get(sku) {
             return Ok(addr.clone());
         }
-        let record = self.shared.store.load_sku(sku).await?.ok_or_else(|| InventoryFailure::UnknownSku(sku.clone()))?;
+        let record = self
+            .shared
+            .store
+            .load_sku(sku)
+            .await?
+            .ok_or_else(|| InventoryFailure::UnknownSku(sku.clone()))?;
         let entry = self.shared.actors.entry(sku.clone());
         Ok(match entry {
             // Another request activated it while we were loading: use theirs.
@@ -332,10 +350,18 @@ impl Inventory {
                 Err(MailboxError::Timeout) => break,
             }
         }
-        Err(InventoryFailure::Unavailable(format!("inventory actor for {sku} is not answering")))
+        Err(InventoryFailure::Unavailable(format!(
+            "inventory actor for {sku} is not answering"
+        )))
     }
 
-    pub async fn reserve(&self, sku: &Sku, order: OrderId, qty: i64, expires_at: Millis) -> Result<Reserved, InventoryFailure> {
+    pub async fn reserve(
+        &self,
+        sku: &Sku,
+        order: OrderId,
+        qty: i64,
+        expires_at: Millis,
+    ) -> Result<Reserved, InventoryFailure> {
         Ok(self.ask(sku, Reserve { order, qty, expires_at }).await??)
     }
 

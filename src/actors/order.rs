@@ -20,11 +20,11 @@ use crate::actors::write_behind::{CommitError, WriteBehind};
 use crate::domain::events::{Event, EventType};
 use crate::domain::ids::{OrderId, Sku, UserId};
 use crate::domain::inventory::InventoryError;
+use crate::domain::now_millis;
 use crate::domain::order::{
     next_status, quantities_by_sku, total, CancelReason, Order, OrderLimits, OrderLine, OrderRequestError, OrderStatus,
     Transition,
 };
-use crate::domain::now_millis;
 use crate::persistence::{IdempotencyRecord, JournalEntry, SqlStore, StatusChange, StoreError, WriteSet};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
@@ -150,7 +150,9 @@ impl Handler<Cancel> for OrderActor {
     fn handle(&mut self, msg: Cancel, _ctx: &mut Self::Context) -> Self::Result {
         self.deps.metrics.actor_messages.with_label_values(&[ACTOR]).inc();
         if self.order.status != OrderStatus::PendingPayment {
-            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(CancelRefused::NotPending(self.order.status)))));
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(CancelRefused::NotPending(
+                self.order.status,
+            )))));
         }
         AtomicResponse::new(Box::pin(self.cancel(msg.reason, None)))
     }
@@ -158,7 +160,13 @@ impl Handler<Cancel> for OrderActor {
 
 impl OrderActor {
     fn skus(&self) -> Vec<Sku> {
-        self.order.lines.iter().map(|l| l.sku.clone()).collect::<BTreeSet<_>>().into_iter().collect()
+        self.order
+            .lines
+            .iter()
+            .map(|l| l.sku.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
     }
 
     fn event(&self, event_type: EventType, aggregate: impl ToString, data: serde_json::Value) -> Event {
@@ -171,7 +179,13 @@ impl OrderActor {
             Transition::Cancel(reason) => Some(reason),
             _ => None,
         };
-        Some(StatusChange { order_id: self.order.id, from: self.order.status, to, cancel_reason, at: now_millis() })
+        Some(StatusChange {
+            order_id: self.order.id,
+            from: self.order.status,
+            to,
+            cancel_reason,
+            at: now_millis(),
+        })
     }
 
     fn charge(&mut self, ctx: &mut Context<Self>) {
@@ -192,7 +206,11 @@ impl OrderActor {
             }
         };
         // Spawned, not awaited: a cancel or the expiry may arrive while the gateway thinks.
-        ctx.spawn(attempt.into_actor(self).map(|outcome, act, ctx| act.on_payment(outcome, ctx)));
+        ctx.spawn(
+            attempt
+                .into_actor(self)
+                .map(|outcome, act, ctx| act.on_payment(outcome, ctx)),
+        );
     }
 
     fn on_payment(&mut self, outcome: Result<(), PaymentError>, ctx: &mut Context<Self>) {
@@ -226,30 +244,40 @@ impl OrderActor {
     }
 
     fn mark_paid(&mut self, ctx: &mut Context<Self>) {
-        let Some(change) = self.status_change(Transition::PaymentSucceeded) else { return };
+        let Some(change) = self.status_change(Transition::PaymentSucceeded) else {
+            return;
+        };
         let event = self.event(
             EventType::PaymentSucceeded,
             self.order.id,
             json!({"order_id": self.order.id, "amount": self.order.total, "attempts": self.attempt}),
         );
-        let set = WriteSet { status_change: Some(change.clone()), events: vec![event], ..WriteSet::default() };
+        let set = WriteSet {
+            status_change: Some(change.clone()),
+            events: vec![event],
+            ..WriteSet::default()
+        };
         let deps = self.deps.clone();
         let id = self.order.id;
-        ctx.wait(async move { commit_step(&deps, set, id, OrderStatus::Paid).await }.into_actor(self).map(
-            move |ok, act, ctx| {
-                if ok {
-                    act.order.status = change.to;
-                    act.order.updated_at = change.at;
-                    act.complete(ctx);
-                } else {
-                    ctx.stop();
-                }
-            },
-        ));
+        ctx.wait(
+            async move { commit_step(&deps, set, id, OrderStatus::Paid).await }
+                .into_actor(self)
+                .map(move |ok, act, ctx| {
+                    if ok {
+                        act.order.status = change.to;
+                        act.order.updated_at = change.at;
+                        act.complete(ctx);
+                    } else {
+                        ctx.stop();
+                    }
+                }),
+        );
     }
 
     fn complete(&mut self, ctx: &mut Context<Self>) {
-        let Some(change) = self.status_change(Transition::Complete) else { return };
+        let Some(change) = self.status_change(Transition::Complete) else {
+            return;
+        };
         let (deps, skus, id) = (self.deps.clone(), self.skus(), self.order.id);
         let traceparent = self.traceparent.clone();
         ctx.wait(
@@ -267,8 +295,19 @@ impl OrderActor {
                         )
                     })
                     .collect();
-                events.push(Event::new(EventType::OrderCompleted, id, now_millis(), traceparent, json!({"order_id": id})));
-                let set = WriteSet { status_change: Some(change.clone()), journal, events, ..WriteSet::default() };
+                events.push(Event::new(
+                    EventType::OrderCompleted,
+                    id,
+                    now_millis(),
+                    traceparent,
+                    json!({"order_id": id}),
+                ));
+                let set = WriteSet {
+                    status_change: Some(change.clone()),
+                    journal,
+                    events,
+                    ..WriteSet::default()
+                };
                 (commit_step(&deps, set, id, OrderStatus::Completed).await, change)
             }
             .into_actor(self)
@@ -292,12 +331,16 @@ impl OrderActor {
     }
 
     /// The compensation: release every reservation, then commit CANCELLED with its events.
-    fn cancel(&mut self, reason: CancelReason, failure: Option<String>) -> impl ActorFuture<Self, Output = Result<Order, CancelRefused>> {
+    fn cancel(
+        &mut self,
+        reason: CancelReason,
+        failure: Option<String>,
+    ) -> impl ActorFuture<Self, Output = Result<Order, CancelRefused>> {
         let change = self.status_change(Transition::Cancel(reason));
         let (deps, skus, id) = (self.deps.clone(), self.skus(), self.order.id);
         let traceparent = self.traceparent.clone();
         async move {
-            let Some(change) = change else { return None };
+            let change = change?;
             let journal = settle_each(&deps, &skus, id, Settle::Release).await;
             let mut events = Vec::new();
             if reason == CancelReason::PaymentFailed {
@@ -325,8 +368,15 @@ impl OrderActor {
                 traceparent,
                 json!({"order_id": id, "reason": reason}),
             ));
-            let set = WriteSet { status_change: Some(change.clone()), journal, events, ..WriteSet::default() };
-            commit_step(&deps, set, id, OrderStatus::Cancelled).await.then_some(change)
+            let set = WriteSet {
+                status_change: Some(change.clone()),
+                journal,
+                events,
+                ..WriteSet::default()
+            };
+            commit_step(&deps, set, id, OrderStatus::Cancelled)
+                .await
+                .then_some(change)
         }
         .into_actor(self)
         .map(move |committed, act, ctx| {
@@ -443,7 +493,12 @@ impl Orders {
         // cannot leave a stale entry behind.
         OrderActor::start_in_arbiter(arbiter, move |ctx| {
             deps.actors.insert(order.id, ctx.address());
-            OrderActor { order, attempt: 0, traceparent, deps }
+            OrderActor {
+                order,
+                attempt: 0,
+                traceparent,
+                deps,
+            }
         });
     }
 
@@ -478,12 +533,18 @@ impl Orders {
     }
 
     async fn stored_answer(&self, user: &UserId, key: &str, hash: &str) -> Result<Option<Placed>, PlaceError> {
-        let stored = self.deps.store.find_idempotency(user, key).await.map_err(|e| PlaceError::Unavailable(e.to_string()))?;
+        let stored = self
+            .deps
+            .store
+            .find_idempotency(user, key)
+            .await
+            .map_err(|e| PlaceError::Unavailable(e.to_string()))?;
         match stored {
             None => Ok(None),
             Some(record) if record.request_hash != hash => Err(PlaceError::IdempotencyMismatch),
             Some(record) => {
-                let order = serde_json::from_str(&record.response).map_err(|e| PlaceError::Unavailable(e.to_string()))?;
+                let order =
+                    serde_json::from_str(&record.response).map_err(|e| PlaceError::Unavailable(e.to_string()))?;
                 Ok(Some(Placed { order, replayed: true }))
             }
         }
@@ -509,7 +570,11 @@ impl Orders {
                     failure = Some(match e {
                         InventoryFailure::UnknownSku(sku) => PlaceError::UnknownSku(sku),
                         InventoryFailure::Rule(InventoryError::OutOfStock { requested, available }) => {
-                            PlaceError::OutOfStock { sku: sku.clone(), requested, available }
+                            PlaceError::OutOfStock {
+                                sku: sku.clone(),
+                                requested,
+                                available,
+                            }
                         }
                         other => PlaceError::Unavailable(other.to_string()),
                     });
@@ -552,7 +617,13 @@ impl Orders {
             }),
             None => None,
         };
-        let set = WriteSet { new_order: Some(order.clone()), status_change: None, journal, events, idempotency };
+        let set = WriteSet {
+            new_order: Some(order.clone()),
+            status_change: None,
+            journal,
+            events,
+            idempotency,
+        };
         match deps.write_behind.commit(set).await {
             Ok(()) => {
                 deps.metrics.orders_created.inc();
@@ -580,7 +651,12 @@ impl Orders {
     pub async fn cancel(&self, id: OrderId) -> Result<Order, CancelRefused> {
         let live = self.deps.actors.get(&id).map(|a| a.clone());
         if let Some(addr) = live {
-            if let Ok(answer) = addr.send(Cancel { reason: CancelReason::Customer }).await {
+            if let Ok(answer) = addr
+                .send(Cancel {
+                    reason: CancelReason::Customer,
+                })
+                .await
+            {
                 return answer;
             }
         }
@@ -602,7 +678,10 @@ impl Orders {
         let (expired, live): (Vec<Order>, Vec<Order>) = in_flight
             .into_iter()
             .partition(|o| o.status == OrderStatus::PendingPayment && o.expires_at <= now);
-        let report = RecoveryReport { resumed: live.len(), expired: expired.len() };
+        let report = RecoveryReport {
+            resumed: live.len(),
+            expired: expired.len(),
+        };
         let sweeps = expired.into_iter().map(|order| self.expire_offline(order));
         futures_util::future::join_all(sweeps).await;
         for order in live {
@@ -614,16 +693,34 @@ impl Orders {
 
     async fn expire_offline(&self, order: Order) {
         let deps = &self.deps;
-        let skus: Vec<Sku> = order.lines.iter().map(|l| l.sku.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let skus: Vec<Sku> = order
+            .lines
+            .iter()
+            .map(|l| l.sku.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let journal = settle_each(deps, &skus, order.id, Settle::Release).await;
         let at = now_millis();
         let mut events: Vec<Event> = journal
             .iter()
             .map(|e| {
-                Event::new(EventType::InventoryReleased, &e.sku, at, None, json!({"sku": e.sku, "order_id": order.id, "qty": e.change.qty}))
+                Event::new(
+                    EventType::InventoryReleased,
+                    &e.sku,
+                    at,
+                    None,
+                    json!({"sku": e.sku, "order_id": order.id, "qty": e.change.qty}),
+                )
             })
             .collect();
-        events.push(Event::new(EventType::OrderCancelled, order.id, at, None, json!({"order_id": order.id, "reason": CancelReason::Expired})));
+        events.push(Event::new(
+            EventType::OrderCancelled,
+            order.id,
+            at,
+            None,
+            json!({"order_id": order.id, "reason": CancelReason::Expired}),
+        ));
         let change = StatusChange {
             order_id: order.id,
             from: OrderStatus::PendingPayment,
@@ -631,7 +728,12 @@ impl Orders {
             cancel_reason: Some(CancelReason::Expired),
             at,
         };
-        let set = WriteSet { status_change: Some(change), journal, events, ..WriteSet::default() };
+        let set = WriteSet {
+            status_change: Some(change),
+            journal,
+            events,
+            ..WriteSet::default()
+        };
         if commit_step(deps, set, order.id, OrderStatus::Cancelled).await {
             deps.metrics.reservation_expirations.inc();
             deps.metrics.orders_finished.with_label_values(&["CANCELLED"]).inc();
@@ -649,7 +751,13 @@ fn build_order(
     let lines: Vec<OrderLine> = request
         .items
         .iter()
-        .filter_map(|(sku, qty)| prices.get(sku).map(|price| OrderLine { sku: sku.clone(), qty: *qty, unit_price: *price }))
+        .filter_map(|(sku, qty)| {
+            prices.get(sku).map(|price| OrderLine {
+                sku: sku.clone(),
+                qty: *qty,
+                unit_price: *price,
+            })
+        })
         .collect();
     let total = total(&lines).map_err(OrderRequestError::from)?;
     Ok(Order {

@@ -26,7 +26,12 @@ pub struct OutboxRelay {
 
 impl OutboxRelay {
     pub fn new(store: SqlStore, bus: Arc<dyn EventBus>, settings: OutboxSettings, metrics: Arc<Metrics>) -> Self {
-        Self { store, bus, settings, metrics }
+        Self {
+            store,
+            bus,
+            settings,
+            metrics,
+        }
     }
 
     pub fn poll_interval_ms(&self) -> u64 {
@@ -65,7 +70,9 @@ impl OutboxRelay {
         let started = Instant::now();
         let events: Vec<_> = due.iter().map(|r| &r.event).collect();
         let outcomes = self.bus.publish(&events).await;
-        self.metrics.outbox_publish_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .outbox_publish_duration
+            .observe(started.elapsed().as_secs_f64());
 
         let mut published = Vec::with_capacity(due.len());
         let mut failed_aggregates: HashSet<&str> = HashSet::new();
@@ -92,10 +99,21 @@ impl OutboxRelay {
         if attempts >= self.settings.max_attempts {
             self.metrics.outbox_failed.inc();
             warn!(event_id = %row.event.id, attempts, error, "outbox event moved to failed_events");
-            return self.store.outbox_fail(&OutboxRow { attempts, ..row.clone() }, error).await;
+            return self
+                .store
+                .outbox_fail(
+                    &OutboxRow {
+                        attempts,
+                        ..row.clone()
+                    },
+                    error,
+                )
+                .await;
         }
         self.metrics.outbox_retries.inc();
         let backoff = self.settings.backoff_base_ms.saturating_mul(1 << attempts.min(16)) as i64;
-        self.store.outbox_defer(row.id, attempts, now_millis() + backoff, error).await
+        self.store
+            .outbox_defer(row.id, attempts, now_millis() + backoff, error)
+            .await
     }
 }

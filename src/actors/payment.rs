@@ -51,7 +51,10 @@ pub struct PaymentActor {
 
 impl PaymentActor {
     pub fn new(latency: Duration, attempt_timeout: Duration) -> Self {
-        Self { latency, hang: attempt_timeout * 2 }
+        Self {
+            latency,
+            hang: attempt_timeout * 2,
+        }
     }
 }
 
@@ -65,17 +68,22 @@ impl Handler<Charge> for PaymentActor {
     fn handle(&mut self, msg: Charge, _ctx: &mut Self::Context) -> Self::Result {
         let (latency, hang) = (self.latency, self.hang);
         let span = tracing::debug_span!("payment_charge", order_id = %msg.order, attempt = msg.attempt);
-        Box::pin(tracing::Instrument::instrument(async move {
-            tokio::time::sleep(latency).await;
-            match msg.token.as_str() {
-                "test_decline" => Err(PaymentError::Declined),
-                "test_flaky" if msg.attempt <= 2 => Err(PaymentError::Transient("simulated gateway failure".into())),
-                "test_down" => {
-                    tokio::time::sleep(hang).await;
-                    Err(PaymentError::Timeout)
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                tokio::time::sleep(latency).await;
+                match msg.token.as_str() {
+                    "test_decline" => Err(PaymentError::Declined),
+                    "test_flaky" if msg.attempt <= 2 => {
+                        Err(PaymentError::Transient("simulated gateway failure".into()))
+                    }
+                    "test_down" => {
+                        tokio::time::sleep(hang).await;
+                        Err(PaymentError::Timeout)
+                    }
+                    _ => Ok(()),
                 }
-                _ => Ok(()),
-            }
-        }, span))
+            },
+            span,
+        ))
     }
 }

@@ -52,7 +52,11 @@ impl WriteBehind {
         committed: Arc<Notify>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
-        let handle = Self { sender, queued: Arc::default(), healthy: Arc::new(AtomicBool::new(true)) };
+        let handle = Self {
+            sender,
+            queued: Arc::default(),
+            healthy: Arc::new(AtomicBool::new(true)),
+        };
         let worker = CommitLoop {
             receiver,
             store,
@@ -127,7 +131,9 @@ impl CommitLoop {
                     }
                 }
             }
-            self.metrics.write_queue_depth.set(self.queued.load(Ordering::Relaxed) as i64);
+            self.metrics
+                .write_queue_depth
+                .set(self.queued.load(Ordering::Relaxed) as i64);
             let size = batch.len();
             self.commit_batch(std::mem::take(&mut batch)).await;
             self.queued.fetch_sub(size, Ordering::SeqCst);
@@ -153,7 +159,10 @@ impl CommitLoop {
             }
             Err(StoreError::Rejected(_) | StoreError::Conflict(_)) if batch.len() > 1 => {
                 // One write-set broke a rule; find it by committing each alone.
-                debug!(size = batch.len(), "batch refused, committing its write-sets one by one");
+                debug!(
+                    size = batch.len(),
+                    "batch refused, committing its write-sets one by one"
+                );
                 for p in batch {
                     let alone = self.store.commit(&[&p.set]).await;
                     if alone.is_err() {

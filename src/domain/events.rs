@@ -63,7 +63,13 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(event_type: EventType, aggregate_id: impl ToString, occurred_at: Millis, traceparent: Option<String>, data: serde_json::Value) -> Self {
+    pub fn new(
+        event_type: EventType,
+        aggregate_id: impl ToString,
+        occurred_at: Millis,
+        traceparent: Option<String>,
+        data: serde_json::Value,
+    ) -> Self {
         Self {
             id: Uuid::now_v7(),
             event_type,
@@ -82,7 +88,13 @@ mod tests {
 
     #[test]
     fn events_serialize_with_their_type_name_and_round_trip() {
-        let e = Event::new(EventType::OrderCreated, "o-1", 5, Some("00-abc-def-01".into()), serde_json::json!({"x": 1}));
+        let e = Event::new(
+            EventType::OrderCreated,
+            "o-1",
+            5,
+            Some("00-abc-def-01".into()),
+            serde_json::json!({"x": 1}),
+        );
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(json["type"], "order_created");
         assert_eq!(serde_json::from_value::<Event>(json).unwrap(), e);

@@ -87,14 +87,21 @@ impl SkuInventory {
         if stock < 0 {
             return Err(InventoryError::InvalidQuantity(stock));
         }
-        Ok(Self { stock, ..Self::default() })
+        Ok(Self {
+            stock,
+            ..Self::default()
+        })
     }
 
     /// Rebuilds state from a snapshot's stock and its live reservations.
     pub fn restore(stock: i64, reservations: impl IntoIterator<Item = (OrderId, Reservation)>) -> Self {
         let reservations: HashMap<_, _> = reservations.into_iter().collect();
         let reserved = reservations.values().map(|r| r.qty).sum();
-        Self { stock, reserved, reservations }
+        Self {
+            stock,
+            reserved,
+            reservations,
+        }
     }
 
     pub fn stock(&self) -> i64 {
@@ -122,7 +129,10 @@ impl SkuInventory {
             return Ok(Outcome::Unchanged);
         }
         if qty > self.available() {
-            return Err(InventoryError::OutOfStock { requested: qty, available: self.available() });
+            return Err(InventoryError::OutOfStock {
+                requested: qty,
+                available: self.available(),
+            });
         }
         self.reserved += qty;
         self.reservations.insert(order, Reservation { qty, expires_at });
@@ -180,7 +190,10 @@ impl SkuInventory {
     /// Admin change of stock on hand; never below what unpaid orders hold.
     pub fn set_stock(&mut self, stock: i64) -> Result<Change, InventoryError> {
         if stock < self.reserved {
-            return Err(InventoryError::BelowReserved { requested: stock, reserved: self.reserved });
+            return Err(InventoryError::BelowReserved {
+                requested: stock,
+                reserved: self.reserved,
+            });
         }
         let delta = stock - self.stock;
         self.stock = stock;
@@ -219,7 +232,10 @@ mod tests {
         assert!(matches!(inv.reserve(order(1), 1, 0), Ok(Outcome::Applied(_))));
         assert_eq!(
             inv.reserve(order(2), 1, 0),
-            Err(InventoryError::OutOfStock { requested: 1, available: 0 })
+            Err(InventoryError::OutOfStock {
+                requested: 1,
+                available: 0
+            })
         );
     }
 
@@ -239,7 +255,13 @@ mod tests {
     fn stock_cannot_drop_below_reserved() {
         let mut inv = SkuInventory::new(5).unwrap();
         inv.reserve(order(1), 4, 0).unwrap();
-        assert_eq!(inv.set_stock(3), Err(InventoryError::BelowReserved { requested: 3, reserved: 4 }));
+        assert_eq!(
+            inv.set_stock(3),
+            Err(InventoryError::BelowReserved {
+                requested: 3,
+                reserved: 4
+            })
+        );
         assert_eq!(inv.set_stock(4).unwrap().stock_delta, -1);
     }
 
@@ -281,8 +303,11 @@ mod tests {
             let mut sold = 0i64;
             let mut confirmed = std::collections::HashSet::new();
             let mut forgotten_reserved = 0i64;
+            let mut settled = std::collections::HashSet::new();
             for op in ops {
                 let change = match op {
+                    // Order ids are fresh per placement: a settled order is never reserved again.
+                    Op::Reserve(o, _) if settled.contains(&o) => None,
                     Op::Reserve(o, q) => match inv.reserve(order(o.into()), q, 0) {
                         Ok(Outcome::Applied(c)) => Some(c),
                         Ok(Outcome::Unchanged) => None,
@@ -294,6 +319,7 @@ mod tests {
                     },
                     Op::Confirm(o) => match inv.confirm(order(o.into())) {
                         Outcome::Applied(c) => {
+                            settled.insert(o);
                             prop_assert!(confirmed.insert(o), "order {} confirmed twice", o);
                             sold += c.qty;
                             Some(c)
@@ -301,7 +327,10 @@ mod tests {
                         Outcome::Unchanged => None,
                     },
                     Op::Release(o) => match inv.release(order(o.into())) {
-                        Outcome::Applied(c) => Some(c),
+                        Outcome::Applied(c) => {
+                            settled.insert(o);
+                            Some(c)
+                        }
                         Outcome::Unchanged => None,
                     },
                     Op::Forget(o) => {

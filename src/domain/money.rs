@@ -92,7 +92,10 @@ impl Money {
             return Err(MoneyError::CurrencyMismatch(other.currency, self.currency));
         }
         let amount = self.amount.checked_add(other.amount).ok_or(MoneyError::Overflow)?;
-        Ok(Self { amount, currency: self.currency })
+        Ok(Self {
+            amount,
+            currency: self.currency,
+        })
     }
 }
 
@@ -119,6 +122,9 @@ mod tests {
         assert!(Currency::parse("KRWW").is_err());
         assert!(serde_json::from_str::<Money>(r#"{"amount":-1,"currency":"KRW"}"#).is_err());
         assert!(serde_json::from_str::<Money>(r#"{"amount":1,"currency":"KRW","x":1}"#).is_err());
-        assert_eq!(serde_json::from_str::<Money>(r#"{"amount":7,"currency":"KRW"}"#).unwrap(), krw(7));
+        assert_eq!(
+            serde_json::from_str::<Money>(r#"{"amount":7,"currency":"KRW"}"#).unwrap(),
+            krw(7)
+        );
     }
 }

@@ -134,12 +134,19 @@ pub fn quantities_by_sku(items: &[(Sku, i64)], limits: OrderLimits) -> Result<BT
         return Err(OrderRequestError::NoItems);
     }
     if items.len() > limits.max_items {
-        return Err(OrderRequestError::TooManyItems { max: limits.max_items, got: items.len() });
+        return Err(OrderRequestError::TooManyItems {
+            max: limits.max_items,
+            got: items.len(),
+        });
     }
     let mut wanted = BTreeMap::new();
     for (sku, qty) in items {
         if *qty < 1 || *qty > limits.max_qty_per_item {
-            return Err(OrderRequestError::BadQuantity { sku: sku.clone(), max: limits.max_qty_per_item, got: *qty });
+            return Err(OrderRequestError::BadQuantity {
+                sku: sku.clone(),
+                max: limits.max_qty_per_item,
+                got: *qty,
+            });
         }
         *wanted.entry(sku.clone()).or_insert(0) += qty;
     }
@@ -185,7 +192,10 @@ mod tests {
 
     #[test]
     fn lines_on_the_same_sku_reserve_their_sum_in_sku_order() {
-        let limits = OrderLimits { max_items: 10, max_qty_per_item: 5 };
+        let limits = OrderLimits {
+            max_items: 10,
+            max_qty_per_item: 5,
+        };
         let (a, b) = (Sku::parse("B").unwrap(), Sku::parse("A").unwrap());
         let wanted = quantities_by_sku(&[(a.clone(), 2), (b.clone(), 1), (a.clone(), 3)], limits).unwrap();
         assert_eq!(wanted.into_iter().collect::<Vec<_>>(), vec![(b, 1), (a, 5)]);
@@ -193,11 +203,20 @@ mod tests {
 
     #[test]
     fn bad_requests_are_refused() {
-        let limits = OrderLimits { max_items: 2, max_qty_per_item: 5 };
+        let limits = OrderLimits {
+            max_items: 2,
+            max_qty_per_item: 5,
+        };
         let s = Sku::parse("A").unwrap();
         assert_eq!(quantities_by_sku(&[], limits), Err(OrderRequestError::NoItems));
-        assert!(matches!(quantities_by_sku(&[(s.clone(), 0)], limits), Err(OrderRequestError::BadQuantity { .. })));
-        assert!(matches!(quantities_by_sku(&[(s.clone(), 6)], limits), Err(OrderRequestError::BadQuantity { .. })));
+        assert!(matches!(
+            quantities_by_sku(&[(s.clone(), 0)], limits),
+            Err(OrderRequestError::BadQuantity { .. })
+        ));
+        assert!(matches!(
+            quantities_by_sku(&[(s.clone(), 6)], limits),
+            Err(OrderRequestError::BadQuantity { .. })
+        ));
         assert!(matches!(
             quantities_by_sku(&[(s.clone(), 1), (s.clone(), 1), (s, 1)], limits),
             Err(OrderRequestError::TooManyItems { .. })
@@ -207,7 +226,11 @@ mod tests {
     #[test]
     fn total_multiplies_and_sums() {
         let krw = Currency::parse("KRW").unwrap();
-        let line = |qty, amount| OrderLine { sku: Sku::parse("A").unwrap(), qty, unit_price: Money::new(amount, krw).unwrap() };
+        let line = |qty, amount| OrderLine {
+            sku: Sku::parse("A").unwrap(),
+            qty,
+            unit_price: Money::new(amount, krw).unwrap(),
+        };
         assert_eq!(total(&[line(2, 1000), line(1, 500)]).unwrap().amount, 2500);
     }
 }

@@ -43,9 +43,15 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         .ok()
         .and_then(|h| h.strip_prefix("Bearer "))
         .ok_or_else(|| ApiError::Unauthorized("Authorization must be 'Bearer <token>'".into()))?;
-    let claims = keys.verify(token.trim()).map_err(|e| ApiError::Unauthorized(format!("invalid token: {e}")))?;
-    let user = UserId::parse(claims.sub.as_str()).map_err(|e| ApiError::Unauthorized(format!("invalid token subject: {e}")))?;
-    Ok(Caller { user, admin: claims.is_admin() })
+    let claims = keys
+        .verify(token.trim())
+        .map_err(|e| ApiError::Unauthorized(format!("invalid token: {e}")))?;
+    let user = UserId::parse(claims.sub.as_str())
+        .map_err(|e| ApiError::Unauthorized(format!("invalid token subject: {e}")))?;
+    Ok(Caller {
+        user,
+        admin: claims.is_admin(),
+    })
 }
 
 #[derive(Debug, Clone)]

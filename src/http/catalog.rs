@@ -83,7 +83,9 @@ fn validate(p: &CreateProduct) -> Result<(), ApiError> {
         return Err(ApiError::unprocessable("name must be 1-200 characters"));
     }
     if p.variants.is_empty() || p.variants.len() > MAX_VARIANTS {
-        return Err(ApiError::unprocessable(format!("a product needs 1-{MAX_VARIANTS} variants")));
+        return Err(ApiError::unprocessable(format!(
+            "a product needs 1-{MAX_VARIANTS} variants"
+        )));
     }
     let mut seen = HashSet::new();
     for v in &p.variants {
@@ -91,10 +93,16 @@ fn validate(p: &CreateProduct) -> Result<(), ApiError> {
             return Err(ApiError::unprocessable(format!("sku {} appears twice", v.sku)));
         }
         if !(0..=MAX_STOCK).contains(&v.stock) {
-            return Err(ApiError::unprocessable(format!("stock of {} must be between 0 and {MAX_STOCK}", v.sku)));
+            return Err(ApiError::unprocessable(format!(
+                "stock of {} must be between 0 and {MAX_STOCK}",
+                v.sku
+            )));
         }
         if v.price.is_some_and(|price| price.currency != p.price.currency) {
-            return Err(ApiError::unprocessable(format!("price of {} must be in {}", v.sku, p.price.currency)));
+            return Err(ApiError::unprocessable(format!(
+                "price of {} must be in {}",
+                v.sku, p.price.currency
+            )));
         }
     }
     Ok(())
@@ -142,7 +150,11 @@ pub async fn create_product(
         skus: body
             .variants
             .into_iter()
-            .map(|v| NewSku { price: v.price.unwrap_or(body.price), sku: v.sku, stock: v.stock })
+            .map(|v| NewSku {
+                price: v.price.unwrap_or(body.price),
+                sku: v.sku,
+                stock: v.stock,
+            })
             .collect(),
         at,
     };
@@ -161,7 +173,11 @@ pub async fn create_product(
 pub async fn get_product(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let not_found = || ApiError::NotFound(format!("no product {:?}", id.as_str()));
     let id = ProductId::parse(&id).map_err(|_| not_found())?;
-    let doc = state.store.get_product(id).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let doc = state
+        .store
+        .get_product(id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     doc.map(|d| HttpResponse::Ok().json(d)).ok_or_else(not_found)
 }
 
@@ -201,7 +217,9 @@ pub async fn set_inventory(
 ) -> Result<HttpResponse, ApiError> {
     let sku = parse_sku(&sku)?;
     if !(0..=MAX_STOCK).contains(&body.stock) {
-        return Err(ApiError::unprocessable(format!("stock must be between 0 and {MAX_STOCK}")));
+        return Err(ApiError::unprocessable(format!(
+            "stock must be between 0 and {MAX_STOCK}"
+        )));
     }
     Ok(HttpResponse::Ok().json(state.inventory.set_stock(&sku, body.stock).await?))
 }

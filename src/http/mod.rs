@@ -3,8 +3,8 @@
 
 pub mod auth;
 pub mod catalog;
-pub mod ops;
 pub mod openapi;
+pub mod ops;
 pub mod orders;
 pub mod problem;
 
@@ -94,7 +94,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub struct TraceParent(pub String);
 
 fn traceparent_of(req: &ServiceRequest) -> String {
-    let given = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).filter(|v| valid_traceparent(v));
+    let given = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_traceparent(v));
     match given {
         Some(v) => v.to_owned(),
         None => {
@@ -108,12 +112,18 @@ fn traceparent_of(req: &ServiceRequest) -> String {
 fn valid_traceparent(v: &str) -> bool {
     let parts: Vec<&str> = v.split('-').collect();
     parts.len() == 4
-        && [2, 32, 16, 2].iter().zip(&parts).all(|(len, p)| p.len() == *len && p.bytes().all(|b| b.is_ascii_hexdigit()))
+        && [2, 32, 16, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(len, p)| p.len() == *len && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Request span, trace context and RED metrics for every request. The route label is
 /// the matched pattern (`/v1/orders/{id}`), so its cardinality is bounded.
-pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let method = req.method().to_string();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
@@ -124,8 +134,14 @@ pub async fn observe(req: ServiceRequest, next: Next<impl MessageBody>) -> Resul
     let response = tracing::Instrument::instrument(next.call(req), span).await?;
     if let Some(metrics) = metrics {
         let status = response.status().as_u16().to_string();
-        metrics.http_requests.with_label_values(&[&route, &method, &status]).inc();
-        metrics.http_duration.with_label_values(&[&route, &method]).observe(started.elapsed().as_secs_f64());
+        metrics
+            .http_requests
+            .with_label_values(&[&route, &method, &status])
+            .inc();
+        metrics
+            .http_duration
+            .with_label_values(&[&route, &method])
+            .observe(started.elapsed().as_secs_f64());
     }
     Ok(response)
 }

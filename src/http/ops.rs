@@ -28,7 +28,9 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     if recovered && !draining && store {
         HttpResponse::Ok().json(body)
     } else {
-        HttpResponse::ServiceUnavailable().insert_header(("Retry-After", "1")).json(body)
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(body)
     }
 }
 
@@ -43,9 +45,13 @@ pub async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
     introspection_allowed(&state, &req).await?;
     let (size, idle) = state.store.pool_usage();
     let m = &state.metrics;
-    m.db_pool_connections.with_label_values(&["in_use"]).set(i64::from(size) - idle as i64);
+    m.db_pool_connections
+        .with_label_values(&["in_use"])
+        .set(i64::from(size) - idle as i64);
     m.db_pool_connections.with_label_values(&["idle"]).set(idle as i64);
-    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(m.render()))
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(m.render()))
 }
 
 pub async fn openapi(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -57,7 +63,9 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 
 pub async fn dashboard(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     introspection_allowed(&state, &req).await?;
-    Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(DASHBOARD))
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(DASHBOARD))
 }
 
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -106,10 +106,16 @@ impl From<CancelRefused> for ApiError {
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
-    let Some(value) = req.headers().get("Idempotency-Key") else { return Ok(None) };
-    let key = value.to_str().map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
+    let Some(value) = req.headers().get("Idempotency-Key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
     if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::bad_request("Idempotency-Key must be 1-255 visible ASCII characters"));
+        return Err(ApiError::bad_request(
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+        ));
     }
     Ok(Some(key.to_owned()))
 }
@@ -140,7 +146,9 @@ pub async fn create_order(
     let body = body.into_inner();
     let token = body.payment.as_ref().map_or("test_ok", |p| p.token.as_str()).to_owned();
     if !TEST_TOKENS.contains(&token.as_str()) {
-        return Err(ApiError::unprocessable(format!("unknown payment token; use one of {TEST_TOKENS:?}")));
+        return Err(ApiError::unprocessable(format!(
+            "unknown payment token; use one of {TEST_TOKENS:?}"
+        )));
     }
     let idempotency = key.map(|key| {
         // Hash the parsed request, so formatting differences are still "the same body".
@@ -157,9 +165,14 @@ pub async fn create_order(
     let wait = Duration::from_millis(state.settings.server.request_timeout_ms);
     let placed = tokio::time::timeout(wait, state.orders.place(request))
         .await
-        .map_err(|_| ApiError::Unavailable("the order was not confirmed in time; retry with the same Idempotency-Key".into()))??;
+        .map_err(|_| {
+            ApiError::Unavailable("the order was not confirmed in time; retry with the same Idempotency-Key".into())
+        })??;
     Ok(HttpResponse::Created()
-        .insert_header((actix_web::http::header::LOCATION, format!("/v1/orders/{}", placed.order.id)))
+        .insert_header((
+            actix_web::http::header::LOCATION,
+            format!("/v1/orders/{}", placed.order.id),
+        ))
         .json(OrderView::from(&placed.order)))
 }
 
@@ -167,14 +180,22 @@ pub async fn create_order(
 #[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path)),
     responses((status = 200, body = OrderView), (status = 401, body = super::problem::Problem), (status = 404, body = super::problem::Problem)),
     security(("bearer" = [])))]
-pub async fn get_order(state: web::Data<AppState>, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get_order(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let order = visible_order(&state, &caller, &id).await?;
     Ok(HttpResponse::Ok().json(OrderView::from(&order)))
 }
 
 async fn visible_order(state: &AppState, caller: &Caller, raw_id: &str) -> Result<Order, ApiError> {
     let id = parse_order_id(raw_id)?;
-    let order = state.store.get_order(id).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let order = state
+        .store
+        .get_order(id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     order
         .filter(|o| caller.may_see(&o.user_id))
         .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))
@@ -184,7 +205,11 @@ async fn visible_order(state: &AppState, caller: &Caller, raw_id: &str) -> Resul
 #[utoipa::path(get, path = "/v1/orders", tag = "orders", params(PageQuery),
     responses((status = 200, body = OrderPage), (status = 400, body = super::problem::Problem), (status = 401, body = super::problem::Problem)),
     security(("bearer" = [])))]
-pub async fn list_orders(state: web::Data<AppState>, caller: Caller, query: web::Query<PageQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn list_orders(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
@@ -194,9 +219,18 @@ pub async fn list_orders(state: web::Data<AppState>, caller: Caller, query: web:
         None => None,
     };
     let owner = (!caller.admin).then_some(&caller.user);
-    let orders = state.store.list_orders(owner, cursor, limit).await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let next_cursor = (orders.len() as i64 == limit).then(|| orders.last().map(|o| o.id.to_string())).flatten();
-    Ok(HttpResponse::Ok().json(OrderPage { items: orders.iter().map(OrderView::from).collect(), next_cursor }))
+    let orders = state
+        .store
+        .list_orders(owner, cursor, limit)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let next_cursor = (orders.len() as i64 == limit)
+        .then(|| orders.last().map(|o| o.id.to_string()))
+        .flatten();
+    Ok(HttpResponse::Ok().json(OrderPage {
+        items: orders.iter().map(OrderView::from).collect(),
+        next_cursor,
+    }))
 }
 
 /// Cancel a PENDING_PAYMENT order; its reservation is released.
@@ -204,7 +238,11 @@ pub async fn list_orders(state: web::Data<AppState>, caller: Caller, query: web:
     responses((status = 200, body = OrderView), (status = 401, body = super::problem::Problem), (status = 404, body = super::problem::Problem),
         (status = 409, body = super::problem::Problem, description = "No longer PENDING_PAYMENT"), (status = 503, body = super::problem::Problem)),
     security(("bearer" = [])))]
-pub async fn cancel_order(state: web::Data<AppState>, caller: Caller, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn cancel_order(
+    state: web::Data<AppState>,
+    caller: Caller,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let order = visible_order(&state, &caller, &id).await?;
     let wait = Duration::from_millis(state.settings.server.request_timeout_ms);
     let cancelled = tokio::time::timeout(wait, state.orders.cancel(order.id))

@@ -28,10 +28,16 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::Invalid { status: StatusCode::BAD_REQUEST, detail: detail.into() }
+        Self::Invalid {
+            status: StatusCode::BAD_REQUEST,
+            detail: detail.into(),
+        }
     }
     pub fn unprocessable(detail: impl Into<String>) -> Self {
-        Self::Invalid { status: StatusCode::UNPROCESSABLE_ENTITY, detail: detail.into() }
+        Self::Invalid {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            detail: detail.into(),
+        }
     }
 
     fn kind(&self) -> (&'static str, &'static str) {
@@ -42,7 +48,10 @@ impl ApiError {
             Self::Unauthorized(_) => ("/problems/unauthorized", "Unauthorized"),
             Self::Forbidden(_) => ("/problems/forbidden", "Forbidden"),
             Self::Conflict(_) => ("/problems/conflict", "Conflict"),
-            Self::IdempotencyMismatch(_) => ("/problems/idempotency-mismatch", "Idempotency key reused with another request"),
+            Self::IdempotencyMismatch(_) => (
+                "/problems/idempotency-mismatch",
+                "Idempotency key reused with another request",
+            ),
             Self::Unavailable(_) => ("/problems/unavailable", "Service unavailable"),
         }
     }
@@ -89,8 +98,13 @@ impl ResponseError for ApiError {
             _ => {}
         }
         response.body(
-            serde_json::to_string(&Problem { problem_type, title, status: status.as_u16(), detail: self.to_string() })
-                .unwrap_or_default(),
+            serde_json::to_string(&Problem {
+                problem_type,
+                title,
+                status: status.as_u16(),
+                detail: self.to_string(),
+            })
+            .unwrap_or_default(),
         )
     }
 }
@@ -100,7 +114,9 @@ impl ResponseError for ApiError {
 pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as E;
     let api = match &err {
-        E::Deserialize(e) if e.classify() == serde_json::error::Category::Data => ApiError::unprocessable(e.to_string()),
+        E::Deserialize(e) if e.classify() == serde_json::error::Category::Data => {
+            ApiError::unprocessable(e.to_string())
+        }
         E::Overflow { limit } | E::OverflowKnownLength { limit, .. } => ApiError::Invalid {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             detail: format!("request body is larger than {limit} bytes"),

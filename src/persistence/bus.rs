@@ -30,7 +30,9 @@ pub struct InProcessBus {
 
 impl Default for InProcessBus {
     fn default() -> Self {
-        Self { sender: broadcast::channel(16_384).0 }
+        Self {
+            sender: broadcast::channel(16_384).0,
+        }
     }
 }
 

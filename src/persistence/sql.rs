@@ -7,9 +7,7 @@
 //! The `inventory` table's CHECK (`0 <= reserved <= stock`) is a second line of
 //! defence: if memory were ever wrong, the commit fails instead of storing an oversell.
 
-use super::{
-    FailedEvent, IdempotencyRecord, JournalEntry, NewProduct, OutboxRow, SkuRecord, StoreError, WriteSet,
-};
+use super::{FailedEvent, IdempotencyRecord, JournalEntry, NewProduct, OutboxRow, SkuRecord, StoreError, WriteSet};
 use crate::domain::events::Event;
 use crate::domain::ids::{OrderId, ProductId, Sku, UserId};
 use crate::domain::inventory::{ChangeKind, Reservation};
@@ -80,9 +78,10 @@ impl From<sqlx::Error> for StoreError {
                     StoreError::Rejected(msg)
                 }
             }
-            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) | sqlx::Error::TypeNotFound { .. } => {
-                StoreError::Corrupt(err.to_string())
-            }
+            sqlx::Error::ColumnDecode { .. }
+            | sqlx::Error::Decode(_)
+            | sqlx::Error::ColumnNotFound(_)
+            | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(err.to_string()),
             _ => StoreError::Unavailable(err.to_string()),
         }
     }
@@ -95,8 +94,12 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 impl SqlStore {
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let dialect = Dialect::of_url(url)
-            .ok_or_else(|| StoreError::Rejected(format!("store.url must start with sqlite: or mysql:, got {:?}", redact(url))))?;
+        let dialect = Dialect::of_url(url).ok_or_else(|| {
+            StoreError::Rejected(format!(
+                "store.url must start with sqlite: or mysql:, got {:?}",
+                redact(url)
+            ))
+        })?;
         let synchronous = match options.sqlite_synchronous.as_str() {
             "normal" => "NORMAL",
             _ => "FULL",
@@ -110,7 +113,8 @@ impl SqlStore {
                         // WAL lets readers run beside the group-commit writer; the busy timeout
                         // makes the few other writers wait instead of failing.
                         conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute(format!("PRAGMA synchronous = {synchronous}").as_str()).await?;
+                        conn.execute(format!("PRAGMA synchronous = {synchronous}").as_str())
+                            .await?;
                         conn.execute("PRAGMA busy_timeout = 5000").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                     }
@@ -135,7 +139,10 @@ impl SqlStore {
             Dialect::Sqlite => &SQLITE_MIGRATIONS,
             Dialect::MySql => &MYSQL_MIGRATIONS,
         };
-        migrator.run(&self.pool).await.map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -172,8 +179,10 @@ impl SqlStore {
             q.build().execute(&mut *tx).await?;
         }
 
-        let items: Vec<(&Order, usize, &OrderLine)> =
-            orders.iter().flat_map(|o| o.lines.iter().enumerate().map(move |(i, l)| (*o, i, l))).collect();
+        let items: Vec<(&Order, usize, &OrderLine)> = orders
+            .iter()
+            .flat_map(|o| o.lines.iter().enumerate().map(move |(i, l)| (*o, i, l)))
+            .collect();
         for chunk in items.chunks(ROWS_PER_INSERT) {
             let mut q = QueryBuilder::<Any>::new("INSERT INTO order_items (order_id, line, sku, qty, unit_amount) ");
             q.push_values(chunk, |mut b, (o, i, l)| {
@@ -204,14 +213,16 @@ impl SqlStore {
         }
 
         for change in sets.iter().filter_map(|s| s.status_change.as_ref()) {
-            let updated = sqlx::query("UPDATE orders SET status = ?, cancel_reason = ?, updated_at = ? WHERE id = ? AND status = ?")
-                .bind(change.to.as_str())
-                .bind(change.cancel_reason.map(|r| r.as_str()))
-                .bind(change.at)
-                .bind(change.order_id.to_string())
-                .bind(change.from.as_str())
-                .execute(&mut *tx)
-                .await?;
+            let updated = sqlx::query(
+                "UPDATE orders SET status = ?, cancel_reason = ?, updated_at = ? WHERE id = ? AND status = ?",
+            )
+            .bind(change.to.as_str())
+            .bind(change.cancel_reason.map(|r| r.as_str()))
+            .bind(change.at)
+            .bind(change.order_id.to_string())
+            .bind(change.from.as_str())
+            .execute(&mut *tx)
+            .await?;
             if updated.rows_affected() != 1 {
                 return Err(StoreError::Rejected(format!(
                     "order {} is not {} any more",
@@ -232,7 +243,11 @@ impl SqlStore {
     }
 
     /// Journal rows, reservation rows, and one coalesced snapshot update per SKU.
-    async fn apply_journal(&self, tx: &mut sqlx::Transaction<'_, Any>, journal: &[&JournalEntry]) -> Result<(), StoreError> {
+    async fn apply_journal(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Any>,
+        journal: &[&JournalEntry],
+    ) -> Result<(), StoreError> {
         for chunk in journal.chunks(ROWS_PER_INSERT) {
             let mut q = QueryBuilder::<Any>::new(
                 "INSERT INTO inventory_journal (sku, seq, kind, order_id, qty, stock_delta, reserved_delta, created_at) ",
@@ -250,7 +265,11 @@ impl SqlStore {
             q.build().execute(&mut **tx).await?;
         }
 
-        let reserves: Vec<&JournalEntry> = journal.iter().copied().filter(|e| e.change.kind == ChangeKind::Reserve).collect();
+        let reserves: Vec<&JournalEntry> = journal
+            .iter()
+            .copied()
+            .filter(|e| e.change.kind == ChangeKind::Reserve)
+            .collect();
         for chunk in reserves.chunks(ROWS_PER_INSERT) {
             let mut q = QueryBuilder::<Any>::new("INSERT INTO reservations (sku, order_id, qty, expires_at) ");
             q.push_values(chunk, |mut b, e| {
@@ -280,7 +299,9 @@ impl SqlStore {
             q.push(")");
             let deleted = q.build().execute(&mut **tx).await?;
             if deleted.rows_affected() != chunk.len() as u64 {
-                return Err(StoreError::Rejected("a confirm or release has no stored reservation".into()));
+                return Err(StoreError::Rejected(
+                    "a confirm or release has no stored reservation".into(),
+                ));
             }
         }
 
@@ -363,7 +384,10 @@ impl SqlStore {
     }
 
     pub async fn get_product(&self, id: ProductId) -> Result<Option<serde_json::Value>, StoreError> {
-        let row = sqlx::query("SELECT doc FROM products WHERE id = ?").bind(id.to_string()).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT doc FROM products WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| {
             let doc: String = r.try_get("doc")?;
             serde_json::from_str(&doc).map_err(corrupt)
@@ -387,7 +411,13 @@ impl SqlStore {
             .iter()
             .map(|r| {
                 let order = OrderId::parse(&r.try_get::<String, _>("order_id")?).map_err(corrupt)?;
-                Ok((order, Reservation { qty: r.try_get("qty")?, expires_at: r.try_get("expires_at")? }))
+                Ok((
+                    order,
+                    Reservation {
+                        qty: r.try_get("qty")?,
+                        expires_at: r.try_get("expires_at")?,
+                    },
+                ))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let currency = Currency::parse(&row.try_get::<String, _>("currency")?).map_err(corrupt)?;
@@ -403,12 +433,20 @@ impl SqlStore {
     }
 
     pub async fn get_order(&self, id: OrderId) -> Result<Option<Order>, StoreError> {
-        let rows = sqlx::query(&format!("{ORDER_COLUMNS} WHERE id = ?")).bind(id.to_string()).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&format!("{ORDER_COLUMNS} WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
         Ok(self.with_lines(rows).await?.into_iter().next())
     }
 
     /// A user's orders (or everyone's for `None`), newest first, before the cursor.
-    pub async fn list_orders(&self, user: Option<&UserId>, before: Option<OrderId>, limit: i64) -> Result<Vec<Order>, StoreError> {
+    pub async fn list_orders(
+        &self,
+        user: Option<&UserId>,
+        before: Option<OrderId>,
+        limit: i64,
+    ) -> Result<Vec<Order>, StoreError> {
         let mut q = QueryBuilder::<Any>::new(ORDER_COLUMNS);
         q.push(" WHERE 1 = 1");
         if let Some(user) = user {
@@ -424,17 +462,25 @@ impl SqlStore {
 
     /// Orders whose saga has not finished: what recovery resumes.
     pub async fn orders_in_flight(&self) -> Result<Vec<Order>, StoreError> {
-        let rows = sqlx::query(&format!("{ORDER_COLUMNS} WHERE status IN ('PENDING_PAYMENT', 'PAID') ORDER BY id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "{ORDER_COLUMNS} WHERE status IN ('PENDING_PAYMENT', 'PAID') ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         self.with_lines(rows).await
     }
 
     async fn with_lines(&self, rows: Vec<AnyRow>) -> Result<Vec<Order>, StoreError> {
         let mut orders = rows.iter().map(order_from_row).collect::<Result<Vec<_>, _>>()?;
         let mut index: HashMap<OrderId, usize> = orders.iter().enumerate().map(|(i, o)| (o.id, i)).collect();
-        for chunk in orders.iter().map(|o| o.id.to_string()).collect::<Vec<_>>().chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Any>::new("SELECT order_id, sku, qty, unit_amount FROM order_items WHERE order_id IN (");
+        for chunk in orders
+            .iter()
+            .map(|o| o.id.to_string())
+            .collect::<Vec<_>>()
+            .chunks(ROWS_PER_INSERT)
+        {
+            let mut q =
+                QueryBuilder::<Any>::new("SELECT order_id, sku, qty, unit_amount FROM order_items WHERE order_id IN (");
             let mut list = q.separated(", ");
             for id in chunk {
                 list.push_bind(id.clone());
@@ -456,11 +502,13 @@ impl SqlStore {
     }
 
     pub async fn find_idempotency(&self, user: &UserId, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let row = sqlx::query("SELECT request_hash, order_id, response FROM idempotency_keys WHERE user_id = ? AND idem_key = ?")
-            .bind(user.to_string())
-            .bind(key.to_owned())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT request_hash, order_id, response FROM idempotency_keys WHERE user_id = ? AND idem_key = ?",
+        )
+        .bind(user.to_string())
+        .bind(key.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| {
             Ok(IdempotencyRecord {
                 user_id: user.clone(),
@@ -475,10 +523,12 @@ impl SqlStore {
 
     /// The oldest unpublished outbox rows, in id order.
     pub async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
-        let rows = sqlx::query("SELECT id, body, attempts, next_attempt_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, body, attempts, next_attempt_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(OutboxRow {
@@ -492,7 +542,9 @@ impl SqlStore {
     }
 
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get("n")?)
     }
 
@@ -511,7 +563,13 @@ impl SqlStore {
         Ok(())
     }
 
-    pub async fn outbox_defer(&self, id: i64, attempts: i64, next_attempt_at: Millis, error: &str) -> Result<(), StoreError> {
+    pub async fn outbox_defer(
+        &self,
+        id: i64,
+        attempts: i64,
+        next_attempt_at: Millis,
+        error: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?")
             .bind(attempts)
             .bind(next_attempt_at)
@@ -537,16 +595,21 @@ impl SqlStore {
         .bind(crate::domain::now_millis())
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM outbox WHERE id = ?").bind(row.id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM outbox WHERE id = ?")
+            .bind(row.id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     pub async fn failed_events(&self, limit: i64) -> Result<Vec<FailedEvent>, StoreError> {
-        let rows = sqlx::query("SELECT id, body, error, attempts FROM failed_events WHERE replayed_at IS NULL ORDER BY id LIMIT ?")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, body, error, attempts FROM failed_events WHERE replayed_at IS NULL ORDER BY id LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(FailedEvent {
@@ -566,7 +629,10 @@ impl SqlStore {
         let events: Vec<&Event> = failed.iter().map(|f| &f.event).collect();
         // The event keeps its id, so consumers that saw it once still deduplicate it.
         for f in &failed {
-            sqlx::query("DELETE FROM outbox WHERE event_id = ?").bind(f.event.id.to_string()).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM outbox WHERE event_id = ?")
+                .bind(f.event.id.to_string())
+                .execute(&mut *tx)
+                .await?;
         }
         insert_outbox(&mut tx, &events).await?;
         for f in &failed {
@@ -679,7 +745,8 @@ impl SqlStore {
             .bind(sku.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| Ok((r.try_get("stock")?, r.try_get("reserved")?))).transpose()
+        row.map(|r| Ok((r.try_get("stock")?, r.try_get("reserved")?)))
+            .transpose()
     }
 }
 
@@ -706,8 +773,12 @@ fn order_from_row(r: &AnyRow) -> Result<Order, StoreError> {
 
 async fn insert_outbox(tx: &mut sqlx::Transaction<'_, Any>, events: &[&Event]) -> Result<(), StoreError> {
     for chunk in events.chunks(ROWS_PER_INSERT) {
-        let bodies = chunk.iter().map(|e| serde_json::to_string(e).map_err(corrupt)).collect::<Result<Vec<_>, _>>()?;
-        let mut q = QueryBuilder::<Any>::new("INSERT INTO outbox (event_id, event_type, aggregate_id, body, created_at) ");
+        let bodies = chunk
+            .iter()
+            .map(|e| serde_json::to_string(e).map_err(corrupt))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut q =
+            QueryBuilder::<Any>::new("INSERT INTO outbox (event_id, event_type, aggregate_id, body, created_at) ");
         q.push_values(chunk.iter().zip(bodies), |mut b, (e, body)| {
             b.push_bind(e.id.to_string())
                 .push_bind(e.event_type.as_str())
@@ -730,7 +801,10 @@ fn describe_row(row: &AnyRow) -> String {
             let value = row
                 .try_get::<Option<i64>, _>(i)
                 .map(|v| v.map_or("NULL".to_owned(), |v| v.to_string()))
-                .or_else(|_| row.try_get::<Option<String>, _>(i).map(|v| v.unwrap_or_else(|| "NULL".into())))
+                .or_else(|_| {
+                    row.try_get::<Option<String>, _>(i)
+                        .map(|v| v.unwrap_or_else(|| "NULL".into()))
+                })
                 .unwrap_or_else(|_| "?".into());
             format!("{}={}", c.name(), value)
         })

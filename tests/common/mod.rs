@@ -1,0 +1,206 @@
+//! Test harness: a real Emporium (real HTTP server on a random port, real SQLite file
+//! in a fresh temp dir) started in-process, plus an HTTP client speaking to it.
+#![allow(dead_code)]
+
+use emporium::app::App;
+use emporium::config::Settings;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub app: App,
+    pub admin: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Settings every test starts from: fast payment retries, a fresh data dir.
+pub fn test_settings(dir: &std::path::Path) -> Settings {
+    let mut s = Settings::load(None).expect("default settings load");
+    s.server.listen = "127.0.0.1:0".into();
+    s.server.data_dir = dir.to_path_buf();
+    s.server.workers = 2;
+    s.payment.backoff_base_ms = 10;
+    s.payment.attempt_timeout_ms = 300;
+    s.payment.gateway_latency_ms = 1;
+    s
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = test_settings(dir.path());
+        tweak(&mut settings);
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let running = App::build(settings)
+                    .await
+                    .expect("app builds")
+                    .start()
+                    .await
+                    .expect("server starts");
+                started_tx
+                    .send((running.addr, running.app.clone()))
+                    .expect("test alive");
+                let _ = stop_rx.await;
+                running.shutdown().await.expect("clean shutdown");
+                actix_rt::System::current().stop();
+            })
+        });
+        let (addr, app) = started_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server started");
+        let admin = app.keys.issue("admin", true).expect("token");
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("client");
+        let test = Self {
+            base: format!("http://{addr}"),
+            client,
+            app,
+            admin,
+            stop: Some(stop_tx),
+            server: Some(server),
+            _dir: dir,
+        };
+        test.wait_ready().await;
+        test
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.client.get(self.url("/health/ready")).send().await {
+                if r.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "server never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.app.keys.issue(user, false).expect("token")
+    }
+
+    /// Creates a product with one variant per `(sku, stock)` at 1,000 KRW each.
+    pub async fn product(&self, variants: &[(&str, i64)]) -> Value {
+        let variants: Vec<Value> = variants
+            .iter()
+            .map(|(sku, stock)| json!({"sku": sku, "stock": stock}))
+            .collect();
+        let r = self
+            .client
+            .post(self.url("/v1/products"))
+            .bearer_auth(&self.admin)
+            .json(&json!({"name": "테스트 상품", "price": {"amount": 1000, "currency": "KRW"}, "variants": variants}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), StatusCode::CREATED, "product creation failed");
+        r.json().await.expect("json")
+    }
+
+    pub async fn order(&self, token: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .post(self.url("/v1/orders"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn inventory(&self, sku: &str) -> (i64, i64) {
+        let (status, v) = self.get(&self.admin, &format!("/v1/inventory/{sku}")).await;
+        assert_eq!(status, StatusCode::OK);
+        (
+            v["stock"].as_i64().expect("stock"),
+            v["reserved"].as_i64().expect("reserved"),
+        )
+    }
+
+    /// Polls an order until it reaches a final state (or fails the test after 30 s).
+    pub async fn final_status(&self, token: &str, id: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, order) = self.get(token, &format!("/v1/orders/{id}")).await;
+            let status = order["status"].as_str().unwrap_or_default().to_owned();
+            if status == "COMPLETED" || status == "CANCELLED" {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "order {id} stuck in {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The offline invariant check (same as `emporium reconcile`) must find nothing.
+    pub async fn assert_consistent(&self) {
+        // Let in-flight saga steps land first: consistency is checked at rest.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(self.app.write_behind.is_drained() && self.app.orders.live_sagas() == 0) {
+            assert!(Instant::now() < deadline, "sagas never settled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let problems = self.app.store.reconcile().await.expect("reconcile runs");
+        assert!(problems.is_empty(), "inconsistencies: {problems:#?}");
+    }
+
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .filter(|l| l.starts_with(name_and_labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
+        }
+    }
+}

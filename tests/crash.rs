@@ -1,0 +1,286 @@
+//! Crash recovery: the real `emporium` binary is killed with SIGKILL while orders
+//! are being accepted, then restarted on the same data dir. Every order that got a
+//! 201 must be there, nothing may hold stock without an order, and the inventory must
+//! equal what the orders say (checked by `emporium reconcile`).
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_emporium");
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn start(data_dir: &Path) -> Server {
+    start_with(data_dir, &[])
+}
+
+fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .envs(env.iter().copied())
+        .env("EMPORIUM__PAYMENT__BACKOFF_BASE_MS", "10")
+        .env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("emporium starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("listening line");
+    let base = line.trim().rsplit(' ').next().expect("address").to_owned();
+    assert!(base.starts_with("http://"), "unexpected first line {line:?}");
+    Server { child, base }
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .map(|r| r.status())
+        .ok()
+        != Some(StatusCode::OK)
+    {
+        assert!(Instant::now() < deadline, "not ready after restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn token(data_dir: &Path, sub: &str, admin: bool) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["token", "--sub", sub, "--data-dir"]).arg(data_dir);
+    if admin {
+        cmd.arg("--admin");
+    }
+    String::from_utf8(cmd.output().expect("token").stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_orders_loses_no_acknowledged_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let client = reqwest::Client::new();
+    wait_ready(&client, &server.base).await;
+    let admin = token(dir.path(), "admin", true);
+    let user = token(dir.path(), "crash-buyer", false);
+    let stock = 400;
+    let r = client
+        .post(format!("{}/v1/products", server.base))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "crash", "price": {"amount": 10, "currency": "KRW"}, "variants": [{"sku": "CRASH", "stock": stock}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (client, base, user) = (client.clone(), server.base.clone(), user.clone());
+            let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let sent = client
+                        .post(format!("{base}/v1/orders"))
+                        .bearer_auth(&user)
+                        .json(&json!({"items": [{"sku": "CRASH", "qty": 1}]}))
+                        .send()
+                        .await;
+                    let Ok(response) = sent else { return };
+                    if response.status() == StatusCode::CREATED {
+                        if let Ok(body) = response.json::<Value>().await {
+                            acknowledged
+                                .lock()
+                                .unwrap()
+                                .push(body["id"].as_str().unwrap().to_owned());
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill while orders are flowing: after the first hundred acknowledgements.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acknowledged.lock().unwrap().len() < 100 {
+        assert!(Instant::now() < deadline, "orders are not flowing");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 100);
+
+    let mut server = start(dir.path());
+    wait_ready(&client, &server.base).await;
+    for id in &acknowledged {
+        let r = client
+            .get(format!("{}/v1/orders/{id}", server.base))
+            .bearer_auth(&user)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "acknowledged order {id} lost");
+    }
+    // Recovery resumes the sagas; wait until every order is final.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let orders = loop {
+        let page: Value = client
+            .get(format!("{}/v1/orders?limit=1000", server.base))
+            .bearer_auth(&user)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let orders = page["items"].as_array().unwrap().clone();
+        if orders.iter().all(|o| o["status"] == "COMPLETED") {
+            break orders;
+        }
+        assert!(Instant::now() < deadline, "sagas not resumed after restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        orders.len() >= acknowledged.len(),
+        "every stored order is a real one, at least the acknowledged"
+    );
+    let inventory: Value = client
+        .get(format!("{}/v1/inventory/CRASH", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        inventory["stock"],
+        stock - orders.len() as i64,
+        "stock equals what the orders took"
+    );
+    assert_eq!(inventory["reserved"], 0);
+
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let reconcile = Command::new(BIN)
+        .args(["reconcile", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        reconcile.status.success(),
+        "reconcile: {}",
+        String::from_utf8_lossy(&reconcile.stdout)
+    );
+}
+
+/// Reservations that fell due while the server was down are released at start in a
+/// coalesced sweep (shared group commits), not one commit per order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiries_due_during_downtime_are_swept_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // The gateway hangs, so orders stay unpaid until their 1 s reservation expires.
+    let env = [
+        ("EMPORIUM__INVENTORY__RESERVATION_TTL_SECS", "1"),
+        ("EMPORIUM__PAYMENT__ATTEMPT_TIMEOUT_MS", "60000"),
+    ];
+    let mut server = start_with(dir.path(), &env);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &server.base).await;
+    let admin = token(dir.path(), "admin", true);
+    let user = token(dir.path(), "sleeper", false);
+    let r = client
+        .post(format!("{}/v1/products", server.base))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "sweep", "price": {"amount": 10, "currency": "KRW"}, "variants": [{"sku": "SWEEP", "stock": 100}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let placing: Vec<_> = (0..60)
+        .map(|_| {
+            let (client, base, user) = (client.clone(), server.base.clone(), user.clone());
+            tokio::spawn(async move {
+                let body = json!({"items": [{"sku": "SWEEP", "qty": 1}], "payment": {"token": "test_down"}});
+                client
+                    .post(format!("{base}/v1/orders"))
+                    .bearer_auth(&user)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    for p in placing {
+        assert_eq!(p.await.unwrap(), StatusCode::CREATED);
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(1_200)).await; // let every reservation fall due while down
+
+    let mut server = start_with(dir.path(), &env);
+    wait_ready(&client, &server.base).await;
+    let inventory: Value = client
+        .get(format!("{}/v1/inventory/SWEEP", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (inventory["stock"].as_i64(), inventory["reserved"].as_i64()),
+        (Some(100), Some(0)),
+        "released by the sweep"
+    );
+    let page: Value = client
+        .get(format!("{}/v1/orders?limit=100", server.base))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let orders = page["items"].as_array().unwrap();
+    assert_eq!(orders.len(), 60);
+    assert!(orders
+        .iter()
+        .all(|o| o["status"] == "CANCELLED" && o["cancel_reason"] == "expired"));
+    let metrics = client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let commits: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("emporium_write_behind_batch_size_count "))
+        .and_then(|v| v.parse().ok())
+        .expect("batch size histogram");
+    assert!(commits < 60.0, "60 expiries took {commits} commits: not coalesced");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
