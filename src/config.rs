@@ -116,7 +116,10 @@ impl Settings {
                 }
             }
         }
-        figment.merge(Env::prefixed("EMPORIUM__").split("__")).extract().map_err(Box::new)
+        figment
+            .merge(Env::prefixed("EMPORIUM__").split("__"))
+            .extract()
+            .map_err(Box::new)
     }
 
     /// The store URL, defaulting to the SQLite file in the data dir.

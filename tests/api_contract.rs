@@ -3,7 +3,16 @@
 
 mod common;
 
-use common::TestApp;
+on_every_backend!(
+    idempotency_key_replays_without_reserving_twice,
+    concurrent_requests_with_one_key_make_one_order,
+    bad_input_gets_a_problem_and_changes_nothing,
+    orders_are_private_and_admin_routes_need_the_role,
+    stock_changes_are_admin_only_and_never_below_reserved,
+    health_openapi_metrics_and_dashboard_answer,
+);
+
+use common::{Backend, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -30,9 +39,8 @@ async fn raw_order(
     (r.status(), r.json().await.unwrap_or(Value::Null), content_type)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_key_replays_without_reserving_twice() {
-    let app = TestApp::spawn_with(|s| s.payment.attempt_timeout_ms = 5_000).await;
+async fn idempotency_key_replays_without_reserving_twice(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| s.payment.attempt_timeout_ms = 5_000).await;
     app.product(&[("IDEM", 10)]).await;
     let token = app.token("jo");
     let body = r#"{"items":[{"sku":"IDEM","qty":2}],"payment":{"token":"test_down"}}"#;
@@ -56,9 +64,8 @@ async fn idempotency_key_replays_without_reserving_twice() {
     assert_eq!(app.inventory("IDEM").await, (10, 2));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_requests_with_one_key_make_one_order() {
-    let app = Arc::new(TestApp::spawn().await);
+async fn concurrent_requests_with_one_key_make_one_order(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(backend).await);
     app.product(&[("IDEM-RACE", 100)]).await;
     let token = app.token("kim");
     let tasks: Vec<_> = (0..20)
@@ -92,9 +99,8 @@ async fn concurrent_requests_with_one_key_make_one_order() {
     app.assert_consistent().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_gets_a_problem_and_changes_nothing() {
-    let app = TestApp::spawn().await;
+async fn bad_input_gets_a_problem_and_changes_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.product(&[("SAFE", 5)]).await;
     let token = app.token("lee");
     let huge = format!(
@@ -192,9 +198,8 @@ async fn bad_input_gets_a_problem_and_changes_nothing() {
     assert_eq!(list["items"], json!([]), "no order was created");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_are_private_and_admin_routes_need_the_role() {
-    let app = TestApp::spawn().await;
+async fn orders_are_private_and_admin_routes_need_the_role(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.product(&[("PRIV", 5)]).await;
     let (alice, bob) = (app.token("alice"), app.token("bob"));
     let (_, order) = app.order(&alice, json!({"items": [{"sku": "PRIV", "qty": 1}]})).await;
@@ -253,9 +258,8 @@ fn sign_with_server_secret(claims: &Value, secret: &str) -> String {
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), claims, &key).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stock_changes_are_admin_only_and_never_below_reserved() {
-    let app = TestApp::spawn_with(|s| s.payment.attempt_timeout_ms = 5_000).await;
+async fn stock_changes_are_admin_only_and_never_below_reserved(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| s.payment.attempt_timeout_ms = 5_000).await;
     app.product(&[("RESTOCK", 5)]).await;
     let (status, _) = app
         .order(
@@ -302,9 +306,8 @@ async fn stock_changes_are_admin_only_and_never_below_reserved() {
     assert_eq!(r.status(), StatusCode::CONFLICT, "SKUs are unique");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_openapi_metrics_and_dashboard_answer() {
-    let app = TestApp::spawn().await;
+async fn health_openapi_metrics_and_dashboard_answer(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     assert_eq!(
         app.client.get(app.url("/health/live")).send().await.unwrap().status(),
         StatusCode::OK

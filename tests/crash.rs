@@ -3,6 +3,9 @@
 //! 201 must be there, nothing may hold stock without an order, and the inventory must
 //! equal what the orders say (checked by `emporium reconcile`).
 
+mod common;
+
+use common::Backend;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -14,13 +17,23 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_emporium");
 
+on_every_backend!(
+    kill_9_during_orders_loses_no_acknowledged_order,
+    expiries_due_during_downtime_are_swept_at_start
+);
+
 struct Server {
     child: Child,
     base: String,
 }
 
-fn start(data_dir: &Path) -> Server {
-    start_with(data_dir, &[])
+fn start(data_dir: &Path, store: &[(&str, &str)]) -> Server {
+    start_with(data_dir, store)
+}
+
+/// The store of a backend as environment for the binary, and its URL to drop afterwards.
+async fn store_env(backend: &Backend) -> Option<String> {
+    backend.store_url().await
 }
 
 fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
@@ -59,6 +72,7 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
 
 fn token(data_dir: &Path, sub: &str, admin: bool) -> String {
     let mut cmd = Command::new(BIN);
+    cmd.env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn");
     cmd.args(["token", "--sub", sub, "--data-dir"]).arg(data_dir);
     if admin {
         cmd.arg("--admin");
@@ -69,10 +83,11 @@ fn token(data_dir: &Path, sub: &str, admin: bool) -> String {
         .to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_orders_loses_no_acknowledged_order() {
+async fn kill_9_during_orders_loses_no_acknowledged_order(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = start(dir.path());
+    let url = store_env(&backend).await;
+    let store: Vec<(&str, &str)> = url.iter().map(|u| ("EMPORIUM__STORE__URL", u.as_str())).collect();
+    let mut server = start(dir.path(), &store);
     let client = reqwest::Client::new();
     wait_ready(&client, &server.base).await;
     let admin = token(dir.path(), "admin", true);
@@ -129,7 +144,7 @@ async fn kill_9_during_orders_loses_no_acknowledged_order() {
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(acknowledged.len() >= 100);
 
-    let mut server = start(dir.path());
+    let mut server = start(dir.path(), &store);
     wait_ready(&client, &server.base).await;
     for id in &acknowledged {
         let r = client
@@ -183,25 +198,31 @@ async fn kill_9_during_orders_loses_no_acknowledged_order() {
     let reconcile = Command::new(BIN)
         .args(["reconcile", "--data-dir"])
         .arg(dir.path())
+        .envs(store.iter().copied())
         .output()
         .unwrap();
-    assert!(
-        reconcile.status.success(),
-        "reconcile: {}",
-        String::from_utf8_lossy(&reconcile.stdout)
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&reconcile.stdout),
+        String::from_utf8_lossy(&reconcile.stderr)
     );
+    assert!(reconcile.status.success(), "reconcile: {report}");
+    if let Some(url) = &url {
+        common::drop_database(url).await;
+    }
 }
 
 /// Reservations that fell due while the server was down are released at start in a
 /// coalesced sweep (shared group commits), not one commit per order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expiries_due_during_downtime_are_swept_at_start() {
+async fn expiries_due_during_downtime_are_swept_at_start(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
+    let url = store_env(&backend).await;
     // The gateway hangs, so orders stay unpaid until their 1 s reservation expires.
-    let env = [
+    let mut env = vec![
         ("EMPORIUM__INVENTORY__RESERVATION_TTL_SECS", "1"),
         ("EMPORIUM__PAYMENT__ATTEMPT_TIMEOUT_MS", "60000"),
     ];
+    env.extend(url.iter().map(|u| ("EMPORIUM__STORE__URL", u.as_str())));
     let mut server = start_with(dir.path(), &env);
     let client = reqwest::Client::new();
     wait_ready(&client, &server.base).await;
@@ -283,4 +304,7 @@ async fn expiries_due_during_downtime_are_swept_at_start() {
     assert!(commits < 60.0, "60 expiries took {commits} commits: not coalesced");
     server.child.kill().unwrap();
     server.child.wait().unwrap();
+    if let Some(url) = &url {
+        common::drop_database(url).await;
+    }
 }

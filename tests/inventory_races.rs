@@ -4,7 +4,15 @@
 
 mod common;
 
-use common::TestApp;
+on_every_backend!(
+    flash_sale_sells_exactly_the_stock,
+    last_unit_two_buyers_at_once_magento_msi_spree,
+    one_order_two_lines_on_the_same_sku_medusa,
+    inventory_actor_called_directly_alongside_http_medusa,
+    random_multi_item_orders_reserve_all_or_nothing,
+);
+
+use common::{Backend, TestApp};
 use emporium::actors::order::PlaceOrder;
 use emporium::domain::ids::{OrderId, Sku, UserId};
 use reqwest::StatusCode;
@@ -50,9 +58,8 @@ fn count(results: &[(StatusCode, serde_json::Value)], status: StatusCode) -> usi
     results.iter().filter(|(s, _)| *s == status).count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flash_sale_sells_exactly_the_stock() {
-    let app = Arc::new(TestApp::spawn().await);
+async fn flash_sale_sells_exactly_the_stock(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(backend).await);
     app.product(&[("FLASH-1", 100)]).await;
 
     let results = hammer(&app, 64, 2_000, |_| json!({"items": [{"sku": "FLASH-1", "qty": 1}]})).await;
@@ -81,9 +88,8 @@ async fn flash_sale_sells_exactly_the_stock() {
 }
 
 /// Magento MSI and Spree both sold the last unit twice when two checkouts raced.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn last_unit_two_buyers_at_once_magento_msi_spree() {
-    let app = Arc::new(TestApp::spawn().await);
+async fn last_unit_two_buyers_at_once_magento_msi_spree(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(backend).await);
     let skus: Vec<String> = (0..25).map(|i| format!("LAST-{i}")).collect();
     for sku in &skus {
         app.product(&[(sku, 1)]).await;
@@ -111,9 +117,8 @@ async fn last_unit_two_buyers_at_once_magento_msi_spree() {
 }
 
 /// Medusa reserved each line separately, so two lines of one SKU could exceed stock.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_order_two_lines_on_the_same_sku_medusa() {
-    let app = TestApp::spawn().await;
+async fn one_order_two_lines_on_the_same_sku_medusa(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.product(&[("TWO-LINES", 3)]).await;
     let token = app.token("carol");
 
@@ -148,9 +153,8 @@ async fn one_order_two_lines_on_the_same_sku_medusa() {
 
 /// Medusa's inventory service could be called around the checkout path; here the
 /// actor itself and the order service are driven directly while HTTP orders run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inventory_actor_called_directly_alongside_http_medusa() {
-    let app = Arc::new(TestApp::spawn().await);
+async fn inventory_actor_called_directly_alongside_http_medusa(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(backend).await);
     app.product(&[("DIRECT", 50)]).await;
     let sku = Sku::parse("DIRECT").unwrap();
 
@@ -215,9 +219,8 @@ async fn inventory_actor_called_directly_alongside_http_medusa() {
     assert_eq!((stock, reserved), (50 - (http_accepted + service_accepted) as i64, 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_multi_item_orders_reserve_all_or_nothing() {
-    let app = Arc::new(TestApp::spawn().await);
+async fn random_multi_item_orders_reserve_all_or_nothing(backend: Backend) {
+    let app = Arc::new(TestApp::spawn(backend).await);
     let initial: BTreeMap<String, i64> = (0..20).map(|i| (format!("MULTI-{i:02}"), 5 + (i % 11))).collect();
     for (sku, stock) in &initial {
         app.product(&[(sku, *stock)]).await;

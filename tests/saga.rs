@@ -3,7 +3,16 @@
 
 mod common;
 
-use common::TestApp;
+on_every_backend!(
+    declined_payment_cancels_and_restores_stock,
+    flaky_payment_completes_after_retries,
+    gateway_down_cancels_after_three_attempts,
+    cancel_racing_payment_never_both,
+    customer_cancel_releases_and_second_cancel_conflicts,
+    unpaid_reservation_expires_and_releases_stock,
+);
+
+use common::{Backend, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -19,9 +28,8 @@ async fn place(app: &TestApp, user: &str, sku: &str, qty: i64, token: &str) -> s
     body
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn declined_payment_cancels_and_restores_stock() {
-    let app = TestApp::spawn().await;
+async fn declined_payment_cancels_and_restores_stock(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.product(&[("DECLINE", 5)]).await;
     let order = place(&app, "dave", "DECLINE", 2, "test_decline").await;
     let id = order["id"].as_str().unwrap();
@@ -38,9 +46,8 @@ async fn declined_payment_cancels_and_restores_stock() {
     app.assert_consistent().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flaky_payment_completes_after_retries() {
-    let app = TestApp::spawn().await;
+async fn flaky_payment_completes_after_retries(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.product(&[("FLAKY", 5)]).await;
     let order = place(&app, "erin", "FLAKY", 1, "test_flaky").await;
     assert_eq!(
@@ -61,9 +68,8 @@ async fn flaky_payment_completes_after_retries() {
     app.assert_consistent().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_down_cancels_after_three_attempts() {
-    let app = TestApp::spawn().await;
+async fn gateway_down_cancels_after_three_attempts(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     app.product(&[("DOWN", 5)]).await;
     let order = place(&app, "frank", "DOWN", 3, "test_down").await;
     assert_eq!(
@@ -81,9 +87,8 @@ async fn gateway_down_cancels_after_three_attempts() {
 
 /// A customer cancel and a payment outcome race: exactly one of them wins, and the
 /// stock matches the winner.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_racing_payment_never_both() {
-    let app = TestApp::spawn_with(|s| s.payment.gateway_latency_ms = 3).await;
+async fn cancel_racing_payment_never_both(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| s.payment.gateway_latency_ms = 3).await;
     app.product(&[("RACE", 100)]).await;
     let token = app.token("gina");
     let mut cancelled = 0;
@@ -120,10 +125,9 @@ async fn cancel_racing_payment_never_both() {
     app.assert_consistent().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn customer_cancel_releases_and_second_cancel_conflicts() {
+async fn customer_cancel_releases_and_second_cancel_conflicts(backend: Backend) {
     // The gateway hangs (test_down) long enough for the customer to cancel first.
-    let app = TestApp::spawn_with(|s| s.payment.attempt_timeout_ms = 5_000).await;
+    let app = TestApp::spawn_with(backend, |s| s.payment.attempt_timeout_ms = 5_000).await;
     app.product(&[("CANCEL", 3)]).await;
     let token = app.token("hana");
     let order = place(&app, "hana", "CANCEL", 2, "test_down").await;
@@ -162,9 +166,8 @@ async fn customer_cancel_releases_and_second_cancel_conflicts() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unpaid_reservation_expires_and_releases_stock() {
-    let app = TestApp::spawn_with(|s| {
+async fn unpaid_reservation_expires_and_releases_stock(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
         s.inventory.reservation_ttl_secs = 1;
         s.payment.attempt_timeout_ms = 10_000;
     })

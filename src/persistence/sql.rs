@@ -87,6 +87,15 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// A long text column: MySQL reports `LONGTEXT` as a BLOB through the Any driver, so
+/// read bytes when a string is refused.
+fn text(row: &AnyRow, column: &str) -> Result<String, StoreError> {
+    match row.try_get::<String, _>(column) {
+        Ok(text) => Ok(text),
+        Err(_) => String::from_utf8(row.try_get::<Vec<u8>, _>(column)?).map_err(corrupt),
+    }
+}
+
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
@@ -389,7 +398,7 @@ impl SqlStore {
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| {
-            let doc: String = r.try_get("doc")?;
+            let doc = text(&r, "doc")?;
             serde_json::from_str(&doc).map_err(corrupt)
         })
         .transpose()
@@ -515,7 +524,7 @@ impl SqlStore {
                 key: key.to_owned(),
                 request_hash: r.try_get("request_hash")?,
                 order_id: OrderId::parse(&r.try_get::<String, _>("order_id")?).map_err(corrupt)?,
-                response: r.try_get("response")?,
+                response: text(&r, "response")?,
             })
         })
         .transpose()
@@ -533,7 +542,7 @@ impl SqlStore {
             .map(|r| {
                 Ok(OutboxRow {
                     id: r.try_get("id")?,
-                    event: serde_json::from_str(&r.try_get::<String, _>("body")?).map_err(corrupt)?,
+                    event: serde_json::from_str(&text(r, "body")?).map_err(corrupt)?,
                     attempts: r.try_get("attempts")?,
                     next_attempt_at: r.try_get("next_attempt_at")?,
                 })
@@ -614,8 +623,8 @@ impl SqlStore {
             .map(|r| {
                 Ok(FailedEvent {
                     id: r.try_get("id")?,
-                    event: serde_json::from_str(&r.try_get::<String, _>("body")?).map_err(corrupt)?,
-                    error: r.try_get("error")?,
+                    event: serde_json::from_str(&text(r, "body")?).map_err(corrupt)?,
+                    error: text(r, "error")?,
                     attempts: r.try_get("attempts")?,
                 })
             })

@@ -1,6 +1,96 @@
-//! Test harness: a real Emporium (real HTTP server on a random port, real SQLite file
-//! in a fresh temp dir) started in-process, plus an HTTP client speaking to it.
+//! Test harness: a real Emporium (real HTTP server on a random port, a real database:
+//! a SQLite file in a fresh temp dir, or a fresh MySQL database) started in-process,
+//! plus an HTTP client speaking to it.
+//!
+//! Every contract suite runs over every backend through [`on_every_backend!`]. The MySQL
+//! variant uses `EMPORIUM_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`),
+//! creates a database with a unique name and drops it afterwards. Without a reachable
+//! server it skips with a printed reason, except under `CI=true`, where it fails.
 #![allow(dead_code)]
+
+pub mod proxy;
+
+/// The database a test runs against.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    /// Server URL without a database name.
+    MySql(String),
+}
+
+impl Backend {
+    /// The MySQL backend, or `None` (with the reason printed) when it cannot be reached
+    /// outside CI. Under `CI=true` an unreachable server fails the test.
+    pub async fn mysql() -> Option<Self> {
+        let url = std::env::var("EMPORIUM_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+        let reachable = tokio::time::timeout(Duration::from_secs(3), sqlx_mysql_ping(&url)).await;
+        match reachable {
+            Ok(Ok(())) => Some(Self::MySql(url.trim_end_matches('/').to_owned())),
+            failure => {
+                let reason = format!("MySQL at {url} is not reachable: {failure:?}");
+                assert!(
+                    std::env::var("CI").map_or(true, |ci| ci != "true"),
+                    "{reason} (CI=true: failing, not skipping)"
+                );
+                eprintln!("SKIPPED: {reason}");
+                None
+            }
+        }
+    }
+
+    /// Creates a fresh database and returns the store URL for it.
+    pub async fn store_url(&self) -> Option<String> {
+        match self {
+            Self::Sqlite => None,
+            Self::MySql(server) => {
+                let name = format!("emporium_t_{}", uuid::Uuid::new_v4().simple());
+                mysql_exec(server, &format!("CREATE DATABASE {name} CHARACTER SET utf8mb4")).await;
+                Some(format!("{server}/{name}"))
+            }
+        }
+    }
+}
+
+async fn sqlx_mysql_ping(url: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut conn = sqlx::MySqlConnection::connect(url).await?;
+    sqlx::query("SELECT 1").execute(&mut conn).await?;
+    Ok(())
+}
+
+pub async fn mysql_exec(server: &str, sql: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::MySqlConnection::connect(server).await.expect("mysql connects");
+    sqlx::raw_sql(sql).execute(&mut conn).await.expect("mysql statement");
+}
+
+/// Drops a test database named by its store URL.
+pub async fn drop_database(store_url: &str) {
+    if let Some((server, name)) = store_url.rsplit_once('/') {
+        if name.starts_with("emporium_t_") {
+            mysql_exec(server, &format!("DROP DATABASE IF EXISTS {name}")).await;
+        }
+    }
+}
+
+/// Runs each named `async fn(Backend)` test once per backend: `name::sqlite` and `name::mysql`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                if let Some(backend) = $crate::common::Backend::mysql().await {
+                    super::$name(backend).await
+                }
+            }
+        }
+    )*};
+}
 
 use emporium::app::App;
 use emporium::config::Settings;
@@ -31,13 +121,17 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
 }
 
 impl TestApp {
-    pub async fn spawn() -> Self {
-        Self::spawn_with(|_| {}).await
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
     }
 
-    pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> Self {
+    pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = test_settings(dir.path());
+        let store_url = backend.store_url().await;
+        if let Some(url) = &store_url {
+            settings.store.url = url.clone();
+        }
         tweak(&mut settings);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -54,6 +148,9 @@ impl TestApp {
                     .expect("test alive");
                 let _ = stop_rx.await;
                 running.shutdown().await.expect("clean shutdown");
+                if let Some(url) = store_url {
+                    drop_database(&url).await;
+                }
                 actix_rt::System::current().stop();
             })
         });
