@@ -630,10 +630,43 @@ impl Orders {
                 self.start_saga(order.clone(), request.traceparent);
                 Ok(Placed { order, replayed: false })
             }
+            Err(CommitError::Store(StoreError::Unavailable(e))) => {
+                // The outcome is unknown: the connection may have broken after the database
+                // committed. Keep holding the stock (never oversell) until the store can say
+                // which it was; the client hears 503 and may retry with its Idempotency-Key.
+                let this = self.clone();
+                tokio::spawn(async move { this.resolve_in_doubt(order, request.traceparent).await });
+                Err(PlaceError::Unavailable(e))
+            }
             Err(e) => {
                 // Memory never keeps what the database does not.
                 self.forget_all(prices.keys(), id).await;
                 Err(PlaceError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// Settles an order whose commit ended in an outage: started if it was committed,
+    /// its reservations dropped if it was not.
+    async fn resolve_in_doubt(&self, order: Order, traceparent: Option<String>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.deps.store.get_order(order.id).await {
+                Ok(Some(_)) => {
+                    info!(order_id = %order.id, "order in doubt was committed; starting its saga");
+                    self.deps.metrics.orders_created.inc();
+                    self.start_saga(order, traceparent);
+                    return;
+                }
+                Ok(None) => {
+                    let skus: BTreeSet<&Sku> = order.lines.iter().map(|l| &l.sku).collect();
+                    self.forget_all(skus.into_iter(), order.id).await;
+                    return;
+                }
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
             }
         }
     }
