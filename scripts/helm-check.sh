@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Offline checks of the Helm chart (there is no cluster here): lint, render, validate every
-# rendered manifest against the Kubernetes 1.33 schemas, check the alert rules with
-# promtool, make sure the single-replica guard holds, and assert the rendered values
+# rendered manifest against the Kubernetes 1.33 schemas, check and unit-test the alert
+# rules with promtool (scripts/observability-check.sh, which also checks the dashboard),
+# make sure the single-replica guard holds, and assert the rendered values
 # (scripts/helm_assert.py). Exits non-zero on the first failing step.
 #
 #   scripts/helm-check.sh            (installs helm, kubernetes-validate, promtool if needed)
@@ -46,6 +47,11 @@ FULL_SET=(
 
 step "chart files in sync with their sources"
 "$ROOT/scripts/sync-chart-files.sh" --check
+
+step "alert rules (promtool check + unit tests) and dashboard"
+# The rules the PrometheusRule carries are unit-tested here (config/alerts_test.yml);
+# see the script for the dashboard checks.
+"$ROOT/scripts/observability-check.sh"
 
 for sc in default production full; do
     case "$sc" in

@@ -6,7 +6,7 @@
 //! → saga recovery → ready. Shutdown on SIGTERM/SIGINT: readiness and new orders turn
 //! 503, in-flight requests finish, the write-behind queue and the outbox are flushed.
 
-use crate::actors::inventory::{Inventory, InventoryOptions};
+use crate::actors::inventory::{Inventory, InventoryOptions, Strategy};
 use crate::actors::order::{Orders, SagaOptions};
 use crate::actors::outbox::OutboxRelay;
 use crate::actors::payment::PaymentActor;
@@ -68,11 +68,12 @@ fn cores(configured: usize) -> usize {
 impl App {
     /// Builds every part. Must run inside an actix `System` (the actors need arbiters).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            settings.inventory.strategy == "actor",
-            "inventory.strategy {:?} is not available in this build (only \"actor\")",
-            settings.inventory.strategy
-        );
+        let strategy = Strategy::parse(&settings.inventory.strategy).ok_or_else(|| {
+            anyhow::anyhow!(
+                "inventory.strategy must be \"actor\" or \"sql_row_lock\", got {:?}",
+                settings.inventory.strategy
+            )
+        })?;
         anyhow::ensure!(
             settings.bus.kind == "embedded",
             "bus.kind {:?} is not available in this build",
@@ -111,6 +112,7 @@ impl App {
             InventoryOptions {
                 idle_timeout: Duration::from_secs(settings.inventory.idle_passivate_secs),
                 mailbox_capacity: settings.inventory.mailbox_capacity,
+                strategy,
             },
         );
         let attempt_timeout = Duration::from_millis(settings.payment.attempt_timeout_ms);

@@ -3,7 +3,7 @@
 
 mod common;
 
-on_every_backend!(
+on_every_strategy!(
     idempotency_key_replays_without_reserving_twice,
     concurrent_requests_with_one_key_make_one_order,
     bad_input_gets_a_problem_and_changes_nothing,

@@ -4,13 +4,13 @@
 
 mod common;
 
-on_every_backend!(
+on_every_strategy!(
     flash_sale_sells_exactly_the_stock,
     last_unit_two_buyers_at_once_magento_msi_spree,
     one_order_two_lines_on_the_same_sku_medusa,
-    inventory_actor_called_directly_alongside_http_medusa,
     random_multi_item_orders_reserve_all_or_nothing,
 );
+on_every_backend!(inventory_actor_called_directly_alongside_http_medusa);
 
 use common::{Backend, TestApp};
 use emporium::actors::order::PlaceOrder;

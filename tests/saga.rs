@@ -3,7 +3,7 @@
 
 mod common;
 
-on_every_backend!(
+on_every_strategy!(
     declined_payment_cancels_and_restores_stock,
     flaky_payment_completes_after_retries,
     gateway_down_cancels_after_three_attempts,

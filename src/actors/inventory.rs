@@ -263,17 +263,41 @@ struct Shared {
     mailbox_capacity: usize,
 }
 
+/// Where reservations are decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Per-SKU actors in memory, group-committed (the design of this runtime).
+    Actor,
+    /// One database transaction per order with `SELECT … FOR UPDATE` on each SKU row
+    /// (the prototype's design, kept as the benchmark baseline).
+    SqlRowLock,
+}
+
+impl Strategy {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "actor" => Some(Self::Actor),
+            "sql_row_lock" => Some(Self::SqlRowLock),
+            _ => None,
+        }
+    }
+}
+
 /// The registry: finds a SKU's actor, activating it from the store on first use.
+/// Under [`Strategy::SqlRowLock`] no actor is started; views and stock changes go to
+/// the locked database row instead.
 #[derive(Clone)]
 pub struct Inventory {
     shared: Arc<Shared>,
     arbiters: Arc<Vec<ArbiterHandle>>,
+    strategy: Strategy,
 }
 
 #[derive(Debug, Clone)]
 pub struct InventoryOptions {
     pub idle_timeout: Duration,
     pub mailbox_capacity: usize,
+    pub strategy: Strategy,
 }
 
 impl Inventory {
@@ -295,7 +319,12 @@ impl Inventory {
                 mailbox_capacity: options.mailbox_capacity.max(16),
             }),
             arbiters,
+            strategy: options.strategy,
         }
+    }
+
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
     }
 
     pub fn active_count(&self) -> usize {
@@ -378,10 +407,43 @@ impl Inventory {
     }
 
     pub async fn set_stock(&self, sku: &Sku, stock: i64) -> Result<InventoryView, InventoryFailure> {
+        if self.strategy == Strategy::SqlRowLock {
+            use crate::persistence::row_lock::Refusal;
+            let (stock, reserved) = self
+                .shared
+                .store
+                .set_stock_row_locked(sku, stock)
+                .await
+                .map_err(|r| match r {
+                    Refusal::UnknownSku(sku) => InventoryFailure::UnknownSku(sku),
+                    Refusal::Rule { rule, .. } => InventoryFailure::Rule(rule),
+                    other => InventoryFailure::Unavailable(other.to_string()),
+                })?;
+            return Ok(InventoryView {
+                sku: sku.to_string(),
+                stock,
+                reserved,
+                available: stock - reserved,
+            });
+        }
         self.ask(sku, SetStock { stock }).await?
     }
 
     pub async fn view(&self, sku: &Sku) -> Result<InventoryView, InventoryFailure> {
+        if self.strategy == Strategy::SqlRowLock {
+            let (stock, reserved) = self
+                .shared
+                .store
+                .inventory_row(sku)
+                .await?
+                .ok_or_else(|| InventoryFailure::UnknownSku(sku.clone()))?;
+            return Ok(InventoryView {
+                sku: sku.to_string(),
+                stock,
+                reserved,
+                available: stock - reserved,
+            });
+        }
         self.ask(sku, GetView).await
     }
 }

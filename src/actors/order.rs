@@ -14,12 +14,12 @@
 //! --confirm inventory--> COMPLETED; a decline, the last failed attempt, a cancel or
 //! the reservation deadline --release inventory--> CANCELLED.
 
-use crate::actors::inventory::{shard_of, Inventory, InventoryFailure};
+use crate::actors::inventory::{shard_of, Inventory, InventoryFailure, Strategy};
 use crate::actors::payment::{Charge, PaymentActor, PaymentError};
 use crate::actors::write_behind::{CommitError, WriteBehind};
 use crate::domain::events::{Event, EventType};
 use crate::domain::ids::{OrderId, Sku, UserId};
-use crate::domain::inventory::InventoryError;
+use crate::domain::inventory::{ChangeKind, InventoryError};
 use crate::domain::now_millis;
 use crate::domain::order::{
     next_status, quantities_by_sku, total, CancelReason, Order, OrderLimits, OrderLine, OrderRequestError, OrderStatus,
@@ -31,7 +31,7 @@ use actix::prelude::*;
 use actix::ArbiterHandle;
 use dashmap::DashMap;
 use serde_json::json;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info, warn};
@@ -72,6 +72,8 @@ pub enum PlaceError {
     IdempotencyMismatch,
     #[error("a request with this Idempotency-Key is still being processed")]
     KeyInProgress,
+    #[error("{0}")]
+    Rejected(String),
     #[error("the order could not be made durable: {0}")]
     Unavailable(String),
 }
@@ -282,33 +284,9 @@ impl OrderActor {
         let traceparent = self.traceparent.clone();
         ctx.wait(
             async move {
-                let journal = settle_each(&deps, &skus, id, Settle::Confirm).await;
-                let mut events: Vec<Event> = journal
-                    .iter()
-                    .map(|e| {
-                        Event::new(
-                            EventType::InventoryConfirmed,
-                            &e.sku,
-                            e.at,
-                            traceparent.clone(),
-                            json!({"sku": e.sku, "order_id": id, "qty": e.change.qty}),
-                        )
-                    })
-                    .collect();
-                events.push(Event::new(
-                    EventType::OrderCompleted,
-                    id,
-                    now_millis(),
-                    traceparent,
-                    json!({"order_id": id}),
-                ));
-                let set = WriteSet {
-                    status_change: Some(change.clone()),
-                    journal,
-                    events,
-                    ..WriteSet::default()
-                };
-                (commit_step(&deps, set, id, OrderStatus::Completed).await, change)
+                let ok =
+                    settle_and_commit(&deps, id, &skus, ChangeKind::Confirm, &change, traceparent, Vec::new()).await;
+                (ok, change)
             }
             .into_actor(self)
             .map(|(ok, change), act, ctx| {
@@ -341,10 +319,9 @@ impl OrderActor {
         let traceparent = self.traceparent.clone();
         async move {
             let change = change?;
-            let journal = settle_each(&deps, &skus, id, Settle::Release).await;
-            let mut events = Vec::new();
+            let mut prefix = Vec::new();
             if reason == CancelReason::PaymentFailed {
-                events.push(Event::new(
+                prefix.push(Event::new(
                     EventType::PaymentFailed,
                     id,
                     now_millis(),
@@ -352,29 +329,7 @@ impl OrderActor {
                     json!({"order_id": id, "error": failure}),
                 ));
             }
-            events.extend(journal.iter().map(|e| {
-                Event::new(
-                    EventType::InventoryReleased,
-                    &e.sku,
-                    e.at,
-                    traceparent.clone(),
-                    json!({"sku": e.sku, "order_id": id, "qty": e.change.qty}),
-                )
-            }));
-            events.push(Event::new(
-                EventType::OrderCancelled,
-                id,
-                now_millis(),
-                traceparent,
-                json!({"order_id": id, "reason": reason}),
-            ));
-            let set = WriteSet {
-                status_change: Some(change.clone()),
-                journal,
-                events,
-                ..WriteSet::default()
-            };
-            commit_step(&deps, set, id, OrderStatus::Cancelled)
+            settle_and_commit(&deps, id, &skus, ChangeKind::Release, &change, traceparent, prefix)
                 .await
                 .then_some(change)
         }
@@ -391,22 +346,16 @@ impl OrderActor {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Settle {
-    Confirm,
-    Release,
-}
-
 /// Confirms or releases the order's reservation on every SKU, retrying an inventory
 /// actor that is briefly unavailable (a saga step must finish, not give up).
-async fn settle_each(deps: &Deps, skus: &[Sku], order: OrderId, how: Settle) -> Vec<JournalEntry> {
+async fn settle_each(deps: &Deps, skus: &[Sku], order: OrderId, how: ChangeKind) -> Vec<JournalEntry> {
     let mut journal = Vec::new();
     for sku in skus {
         let mut backoff = Duration::from_millis(20);
         loop {
             let result = match how {
-                Settle::Confirm => deps.inventory.confirm(sku, order).await,
-                Settle::Release => deps.inventory.release(sku, order).await,
+                ChangeKind::Confirm => deps.inventory.confirm(sku, order).await,
+                _ => deps.inventory.release(sku, order).await,
             };
             match result {
                 Ok(entry) => {
@@ -424,15 +373,104 @@ async fn settle_each(deps: &Deps, skus: &[Sku], order: OrderId, how: Settle) -> 
     journal
 }
 
-/// Commits a saga step, retrying while the store is down. Returns false only if the
-/// store refuses the step for good and the order is not already in `target`.
+/// The write-set of a final saga step: the status change, the inventory journal
+/// entries, and their events (`prefix` first, then one inventory event per SKU, then
+/// `order_completed` or `order_cancelled`).
+fn settle_set(
+    how: ChangeKind,
+    change: &StatusChange,
+    traceparent: Option<&str>,
+    prefix: &[Event],
+    journal: Vec<JournalEntry>,
+) -> WriteSet {
+    let order = change.order_id;
+    let tp = || traceparent.map(str::to_owned);
+    let inventory_event = if how == ChangeKind::Confirm {
+        EventType::InventoryConfirmed
+    } else {
+        EventType::InventoryReleased
+    };
+    let mut events = prefix.to_vec();
+    events.extend(journal.iter().map(|e| {
+        Event::new(
+            inventory_event,
+            &e.sku,
+            e.at,
+            tp(),
+            json!({"sku": e.sku, "order_id": order, "qty": e.change.qty}),
+        )
+    }));
+    events.push(match change.to {
+        OrderStatus::Completed => Event::new(
+            EventType::OrderCompleted,
+            order,
+            change.at,
+            tp(),
+            json!({"order_id": order}),
+        ),
+        _ => Event::new(
+            EventType::OrderCancelled,
+            order,
+            change.at,
+            tp(),
+            json!({"order_id": order, "reason": change.cancel_reason}),
+        ),
+    });
+    WriteSet {
+        status_change: Some(change.clone()),
+        journal,
+        events,
+        ..WriteSet::default()
+    }
+}
+
+/// Confirms (towards COMPLETED) or releases (towards CANCELLED) every reservation of
+/// the order and commits the step, under the configured inventory strategy.
+async fn settle_and_commit(
+    deps: &Deps,
+    order: OrderId,
+    skus: &[Sku],
+    how: ChangeKind,
+    change: &StatusChange,
+    traceparent: Option<String>,
+    prefix: Vec<Event>,
+) -> bool {
+    let build = |journal| settle_set(how, change, traceparent.as_deref(), &prefix, journal);
+    match deps.inventory.strategy() {
+        Strategy::Actor => {
+            let set = build(settle_each(deps, skus, order, how).await);
+            commit_step(deps, set, order, change.to).await
+        }
+        Strategy::SqlRowLock => {
+            retry_until_durable(deps, order, change.to, || {
+                deps.store.settle_row_locked(order, skus, how, build)
+            })
+            .await
+        }
+    }
+}
+
+/// Commits a saga step's write-set through the write-behind.
 async fn commit_step(deps: &Deps, set: WriteSet, order: OrderId, target: OrderStatus) -> bool {
+    retry_until_durable(deps, order, target, || async {
+        Ok(deps.write_behind.commit(set.clone()).await?)
+    })
+    .await
+}
+
+/// Runs a saga step until it is durable, retrying while the store is down. Returns
+/// false only if the store refuses the step for good and the order is not already in
+/// `target` (an earlier attempt may have committed even though it reported failure).
+async fn retry_until_durable<F, Fut>(deps: &Deps, order: OrderId, target: OrderStatus, mut attempt: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
     let mut backoff = Duration::from_millis(50);
     loop {
-        match deps.write_behind.commit(set.clone()).await {
+        match attempt().await {
             Ok(()) => return true,
-            Err(CommitError::Store(StoreError::Rejected(e) | StoreError::Conflict(e))) => {
-                // An earlier attempt may have committed even though it reported failure.
+            Err(StoreError::Rejected(e) | StoreError::Conflict(e) | StoreError::Corrupt(e)) => {
                 if let Ok(Some(stored)) = deps.store.get_order(order).await {
                     if stored.status == target {
                         return true;
@@ -556,6 +594,9 @@ impl Orders {
         let id = OrderId::generate();
         let now = now_millis();
         let expires_at = now + deps.options.reservation_ttl.as_millis() as i64;
+        if deps.inventory.strategy() == Strategy::SqlRowLock {
+            return self.place_row_locked(request, wanted, id, now, expires_at).await;
+        }
 
         let mut journal = Vec::with_capacity(wanted.len());
         let mut prices = HashMap::with_capacity(wanted.len());
@@ -582,48 +623,15 @@ impl Orders {
                 }
             }
         }
-        let order = failure.map_or_else(|| build_order(&request, id, &prices, now, expires_at), Err);
-        let order = match order {
-            Ok(order) => order,
+        let set = failure.map_or_else(|| order_write_set(&request, id, &prices, journal, now, expires_at), Err);
+        let set = match set {
+            Ok(set) => set,
             Err(e) => {
                 self.forget_all(prices.keys(), id).await;
                 return Err(e);
             }
         };
-
-        let mut events = vec![Event::new(
-            EventType::OrderCreated,
-            id,
-            now,
-            request.traceparent.clone(),
-            json!({"order_id": id, "user_id": order.user_id, "items": order.lines, "total": order.total}),
-        )];
-        events.extend(journal.iter().map(|e| {
-            Event::new(
-                EventType::InventoryReserved,
-                &e.sku,
-                now,
-                request.traceparent.clone(),
-                json!({"sku": e.sku, "order_id": id, "qty": e.change.qty, "expires_at": expires_at}),
-            )
-        }));
-        let idempotency = match &request.idempotency {
-            Some((key, hash)) => Some(IdempotencyRecord {
-                user_id: request.user.clone(),
-                key: key.clone(),
-                request_hash: hash.clone(),
-                order_id: id,
-                response: serde_json::to_string(&order).map_err(|e| PlaceError::Unavailable(e.to_string()))?,
-            }),
-            None => None,
-        };
-        let set = WriteSet {
-            new_order: Some(order.clone()),
-            status_change: None,
-            journal,
-            events,
-            idempotency,
-        };
+        let order = set.new_order.clone().expect("an order write-set carries its order");
         match deps.write_behind.commit(set).await {
             Ok(()) => {
                 deps.metrics.orders_created.inc();
@@ -643,6 +651,47 @@ impl Orders {
                 self.forget_all(prices.keys(), id).await;
                 Err(PlaceError::Unavailable(e.to_string()))
             }
+        }
+    }
+
+    /// The `sql_row_lock` strategy: the whole placement is one locking transaction.
+    async fn place_row_locked(
+        &self,
+        request: PlaceOrder,
+        wanted: BTreeMap<Sku, i64>,
+        id: OrderId,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Placed, PlaceError> {
+        use crate::persistence::row_lock::Refusal;
+        let placed = self
+            .deps
+            .store
+            .place_row_locked(id, &wanted, expires_at, |prices, journal| {
+                order_write_set(&request, id, prices, journal, now, expires_at).map_err(|e| e.to_string())
+            })
+            .await;
+        match placed {
+            Ok(set) => {
+                let order = set.new_order.expect("an order write-set carries its order");
+                self.deps.metrics.orders_created.inc();
+                self.start_saga(order.clone(), request.traceparent);
+                Ok(Placed { order, replayed: false })
+            }
+            Err(Refusal::UnknownSku(sku)) => Err(PlaceError::UnknownSku(sku)),
+            Err(Refusal::Rule {
+                sku,
+                rule: InventoryError::OutOfStock { requested, available },
+            }) => Err(PlaceError::OutOfStock {
+                sku,
+                requested,
+                available,
+            }),
+            Err(Refusal::Rule { rule, .. }) => Err(PlaceError::Rejected(rule.to_string())),
+            Err(Refusal::Invalid(e)) => Err(PlaceError::Rejected(e)),
+            // A duplicate idempotency key: another process placed this request at the same time.
+            Err(Refusal::Store(StoreError::Conflict(_))) => Err(PlaceError::KeyInProgress),
+            Err(Refusal::Store(e)) => Err(PlaceError::Unavailable(e.to_string())),
         }
     }
 
@@ -725,7 +774,6 @@ impl Orders {
     }
 
     async fn expire_offline(&self, order: Order) {
-        let deps = &self.deps;
         let skus: Vec<Sku> = order
             .lines
             .iter()
@@ -733,45 +781,80 @@ impl Orders {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let journal = settle_each(deps, &skus, order.id, Settle::Release).await;
-        let at = now_millis();
-        let mut events: Vec<Event> = journal
-            .iter()
-            .map(|e| {
-                Event::new(
-                    EventType::InventoryReleased,
-                    &e.sku,
-                    at,
-                    None,
-                    json!({"sku": e.sku, "order_id": order.id, "qty": e.change.qty}),
-                )
-            })
-            .collect();
-        events.push(Event::new(
-            EventType::OrderCancelled,
-            order.id,
-            at,
-            None,
-            json!({"order_id": order.id, "reason": CancelReason::Expired}),
-        ));
         let change = StatusChange {
             order_id: order.id,
             from: OrderStatus::PendingPayment,
             to: OrderStatus::Cancelled,
             cancel_reason: Some(CancelReason::Expired),
-            at,
+            at: now_millis(),
         };
-        let set = WriteSet {
-            status_change: Some(change),
-            journal,
-            events,
-            ..WriteSet::default()
-        };
-        if commit_step(deps, set, order.id, OrderStatus::Cancelled).await {
-            deps.metrics.reservation_expirations.inc();
-            deps.metrics.orders_finished.with_label_values(&["CANCELLED"]).inc();
+        if settle_and_commit(
+            &self.deps,
+            order.id,
+            &skus,
+            ChangeKind::Release,
+            &change,
+            None,
+            Vec::new(),
+        )
+        .await
+        {
+            self.deps.metrics.reservation_expirations.inc();
+            self.deps
+                .metrics
+                .orders_finished
+                .with_label_values(&["CANCELLED"])
+                .inc();
         }
     }
+}
+
+/// The write-set that makes a placed order durable: the order with its lines, the
+/// reservation journal entries, `order_created` + `inventory_reserved` events and the
+/// idempotency record.
+fn order_write_set(
+    request: &PlaceOrder,
+    id: OrderId,
+    prices: &HashMap<Sku, crate::domain::money::Money>,
+    journal: Vec<JournalEntry>,
+    now: i64,
+    expires_at: i64,
+) -> Result<WriteSet, PlaceError> {
+    let order = build_order(request, id, prices, now, expires_at)?;
+    let tp = || request.traceparent.clone();
+    let mut events = vec![Event::new(
+        EventType::OrderCreated,
+        id,
+        now,
+        tp(),
+        json!({"order_id": id, "user_id": order.user_id, "items": order.lines, "total": order.total}),
+    )];
+    events.extend(journal.iter().map(|e| {
+        Event::new(
+            EventType::InventoryReserved,
+            &e.sku,
+            now,
+            tp(),
+            json!({"sku": e.sku, "order_id": id, "qty": e.change.qty, "expires_at": expires_at}),
+        )
+    }));
+    let idempotency = match &request.idempotency {
+        Some((key, hash)) => Some(IdempotencyRecord {
+            user_id: request.user.clone(),
+            key: key.clone(),
+            request_hash: hash.clone(),
+            order_id: id,
+            response: serde_json::to_string(&order).map_err(|e| PlaceError::Unavailable(e.to_string()))?,
+        }),
+        None => None,
+    };
+    Ok(WriteSet {
+        new_order: Some(order),
+        status_change: None,
+        journal,
+        events,
+        idempotency,
+    })
 }
 
 fn build_order(

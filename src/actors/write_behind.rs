@@ -30,6 +30,15 @@ pub enum CommitError {
     Stopped,
 }
 
+impl From<CommitError> for StoreError {
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Store(e) => e,
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
 struct Pending {
     set: WriteSet,
     reply: oneshot::Sender<Result<(), StoreError>>,
@@ -136,7 +145,8 @@ impl CommitLoop {
                 .set(self.queued.load(Ordering::Relaxed) as i64);
             let size = batch.len();
             self.commit_batch(std::mem::take(&mut batch)).await;
-            self.queued.fetch_sub(size, Ordering::SeqCst);
+            let left = self.queued.fetch_sub(size, Ordering::SeqCst) - size;
+            self.metrics.write_queue_depth.set(left as i64);
         }
     }
 

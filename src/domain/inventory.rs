@@ -122,61 +122,33 @@ impl SkuInventory {
 
     /// Holds `qty` units for `order` if that many are available.
     pub fn reserve(&mut self, order: OrderId, qty: i64, expires_at: Millis) -> Result<Outcome, InventoryError> {
-        if qty <= 0 {
-            return Err(InventoryError::InvalidQuantity(qty));
-        }
-        if self.reservations.contains_key(&order) {
+        if self.reservations.contains_key(&order) && qty > 0 {
             return Ok(Outcome::Unchanged);
         }
-        if qty > self.available() {
-            return Err(InventoryError::OutOfStock {
-                requested: qty,
-                available: self.available(),
-            });
-        }
+        let change = reserve_change(order, qty, expires_at, self.available())?;
         self.reserved += qty;
         self.reservations.insert(order, Reservation { qty, expires_at });
-        Ok(Outcome::Applied(Change {
-            kind: ChangeKind::Reserve,
-            order: Some(order),
-            qty,
-            stock_delta: 0,
-            reserved_delta: qty,
-            expires_at: Some(expires_at),
-        }))
+        Ok(Outcome::Applied(change))
     }
 
     /// The order was paid: its units leave stock for good.
     pub fn confirm(&mut self, order: OrderId) -> Outcome {
-        let Some(held) = self.reservations.remove(&order) else {
-            return Outcome::Unchanged;
-        };
-        self.reserved -= held.qty;
-        self.stock -= held.qty;
-        Outcome::Applied(Change {
-            kind: ChangeKind::Confirm,
-            order: Some(order),
-            qty: held.qty,
-            stock_delta: -held.qty,
-            reserved_delta: -held.qty,
-            expires_at: None,
-        })
+        self.settle(order, ChangeKind::Confirm)
     }
 
     /// The order will not be paid (failed, cancelled, expired): its units become available again.
     pub fn release(&mut self, order: OrderId) -> Outcome {
+        self.settle(order, ChangeKind::Release)
+    }
+
+    fn settle(&mut self, order: OrderId, kind: ChangeKind) -> Outcome {
         let Some(held) = self.reservations.remove(&order) else {
             return Outcome::Unchanged;
         };
-        self.reserved -= held.qty;
-        Outcome::Applied(Change {
-            kind: ChangeKind::Release,
-            order: Some(order),
-            qty: held.qty,
-            stock_delta: 0,
-            reserved_delta: -held.qty,
-            expires_at: None,
-        })
+        let change = settle_change(kind, order, held.qty);
+        self.reserved += change.reserved_delta;
+        self.stock += change.stock_delta;
+        Outcome::Applied(change)
     }
 
     /// Takes back a reservation whose order never became durable (its commit failed).
@@ -214,6 +186,43 @@ impl SkuInventory {
             .filter(|(_, r)| r.expires_at <= now)
             .map(|(order, _)| *order)
             .collect()
+    }
+}
+
+/// The reservation rule on its own: `qty` units for `order` if `available` allows.
+/// [`SkuInventory::reserve`] applies it in memory; the `sql_row_lock` strategy applies
+/// it to a locked database row.
+pub fn reserve_change(order: OrderId, qty: i64, expires_at: Millis, available: i64) -> Result<Change, InventoryError> {
+    if qty <= 0 {
+        return Err(InventoryError::InvalidQuantity(qty));
+    }
+    if qty > available {
+        return Err(InventoryError::OutOfStock {
+            requested: qty,
+            available,
+        });
+    }
+    Ok(Change {
+        kind: ChangeKind::Reserve,
+        order: Some(order),
+        qty,
+        stock_delta: 0,
+        reserved_delta: qty,
+        expires_at: Some(expires_at),
+    })
+}
+
+/// What confirming (units leave stock) or releasing (units become available) a
+/// reservation of `qty` changes. `kind` is `Confirm` or `Release`.
+pub fn settle_change(kind: ChangeKind, order: OrderId, qty: i64) -> Change {
+    let stock_delta = if kind == ChangeKind::Confirm { -qty } else { 0 };
+    Change {
+        kind,
+        order: Some(order),
+        qty,
+        stock_delta,
+        reserved_delta: -qty,
+        expires_at: None,
     }
 }
 

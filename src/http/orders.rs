@@ -86,7 +86,9 @@ pub struct PageQuery {
 impl From<PlaceError> for ApiError {
     fn from(e: PlaceError) -> Self {
         match e {
-            PlaceError::Invalid(_) | PlaceError::UnknownSku(_) => ApiError::unprocessable(e.to_string()),
+            PlaceError::Invalid(_) | PlaceError::UnknownSku(_) | PlaceError::Rejected(_) => {
+                ApiError::unprocessable(e.to_string())
+            }
             PlaceError::OutOfStock { .. } => ApiError::OutOfStock(e.to_string()),
             PlaceError::IdempotencyMismatch => ApiError::IdempotencyMismatch(e.to_string()),
             PlaceError::KeyInProgress => ApiError::Conflict(e.to_string()),

@@ -167,7 +167,17 @@ impl SqlStore {
     /// The group commit: every write-set in one transaction, or none of them.
     pub async fn commit(&self, sets: &[&WriteSet]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        self.write_sets(&mut tx, sets).await?;
+        tx.commit().await?;
+        Ok(())
+    }
 
+    /// Writes the write-sets inside an open transaction.
+    pub(super) async fn write_sets(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Any>,
+        sets: &[&WriteSet],
+    ) -> Result<(), StoreError> {
         let orders: Vec<&Order> = sets.iter().filter_map(|s| s.new_order.as_ref()).collect();
         for chunk in orders.chunks(ROWS_PER_INSERT) {
             let mut q = QueryBuilder::<Any>::new(
@@ -185,7 +195,7 @@ impl SqlStore {
                     .push_bind(o.updated_at)
                     .push_bind(o.expires_at);
             });
-            q.build().execute(&mut *tx).await?;
+            q.build().execute(&mut **tx).await?;
         }
 
         let items: Vec<(&Order, usize, &OrderLine)> = orders
@@ -201,7 +211,7 @@ impl SqlStore {
                     .push_bind(l.qty)
                     .push_bind(l.unit_price.amount);
             });
-            q.build().execute(&mut *tx).await?;
+            q.build().execute(&mut **tx).await?;
         }
 
         let keys: Vec<&IdempotencyRecord> = sets.iter().filter_map(|s| s.idempotency.as_ref()).collect();
@@ -218,7 +228,7 @@ impl SqlStore {
                     .push_bind(k.response.clone())
                     .push_bind(now);
             });
-            q.build().execute(&mut *tx).await?;
+            q.build().execute(&mut **tx).await?;
         }
 
         for change in sets.iter().filter_map(|s| s.status_change.as_ref()) {
@@ -230,7 +240,7 @@ impl SqlStore {
             .bind(change.at)
             .bind(change.order_id.to_string())
             .bind(change.from.as_str())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
             if updated.rows_affected() != 1 {
                 return Err(StoreError::Rejected(format!(
@@ -242,12 +252,10 @@ impl SqlStore {
         }
 
         let journal: Vec<&JournalEntry> = sets.iter().flat_map(|s| s.journal.iter()).collect();
-        self.apply_journal(&mut tx, &journal).await?;
+        self.apply_journal(tx, &journal).await?;
 
         let events: Vec<&Event> = sets.iter().flat_map(|s| s.events.iter()).collect();
-        insert_outbox(&mut tx, &events).await?;
-
-        tx.commit().await?;
+        insert_outbox(tx, &events).await?;
         Ok(())
     }
 

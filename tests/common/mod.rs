@@ -16,6 +16,8 @@ pub enum Backend {
     Sqlite,
     /// Server URL without a database name.
     MySql(String),
+    /// MySQL with `inventory.strategy = "sql_row_lock"`: the prototype's row-lock design.
+    MySqlRowLock(String),
 }
 
 impl Backend {
@@ -42,7 +44,7 @@ impl Backend {
     pub async fn store_url(&self) -> Option<String> {
         match self {
             Self::Sqlite => None,
-            Self::MySql(server) => {
+            Self::MySql(server) | Self::MySqlRowLock(server) => {
                 let name = format!("emporium_t_{}", uuid::Uuid::new_v4().simple());
                 mysql_exec(server, &format!("CREATE DATABASE {name} CHARACTER SET utf8mb4")).await;
                 Some(format!("{server}/{name}"))
@@ -73,7 +75,34 @@ pub async fn drop_database(store_url: &str) {
     }
 }
 
-/// Runs each named `async fn(Backend)` test once per backend: `name::sqlite` and `name::mysql`.
+/// Runs each named `async fn(Backend)` test once per backend and inventory strategy:
+/// `name::sqlite`, `name::mysql` and `name::mysql_row_lock`.
+#[macro_export]
+macro_rules! on_every_strategy {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                if let Some(backend) = $crate::common::Backend::mysql().await {
+                    super::$name(backend).await
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql_row_lock() {
+                if let Some($crate::common::Backend::MySql(url)) = $crate::common::Backend::mysql().await {
+                    super::$name($crate::common::Backend::MySqlRowLock(url)).await
+                }
+            }
+        }
+    )*};
+}
+
+/// Runs each named `async fn(Backend)` test once per backend: `name::sqlite` and
+/// `name::mysql` (for tests that drive the actors themselves).
 #[macro_export]
 macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {$(
@@ -131,6 +160,9 @@ impl TestApp {
         let store_url = backend.store_url().await;
         if let Some(url) = &store_url {
             settings.store.url = url.clone();
+        }
+        if matches!(backend, Backend::MySqlRowLock(_)) {
+            settings.inventory.strategy = "sql_row_lock".into();
         }
         tweak(&mut settings);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
