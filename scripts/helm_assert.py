@@ -270,9 +270,9 @@ def check_default_is_embedded(docs, _):
 def check_backends_from_secret(docs, scenario):
     env = env_map(server_container(docs))
     secret = chart_secret(docs)
-    # Production values enable only the backends the server speaks today (MySQL); the
-    # "full" scenario turns every one on to check the wiring.
-    names = BACKEND_ENV if scenario == "full" else ["EMPORIUM__STORE__URL"]
+    # Production values enable only the backends the server speaks today (MySQL, Kafka);
+    # the "full" scenario turns every one on to check the wiring.
+    names = BACKEND_ENV if scenario == "full" else ["EMPORIUM__STORE__URL", "EMPORIUM__BUS__BROKERS"]
     for name in names:
         assert name in env, f"{name} missing"
         assert "value" not in env[name], f"{name} must come from the Secret"
@@ -282,10 +282,7 @@ def check_backends_from_secret(docs, scenario):
         else:
             assert ref["name"] == secret["metadata"]["name"]
             assert ref["key"] in secret["data"], f"Secret lacks {ref['key']}"
-    if scenario == "full":
-        assert env["EMPORIUM__BUS__KIND"]["value"] == "kafka"
-    else:
-        assert "EMPORIUM__BUS__KIND" not in env, "production values must not select Kafka yet"
+    assert env["EMPORIUM__BUS__KIND"]["value"] == "kafka"
     assert env["EMPORIUM__TELEMETRY__OTLP_ENDPOINT"]["value"].startswith("http")
     if scenario == "full":
         assert FULL_MYSQL_URL not in non_secret_text(docs), "MySQL URL leaked outside a Secret"

@@ -272,7 +272,11 @@ env_one() {
         return 0
     fi
     case "$name" in
-        kafka)  echo "export EMPORIUM_TEST_KAFKA=127.0.0.1:$port" ;;
+        kafka)
+            echo "export EMPORIUM_TEST_KAFKA=127.0.0.1:$port"
+            # Broker-outage tests start their own broker behind a proxy they can cut.
+            echo "export EMPORIUM_TEST_TANSU=$(bin_tansu)"
+            ;;
         mongo)  echo "export EMPORIUM_TEST_MONGO_URL=mongodb://127.0.0.1:$port" ;;
         search) echo "export EMPORIUM_TEST_ES_URL=http://127.0.0.1:$port" ;;
     esac

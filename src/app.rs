@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::domain::order::OrderLimits;
 use crate::http::{self, AppState, Lifecycle};
 use crate::persistence::bus::{EventBus, InProcessBus};
+use crate::persistence::kafka::KafkaBus;
 use crate::persistence::sql::StoreOptions;
 use crate::persistence::SqlStore;
 use crate::telemetry::Metrics;
@@ -40,7 +41,7 @@ pub struct App {
     pub lifecycle: Arc<Lifecycle>,
     pub bus: InProcessBus,
     pub keys: Arc<Keys>,
-    relay: Arc<OutboxRelay>,
+    pub relay: Arc<OutboxRelay>,
 }
 
 pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
@@ -55,6 +56,24 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
     SqlStore::connect(&url, &options)
         .await
         .with_context(|| format!("cannot open the store at {}", crate::persistence::sql::redact(&url)))
+}
+
+/// The bus the outbox relays to, chosen by `bus.kind`.
+fn event_bus(settings: &Settings, embedded: &InProcessBus) -> anyhow::Result<Arc<dyn EventBus>> {
+    match settings.bus.kind.as_str() {
+        "embedded" => Ok(Arc::new(embedded.clone())),
+        "kafka" => {
+            anyhow::ensure!(
+                !settings.bus.brokers.is_empty(),
+                "bus.kind = \"kafka\" needs bus.brokers"
+            );
+            KafkaBus::ensure_topics_in_background(&settings.bus);
+            Ok(Arc::new(
+                KafkaBus::new(&settings.bus).context("cannot create the kafka producer")?,
+            ))
+        }
+        other => anyhow::bail!("bus.kind must be \"embedded\" or \"kafka\", got {other:?}"),
+    }
 }
 
 fn cores(configured: usize) -> usize {
@@ -74,11 +93,6 @@ impl App {
                 settings.inventory.strategy
             )
         })?;
-        anyhow::ensure!(
-            settings.bus.kind == "embedded",
-            "bus.kind {:?} is not available in this build",
-            settings.bus.kind
-        );
         anyhow::ensure!(
             settings.payment.mode == "local",
             "payment.mode {:?} is not available in this build",
@@ -140,7 +154,7 @@ impl App {
         let bus = InProcessBus::default();
         let relay = Arc::new(OutboxRelay::new(
             store.clone(),
-            Arc::new(bus.clone()) as Arc<dyn EventBus>,
+            event_bus(&settings, &bus)?,
             settings.outbox.clone(),
             metrics.clone(),
         ));
@@ -184,6 +198,7 @@ impl App {
             write_behind: self.write_behind.clone(),
             metrics: self.metrics.clone(),
             lifecycle: self.lifecycle.clone(),
+            outbox: self.relay.clone(),
         });
         let keys = web::Data::from(self.keys.clone());
         let body_limit = self.settings.server.body_limit_bytes;

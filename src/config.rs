@@ -88,6 +88,9 @@ pub struct OutboxSettings {
 pub struct BusSettings {
     pub kind: String,
     pub brokers: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub message_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

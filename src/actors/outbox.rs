@@ -3,16 +3,20 @@
 //! Owns: the relay loop. Takes: a wake-up after every group commit (and polls anyway).
 //! Promises: each event is published at least once, in id order per aggregate; a row is
 //! marked published only after the bus acknowledged it; a failed publish is retried
-//! with exponential backoff and, after `max_attempts`, moved to `failed_events` (from
-//! where `emporium replay` re-publishes it). While one event of an aggregate waits
-//! for a retry, the later events of that aggregate wait too.
+//! with exponential backoff. An event the bus rejects is moved to `failed_events` after
+//! `max_attempts` (from where `emporium replay` re-publishes it); an event that failed
+//! because the bus is unavailable is retried for as long as the outage lasts (backoff
+//! capped at 30 s), since giving up on it would only turn an outage into manual work.
+//! While one event of an aggregate waits for a retry, the later events of that
+//! aggregate wait too.
 
 use crate::config::OutboxSettings;
 use crate::domain::now_millis;
-use crate::persistence::bus::EventBus;
+use crate::persistence::bus::{BusError, EventBus};
 use crate::persistence::{OutboxRow, SqlStore, StoreError};
 use crate::telemetry::Metrics;
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::warn;
@@ -22,7 +26,12 @@ pub struct OutboxRelay {
     bus: Arc<dyn EventBus>,
     settings: OutboxSettings,
     metrics: Arc<Metrics>,
+    /// False from a publish that found the bus unavailable until one that succeeds.
+    bus_reachable: AtomicBool,
 }
+
+/// The longest wait between two attempts of one event.
+const MAX_BACKOFF_MS: u64 = 30_000;
 
 impl OutboxRelay {
     pub fn new(store: SqlStore, bus: Arc<dyn EventBus>, settings: OutboxSettings, metrics: Arc<Metrics>) -> Self {
@@ -31,7 +40,17 @@ impl OutboxRelay {
             bus,
             settings,
             metrics,
+            bus_reachable: AtomicBool::new(true),
         }
+    }
+
+    /// Whether the last publish reached the bus (shown by `/health/ready`).
+    pub fn bus_reachable(&self) -> bool {
+        self.bus_reachable.load(Ordering::Relaxed)
+    }
+
+    pub fn bus_kind(&self) -> &'static str {
+        self.bus.kind()
     }
 
     pub fn poll_interval_ms(&self) -> u64 {
@@ -74,6 +93,8 @@ impl OutboxRelay {
             .outbox_publish_duration
             .observe(started.elapsed().as_secs_f64());
 
+        let reachable = !outcomes.iter().any(|o| matches!(o, Err(BusError::Unavailable(_))));
+        self.bus_reachable.store(reachable, Ordering::Relaxed);
         let mut published = Vec::with_capacity(due.len());
         let mut failed_aggregates: HashSet<&str> = HashSet::new();
         for (row, outcome) in due.iter().zip(outcomes) {
@@ -85,7 +106,7 @@ impl OutboxRelay {
                 Ok(()) => {}
                 Err(e) => {
                     failed_aggregates.insert(aggregate);
-                    self.give_up_or_retry(row, &e.to_string()).await?;
+                    self.give_up_or_retry(row, &e).await?;
                 }
             }
         }
@@ -94,11 +115,13 @@ impl OutboxRelay {
         Ok(published.len())
     }
 
-    async fn give_up_or_retry(&self, row: &OutboxRow, error: &str) -> Result<(), StoreError> {
+    async fn give_up_or_retry(&self, row: &OutboxRow, error: &BusError) -> Result<(), StoreError> {
         let attempts = row.attempts + 1;
-        if attempts >= self.settings.max_attempts {
+        let message = error.to_string();
+        let rejected = matches!(error, BusError::Rejected(_));
+        if rejected && attempts >= self.settings.max_attempts {
             self.metrics.outbox_failed.inc();
-            warn!(event_id = %row.event.id, attempts, error, "outbox event moved to failed_events");
+            warn!(event_id = %row.event.id, attempts, error = message, "outbox event moved to failed_events");
             return self
                 .store
                 .outbox_fail(
@@ -106,14 +129,18 @@ impl OutboxRelay {
                         attempts,
                         ..row.clone()
                     },
-                    error,
+                    &message,
                 )
                 .await;
         }
         self.metrics.outbox_retries.inc();
-        let backoff = self.settings.backoff_base_ms.saturating_mul(1 << attempts.min(16)) as i64;
+        let backoff = self
+            .settings
+            .backoff_base_ms
+            .saturating_mul(1 << attempts.clamp(0, 16))
+            .min(MAX_BACKOFF_MS) as i64;
         self.store
-            .outbox_defer(row.id, attempts, now_millis() + backoff, error)
+            .outbox_defer(row.id, attempts, now_millis() + backoff, &message)
             .await
     }
 }

@@ -53,6 +53,7 @@ pub struct AppState {
     pub write_behind: WriteBehind,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
+    pub outbox: Arc<crate::actors::outbox::OutboxRelay>,
 }
 
 impl AppState {

@@ -15,6 +15,8 @@ pub async fn live() -> HttpResponse {
 }
 
 /// Ready for traffic: recovery finished, the store answers, not shutting down.
+/// The event bus is reported but does not decide readiness: while it is down, orders
+/// are still taken and their events wait in the outbox (`outbox_backlog`).
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses((status = 200, description = "Ready"), (status = 503, description = "Recovering, draining or a backend is down")))]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
@@ -24,6 +26,8 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let body = json!({
         "status": if recovered && !draining && store { "ready" } else { "not_ready" },
         "checks": {"recovered": recovered, "draining": draining, "store": store},
+        "bus": {"kind": state.outbox.bus_kind(), "reachable": state.outbox.bus_reachable()},
+        "outbox_backlog": state.metrics.outbox_backlog.get(),
     });
     if recovered && !draining && store {
         HttpResponse::Ok().json(body)

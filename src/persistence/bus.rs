@@ -1,6 +1,6 @@
 //! The event bus the outbox relays to. The embedded default delivers to in-process
-//! subscribers (the outbox table itself is the durable log); Kafka is another
-//! implementation of the same trait.
+//! subscribers (the outbox table itself is the durable log); Kafka
+//! ([`super::kafka::KafkaBus`]) is another implementation of the same trait.
 
 use crate::domain::events::Event;
 use async_trait::async_trait;
@@ -8,8 +8,16 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("event bus: {0}")]
-pub struct BusError(pub String);
+pub enum BusError {
+    /// The bus cannot be reached or did not acknowledge in time: retried without limit
+    /// (with capped backoff), because waiting out an outage loses nothing.
+    #[error("event bus unavailable: {0}")]
+    Unavailable(String),
+    /// The bus refused this event (too large, not allowed): retried `max_attempts`
+    /// times, then moved to `failed_events`.
+    #[error("event bus rejected the event: {0}")]
+    Rejected(String),
+}
 
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {

@@ -3,6 +3,7 @@
 //! stays in [`sql`].
 
 pub mod bus;
+pub mod kafka;
 pub mod row_lock;
 pub mod sql;
 
