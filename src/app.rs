@@ -199,6 +199,7 @@ impl App {
             metrics: self.metrics.clone(),
             lifecycle: self.lifecycle.clone(),
             outbox: self.relay.clone(),
+            limits: http::limits::RateLimits::new(&self.settings.limits),
         });
         let keys = web::Data::from(self.keys.clone());
         let body_limit = self.settings.server.body_limit_bytes;

@@ -18,6 +18,7 @@ pub struct Settings {
     pub write_behind: WriteBehindSettings,
     pub inventory: InventorySettings,
     pub orders: OrderSettings,
+    pub limits: LimitSettings,
     pub payment: PaymentSettings,
     pub outbox: OutboxSettings,
     pub bus: BusSettings,
@@ -65,6 +66,15 @@ pub struct InventorySettings {
 pub struct OrderSettings {
     pub max_items: usize,
     pub max_qty_per_item: i64,
+}
+
+/// Rate limits on order creation; a rate of 0 turns that limit off.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    pub orders_per_user_per_sec: u32,
+    pub orders_per_user_burst: u32,
+    pub orders_per_ip_per_sec: u32,
+    pub orders_per_ip_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

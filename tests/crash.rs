@@ -42,6 +42,8 @@ fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
         .arg(data_dir)
         .envs(env.iter().copied())
         .env("EMPORIUM__PAYMENT__BACKOFF_BASE_MS", "10")
+        // One user places every order here; the rate limits are tested in access_control.rs.
+        .env("EMPORIUM__LIMITS__ORDERS_PER_USER_PER_SEC", "0")
         .env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

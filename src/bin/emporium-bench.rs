@@ -295,6 +295,7 @@ async fn start_strategy(s: &Strategy, args: &RunArgs) -> anyhow::Result<(Server,
                 ("EMPORIUM__SERVER__REQUEST_TIMEOUT_MS".to_owned(), "30000".to_owned()),
                 // A big sale: no customer of the benchmark ever pays late.
                 ("EMPORIUM__PAYMENT__GATEWAY_LATENCY_MS".to_owned(), "1".to_owned()),
+                ("EMPORIUM__LIMITS__ORDERS_PER_USER_PER_SEC".to_owned(), "0".to_owned()),
             ];
             let mut database = None;
             if s.store == "mysql" {

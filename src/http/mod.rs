@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod orders;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
     pub outbox: Arc<crate::actors::outbox::OutboxRelay>,
+    /// Rate limits on order creation (`[limits]`).
+    pub limits: limits::RateLimits,
 }
 
 impl AppState {

@@ -76,6 +76,7 @@ pub struct OrderPage {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1 to 1000, default 50.
     pub limit: Option<i64>,
@@ -135,6 +136,7 @@ fn parse_order_id(raw: &str) -> Result<OrderId, ApiError> {
         (status = 400, body = super::problem::Problem), (status = 401, body = super::problem::Problem),
         (status = 409, body = super::problem::Problem, description = "Out of stock"),
         (status = 422, body = super::problem::Problem),
+        (status = 429, body = super::problem::Problem, description = "Over a rate limit; retry after Retry-After"),
         (status = 503, body = super::problem::Problem, description = "Not durable; retry after Retry-After")),
     security(("bearer" = [])))]
 pub async fn create_order(
@@ -144,6 +146,11 @@ pub async fn create_order(
     body: web::Json<CreateOrder>,
 ) -> Result<HttpResponse, ApiError> {
     state.accepting_orders()?;
+    // Before anything is reserved or written: a refused request changes nothing. The
+    // address is the TCP peer; X-Forwarded-For is not trusted, any client can forge it.
+    state
+        .limits
+        .check_order(&caller.user, req.peer_addr().map(|a| a.ip()))?;
     let key = idempotency_key(&req)?;
     let body = body.into_inner();
     let token = body.payment.as_ref().map_or("test_ok", |p| p.token.as_str()).to_owned();

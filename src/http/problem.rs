@@ -22,6 +22,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     IdempotencyMismatch(String),
+    /// Over a rate limit (429); the client may retry after `retry_after_secs`.
+    #[error("{detail}")]
+    RateLimited { detail: String, retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
 }
@@ -52,6 +55,7 @@ impl ApiError {
                 "/problems/idempotency-mismatch",
                 "Idempotency key reused with another request",
             ),
+            Self::RateLimited { .. } => ("/problems/rate-limited", "Too many requests"),
             Self::Unavailable(_) => ("/problems/unavailable", "Service unavailable"),
         }
     }
@@ -79,6 +83,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::IdempotencyMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -91,6 +96,9 @@ impl ResponseError for ApiError {
         match self {
             Self::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
+            }
+            Self::RateLimited { retry_after_secs, .. } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
             }
             Self::Unauthorized(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));

@@ -16,7 +16,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use std::sync::RwLock;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -30,22 +31,51 @@ pub const TOPICS: [&str; 5] = [
 ];
 
 pub struct KafkaBus {
-    producer: FutureProducer,
+    settings: BusSettings,
+    /// Replaced after a fatal producer error (e.g. the broker fenced the idempotent
+    /// producer after an outage): such a producer refuses every later send.
+    producer: RwLock<FutureProducer>,
 }
 
 impl KafkaBus {
     /// Creates the producer. Connecting is lazy: a broker that is down now only delays
     /// publishing (the outbox keeps the events), it does not stop the server.
     pub fn new(settings: &BusSettings) -> Result<Self, KafkaError> {
-        let producer = client_config(settings)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", settings.message_timeout_ms.to_string())
-            .set("linger.ms", "2")
-            .create()?;
-        Ok(Self { producer })
+        Ok(Self {
+            settings: settings.clone(),
+            producer: RwLock::new(producer(settings)?),
+        })
     }
 
+    fn current(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Swaps in a new producer after `used` was fenced or hit a fatal error. The events
+    /// it failed stay in the outbox and are sent again by the new one (consumers
+    /// deduplicate on event id).
+    fn renew(&self, used: &FutureProducer) {
+        warn!(fatal = ?used.client().fatal_error(), "kafka producer unusable; creating a new one");
+        match producer(&self.settings) {
+            Ok(fresh) => *self.producer.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = fresh,
+            Err(e) => warn!(error = %e, "cannot create a new kafka producer; retrying on the next publish"),
+        }
+    }
+}
+
+fn producer(settings: &BusSettings) -> Result<FutureProducer, KafkaError> {
+    client_config(settings)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", settings.message_timeout_ms.to_string())
+        .set("linger.ms", "2")
+        .create()
+}
+
+impl KafkaBus {
     /// Creates the missing topics, retrying in the background until the broker answers.
     pub fn ensure_topics_in_background(settings: &BusSettings) {
         let settings = settings.clone();
@@ -129,6 +159,21 @@ fn headers(event: &Event) -> OwnedHeaders {
     headers
 }
 
+/// Errors after which this producer instance can never send again (the broker gave its
+/// producer id or epoch to someone else, typically after an outage with timed-out sends).
+fn fences_producer(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::Fatal
+        )
+    )
+}
+
 /// Whether waiting can fix a failed send. Anything not known to be about the message
 /// itself counts as an outage: an event is never given up on because a broker was down.
 fn classify(error: KafkaError) -> BusError {
@@ -155,6 +200,8 @@ impl EventBus for KafkaBus {
     async fn publish(&self, events: &[&Event]) -> Vec<Result<(), BusError>> {
         // Enqueue all first (in order, so each key keeps its order), then await the
         // broker's acknowledgements: one round trip for the batch, not one per event.
+        let producer = self.current();
+        let mut fenced = false;
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             let payload = match serde_json::to_vec(event) {
@@ -168,18 +215,24 @@ impl EventBus for KafkaBus {
                 .key(event.aggregate_id.as_bytes())
                 .payload(&payload)
                 .headers(headers(event));
-            pending.push(self.producer.send_result(record).map_err(|(e, _)| classify(e)));
+            pending.push(producer.send_result(record).map_err(|(e, _)| classify(e)));
         }
         let mut outcomes = Vec::with_capacity(pending.len());
         for sent in pending {
             outcomes.push(match sent {
                 Ok(delivery) => match delivery.await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(classify(e)),
+                    Ok(Err((e, _))) => {
+                        fenced |= fences_producer(&e);
+                        Err(classify(e))
+                    }
                     Err(_) => Err(BusError::Unavailable("producer closed".into())),
                 },
                 Err(e) => Err(e),
             });
+        }
+        if fenced || producer.client().fatal_error().is_some() {
+            self.renew(&producer);
         }
         outcomes
     }

@@ -146,6 +146,9 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     s.payment.backoff_base_ms = 10;
     s.payment.attempt_timeout_ms = 300;
     s.payment.gateway_latency_ms = 1;
+    // The load and fault suites send many orders per user; the rate limits have their
+    // own tests (access_control.rs), which set them explicitly.
+    s.limits.orders_per_user_per_sec = 0;
     s
 }
 
