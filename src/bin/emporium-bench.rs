@@ -104,7 +104,9 @@ async fn serve_bare(listen: String) -> anyhow::Result<()> {
     let server = HttpServer::new(|| {
         App::new().route(
             "/v1/orders",
-            web::post().to(|| async {
+            // Reads the body like a real handler: actix closes a keep-alive connection
+            // whose request body was left unread, which would measure reconnects.
+            web::post().to(|_body: web::Bytes| async {
                 HttpResponse::Conflict()
                     .content_type("application/problem+json")
                     .body(r#"{"type":"/problems/out-of-stock","title":"Out of stock","status":409}"#)
@@ -144,7 +146,8 @@ async fn serve_redis_lua(listen: String, redis_url: String, stock: i64) -> anyho
             .route(
                 "/v1/orders",
                 web::post().to(
-                    |state: web::Data<(redis::aio::MultiplexedConnection, String, redis::Script)>| async move {
+                    |state: web::Data<(redis::aio::MultiplexedConnection, String, redis::Script)>,
+                     _body: web::Bytes| async move {
                         let (conn, key, script) = state.get_ref();
                         let mut conn = conn.clone();
                         match script.key(key).arg(1).invoke_async::<i64>(&mut conn).await {
@@ -752,6 +755,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     ];
     let wanted: Vec<&str> = args.strategies.split(',').map(str::trim).collect();
     let scenarios: Vec<&str> = args.scenarios.split(',').map(str::trim).collect();
+    let mut failed: Vec<String> = Vec::new();
     let strategies: Vec<&Strategy> = all.iter().filter(|s| wanted.contains(&s.name)).collect();
     let mut rows = Vec::new();
     for scenario in ["flash", "uniform", "mixed"]
@@ -764,7 +768,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             match run_one(s, scenario, &args, None).await {
                 Ok(row) => rows.push(row),
-                Err(e) => eprintln!("  {} / {scenario} failed: {e:#}", s.name),
+                Err(e) => {
+                    eprintln!("  {} / {scenario} failed: {e:#}", s.name);
+                    failed.push(format!("{} / {scenario}", s.name));
+                }
             }
         }
     }
@@ -780,7 +787,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                         row.scenario = "flash@half-peak".into();
                         rows.push(row);
                     }
-                    Err(e) => eprintln!("  {} / half-load failed: {e:#}", s.name),
+                    Err(e) => {
+                        eprintln!("  {} / half-load failed: {e:#}", s.name);
+                        failed.push(format!("{} / half-load", s.name));
+                    }
                 }
             }
         }
@@ -802,6 +812,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .any(|r| r.oversold > 0 || r.verified.starts_with("RECONCILE FAILED"))
     {
         bail!("a strategy oversold or failed verification");
+    }
+    if !failed.is_empty() {
+        bail!("runs that did not complete: {}", failed.join(", "));
     }
     Ok(())
 }
