@@ -22,6 +22,7 @@ pub enum EventType {
     InventoryConfirmed,
     InventoryReleased,
     ProductUpserted,
+    ProductDeleted,
 }
 
 impl EventType {
@@ -36,6 +37,7 @@ impl EventType {
             Self::InventoryConfirmed => "inventory_confirmed",
             Self::InventoryReleased => "inventory_released",
             Self::ProductUpserted => "product_upserted",
+            Self::ProductDeleted => "product_deleted",
         }
     }
 
@@ -45,7 +47,7 @@ impl EventType {
             Self::OrderCreated | Self::OrderCompleted | Self::OrderCancelled => "emporium.orders",
             Self::PaymentSucceeded | Self::PaymentFailed => "emporium.payments",
             Self::InventoryReserved | Self::InventoryConfirmed | Self::InventoryReleased => "emporium.inventory",
-            Self::ProductUpserted => "emporium.products",
+            Self::ProductUpserted | Self::ProductDeleted => "emporium.products",
         }
     }
 }
