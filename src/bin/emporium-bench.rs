@@ -265,6 +265,17 @@ impl Server {
     }
 }
 
+/// A run that fails half-way must not leave its server behind (it would skew every later
+/// measurement on this machine).
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn emporium_binary() -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let sibling = me.with_file_name("emporium");
