@@ -8,6 +8,7 @@ pub mod openapi;
 pub mod ops;
 pub mod orders;
 pub mod problem;
+pub mod users;
 
 use crate::actors::inventory::Inventory;
 use crate::actors::order::Orders;
@@ -83,7 +84,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/orders", web::post().to(orders::create_order))
             .route("/orders", web::get().to(orders::list_orders))
             .route("/orders/{id}", web::get().to(orders::get_order))
-            .route("/orders/{id}/cancel", web::post().to(orders::cancel_order)),
+            .route("/orders/{id}/cancel", web::post().to(orders::cancel_order))
+            .route("/users", web::post().to(users::sign_up))
+            .route("/users/me", web::get().to(users::me))
+            .route("/auth/login", web::post().to(users::login)),
     )
     .route("/health/live", web::get().to(ops::live))
     .route("/health/ready", web::get().to(ops::ready))
