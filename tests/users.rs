@@ -2,7 +2,8 @@
 //! sign-up, duplicate and invalid sign-ups, login, one answer for an unknown email and a
 //! wrong password (same status, body and time), `GET /v1/users/me`, dormancy (the sweep
 //! called for a time half a year ahead, and the scheduled sweep on its own) with wake-up
-//! on login, a dormant user's orders, and the login and sign-up rate limits.
+//! on login, a dormant user's orders, a stored hash upgraded to new argon2 parameters at
+//! login, and the login and sign-up rate limits.
 
 mod common;
 
@@ -207,6 +208,58 @@ async fn invalid_sign_ups_are_refused_and_change_nothing(backend: Backend) {
         sign_up(&app, "park@example.com", PASSWORD, "박서준").await.status,
         StatusCode::CREATED
     );
+}
+
+async fn a_login_upgrades_a_hash_made_with_older_parameters(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    assert_eq!(
+        sign_up(&app, "seo@example.com", PASSWORD, "서").await.status,
+        StatusCode::CREATED
+    );
+    // An account from before the argon2 parameters were raised: its hash says m=1024,t=1.
+    let mut older = app.app.settings.users.clone();
+    older.argon2_memory_kib = 1024;
+    older.argon2_iterations = 1;
+    let old_hash = emporium::passwords::Passwords::new(&older)
+        .expect("hasher")
+        .hash(&emporium::domain::user::Password::parse(PASSWORD).expect("password"))
+        .await
+        .expect("hash");
+    sqlx::query("UPDATE users SET password_hash = ? WHERE email = ?")
+        .bind(&old_hash)
+        .bind("seo@example.com")
+        .execute(app.app.store.pool())
+        .await
+        .expect("update");
+
+    assert_eq!(
+        login(&app, "seo@example.com", "wrong password, wrong").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let stored = |app: &TestApp| {
+        let email = emporium::domain::user::Email::parse("seo@example.com").expect("email");
+        let store = app.app.store.clone();
+        async move {
+            store
+                .credentials(&email)
+                .await
+                .expect("store")
+                .expect("account")
+                .password_hash
+        }
+    };
+    assert_eq!(stored(&app).await, old_hash, "a failed login changes nothing");
+    log_in(&app, "seo@example.com", PASSWORD).await;
+    let users = &app.app.settings.users;
+    let upgraded = stored(&app).await;
+    assert!(
+        upgraded.starts_with(&format!(
+            "$argon2id$v=19$m={},t={},p={}$",
+            users.argon2_memory_kib, users.argon2_iterations, users.argon2_parallelism
+        )),
+        "re-hashed with today's parameters: {upgraded}"
+    );
+    log_in(&app, "seo@example.com", PASSWORD).await;
 }
 
 /// The middle value of a sample.
@@ -429,6 +482,7 @@ on_every_backend!(
     a_second_account_for_an_email_is_a_conflict,
     invalid_sign_ups_are_refused_and_change_nothing,
     an_unknown_email_and_a_wrong_password_look_the_same,
+    a_login_upgrades_a_hash_made_with_older_parameters,
     me_needs_a_token_of_an_account,
     a_dormant_user_keeps_their_orders_and_wakes_on_login,
     the_scheduled_sweep_marks_idle_accounts_on_its_own,
