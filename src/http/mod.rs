@@ -77,6 +77,7 @@ impl AppState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1")
+            .configure(users::routes)
             .route("/products", web::post().to(catalog::create_product))
             .route("/products/{id}", web::get().to(catalog::get_product))
             .route("/inventory/{sku}", web::get().to(catalog::get_inventory))
@@ -84,10 +85,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/orders", web::post().to(orders::create_order))
             .route("/orders", web::get().to(orders::list_orders))
             .route("/orders/{id}", web::get().to(orders::get_order))
-            .route("/orders/{id}/cancel", web::post().to(orders::cancel_order))
-            .route("/users", web::post().to(users::sign_up))
-            .route("/users/me", web::get().to(users::me))
-            .route("/auth/login", web::post().to(users::login)),
+            .route("/orders/{id}/cancel", web::post().to(orders::cancel_order)),
     )
     .route("/health/live", web::get().to(ops::live))
     .route("/health/ready", web::get().to(ops::ready))

@@ -14,6 +14,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+/// The account routes, inside the `/v1` scope.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/users", web::post().to(sign_up))
+        .route("/users/me", web::get().to(me))
+        .route("/auth/login", web::post().to(login));
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignUp {
