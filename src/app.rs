@@ -20,6 +20,7 @@ use crate::persistence::kafka::KafkaBus;
 use crate::persistence::sql::StoreOptions;
 use crate::persistence::SqlStore;
 use crate::telemetry::Metrics;
+use crate::users::Accounts;
 use actix::prelude::*;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, HttpServer};
@@ -42,6 +43,7 @@ pub struct App {
     pub bus: InProcessBus,
     pub keys: Arc<Keys>,
     pub relay: Arc<OutboxRelay>,
+    pub accounts: Arc<Accounts>,
 }
 
 pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
@@ -104,6 +106,7 @@ impl App {
             store.migrate().await?;
         }
         let keys = Arc::new(Keys::load(&settings)?);
+        let accounts = Arc::new(Accounts::new(store.clone(), keys.clone(), &settings.users)?);
         let metrics = Arc::new(Metrics::new()?);
         let committed = Arc::new(tokio::sync::Notify::new());
         let (write_behind, _) = WriteBehind::start(
@@ -182,6 +185,7 @@ impl App {
             bus,
             keys,
             relay,
+            accounts,
         })
     }
 
@@ -202,11 +206,14 @@ impl App {
             limits: http::limits::RateLimits::new(&self.settings.limits),
         });
         let keys = web::Data::from(self.keys.clone());
+        let accounts = web::Data::from(self.accounts.clone());
+        crate::users::spawn_dormancy_sweeps(self.store.clone(), &self.settings.users);
         let body_limit = self.settings.server.body_limit_bytes;
         let server = HttpServer::new(move || {
             actix_web::App::new()
                 .app_data(state.clone())
                 .app_data(keys.clone())
+                .app_data(accounts.clone())
                 .app_data(
                     web::JsonConfig::default()
                         .limit(body_limit)

@@ -24,6 +24,7 @@ pub struct Settings {
     pub bus: BusSettings,
     pub auth: AuthSettings,
     pub telemetry: TelemetrySettings,
+    pub users: UserSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +76,14 @@ pub struct LimitSettings {
     pub orders_per_user_burst: u32,
     pub orders_per_ip_per_sec: u32,
     pub orders_per_ip_burst: u32,
+    /// Login attempts per normalised email and per client IP, per minute.
+    pub logins_per_email_per_min: u32,
+    pub logins_per_email_burst: u32,
+    pub logins_per_ip_per_min: u32,
+    pub logins_per_ip_burst: u32,
+    /// Sign-ups per client IP, per minute (each one costs a password hash).
+    pub signups_per_ip_per_min: u32,
+    pub signups_per_ip_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +117,18 @@ pub struct AuthSettings {
     pub jwt_secret: String,
     pub jwt_secret_file: String,
     pub token_ttl_secs: u64,
+}
+
+/// User accounts: dormancy and password hashing (`[users]`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct UserSettings {
+    pub dormant_after_days: u32,
+    pub dormancy_sweep_interval_secs: u64,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    /// Password hashes computed at once; 0 = one per core.
+    pub max_concurrent_hashes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,5 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod passwords;
 pub mod persistence;
 pub mod telemetry;
+pub mod users;

@@ -27,6 +27,9 @@ enum Role {
     User,
     OwnerOrAdmin,
     Admin,
+    /// Any valid token; the answer is the token subject's account, or 404 for a subject
+    /// that never signed up (tokens from `emporium token`, like every token of this walk).
+    Account,
 }
 
 /// README "HTTP API" (with the default `server.public_introspection = true`).
@@ -44,7 +47,14 @@ const ROLES: &[(&str, &str, Role)] = &[
     ("GET", "/v1/orders", Role::User),
     ("GET", "/v1/orders/{id}", Role::OwnerOrAdmin),
     ("POST", "/v1/orders/{id}/cancel", Role::OwnerOrAdmin),
+    ("POST", "/v1/users", Role::Public),
+    ("POST", "/v1/auth/login", Role::Public),
+    ("GET", "/v1/users/me", Role::Account),
 ];
+
+/// An account the walk signs up first, so that its login calls succeed.
+const WALKER_EMAIL: &str = "walker@example.com";
+const WALKER_PASSWORD: &str = "walking every route";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cred {
@@ -126,7 +136,7 @@ impl Tokens {
 fn allowed(role: Role, cred: Cred) -> bool {
     match role {
         Role::Public => true,
-        Role::User => matches!(cred, Cred::Stranger | Cred::Owner | Cred::Admin),
+        Role::User | Role::Account => matches!(cred, Cred::Stranger | Cred::Owner | Cred::Admin),
         Role::OwnerOrAdmin => matches!(cred, Cred::Owner | Cred::Admin),
         Role::Admin => cred == Cred::Admin,
     }
@@ -212,6 +222,10 @@ fn body_for(method: &Method, template: &str, n: usize) -> Option<Value> {
         })),
         ("PUT", "/v1/inventory/{sku}") => Some(json!({"stock": 1000})),
         ("POST", "/v1/orders") => Some(json!({"items": [{"sku": SKU, "qty": 1}], "payment": {"token": "test_down"}})),
+        ("POST", "/v1/users") => Some(json!({
+            "email": format!("walker-{n}@example.com"), "password": WALKER_PASSWORD, "name": "접근 제어"
+        })),
+        ("POST", "/v1/auth/login") => Some(json!({"email": WALKER_EMAIL, "password": WALKER_PASSWORD})),
         ("POST", _) | ("PUT", _) | ("PATCH", _) => Some(json!({})),
         _ => None,
     }
@@ -290,7 +304,10 @@ fn check(role: Role, cred: Cred, existing: bool, what: &str, a: &Answer) {
             a.status != StatusCode::UNAUTHORIZED && a.status != StatusCode::FORBIDDEN,
             "refused: {what}"
         );
-        if existing {
+        if existing && role == Role::Account && a.status == StatusCode::NOT_FOUND {
+            // No token of this walk belongs to a signed-up account.
+            assert_eq!(a.problem_type().as_deref(), Some("/problems/not-found"), "{what}");
+        } else if existing {
             // 409: e.g. cancelling an order a previous call already cancelled.
             assert!(a.status.is_success() || a.status == StatusCode::CONFLICT, "{what}");
         }
@@ -333,6 +350,9 @@ async fn every_route_answers_each_role_as_the_table_says() {
     );
 
     let product: Value = app.product(&[(SKU, 1000)]).await;
+    let walker = json!({"email": WALKER_EMAIL, "password": WALKER_PASSWORD, "name": "walker"});
+    let signed_up = call(&app, &Method::POST, "/v1/users", None, Some(&walker)).await;
+    assert_eq!(signed_up.status, StatusCode::CREATED, "{}", signed_up.body);
     let (status, order) = app
         .order(
             &tokens.owner,

@@ -1,8 +1,9 @@
-//! Rate limits on order creation, per user (JWT subject) and per client IP.
+//! Rate limits on order creation, per user (JWT subject) and per client IP; on logins,
+//! per client IP and per email; on sign-ups, per client IP.
 //!
-//! Both are GCRA limiters from `governor`, keyed in a concurrent map: checking costs a
+//! All are GCRA limiters from `governor`, keyed in a concurrent map: checking costs a
 //! hash and an atomic update, so a refused request is answered 429 before it touches an
-//! actor or the database. A rate of 0 turns a limit off.
+//! actor, the database or the password hasher. A rate of 0 turns a limit off.
 
 use super::problem::ApiError;
 use crate::config::LimitSettings;
@@ -21,6 +22,10 @@ const HOUSEKEEPING_EVERY: u64 = 4096;
 pub struct RateLimits {
     per_user: Option<DefaultKeyedRateLimiter<UserId>>,
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    logins_per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Keyed by the normalised email, so `Alice@` and `alice@` share one allowance.
+    logins_per_email: Option<DefaultKeyedRateLimiter<String>>,
+    signups_per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     clock: DefaultClock,
     checks: AtomicU64,
 }
@@ -33,11 +38,21 @@ fn keyed<K: Clone + Hash + Eq>(per_sec: u32, burst: u32) -> Option<DefaultKeyedR
     Some(RateLimiter::dashmap(Quota::per_second(rate).allow_burst(burst)))
 }
 
+/// The same per minute: password guessing is counted in attempts per minute, not second.
+fn keyed_per_minute<K: Clone + Hash + Eq>(per_min: u32, burst: u32) -> Option<DefaultKeyedRateLimiter<K>> {
+    let rate = NonZeroU32::new(per_min)?;
+    let burst = NonZeroU32::new(burst).unwrap_or(rate);
+    Some(RateLimiter::dashmap(Quota::per_minute(rate).allow_burst(burst)))
+}
+
 impl RateLimits {
     pub fn new(settings: &LimitSettings) -> Self {
         Self {
             per_user: keyed(settings.orders_per_user_per_sec, settings.orders_per_user_burst),
             per_ip: keyed(settings.orders_per_ip_per_sec, settings.orders_per_ip_burst),
+            logins_per_ip: keyed_per_minute(settings.logins_per_ip_per_min, settings.logins_per_ip_burst),
+            logins_per_email: keyed_per_minute(settings.logins_per_email_per_min, settings.logins_per_email_burst),
+            signups_per_ip: keyed_per_minute(settings.signups_per_ip_per_min, settings.signups_per_ip_burst),
             clock: DefaultClock::default(),
             checks: AtomicU64::new(0),
         }
@@ -59,6 +74,28 @@ impl RateLimits {
                 .map_err(|not_until| self.refused("orders from this address", &not_until))?;
         }
         Ok(())
+    }
+
+    /// Counts one login attempt from `ip` (before the body is looked at).
+    pub fn check_login_ip(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
+        self.housekeeping();
+        check_ip(&self.logins_per_ip, ip).map_err(|not_until| self.refused("logins from this address", &not_until))
+    }
+
+    /// Counts one login attempt for `email` (normalised), from any address.
+    pub fn check_login_email(&self, email: &str) -> Result<(), ApiError> {
+        let Some(limiter) = &self.logins_per_email else {
+            return Ok(());
+        };
+        limiter
+            .check_key(&email.to_owned())
+            .map_err(|not_until| self.refused("logins for this account", &not_until))
+    }
+
+    /// Counts one sign-up from `ip`.
+    pub fn check_signup(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
+        self.housekeeping();
+        check_ip(&self.signups_per_ip, ip).map_err(|not_until| self.refused("sign-ups from this address", &not_until))
     }
 
     fn refused(&self, what: &str, not_until: &NotUntil<<DefaultClock as Clock>::Instant>) -> ApiError {
@@ -83,6 +120,24 @@ impl RateLimits {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
+        for limiter in [&self.logins_per_ip, &self.signups_per_ip].into_iter().flatten() {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        if let Some(limiter) = &self.logins_per_email {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+type Refusal = NotUntil<<DefaultClock as Clock>::Instant>;
+
+/// Checks an address limit; a request with no known peer address is not limited by it.
+fn check_ip(limiter: &Option<DefaultKeyedRateLimiter<IpAddr>>, ip: Option<IpAddr>) -> Result<(), Refusal> {
+    match (limiter, ip) {
+        (Some(limiter), Some(ip)) => limiter.check_key(&ip),
+        _ => Ok(()),
     }
 }
 
@@ -96,6 +151,12 @@ mod tests {
             orders_per_user_burst: user.1,
             orders_per_ip_per_sec: ip.0,
             orders_per_ip_burst: ip.1,
+            logins_per_email_per_min: 0,
+            logins_per_email_burst: 0,
+            logins_per_ip_per_min: 0,
+            logins_per_ip_burst: 0,
+            signups_per_ip_per_min: 0,
+            signups_per_ip_burst: 0,
         }
     }
 
@@ -123,5 +184,31 @@ mod tests {
         let off = RateLimits::new(&settings((0, 0), (0, 0)));
         let user = UserId::parse("busy").unwrap();
         assert!((0..1000).all(|_| off.check_order(&user, Some(ip)).is_ok()));
+    }
+
+    #[test]
+    fn logins_are_limited_per_email_across_addresses_and_per_address_across_emails() {
+        let mut s = settings((0, 0), (0, 0));
+        s.logins_per_email_per_min = 2;
+        s.logins_per_ip_per_min = 3;
+        let limits = RateLimits::new(&s);
+        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        // Two attempts for one account, from two addresses: the third is refused anywhere.
+        assert!(limits.check_login_ip(Some(a)).is_ok() && limits.check_login_email("kim@example.com").is_ok());
+        assert!(limits.check_login_ip(Some(b)).is_ok() && limits.check_login_email("kim@example.com").is_ok());
+        match limits.check_login_email("kim@example.com") {
+            // 2 per minute: the next attempt is allowed in 30 s.
+            Err(ApiError::RateLimited { retry_after_secs, .. }) => assert_eq!(retry_after_secs, 30),
+            other => panic!("expected 429, got {other:?}"),
+        }
+        assert!(limits.check_login_email("lee@example.com").is_ok());
+        // Address a has used 1 of 3; two more, then 429 whatever the email.
+        assert!(limits.check_login_ip(Some(a)).is_ok());
+        assert!(limits.check_login_ip(Some(a)).is_ok());
+        assert!(limits.check_login_ip(Some(a)).is_err());
+        assert!(
+            limits.check_signup(Some(a)).is_ok(),
+            "sign-ups are off in these settings"
+        );
     }
 }

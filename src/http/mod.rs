@@ -8,6 +8,7 @@ pub mod openapi;
 pub mod ops;
 pub mod orders;
 pub mod problem;
+pub mod users;
 
 use crate::actors::inventory::Inventory;
 use crate::actors::order::Orders;
@@ -76,6 +77,7 @@ impl AppState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1")
+            .configure(users::routes)
             .route("/products", web::post().to(catalog::create_product))
             .route("/products/{id}", web::get().to(catalog::get_product))
             .route("/inventory/{sku}", web::get().to(catalog::get_inventory))

@@ -18,6 +18,9 @@ use utoipa::{Modify, OpenApi};
         super::orders::cancel_order,
         super::ops::live,
         super::ops::ready,
+        super::users::sign_up,
+        super::users::login,
+        super::users::me,
     ),
     modifiers(&BearerAuth)
 )]

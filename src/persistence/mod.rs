@@ -6,6 +6,7 @@ pub mod bus;
 pub mod kafka;
 pub mod row_lock;
 pub mod sql;
+pub mod users;
 
 use crate::domain::events::Event;
 use crate::domain::ids::{OrderId, ProductId, Sku, UserId};

@@ -149,6 +149,10 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     // The load and fault suites send many orders per user; the rate limits have their
     // own tests (access_control.rs), which set them explicitly.
     s.limits.orders_per_user_per_sec = 0;
+    // Likewise for logins and sign-ups (their limits are tested in users.rs).
+    s.limits.logins_per_ip_per_min = 0;
+    s.limits.logins_per_email_per_min = 0;
+    s.limits.signups_per_ip_per_min = 0;
     s
 }
 
