@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod input;
 pub mod limits;
 pub mod openapi;
 pub mod ops;
