@@ -118,7 +118,8 @@ pub struct SetStockBody {
     pub stock: i64,
 }
 
-fn validate(p: &CreateProduct) -> Result<(), ApiError> {
+/// Every rule on a product body beyond its shape.
+pub fn validate(p: &CreateProduct) -> Result<(), ApiError> {
     check_text("name", &p.name, MAX_NAME_CHARS)?;
     if let Some(brand) = &p.brand {
         check_text("brand", brand, MAX_NAME_CHARS)?;

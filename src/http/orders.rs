@@ -115,8 +115,9 @@ impl From<CancelRefused> for ApiError {
     }
 }
 
-fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
-    let Some(value) = req.headers().get("Idempotency-Key") else {
+/// The `Idempotency-Key` header: absent, or 1-255 visible ASCII characters.
+pub fn idempotency_key(value: Option<&actix_web::http::header::HeaderValue>) -> Result<Option<String>, ApiError> {
+    let Some(value) = value else {
         return Ok(None);
     };
     let key = value
@@ -159,7 +160,7 @@ pub async fn create_order(
     state
         .limits
         .check_order(&caller.user, req.peer_addr().map(|a| a.ip()))?;
-    let key = idempotency_key(&req)?;
+    let key = idempotency_key(req.headers().get("Idempotency-Key"))?;
     let body = body.into_inner();
     let token = body.payment.as_ref().map_or("test_ok", |p| p.token.as_str()).to_owned();
     if !TEST_TOKENS.contains(&token.as_str()) {
