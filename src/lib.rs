@@ -6,6 +6,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod domain;
+pub mod fuzz;
 pub mod http;
 pub mod passwords;
 pub mod persistence;

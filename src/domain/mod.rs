@@ -7,6 +7,7 @@ pub mod events;
 pub mod ids;
 pub mod inventory;
 pub mod money;
+pub mod number;
 pub mod order;
 pub mod user;
 

@@ -16,6 +16,11 @@ pub enum MoneyError {
     Overflow,
 }
 
+/// The largest price a request may name: 10^12 minor units (ten billion dollars). With at
+/// most 50 lines of at most 1000 units an order total stays below 2^63, so a total never
+/// overflows whatever the prices. Checked at the edge only: totals may exceed it.
+pub const MAX_PRICE: i64 = 1_000_000_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Currency([u8; 3]);
@@ -56,13 +61,14 @@ pub struct Money {
     /// Minor units (cents, won), never negative.
     pub amount: i64,
     /// ISO 4217 code, e.g. `KRW`.
-    #[schema(value_type = String, example = "KRW")]
+    #[schema(value_type = String, example = "KRW", pattern = "^[A-Z]{3}$")]
     pub currency: Currency,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMoney {
+    #[serde(deserialize_with = "super::number::whole")]
     amount: i64,
     currency: Currency,
 }

@@ -2,6 +2,7 @@
 //! the live inventory of each SKU as its actor sees it.
 
 use super::auth::Admin;
+use super::input::{check_attributes, check_price, check_text};
 use super::problem::ApiError;
 use super::{rfc3339, AppState, TraceParent};
 use crate::actors::inventory::{InventoryFailure, InventoryView};
@@ -18,33 +19,72 @@ use utoipa::ToSchema;
 
 const MAX_VARIANTS: usize = 100;
 const MAX_STOCK: i64 = 1_000_000_000;
+const MAX_NAME_CHARS: usize = 200;
+const MAX_CATEGORY_PATH_CHARS: usize = 500;
+
+/// The schema of a price in a request (responses use [`Money`], whose totals may be larger).
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents the request shape only; the body is read as `Money`
+pub struct PriceInput {
+    /// Minor units (cents, won), 0 to 10^12.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
+    amount: i64,
+    /// ISO 4217 code, e.g. `KRW`.
+    #[schema(example = "KRW", pattern = "^[A-Z]{3}$")]
+    currency: String,
+}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProduct {
+    /// 1-200 characters, not only spaces, no control characters (`input::check_text`; the
+    /// same pattern is on brand and category_path).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub brand: Option<String>,
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub category_path: Option<String>,
+    /// Free-form; nested at most 16 levels.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
+    #[schema(value_type = PriceInput)]
     pub price: Money,
+    /// 1-100 variants, each with its own SKU.
+    #[schema(min_items = 1, max_items = 100)]
     pub variants: Vec<CreateVariant>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVariant {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, example = "TSHIRT-RED-M", pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub sku: Sku,
+    /// Free-form; nested at most 16 levels.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Defaults to the product's price; same currency.
     #[serde(default)]
+    #[schema(value_type = Option<PriceInput>)]
     pub price: Option<Money>,
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 1_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::domain::number::whole")]
     pub stock: i64,
 }
 
@@ -73,15 +113,24 @@ pub struct VariantView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetStockBody {
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 1_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::domain::number::whole")]
     pub stock: i64,
 }
 
-fn validate(p: &CreateProduct) -> Result<(), ApiError> {
-    let name = p.name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::unprocessable("name must be 1-200 characters"));
+/// Every rule on a product body beyond its shape.
+pub fn validate(p: &CreateProduct) -> Result<(), ApiError> {
+    check_text("name", &p.name, MAX_NAME_CHARS)?;
+    if let Some(brand) = &p.brand {
+        check_text("brand", brand, MAX_NAME_CHARS)?;
     }
+    if let Some(path) = &p.category_path {
+        check_text("category_path", path, MAX_CATEGORY_PATH_CHARS)?;
+    }
+    if let Some(attributes) = &p.attributes {
+        check_attributes("attributes", attributes)?;
+    }
+    check_price("price", &p.price)?;
     if p.variants.is_empty() || p.variants.len() > MAX_VARIANTS {
         return Err(ApiError::unprocessable(format!(
             "a product needs 1-{MAX_VARIANTS} variants"
@@ -89,6 +138,12 @@ fn validate(p: &CreateProduct) -> Result<(), ApiError> {
     }
     let mut seen = HashSet::new();
     for v in &p.variants {
+        if let Some(attributes) = &v.attributes {
+            check_attributes(&format!("attributes of {}", v.sku), attributes)?;
+        }
+        if let Some(price) = &v.price {
+            check_price(&format!("price of {}", v.sku), price)?;
+        }
         if !seen.insert(&v.sku) {
             return Err(ApiError::unprocessable(format!("sku {} appears twice", v.sku)));
         }

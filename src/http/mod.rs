@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod input;
 pub mod limits;
 pub mod openapi;
 pub mod ops;
@@ -115,13 +116,26 @@ fn traceparent_of(req: &ServiceRequest) -> String {
     }
 }
 
-fn valid_traceparent(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('-').collect();
-    parts.len() == 4
-        && [2, 32, 16, 2]
-            .iter()
-            .zip(&parts)
-            .all(|(len, p)| p.len() == *len && p.bytes().all(|b| b.is_ascii_hexdigit()))
+/// A W3C `traceparent` we pass on: `version-trace_id-parent_id-flags`, lowercase hex of
+/// 2-32-16-2, version not `ff`, ids not all zero (W3C Trace Context, section 3.2). Anything
+/// else is replaced by a fresh one: it is copied into every event and Kafka header, and
+/// tracing backends drop (or worse, merge) traces with invalid ids. Found by the fuzz
+/// target: uppercase hex, version `ff` and all-zero ids used to pass.
+pub fn valid_traceparent(v: &str) -> bool {
+    let lower_hex = |p: &str, len: usize| p.len() == len && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let not_zero = |p: &str| p.bytes().any(|b| b != b'0');
+    match v.split('-').collect::<Vec<_>>()[..] {
+        [version, trace_id, parent_id, flags] => {
+            lower_hex(version, 2)
+                && version != "ff"
+                && lower_hex(trace_id, 32)
+                && not_zero(trace_id)
+                && lower_hex(parent_id, 16)
+                && not_zero(parent_id)
+                && lower_hex(flags, 2)
+        }
+        _ => false,
+    }
 }
 
 /// Request span, trace context and RED metrics for every request. The route label is

@@ -72,6 +72,14 @@ pub async fn dashboard(state: web::Data<AppState>, req: HttpRequest) -> Result<H
         .body(DASHBOARD))
 }
 
+/// Every request no route took: 405 with `Allow` when the path is a route and only the
+/// method is wrong (RFC 9110 15.5.6), else 404.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if let Some(pattern) = req.resource_map().match_pattern(req.path()) {
+        return Err(ApiError::MethodNotAllowed {
+            detail: format!("{pattern} does not take {}", req.method()),
+            allow: super::openapi::allowed_methods(&pattern),
+        });
+    }
     Err(ApiError::NotFound(format!("no route {} {}", req.method(), req.path())))
 }

@@ -17,6 +17,8 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
+    /// At most `orders.max_items` lines (default 50).
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<OrderItem>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment: Option<PaymentInput>,
@@ -25,9 +27,11 @@ pub struct CreateOrder {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderItem {
-    #[schema(value_type = String, example = "TSHIRT-RED-M")]
+    #[schema(value_type = String, example = "TSHIRT-RED-M", pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub sku: Sku,
-    #[schema(minimum = 1)]
+    /// At most `orders.max_qty_per_item` (default 1000).
+    #[schema(minimum = 1, maximum = 1000)]
+    #[serde(deserialize_with = "crate::domain::number::whole")]
     pub qty: i64,
 }
 
@@ -35,6 +39,7 @@ pub struct OrderItem {
 #[serde(deny_unknown_fields)]
 pub struct PaymentInput {
     /// Simulated gateway token: `test_ok` (default), `test_decline`, `test_flaky`, `test_down`.
+    #[schema(value_type = String, pattern = "^test_(ok|decline|flaky|down)$")]
     pub token: String,
 }
 
@@ -79,8 +84,10 @@ pub struct OrderPage {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1 to 1000, default 50.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(format = Uuid)]
     pub cursor: Option<String>,
 }
 
@@ -108,8 +115,9 @@ impl From<CancelRefused> for ApiError {
     }
 }
 
-fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
-    let Some(value) = req.headers().get("Idempotency-Key") else {
+/// The `Idempotency-Key` header: absent, or 1-255 visible ASCII characters.
+pub fn idempotency_key(value: Option<&actix_web::http::header::HeaderValue>) -> Result<Option<String>, ApiError> {
+    let Some(value) = value else {
         return Ok(None);
     };
     let key = value
@@ -130,7 +138,8 @@ fn parse_order_id(raw: &str) -> Result<OrderId, ApiError> {
 
 /// Place an order: reserves every item or none, answers 201 once the order is durable.
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = CreateOrder,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: same answer; other body: 422")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: same answer; other body: 422",
+        min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$")),
     responses(
         (status = 201, body = OrderView, description = "Order accepted and durable"),
         (status = 400, body = super::problem::Problem), (status = 401, body = super::problem::Problem),
@@ -151,7 +160,7 @@ pub async fn create_order(
     state
         .limits
         .check_order(&caller.user, req.peer_addr().map(|a| a.ip()))?;
-    let key = idempotency_key(&req)?;
+    let key = idempotency_key(req.headers().get("Idempotency-Key"))?;
     let body = body.into_inner();
     let token = body.payment.as_ref().map_or("test_ok", |p| p.token.as_str()).to_owned();
     if !TEST_TOKENS.contains(&token.as_str()) {

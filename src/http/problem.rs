@@ -27,6 +27,9 @@ pub enum ApiError {
     RateLimited { detail: String, retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
+    /// The route exists, the method does not (405 with `Allow`).
+    #[error("{detail}")]
+    MethodNotAllowed { detail: String, allow: Vec<&'static str> },
 }
 
 impl ApiError {
@@ -57,6 +60,7 @@ impl ApiError {
             ),
             Self::RateLimited { .. } => ("/problems/rate-limited", "Too many requests"),
             Self::Unavailable(_) => ("/problems/unavailable", "Service unavailable"),
+            Self::MethodNotAllowed { .. } => ("/problems/method-not-allowed", "Method not allowed"),
         }
     }
 }
@@ -85,6 +89,7 @@ impl ResponseError for ApiError {
             Self::IdempotencyMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -102,6 +107,9 @@ impl ResponseError for ApiError {
             }
             Self::Unauthorized(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            Self::MethodNotAllowed { allow, .. } => {
+                response.insert_header((header::ALLOW, allow.join(", ")));
             }
             _ => {}
         }
