@@ -8,6 +8,7 @@ pub mod ids;
 pub mod inventory;
 pub mod money;
 pub mod order;
+pub mod search;
 
 /// Milliseconds since the Unix epoch: the one time representation stored in every backend.
 pub type Millis = i64;

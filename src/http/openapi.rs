@@ -18,6 +18,8 @@ use utoipa::{Modify, OpenApi};
         super::orders::cancel_order,
         super::ops::live,
         super::ops::ready,
+        super::search::search,
+        super::search::suggest,
     ),
     modifiers(&BearerAuth)
 )]
