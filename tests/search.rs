@@ -773,3 +773,81 @@ async fn a_search_outage_is_503_while_orders_keep_working() {
         "COMPLETED"
     );
 }
+
+/// `emporium reindex` run next to a serving process (the embedded index): the server
+/// follows the alias to the new version, keeps answering throughout, keeps indexing new
+/// events afterwards, and the old version's directory is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_command_next_to_a_running_server() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let create = |name: &'static str, sku: &'static str| {
+        let app = &app;
+        async move {
+            let r = app
+                .client
+                .post(app.url("/v1/products"))
+                .bearer_auth(&app.admin)
+                .json(&json!({"name": name, "price": {"amount": 1000, "currency": "KRW"},
+                              "variants": [{"sku": sku, "stock": 1}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+        }
+    };
+    create("캠핑 텐트", "TENT-1").await;
+    create("캠핑 의자", "CHAIR-1").await;
+    poll_search(&app, "캠핑", |b| b["total"] == 2).await;
+
+    let data_dir = app.app.settings.server.data_dir.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let searcher = {
+        let (client, url, stop) = (app.client.clone(), app.url("/v1/search?q=캠핑"), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let r = client.get(&url).send().await.expect("search answers");
+                assert_eq!(r.status(), StatusCode::OK, "no failed search during the reindex");
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["total"], 2, "no empty search during the reindex");
+                n += 1;
+            }
+            n
+        })
+    };
+    let out = {
+        let data_dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_emporium"))
+                .args(["reindex", "--quiet", "--data-dir"])
+                .arg(&data_dir)
+                .output()
+        })
+        .await
+        .unwrap()
+        .expect("reindex runs")
+    };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("indexed 2 products") && said.contains("products_v2"),
+        "{said}"
+    );
+
+    // The server follows the alias and removes the old version.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.app.search.current_version().await.unwrap().as_deref() != Some("products_v2") {
+        assert!(Instant::now() < deadline, "server never followed the alias");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while data_dir.join("search/products_v1").exists() {
+        assert!(Instant::now() < deadline, "old version never removed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    assert!(searcher.await.expect("searcher never failed") > 0);
+    // Still indexing into the new version.
+    create("캠핑 랜턴", "LANTERN-1").await;
+    let (_, took) = poll_search(&app, "캠핑", |b| b["total"] == 3).await;
+    assert!(took < Duration::from_secs(1));
+}

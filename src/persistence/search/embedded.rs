@@ -691,6 +691,11 @@ impl Shared {
             false,
             SERVING_HEAP,
         )?);
+        if next.writer.lock().map(|w| w.is_none()).unwrap_or(true) {
+            // The reindex process still holds the new version's writer (it is about to
+            // exit): switch on a later poll, when this process can write to it.
+            return Ok(false);
+        }
         let replay: Vec<IndexChange> = self
             .recent
             .lock()

@@ -13,6 +13,7 @@ pub mod analysis;
 pub mod elastic;
 pub mod embedded;
 pub mod feed;
+pub mod reindex;
 
 use crate::domain::search::{SearchDoc, SearchQuery, SearchResults};
 use async_trait::async_trait;
