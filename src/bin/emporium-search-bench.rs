@@ -9,9 +9,10 @@
 //! The loader writes generated products straight into a new index version (through the
 //! same `SearchIndex::rebuild` path `emporium reindex` uses), not through the catalog
 //! API: creating a million products over HTTP would measure the catalog, not search.
-//! The load generator runs `--clients` concurrent HTTP clients, each sending the next
-//! request as soon as the previous one answered, over a fixed query mix (see [`Mix`]),
-//! and reports requests/s, average, p50, p95, p99 and non-200 answers.
+//! The load generator runs `--clients` concurrent HTTP clients over a fixed query mix
+//! (see `next_request`), each sending its next request as soon as the previous one
+//! answered (closed loop) or after `--think-ms` (like a k6 script's `sleep`), and reports
+//! requests/s, average, p50, p95, p99 and non-200 answers.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -54,6 +55,10 @@ enum Command {
         seconds: u64,
         #[arg(long, default_value_t = 5)]
         warmup_seconds: u64,
+        /// Pause of each client between its requests (k6's `sleep`); 0 = closed loop,
+        /// each client sends its next request as soon as the previous one answered.
+        #[arg(long, default_value_t = 0)]
+        think_ms: u64,
     },
 }
 
@@ -298,7 +303,7 @@ async fn load(data_dir: PathBuf, products: u64, seed: u64) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn run(base: String, clients: usize, seconds: u64, warmup: u64) -> anyhow::Result<()> {
+async fn run(base: String, clients: usize, seconds: u64, warmup: u64, think_ms: u64) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .timeout(Duration::from_secs(30))
@@ -340,6 +345,11 @@ async fn run(base: String, clients: usize, seconds: u64, warmup: u64) -> anyhow:
                         errors += 1;
                     }
                 }
+                if think_ms > 0 {
+                    // Jittered so that clients do not march in lockstep.
+                    let pause = rng.random_range(think_ms / 2..=think_ms + think_ms / 2);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
             }
             (hist, errors, empty)
         }));
@@ -354,7 +364,7 @@ async fn run(base: String, clients: usize, seconds: u64, warmup: u64) -> anyhow:
     }
     let n = all.len();
     println!(
-        "clients={clients} seconds={seconds} requests={n} errors={errors} empty_word_searches={empty} \
+        "clients={clients} think_ms={think_ms} seconds={seconds} requests={n} errors={errors} empty_word_searches={empty} \
          rps={:.0} avg_ms={:.2} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} max_ms={:.2}",
         n as f64 / seconds as f64,
         all.mean() / 1000.0,
@@ -385,7 +395,8 @@ fn main() -> anyhow::Result<()> {
                 clients,
                 seconds,
                 warmup_seconds,
-            } => run(base, clients, seconds, warmup_seconds).await,
+                think_ms,
+            } => run(base, clients, seconds, warmup_seconds, think_ms).await,
         }
     })
 }

@@ -50,8 +50,10 @@ pub struct Suggestions {
 
 impl From<SearchError> for ApiError {
     fn from(e: SearchError) -> Self {
-        // Both are the search backend's failure, not the client's.
-        ApiError::Unavailable(e.to_string())
+        // Both are the search backend's failure, not the client's. The cause (which may
+        // name internal hosts) goes to the log, not to the client.
+        tracing::warn!(error = %e, "search failed");
+        ApiError::Unavailable("search is unavailable; orders are not affected".into())
     }
 }
 

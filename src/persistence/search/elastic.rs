@@ -312,7 +312,7 @@ impl Inner {
             let mut should = vec![
                 exact(&q.text),
                 json!({"multi_match": {"query": q.text, "type": "most_fields", "fuzziness": "AUTO",
-                    "fields": ["name^2", "brand^1.5", "all_text^0.25"]}}),
+                    "fields": ["name^2", "brand^1.5"]}}),
                 json!({"match": {"name.ngram": {"query": q.text, "operator": "and"}}}),
             ];
             if let Some(expanded) = self.analysis.expand_synonyms(&q.text) {

@@ -410,7 +410,10 @@ impl Shared {
             }
             let distance = fuzzy_distance(t);
             if distance > 0 {
-                for (name, boost) in [("name", 2.0), ("brand", 1.5), ("all_text", 0.25)] {
+                // Not on `all_text`: it holds SKUs and attribute values, a term dictionary
+                // as large as the catalog, and walking it with a Levenshtein automaton on
+                // every query costs more than a typo in a SKU is worth.
+                for (name, boost) in [("name", 2.0), ("brand", 1.5)] {
                     let term = Term::from_field_text(field_of(name), t);
                     should.push((
                         Occur::Should,

@@ -43,3 +43,29 @@ impl EventBus for LocalCopy {
         self.inner.kind()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn acknowledged_product_events_are_copied_to_the_local_bus() {
+        // The "remote" bus is a second in-process bus standing in for Kafka (the Kafka
+        // path itself is covered by tests/kafka.rs); what matters here is the copy.
+        let remote = InProcessBus::default();
+        let local = InProcessBus::default();
+        let mut indexer_side = local.subscribe();
+        let mut remote_side = remote.subscribe();
+        let bus = LocalCopy {
+            inner: Arc::new(remote),
+            local,
+        };
+        let product = Event::new(EventType::ProductUpserted, "p1", 1, None, serde_json::json!({}));
+        let order = Event::new(EventType::OrderCreated, "o1", 1, None, serde_json::json!({}));
+        let results = bus.publish(&[&order, &product]).await;
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(remote_side.try_recv().map(|e| e.id).ok(), Some(order.id));
+        assert_eq!(indexer_side.try_recv().map(|e| e.id).ok(), Some(product.id));
+        assert!(indexer_side.try_recv().is_err(), "only product events are copied");
+    }
+}
