@@ -44,6 +44,7 @@ pub struct App {
     pub keys: Arc<Keys>,
     pub relay: Arc<OutboxRelay>,
     pub accounts: Arc<Accounts>,
+    pub search: Arc<dyn crate::persistence::search::SearchIndex>,
 }
 
 pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
@@ -155,9 +156,24 @@ impl App {
             },
         );
         let bus = InProcessBus::default();
+        // Search: the indexer follows product events on the in-process bus; in Kafka mode
+        // the relay also copies acknowledged product events there (search/feed.rs).
+        let search = crate::persistence::search::open(&settings)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the search index: {e}"))?;
+        crate::actors::indexer::start(search.clone(), bus.subscribe());
+        let relayed = event_bus(&settings, &bus)?;
+        let relayed: Arc<dyn EventBus> = if settings.bus.kind == "embedded" {
+            relayed
+        } else {
+            Arc::new(crate::persistence::search::feed::LocalCopy {
+                inner: relayed,
+                local: bus.clone(),
+            })
+        };
         let relay = Arc::new(OutboxRelay::new(
             store.clone(),
-            event_bus(&settings, &bus)?,
+            relayed,
             settings.outbox.clone(),
             metrics.clone(),
         ));
@@ -186,6 +202,7 @@ impl App {
             keys,
             relay,
             accounts,
+            search,
         })
     }
 
@@ -204,6 +221,7 @@ impl App {
             lifecycle: self.lifecycle.clone(),
             outbox: self.relay.clone(),
             limits: http::limits::RateLimits::new(&self.settings.limits),
+            search: self.search.clone(),
         });
         let keys = web::Data::from(self.keys.clone());
         let accounts = web::Data::from(self.accounts.clone());

@@ -25,6 +25,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub telemetry: TelemetrySettings,
     pub users: UserSettings,
+    pub search: SearchSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,6 +137,19 @@ pub struct TelemetrySettings {
     pub log_format: String,
     pub log_level: String,
     pub otlp_endpoint: String,
+}
+
+/// Product search (issue 8): the embedded index, or Elasticsearch when `url` is set.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SearchSettings {
+    pub url: String,
+    pub alias: String,
+    pub synonyms_file: String,
+    pub dictionary_file: String,
+    pub particles_file: String,
+    pub suggest_size: usize,
+    pub request_timeout_ms: u64,
+    pub alias_poll_ms: u64,
 }
 
 impl Settings {

@@ -1,4 +1,5 @@
-//! The `emporium` command line: `serve` (default), `migrate`, `token`, `reconcile`, `replay`.
+//! The `emporium` command line: `serve` (default), `migrate`, `token`, `reconcile`, `replay`,
+//! `reindex`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -42,6 +43,12 @@ enum Command {
     Reconcile,
     /// Re-publish events that the outbox gave up on (failed_events).
     Replay,
+    /// Rebuild the search index from the catalog into a new version and switch to it.
+    Reindex {
+        /// No progress bar (for scripts and logs).
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -95,6 +102,37 @@ fn run() -> anyhow::Result<ExitCode> {
             }
             println!("{} inconsistencies", problems.len());
             Ok(ExitCode::FAILURE)
+        }),
+        Command::Reindex { quiet } => block_on(async move {
+            let store = connect_store(&settings).await?;
+            let index = emporium::persistence::search::open(&settings)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open the search index: {e}"))?;
+            let total = emporium::persistence::search::reindex::catalog_size(&store).await?;
+            let bar = if quiet {
+                indicatif::ProgressBar::hidden()
+            } else {
+                indicatif::ProgressBar::new(total)
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:40}] {pos}/{len} products ({per_sec}, eta {eta})",
+                )
+                .map_err(|e| anyhow::anyhow!(e))?,
+            );
+            let report =
+                emporium::persistence::search::reindex::reindex(&store, index.as_ref(), |done| bar.set_position(done))
+                    .await?;
+            bar.finish();
+            println!(
+                "indexed {} products ({} skipped) into {}; alias {} switched{}",
+                report.indexed,
+                report.skipped,
+                report.new_index,
+                settings.search.alias,
+                report.old_index.map(|o| format!(", {o} removed")).unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
         }),
         Command::Replay => block_on(async {
             let replayed = connect_store(&settings).await?.replay_failed().await?;

@@ -10,6 +10,7 @@ pub mod money;
 pub mod number;
 pub mod order;
 pub mod user;
+pub mod search;
 
 /// Milliseconds since the Unix epoch: the one time representation stored in every backend.
 pub type Millis = i64;

@@ -10,6 +10,7 @@ pub mod ops;
 pub mod orders;
 pub mod problem;
 pub mod users;
+pub mod search;
 
 use crate::actors::inventory::Inventory;
 use crate::actors::order::Orders;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub outbox: Arc<crate::actors::outbox::OutboxRelay>,
     /// Rate limits on order creation (`[limits]`).
     pub limits: limits::RateLimits,
+    /// Product search (`[search]`).
+    pub search: Arc<dyn crate::persistence::search::SearchIndex>,
 }
 
 impl AppState {
@@ -86,7 +89,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/orders", web::post().to(orders::create_order))
             .route("/orders", web::get().to(orders::list_orders))
             .route("/orders/{id}", web::get().to(orders::get_order))
-            .route("/orders/{id}/cancel", web::post().to(orders::cancel_order)),
+            .route("/orders/{id}/cancel", web::post().to(orders::cancel_order))
+            .route("/search", web::get().to(search::search))
+            .route("/search/suggest", web::get().to(search::suggest)),
     )
     .route("/health/live", web::get().to(ops::live))
     .route("/health/ready", web::get().to(ops::ready))

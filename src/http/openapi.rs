@@ -32,6 +32,8 @@ use utoipa::{Modify, OpenApi};
         super::users::sign_up,
         super::users::login,
         super::users::me,
+        super::search::search,
+        super::search::suggest,
     ),
     modifiers(&BearerAuth, &ProblemResponses)
 )]

@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod kafka;
 pub mod row_lock;
+pub mod search;
 pub mod sql;
 pub mod users;
 
