@@ -10,12 +10,14 @@ use crate::actors::inventory::{Inventory, InventoryOptions, Strategy};
 use crate::actors::order::{Orders, SagaOptions};
 use crate::actors::outbox::OutboxRelay;
 use crate::actors::payment::PaymentActor;
+use crate::actors::payment_outcomes::{self, PaymentOutcomes};
 use crate::actors::write_behind::WriteBehind;
 use crate::auth::Keys;
 use crate::config::Settings;
 use crate::domain::order::OrderLimits;
 use crate::http::{self, AppState, Lifecycle};
 use crate::persistence::bus::{EventBus, InProcessBus};
+use crate::persistence::consumer::{self, ConsumerSpec};
 use crate::persistence::kafka::KafkaBus;
 use crate::persistence::sql::StoreOptions;
 use crate::persistence::SqlStore;
@@ -42,6 +44,8 @@ pub struct App {
     pub bus: InProcessBus,
     pub keys: Arc<Keys>,
     pub relay: Arc<OutboxRelay>,
+    /// Set to true to stop the Kafka consumers (shutdown).
+    pub consumers: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
@@ -93,11 +97,17 @@ impl App {
                 settings.inventory.strategy
             )
         })?;
-        anyhow::ensure!(
-            settings.payment.mode == "local",
-            "payment.mode {:?} is not available in this build",
-            settings.payment.mode
-        );
+        let external_payment = match settings.payment.mode.as_str() {
+            "local" => false,
+            "kafka" => {
+                anyhow::ensure!(
+                    settings.bus.kind == "kafka",
+                    "payment.mode = \"kafka\" needs bus.kind = \"kafka\""
+                );
+                true
+            }
+            other => anyhow::bail!("payment.mode must be \"local\" or \"kafka\", got {other:?}"),
+        };
 
         let store = connect_store(&settings).await?;
         if settings.store.migrate_on_start {
@@ -149,6 +159,7 @@ impl App {
                     max_items: settings.orders.max_items,
                     max_qty_per_item: settings.orders.max_qty_per_item,
                 },
+                external_payment,
             },
         );
         let bus = InProcessBus::default();
@@ -182,7 +193,33 @@ impl App {
             bus,
             keys,
             relay,
+            consumers: Arc::new(tokio::sync::watch::channel(false).0),
         })
+    }
+
+    /// Starts Emporium's Kafka consumers (after recovery, so every in-flight saga is
+    /// running when its payment outcome arrives): with `payment.mode = "kafka"`, the
+    /// saga's consumer of `emporium.payments`.
+    fn start_consumers(&self) {
+        if self.settings.payment.mode != "kafka" {
+            return;
+        }
+        let spec = ConsumerSpec {
+            name: payment_outcomes::CONSUMER.into(),
+            group_id: self.settings.consumer.group_id.clone(),
+            topics: vec!["emporium.payments"],
+        };
+        let handler = Arc::new(PaymentOutcomes {
+            orders: self.orders.clone(),
+        });
+        tokio::spawn(consumer::run(
+            self.settings.bus.clone(),
+            self.settings.consumer.clone(),
+            spec,
+            self.store.clone(),
+            handler,
+            self.consumers.subscribe(),
+        ));
     }
 
     /// Binds the listener, starts serving and recovery, and returns at once.
@@ -231,6 +268,7 @@ impl App {
         tokio::spawn(async move {
             match app.orders.recover().await {
                 Ok(_) => {
+                    app.start_consumers();
                     app.lifecycle.mark_recovered();
                     info!("recovery done, ready");
                 }
@@ -260,6 +298,8 @@ impl Running {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let grace = Duration::from_secs(self.app.settings.server.shutdown_grace_secs);
         self.app.lifecycle.start_draining();
+        // An event half-applied when the consumer stops is not committed and comes back.
+        self.app.consumers.send_replace(true);
         self.handle.stop(true).await;
         let _ = self.server_task.await;
         if !self.app.write_behind.drain(grace).await {

@@ -66,7 +66,7 @@ impl KafkaBus {
     }
 }
 
-fn producer(settings: &BusSettings) -> Result<FutureProducer, KafkaError> {
+pub(crate) fn producer(settings: &BusSettings) -> Result<FutureProducer, KafkaError> {
     client_config(settings)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -95,7 +95,7 @@ impl KafkaBus {
     }
 }
 
-fn client_config(settings: &BusSettings) -> ClientConfig {
+pub(crate) fn client_config(settings: &BusSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.brokers)
