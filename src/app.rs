@@ -169,19 +169,7 @@ impl App {
             settings.outbox.clone(),
             metrics.clone(),
         ));
-        let relay_loop = relay.clone();
-        tokio::spawn(async move {
-            let poll = Duration::from_millis(relay_loop.poll_interval_ms().max(1));
-            loop {
-                tokio::select! {
-                    _ = committed.notified() => {}
-                    _ = tokio::time::sleep(poll) => {}
-                }
-                if let Err(e) = relay_loop.drain().await {
-                    warn!(error = %e, "outbox relay could not read the outbox");
-                }
-            }
-        });
+        relay.relay_in_background(committed);
         Ok(Self {
             settings: Arc::new(settings),
             store,
@@ -320,7 +308,8 @@ impl Running {
     }
 }
 
-async fn wait_for_signal() {
+/// Returns on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -7,5 +7,6 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod payment_service;
 pub mod persistence;
 pub mod telemetry;

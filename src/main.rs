@@ -1,4 +1,5 @@
-//! The `emporium` command line: `serve` (default), `migrate`, `token`, `reconcile`, `replay`.
+//! The `emporium` command line: `serve` (default), `migrate`, `token`, `reconcile`, `replay`,
+//! `payment-service`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -40,8 +41,11 @@ enum Command {
     },
     /// Check offline that inventory, journal and orders agree; non-zero exit on any inconsistency.
     Reconcile,
-    /// Re-publish events that the outbox gave up on (failed_events).
+    /// Re-publish events that the outbox or a consumer gave up on (failed_events).
     Replay,
+    /// Run the payment service (payment.mode = "kafka"): charge orders from
+    /// emporium.orders, publish the outcomes to emporium.payments.
+    PaymentService,
 }
 
 fn main() -> ExitCode {
@@ -96,6 +100,16 @@ fn run() -> anyhow::Result<ExitCode> {
             println!("{} inconsistencies", problems.len());
             Ok(ExitCode::FAILURE)
         }),
+        Command::PaymentService => {
+            actix_rt::System::new().block_on(async move {
+                let service = emporium::payment_service::PaymentService::start(&settings).await?;
+                println!("payment service consuming emporium.orders");
+                emporium::app::wait_for_signal().await;
+                service.shutdown().await;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay => block_on(async {
             let replayed = connect_store(&settings).await?.replay_failed().await?;
             println!("{replayed} failed events put back into the outbox");

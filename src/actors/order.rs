@@ -988,7 +988,9 @@ fn order_write_set(
         id,
         now,
         tp(),
-        json!({"order_id": id, "user_id": order.user_id, "items": order.lines, "total": order.total}),
+        // The payment token travels with the order: an external payment service charges it.
+        json!({"order_id": id, "user_id": order.user_id, "items": order.lines, "total": order.total,
+               "payment": {"token": order.payment_token}}),
     )];
     events.extend(journal.iter().map(|e| {
         Event::new(

@@ -1,6 +1,7 @@
 //! The actix-web HTTP API: thin handlers (extract, call, map), one error type
 //! ([`problem::ApiError`]), shared state in [`AppState`].
 
+pub mod admin_events;
 pub mod auth;
 pub mod catalog;
 pub mod limits;
@@ -83,7 +84,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/orders", web::post().to(orders::create_order))
             .route("/orders", web::get().to(orders::list_orders))
             .route("/orders/{id}", web::get().to(orders::get_order))
-            .route("/orders/{id}/cancel", web::post().to(orders::cancel_order)),
+            .route("/orders/{id}/cancel", web::post().to(orders::cancel_order))
+            .route(
+                "/admin/events/replay",
+                web::post().to(admin_events::replay_failed_events),
+            ),
     )
     .route("/health/live", web::get().to(ops::live))
     .route("/health/ready", web::get().to(ops::ready))

@@ -18,6 +18,7 @@ use utoipa::{Modify, OpenApi};
         super::orders::cancel_order,
         super::ops::live,
         super::ops::ready,
+        super::admin_events::replay_failed_events,
     ),
     modifiers(&BearerAuth)
 )]
