@@ -181,6 +181,7 @@ impl App {
             bus,
             keys,
             relay,
+            // No receiver until a consumer starts: `stop_all` then has nothing to wait for.
             consumers: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
@@ -287,7 +288,7 @@ impl Running {
         let grace = Duration::from_secs(self.app.settings.server.shutdown_grace_secs);
         self.app.lifecycle.start_draining();
         // An event half-applied when the consumer stops is not committed and comes back.
-        self.app.consumers.send_replace(true);
+        consumer::stop_all(&self.app.consumers, Duration::from_secs(10)).await;
         self.handle.stop(true).await;
         let _ = self.server_task.await;
         if !self.app.write_behind.drain(grace).await {

@@ -173,7 +173,7 @@ impl PaymentService {
 
     /// Stops consuming and flushes the outbox (what is not flushed is sent on the next start).
     pub async fn shutdown(self) {
-        self.stop.send_replace(true);
+        consumer::stop_all(&self.stop, Duration::from_secs(10)).await;
         if let Err(e) = self.relay.drain().await {
             tracing::warn!(error = %e, "payment service outbox not flushed");
         }

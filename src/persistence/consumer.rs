@@ -62,7 +62,18 @@ pub struct ConsumerSpec {
     pub topics: Vec<&'static str>,
 }
 
+/// Asks the consumers listening on `stop` to stop and waits (up to `within`) until
+/// they left their groups.
+pub async fn stop_all(stop: &watch::Sender<bool>, within: Duration) {
+    stop.send_replace(true);
+    let deadline = tokio::time::Instant::now() + within;
+    while stop.receiver_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Runs the consumer until `stop` turns true. Broker errors are logged and waited out.
+/// It holds its `stop` receiver until it has left its group ([`stop_all`] waits for that).
 pub async fn run(
     bus: BusSettings,
     settings: ConsumerSettings,
@@ -139,6 +150,14 @@ impl ConsumerLoop {
     }
 
     async fn run(&self, stop: &mut watch::Receiver<bool>) {
+        self.consume(stop).await;
+        // Leave the group now rather than when the broker's session timeout notices,
+        // so a restarted instance gets the partitions at once.
+        self.consumer.unsubscribe();
+        info!(consumer = self.spec.name, "kafka consumer stopped");
+    }
+
+    async fn consume(&self, stop: &mut watch::Receiver<bool>) {
         loop {
             let received = tokio::select! {
                 m = self.consumer.recv() => m,
