@@ -44,6 +44,7 @@ const ROLES: &[(&str, &str, Role)] = &[
     ("GET", "/v1/orders", Role::User),
     ("GET", "/v1/orders/{id}", Role::OwnerOrAdmin),
     ("POST", "/v1/orders/{id}/cancel", Role::OwnerOrAdmin),
+    ("POST", "/v1/admin/events/replay", Role::Admin),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -198,6 +198,9 @@ async fn consume_until(brokers: &str, topic: &str, done: impl Fn(&[Received]) ->
     received
 }
 
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+const TRACESTATE: &str = "emporium=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+
 async fn status_of(app: &TestApp, token: &str, id: &str) -> String {
     let (_, order) = app.get(token, &format!("/v1/orders/{id}")).await;
     order["status"].as_str().unwrap_or_default().to_owned()
@@ -214,11 +217,29 @@ async fn orders_complete_end_to_end_through_the_payment_service() {
     let sku = "PAYSVC-1";
     app.product(&[(sku, 10)]).await;
     let buyer = app.token("kafka-payer");
-    let tokens = ["test_ok", "test_flaky", "test_decline", "test_ok"];
+    let tokens = ["test_ok", "test_flaky", "test_decline"];
     let mut ids = Vec::new();
     for token in tokens {
         ids.push(place(&app, &buyer, sku, token).await);
     }
+    // The trace context of the request travels to the payment service and back.
+    let traced = app
+        .client
+        .post(app.url("/v1/orders"))
+        .bearer_auth(&buyer)
+        .header("traceparent", TRACEPARENT)
+        .header("tracestate", TRACESTATE)
+        .json(&json!({"items": [{"sku": sku, "qty": 1}]}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(traced.status(), 201);
+    ids.push(
+        traced.json::<Value>().await.expect("json")["id"]
+            .as_str()
+            .expect("id")
+            .to_owned(),
+    );
     let mut finals = Vec::new();
     for id in &ids {
         finals.push(app.final_status(&buyer, id).await);
@@ -251,6 +272,18 @@ async fn orders_complete_end_to_end_through_the_payment_service() {
     assert_eq!(by_order[&ids[1]].0, "payment_succeeded");
     assert_eq!(by_order[&ids[1]].1["data"]["attempts"], 3, "test_flaky fails twice");
     assert_eq!(by_order[&ids[2]].0, "payment_failed");
+    assert_eq!(by_order[&ids[3]].1["traceparent"], TRACEPARENT);
+    assert_eq!(by_order[&ids[3]].1["tracestate"], TRACESTATE);
+    let on_kafka = consume_until(&broker.brokers, "emporium.payments", |r| {
+        r.iter().any(|m| m.key == ids[3])
+    })
+    .await;
+    let message = on_kafka
+        .iter()
+        .find(|m| m.key == ids[3])
+        .expect("payment event of the traced order");
+    assert_eq!(message.headers["traceparent"], TRACEPARENT);
+    assert_eq!(message.headers["tracestate"], TRACESTATE);
     assert_eq!(
         count(
             &store,

@@ -100,6 +100,8 @@ pub struct PlaceOrder {
     /// `(key, hash of the request body)` when the client sent an `Idempotency-Key`.
     pub idempotency: Option<(String, String)>,
     pub traceparent: Option<String>,
+    /// The request's W3C `tracestate`, carried on the events the placement commits.
+    pub tracestate: Option<String>,
 }
 
 /// A placed order; `replayed` when it is the stored answer to a repeated Idempotency-Key.
@@ -1001,6 +1003,9 @@ fn order_write_set(
             json!({"sku": e.sku, "order_id": id, "qty": e.change.qty, "expires_at": expires_at}),
         )
     }));
+    for event in &mut events {
+        event.tracestate = request.tracestate.clone();
+    }
     let idempotency = match &request.idempotency {
         Some((key, hash)) => Some(IdempotencyRecord {
             user_id: request.user.clone(),
