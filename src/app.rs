@@ -10,12 +10,14 @@ use crate::actors::inventory::{Inventory, InventoryOptions, Strategy};
 use crate::actors::order::{Orders, SagaOptions};
 use crate::actors::outbox::OutboxRelay;
 use crate::actors::payment::PaymentActor;
+use crate::actors::payment_outcomes::{self, PaymentOutcomes};
 use crate::actors::write_behind::WriteBehind;
 use crate::auth::Keys;
 use crate::config::Settings;
 use crate::domain::order::OrderLimits;
 use crate::http::{self, AppState, Lifecycle};
 use crate::persistence::bus::{EventBus, InProcessBus};
+use crate::persistence::consumer::{self, ConsumerSpec};
 use crate::persistence::kafka::KafkaBus;
 use crate::persistence::sql::StoreOptions;
 use crate::persistence::SqlStore;
@@ -45,6 +47,8 @@ pub struct App {
     pub relay: Arc<OutboxRelay>,
     pub accounts: Arc<Accounts>,
     pub search: Arc<dyn crate::persistence::search::SearchIndex>,
+    /// Set to true to stop the Kafka consumers (shutdown).
+    pub consumers: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
@@ -96,11 +100,17 @@ impl App {
                 settings.inventory.strategy
             )
         })?;
-        anyhow::ensure!(
-            settings.payment.mode == "local",
-            "payment.mode {:?} is not available in this build",
-            settings.payment.mode
-        );
+        let external_payment = match settings.payment.mode.as_str() {
+            "local" => false,
+            "kafka" => {
+                anyhow::ensure!(
+                    settings.bus.kind == "kafka",
+                    "payment.mode = \"kafka\" needs bus.kind = \"kafka\""
+                );
+                true
+            }
+            other => anyhow::bail!("payment.mode must be \"local\" or \"kafka\", got {other:?}"),
+        };
 
         let store = connect_store(&settings).await?;
         if settings.store.migrate_on_start {
@@ -153,6 +163,7 @@ impl App {
                     max_items: settings.orders.max_items,
                     max_qty_per_item: settings.orders.max_qty_per_item,
                 },
+                external_payment,
             },
         );
         let bus = InProcessBus::default();
@@ -177,19 +188,7 @@ impl App {
             settings.outbox.clone(),
             metrics.clone(),
         ));
-        let relay_loop = relay.clone();
-        tokio::spawn(async move {
-            let poll = Duration::from_millis(relay_loop.poll_interval_ms().max(1));
-            loop {
-                tokio::select! {
-                    _ = committed.notified() => {}
-                    _ = tokio::time::sleep(poll) => {}
-                }
-                if let Err(e) = relay_loop.drain().await {
-                    warn!(error = %e, "outbox relay could not read the outbox");
-                }
-            }
-        });
+        relay.relay_in_background(committed);
         Ok(Self {
             settings: Arc::new(settings),
             store,
@@ -203,7 +202,34 @@ impl App {
             relay,
             accounts,
             search,
+            // No receiver until a consumer starts: `stop_all` then has nothing to wait for.
+            consumers: Arc::new(tokio::sync::watch::channel(false).0),
         })
+    }
+
+    /// Starts Emporium's Kafka consumers (after recovery, so every in-flight saga is
+    /// running when its payment outcome arrives): with `payment.mode = "kafka"`, the
+    /// saga's consumer of `emporium.payments`.
+    fn start_consumers(&self) {
+        if self.settings.payment.mode != "kafka" {
+            return;
+        }
+        let spec = ConsumerSpec {
+            name: payment_outcomes::CONSUMER.into(),
+            group_id: self.settings.consumer.group_id.clone(),
+            topics: vec!["emporium.payments"],
+        };
+        let handler = Arc::new(PaymentOutcomes {
+            orders: self.orders.clone(),
+        });
+        tokio::spawn(consumer::run(
+            self.settings.bus.clone(),
+            self.settings.consumer.clone(),
+            spec,
+            self.store.clone(),
+            handler,
+            self.consumers.subscribe(),
+        ));
     }
 
     /// Binds the listener, starts serving and recovery, and returns at once.
@@ -256,6 +282,7 @@ impl App {
         tokio::spawn(async move {
             match app.orders.recover().await {
                 Ok(_) => {
+                    app.start_consumers();
                     app.lifecycle.mark_recovered();
                     info!("recovery done, ready");
                 }
@@ -285,6 +312,8 @@ impl Running {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let grace = Duration::from_secs(self.app.settings.server.shutdown_grace_secs);
         self.app.lifecycle.start_draining();
+        // An event half-applied when the consumer stops is not committed and comes back.
+        consumer::stop_all(&self.app.consumers, Duration::from_secs(10)).await;
         self.handle.stop(true).await;
         let _ = self.server_task.await;
         if !self.app.write_behind.drain(grace).await {
@@ -305,7 +334,8 @@ impl Running {
     }
 }
 
-async fn wait_for_signal() {
+/// Returns on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -26,6 +26,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub users: UserSettings,
     pub search: SearchSettings,
+    pub consumer: ConsumerSettings,
+    pub payment_service: PaymentServiceSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,6 +115,26 @@ pub struct BusSettings {
     pub message_timeout_ms: u64,
 }
 
+/// Kafka consumers (`payment.mode = "kafka"` and the payment service).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConsumerSettings {
+    /// Consumer group of Emporium's own consumers (the saga reading `emporium.payments`).
+    pub group_id: String,
+    /// Attempts at one message before it goes to `emporium.dlq` and `failed_events`.
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub session_timeout_ms: u64,
+}
+
+/// `emporium payment-service`: the payment side as its own process.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PaymentServiceSettings {
+    /// Its own database (outbox, processed events). Empty = SQLite at
+    /// `<data_dir>/payment-service.db`.
+    pub store_url: String,
+    pub group_id: String,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
     pub jwt_secret: String,
@@ -179,6 +201,18 @@ impl Settings {
             )
         } else {
             self.store.url.clone()
+        }
+    }
+
+    /// The payment service's own store URL.
+    pub fn payment_service_store_url(&self) -> String {
+        if self.payment_service.store_url.is_empty() {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.server.data_dir.join("payment-service.db").display()
+            )
+        } else {
+            self.payment_service.store_url.clone()
         }
     }
 

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod fuzz;
 pub mod http;
 pub mod passwords;
+pub mod payment_service;
 pub mod persistence;
 pub mod telemetry;
 pub mod users;

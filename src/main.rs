@@ -1,5 +1,5 @@
 //! The `emporium` command line: `serve` (default), `migrate`, `token`, `reconcile`, `replay`,
-//! `reindex`.
+//! `reindex`, `payment-service`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -41,7 +41,7 @@ enum Command {
     },
     /// Check offline that inventory, journal and orders agree; non-zero exit on any inconsistency.
     Reconcile,
-    /// Re-publish events that the outbox gave up on (failed_events).
+    /// Re-publish events that the outbox or a consumer gave up on (failed_events).
     Replay,
     /// Rebuild the search index from the catalog into a new version and switch to it.
     Reindex {
@@ -49,6 +49,9 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Run the payment service (payment.mode = "kafka"): charge orders from
+    /// emporium.orders, publish the outcomes to emporium.payments.
+    PaymentService,
 }
 
 fn main() -> ExitCode {
@@ -134,6 +137,16 @@ fn run() -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }),
+        Command::PaymentService => {
+            actix_rt::System::new().block_on(async move {
+                let service = emporium::payment_service::PaymentService::start(&settings).await?;
+                println!("payment service consuming emporium.orders");
+                emporium::app::wait_for_signal().await;
+                service.shutdown().await;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay => block_on(async {
             let replayed = connect_store(&settings).await?.replay_failed().await?;
             println!("{replayed} failed events put back into the outbox");

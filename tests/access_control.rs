@@ -50,6 +50,7 @@ const ROLES: &[(&str, &str, Role)] = &[
     ("POST", "/v1/users", Role::Public),
     ("POST", "/v1/auth/login", Role::Public),
     ("GET", "/v1/users/me", Role::Account),
+    ("POST", "/v1/admin/events/replay", Role::Admin),
 ];
 
 /// An account the walk signs up first, so that its login calls succeed.

@@ -174,6 +174,7 @@ async fn inventory_actor_called_directly_alongside_http_medusa(backend: Backend)
                         payment_token: "test_ok".into(),
                         idempotency: None,
                         traceparent: None,
+                        tracestate: None,
                     })
                     .await
                     .is_ok()

@@ -6,4 +6,5 @@ pub mod inventory;
 pub mod order;
 pub mod outbox;
 pub mod payment;
+pub mod payment_outcomes;
 pub mod write_behind;

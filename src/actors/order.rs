@@ -15,7 +15,7 @@
 //! the reservation deadline --release inventory--> CANCELLED.
 
 use crate::actors::inventory::{shard_of, Inventory, InventoryFailure, Strategy};
-use crate::actors::payment::{Charge, PaymentActor, PaymentError};
+use crate::actors::payment::{self, Charge, PaymentActor, PaymentError};
 use crate::actors::write_behind::{CommitError, WriteBehind};
 use crate::domain::events::{Event, EventType};
 use crate::domain::ids::{OrderId, Sku, UserId};
@@ -25,7 +25,8 @@ use crate::domain::order::{
     next_status, quantities_by_sku, total, CancelReason, Order, OrderLimits, OrderLine, OrderRequestError, OrderStatus,
     Transition,
 };
-use crate::persistence::{IdempotencyRecord, JournalEntry, SqlStore, StatusChange, StoreError, WriteSet};
+use crate::persistence::consumer::ConsumeError;
+use crate::persistence::{Consumed, IdempotencyRecord, JournalEntry, SqlStore, StatusChange, StoreError, WriteSet};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use actix::ArbiterHandle;
@@ -45,6 +46,9 @@ pub struct SagaOptions {
     pub backoff_base: Duration,
     pub reservation_ttl: Duration,
     pub limits: OrderLimits,
+    /// `payment.mode = "kafka"`: the saga does not charge; it waits for the payment
+    /// service's outcome ([`PaymentReported`], from `emporium.payments`).
+    pub external_payment: bool,
 }
 
 struct Deps {
@@ -96,6 +100,8 @@ pub struct PlaceOrder {
     /// `(key, hash of the request body)` when the client sent an `Idempotency-Key`.
     pub idempotency: Option<(String, String)>,
     pub traceparent: Option<String>,
+    /// The request's W3C `tracestate`, carried on the events the placement commits.
+    pub tracestate: Option<String>,
 }
 
 /// A placed order; `replayed` when it is the stored answer to a repeated Idempotency-Key.
@@ -115,6 +121,25 @@ pub struct RecoveryReport {
 #[rtype(result = "Result<Order, CancelRefused>")]
 pub struct Cancel {
     pub reason: CancelReason,
+}
+
+/// A payment outcome from the external payment service (`payment.mode = "kafka"`),
+/// applied together with the consumed event's id.
+#[derive(Message)]
+#[rtype(result = "Result<Reported, CancelRefused>")]
+pub struct PaymentReported {
+    /// `Err(reason)` when the payment failed.
+    pub outcome: Result<(), String>,
+    pub consumed: Consumed,
+}
+
+/// What a [`PaymentReported`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reported {
+    /// The order moved (PAID, or CANCELLED with its reservations released).
+    Applied,
+    /// The order had already left PENDING_PAYMENT: nothing to do.
+    Ignored(OrderStatus),
 }
 
 pub struct OrderActor {
@@ -156,7 +181,26 @@ impl Handler<Cancel> for OrderActor {
                 self.order.status,
             )))));
         }
-        AtomicResponse::new(Box::pin(self.cancel(msg.reason, None)))
+        AtomicResponse::new(Box::pin(self.cancel(msg.reason, None, None)))
+    }
+}
+
+impl Handler<PaymentReported> for OrderActor {
+    type Result = AtomicResponse<Self, Result<Reported, CancelRefused>>;
+    fn handle(&mut self, msg: PaymentReported, _ctx: &mut Self::Context) -> Self::Result {
+        self.deps.metrics.actor_messages.with_label_values(&[ACTOR]).inc();
+        if self.order.status != OrderStatus::PendingPayment {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Ok(Reported::Ignored(self.order.status)))));
+        }
+        let label = if msg.outcome.is_ok() { "succeeded" } else { "declined" };
+        self.deps.metrics.payment_attempts.with_label_values(&[label]).inc();
+        match msg.outcome {
+            Ok(()) => AtomicResponse::new(Box::pin(self.paid_by_service(msg.consumed))),
+            Err(reason) => AtomicResponse::new(Box::pin(
+                self.cancel(CancelReason::PaymentFailed, Some(reason), Some(msg.consumed))
+                    .map(|cancelled, _, _| cancelled.map(|_| Reported::Applied)),
+            )),
+        }
     }
 }
 
@@ -191,6 +235,10 @@ impl OrderActor {
     }
 
     fn charge(&mut self, ctx: &mut Context<Self>) {
+        if self.deps.options.external_payment {
+            // The payment service charges; its outcome arrives as `PaymentReported`.
+            return;
+        }
         self.attempt += 1;
         let request = Charge {
             order: self.order.id,
@@ -200,13 +248,7 @@ impl OrderActor {
         };
         let payment = self.deps.payment.clone();
         let timeout = self.deps.options.attempt_timeout;
-        let attempt = async move {
-            match tokio::time::timeout(timeout, payment.send(request)).await {
-                Ok(Ok(outcome)) => outcome,
-                Ok(Err(mailbox)) => Err(PaymentError::Transient(mailbox.to_string())),
-                Err(_) => Err(PaymentError::Timeout),
-            }
-        };
+        let attempt = async move { payment::attempt(&payment, request, timeout).await };
         // Spawned, not awaited: a cancel or the expiry may arrive while the gateway thinks.
         ctx.spawn(
             attempt
@@ -228,20 +270,22 @@ impl OrderActor {
             info!(order_id = %self.order.id, "payment outcome after cancellation ignored");
             return;
         }
+        let options = &self.deps.options;
         match outcome {
             Ok(()) => self.mark_paid(ctx),
-            Err(e) if e.is_retryable() && self.attempt < self.deps.options.payment_attempts => {
-                let backoff = self.deps.options.backoff_base * 2u32.saturating_pow(self.attempt - 1);
-                ctx.run_later(backoff, |act, ctx| {
-                    if act.order.status == OrderStatus::PendingPayment {
-                        act.charge(ctx);
-                    }
-                });
-            }
-            Err(e) => {
-                let fut = self.cancel(CancelReason::PaymentFailed, Some(e.to_string()));
-                ctx.wait(fut.map(|_, _, _| ()));
-            }
+            Err(e) => match payment::retry_after(&e, self.attempt, options.payment_attempts, options.backoff_base) {
+                Some(backoff) => {
+                    ctx.run_later(backoff, |act, ctx| {
+                        if act.order.status == OrderStatus::PendingPayment {
+                            act.charge(ctx);
+                        }
+                    });
+                }
+                None => {
+                    let fut = self.cancel(CancelReason::PaymentFailed, Some(e.to_string()), None);
+                    ctx.wait(fut.map(|_, _, _| ()));
+                }
+            },
         }
     }
 
@@ -276,6 +320,42 @@ impl OrderActor {
         );
     }
 
+    /// PAID on the payment service's word, committed with the consumed event's id;
+    /// answers once that is durable, then completes like the local saga.
+    fn paid_by_service(
+        &mut self,
+        consumed: Consumed,
+    ) -> impl ActorFuture<Self, Output = Result<Reported, CancelRefused>> {
+        let change = self.status_change(Transition::PaymentSucceeded);
+        let set = WriteSet {
+            status_change: change.clone(),
+            consumed: Some(consumed),
+            ..WriteSet::default()
+        };
+        let (deps, id) = (self.deps.clone(), self.order.id);
+        async move {
+            let change = change.ok_or(CancelRefused::NotPending(OrderStatus::Paid))?;
+            if commit_step(&deps, set, id, OrderStatus::Paid).await {
+                Ok(change)
+            } else {
+                Err(CancelRefused::Unavailable)
+            }
+        }
+        .into_actor(self)
+        .map(|committed, act, ctx| match committed {
+            Ok(change) => {
+                act.order.status = change.to;
+                act.order.updated_at = change.at;
+                act.complete(ctx);
+                Ok(Reported::Applied)
+            }
+            Err(e) => {
+                ctx.stop();
+                Err(e)
+            }
+        })
+    }
+
     fn complete(&mut self, ctx: &mut Context<Self>) {
         let Some(change) = self.status_change(Transition::Complete) else {
             return;
@@ -284,8 +364,17 @@ impl OrderActor {
         let traceparent = self.traceparent.clone();
         ctx.wait(
             async move {
-                let ok =
-                    settle_and_commit(&deps, id, &skus, ChangeKind::Confirm, &change, traceparent, Vec::new()).await;
+                let ok = settle_and_commit(
+                    &deps,
+                    id,
+                    &skus,
+                    ChangeKind::Confirm,
+                    &change,
+                    traceparent,
+                    Vec::new(),
+                    None,
+                )
+                .await;
                 (ok, change)
             }
             .into_actor(self)
@@ -303,24 +392,28 @@ impl OrderActor {
     fn expire(&mut self, ctx: &mut Context<Self>) {
         if self.order.status == OrderStatus::PendingPayment {
             self.deps.metrics.reservation_expirations.inc();
-            let fut = self.cancel(CancelReason::Expired, None);
+            let fut = self.cancel(CancelReason::Expired, None, None);
             ctx.wait(fut.map(|_, _, _| ()));
         }
     }
 
-    /// The compensation: release every reservation, then commit CANCELLED with its events.
+    /// The compensation: release every reservation, then commit CANCELLED with its events
+    /// (and `consumed`, when a consumed payment event caused it).
     fn cancel(
         &mut self,
         reason: CancelReason,
         failure: Option<String>,
+        consumed: Option<Consumed>,
     ) -> impl ActorFuture<Self, Output = Result<Order, CancelRefused>> {
         let change = self.status_change(Transition::Cancel(reason));
         let (deps, skus, id) = (self.deps.clone(), self.skus(), self.order.id);
         let traceparent = self.traceparent.clone();
+        // With an external payment service, payment_failed is its event, not ours.
+        let announce_failure = reason == CancelReason::PaymentFailed && !deps.options.external_payment;
         async move {
             let change = change?;
             let mut prefix = Vec::new();
-            if reason == CancelReason::PaymentFailed {
+            if announce_failure {
                 prefix.push(Event::new(
                     EventType::PaymentFailed,
                     id,
@@ -329,9 +422,18 @@ impl OrderActor {
                     json!({"order_id": id, "error": failure}),
                 ));
             }
-            settle_and_commit(&deps, id, &skus, ChangeKind::Release, &change, traceparent, prefix)
-                .await
-                .then_some(change)
+            settle_and_commit(
+                &deps,
+                id,
+                &skus,
+                ChangeKind::Release,
+                &change,
+                traceparent,
+                prefix,
+                consumed,
+            )
+            .await
+            .then_some(change)
         }
         .into_actor(self)
         .map(move |committed, act, ctx| {
@@ -426,6 +528,7 @@ fn settle_set(
 
 /// Confirms (towards COMPLETED) or releases (towards CANCELLED) every reservation of
 /// the order and commits the step, under the configured inventory strategy.
+#[allow(clippy::too_many_arguments)]
 async fn settle_and_commit(
     deps: &Deps,
     order: OrderId,
@@ -434,8 +537,12 @@ async fn settle_and_commit(
     change: &StatusChange,
     traceparent: Option<String>,
     prefix: Vec<Event>,
+    consumed: Option<Consumed>,
 ) -> bool {
-    let build = |journal| settle_set(how, change, traceparent.as_deref(), &prefix, journal);
+    let build = |journal| WriteSet {
+        consumed: consumed.clone(),
+        ..settle_set(how, change, traceparent.as_deref(), &prefix, journal)
+    };
     match deps.inventory.strategy() {
         Strategy::Actor => {
             let set = build(settle_each(deps, skus, order, how).await);
@@ -751,6 +858,61 @@ impl Orders {
         }
     }
 
+    /// Applies a payment outcome from the payment service (`payment.mode = "kafka"`) with
+    /// the consumed event's id. `Unavailable` while the order's saga is not running yet
+    /// (recovery) or its step is not durable; `Failed` for an order that does not exist.
+    pub async fn payment_reported(
+        &self,
+        id: OrderId,
+        outcome: Result<(), String>,
+        consumed: Consumed,
+    ) -> Result<(), ConsumeError> {
+        let live = self.deps.actors.get(&id).map(|a| a.clone());
+        if let Some(addr) = live {
+            let report = PaymentReported {
+                outcome: outcome.clone(),
+                consumed: consumed.clone(),
+            };
+            match addr.send(report).await {
+                Ok(Ok(Reported::Applied)) => return Ok(()),
+                Ok(Ok(Reported::Ignored(status))) => return self.no_effect(id, status, &outcome, &consumed).await,
+                Ok(Err(e)) => return Err(ConsumeError::Unavailable(e.to_string())),
+                // The saga finished in between: the store knows the outcome.
+                Err(_) => {}
+            }
+        }
+        match self.deps.store.get_order(id).await {
+            Err(e) => Err(ConsumeError::Unavailable(e.to_string())),
+            Ok(None) => Err(ConsumeError::Failed(format!("order {id} does not exist"))),
+            Ok(Some(order)) if order.status == OrderStatus::PendingPayment => Err(ConsumeError::Unavailable(format!(
+                "the saga of order {id} is not running yet"
+            ))),
+            Ok(Some(order)) => self.no_effect(id, order.status, &outcome, &consumed).await,
+        }
+    }
+
+    /// A payment outcome for an order that already left PENDING_PAYMENT: recorded as
+    /// processed so redeliveries are skipped, and logged when money moved for an order
+    /// that was cancelled meanwhile (a real gateway would refund it here).
+    async fn no_effect(
+        &self,
+        id: OrderId,
+        status: OrderStatus,
+        outcome: &Result<(), String>,
+        consumed: &Consumed,
+    ) -> Result<(), ConsumeError> {
+        if outcome.is_ok() && status == OrderStatus::Cancelled {
+            warn!(order_id = %id, "payment succeeded for a cancelled order; refund needed");
+        } else {
+            info!(order_id = %id, status = status.as_str(), "payment outcome for a settled order ignored");
+        }
+        self.deps
+            .store
+            .mark_processed(consumed)
+            .await
+            .map_err(|e| ConsumeError::Unavailable(e.to_string()))
+    }
+
     /// Start-up recovery of the sagas: orders whose reservation expired while the
     /// server was down are cancelled in one coalesced sweep (their write-sets share
     /// group commits); the others resume where they stopped.
@@ -796,6 +958,7 @@ impl Orders {
             &change,
             None,
             Vec::new(),
+            None,
         )
         .await
         {
@@ -827,7 +990,9 @@ fn order_write_set(
         id,
         now,
         tp(),
-        json!({"order_id": id, "user_id": order.user_id, "items": order.lines, "total": order.total}),
+        // The payment token travels with the order: an external payment service charges it.
+        json!({"order_id": id, "user_id": order.user_id, "items": order.lines, "total": order.total,
+               "payment": {"token": order.payment_token}}),
     )];
     events.extend(journal.iter().map(|e| {
         Event::new(
@@ -838,6 +1003,9 @@ fn order_write_set(
             json!({"sku": e.sku, "order_id": id, "qty": e.change.qty, "expires_at": expires_at}),
         )
     }));
+    for event in &mut events {
+        event.tracestate = request.tracestate.clone();
+    }
     let idempotency = match &request.idempotency {
         Some((key, hash)) => Some(IdempotencyRecord {
             user_id: request.user.clone(),
@@ -854,6 +1022,7 @@ fn order_write_set(
         journal,
         events,
         idempotency,
+        consumed: None,
     })
 }
 

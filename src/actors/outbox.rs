@@ -57,6 +57,24 @@ impl OutboxRelay {
         self.settings.poll_interval_ms
     }
 
+    /// Relays in the background: after every commit `committed` announces, and every
+    /// `poll_interval_ms` anyway (for retries that come due).
+    pub fn relay_in_background(self: &Arc<Self>, committed: Arc<tokio::sync::Notify>) {
+        let relay = self.clone();
+        tokio::spawn(async move {
+            let poll = std::time::Duration::from_millis(relay.poll_interval_ms().max(1));
+            loop {
+                tokio::select! {
+                    _ = committed.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+                if let Err(e) = relay.drain().await {
+                    warn!(error = %e, "outbox relay could not read the outbox");
+                }
+            }
+        });
+    }
+
     /// Publishes everything that is due now. Returns how many events were published.
     pub async fn drain(&self) -> Result<usize, StoreError> {
         let mut total = 0;

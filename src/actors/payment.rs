@@ -42,6 +42,52 @@ pub struct Charge {
     pub attempt: u32,
 }
 
+/// One attempt: the actor's answer, or `Timeout` when it does not come within `timeout`.
+pub async fn attempt(payment: &Addr<PaymentActor>, charge: Charge, timeout: Duration) -> Result<(), PaymentError> {
+    match tokio::time::timeout(timeout, payment.send(charge)).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(mailbox)) => Err(PaymentError::Transient(mailbox.to_string())),
+        Err(_) => Err(PaymentError::Timeout),
+    }
+}
+
+/// The retry rule, one place for the local saga and the payment service: after failed
+/// attempt `attempt` (1-based) of `attempts`, try again after the returned backoff
+/// (doubling from `backoff_base`), or give up (`None`: declined, or no attempts left).
+pub fn retry_after(error: &PaymentError, attempt: u32, attempts: u32, backoff_base: Duration) -> Option<Duration> {
+    (error.is_retryable() && attempt < attempts).then(|| backoff_base * 2u32.saturating_pow(attempt.saturating_sub(1)))
+}
+
+/// Charges until the gateway gives a final answer under [`retry_after`]; returns it
+/// with the number of attempts made. The payment service runs this per order.
+pub async fn charge_until_final(
+    payment: &Addr<PaymentActor>,
+    order: OrderId,
+    amount: Money,
+    token: &str,
+    attempts: u32,
+    attempt_timeout: Duration,
+    backoff_base: Duration,
+) -> (Result<(), PaymentError>, u32) {
+    let mut n = 0;
+    loop {
+        n += 1;
+        let charge = Charge {
+            order,
+            amount,
+            token: token.to_owned(),
+            attempt: n,
+        };
+        match attempt(payment, charge, attempt_timeout).await {
+            Ok(()) => return (Ok(()), n),
+            Err(e) => match retry_after(&e, n, attempts, backoff_base) {
+                Some(backoff) => tokio::time::sleep(backoff).await,
+                None => return (Err(e), n),
+            },
+        }
+    }
+}
+
 pub struct PaymentActor {
     latency: Duration,
     /// How long `test_down` hangs: longer than any attempt timeout, bounded so hung
@@ -85,5 +131,22 @@ impl Handler<Charge> for PaymentActor {
             },
             span,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declines_are_final_and_other_errors_back_off_until_the_last_attempt() {
+        let base = Duration::from_millis(10);
+        assert_eq!(retry_after(&PaymentError::Declined, 1, 3, base), None);
+        assert_eq!(retry_after(&PaymentError::Timeout, 1, 3, base), Some(base));
+        assert_eq!(
+            retry_after(&PaymentError::Transient("x".into()), 2, 3, base),
+            Some(base * 2)
+        );
+        assert_eq!(retry_after(&PaymentError::Timeout, 3, 3, base), None);
     }
 }

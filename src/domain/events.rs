@@ -61,6 +61,10 @@ pub struct Event {
     pub occurred_at: Millis,
     pub schema_version: u16,
     pub traceparent: Option<String>,
+    /// The W3C `tracestate` of the request, when it had one (vendor trace data that
+    /// travels with `traceparent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
     pub data: serde_json::Value,
 }
 
@@ -79,6 +83,7 @@ impl Event {
             occurred_at,
             schema_version: SCHEMA_VERSION,
             traceparent,
+            tracestate: None,
             data,
         }
     }

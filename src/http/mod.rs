@@ -1,6 +1,7 @@
 //! The actix-web HTTP API: thin handlers (extract, call, map), one error type
 //! ([`problem::ApiError`]), shared state in [`AppState`].
 
+pub mod admin_events;
 pub mod auth;
 pub mod catalog;
 pub mod input;
@@ -91,7 +92,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/orders/{id}", web::get().to(orders::get_order))
             .route("/orders/{id}/cancel", web::post().to(orders::cancel_order))
             .route("/search", web::get().to(search::search))
-            .route("/search/suggest", web::get().to(search::suggest)),
+            .route("/search/suggest", web::get().to(search::suggest))
+            .route(
+                "/admin/events/replay",
+                web::post().to(admin_events::replay_failed_events),
+            ),
     )
     .route("/health/live", web::get().to(ops::live))
     .route("/health/ready", web::get().to(ops::ready))

@@ -34,6 +34,7 @@ use utoipa::{Modify, OpenApi};
         super::users::me,
         super::search::search,
         super::search::suggest,
+        super::admin_events::replay_failed_events,
     ),
     modifiers(&BearerAuth, &ProblemResponses)
 )]

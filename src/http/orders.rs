@@ -179,6 +179,7 @@ pub async fn create_order(
         payment_token: token,
         idempotency,
         traceparent: req.extensions().get::<TraceParent>().map(|t| t.0.clone()),
+        tracestate: tracestate_of(&req),
     };
     let wait = Duration::from_millis(state.settings.server.request_timeout_ms);
     let placed = tokio::time::timeout(wait, state.orders.place(request))
@@ -192,6 +193,14 @@ pub async fn create_order(
             format!("/v1/orders/{}", placed.order.id),
         ))
         .json(OrderView::from(&placed.order)))
+}
+
+/// The request's W3C `tracestate`, if it is one: at most 512 printable ASCII characters
+/// (W3C Trace Context). Anything else is dropped, as the spec asks, not refused.
+fn tracestate_of(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get("tracestate")?.to_str().ok()?.trim();
+    let valid = !value.is_empty() && value.len() <= 512 && value.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    valid.then(|| value.to_owned())
 }
 
 /// Read one order (its owner or an admin; anyone else gets 404).

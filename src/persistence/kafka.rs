@@ -5,7 +5,8 @@
 //! outbox marks a row published only after the broker acknowledged it. The key is the
 //! aggregate id, so one order's events land on one partition in order. Headers carry
 //! what a consumer needs before it parses the body: event id (for deduplication), type,
-//! schema version, content type and the W3C `traceparent` of the request.
+//! schema version, content type and the W3C `traceparent` (and `tracestate`, when the
+//! request had one) of the request.
 
 use super::bus::{BusError, EventBus};
 use crate::config::BusSettings;
@@ -66,7 +67,7 @@ impl KafkaBus {
     }
 }
 
-fn producer(settings: &BusSettings) -> Result<FutureProducer, KafkaError> {
+pub(crate) fn producer(settings: &BusSettings) -> Result<FutureProducer, KafkaError> {
     client_config(settings)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -95,7 +96,7 @@ impl KafkaBus {
     }
 }
 
-fn client_config(settings: &BusSettings) -> ClientConfig {
+pub(crate) fn client_config(settings: &BusSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.brokers)
@@ -154,6 +155,12 @@ fn headers(event: &Event) -> OwnedHeaders {
         headers = headers.insert(Header {
             key: "traceparent",
             value: Some(traceparent),
+        });
+    }
+    if let Some(tracestate) = &event.tracestate {
+        headers = headers.insert(Header {
+            key: "tracestate",
+            value: Some(tracestate),
         });
     }
     headers

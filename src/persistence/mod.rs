@@ -3,6 +3,7 @@
 //! stays in [`sql`].
 
 pub mod bus;
+pub mod consumer;
 pub mod kafka;
 pub mod row_lock;
 pub mod search;
@@ -72,6 +73,16 @@ pub struct WriteSet {
     pub journal: Vec<JournalEntry>,
     pub events: Vec<Event>,
     pub idempotency: Option<IdempotencyRecord>,
+    /// The consumed event this write-set is the effect of: recorded in
+    /// `processed_events` in the same transaction, so a redelivery has no second effect.
+    pub consumed: Option<Consumed>,
+}
+
+/// "Consumer `consumer` has applied event `event_id`" (a row of `processed_events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    pub consumer: String,
+    pub event_id: uuid::Uuid,
 }
 
 /// What an inventory actor loads when it is activated.
@@ -113,6 +124,21 @@ pub struct OutboxRow {
 pub struct FailedEvent {
     pub id: i64,
     pub event: Event,
+    pub error: String,
+    pub attempts: i64,
+}
+
+/// A message a consumer gave up on, as it goes into `failed_events` (and `emporium.dlq`).
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub consumer: String,
+    pub topic: String,
+    /// The message parsed as an event, when it is one: only those can be replayed.
+    pub event: Option<Event>,
+    /// The raw payload (lossy UTF-8), kept when it is not an event.
+    pub payload: String,
+    pub key: String,
+    pub headers: Vec<(String, String)>,
     pub error: String,
     pub attempts: i64,
 }

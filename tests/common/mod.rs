@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod tansu;
 
 /// The database a test runs against.
 #[derive(Debug, Clone)]

@@ -1,0 +1,47 @@
+//! Emporium's consumer of `emporium.payments` when `payment.mode = "kafka"`: turns the
+//! payment service's `payment_succeeded` / `payment_failed` events into saga steps
+//! (PAID → confirm → COMPLETED, or release → CANCELLED) through [`Orders`].
+//!
+//! The order actor commits the step together with the consumed event's id (see
+//! `persistence::consumer`), so a redelivered payment event has no second effect.
+//! Other event types on the topic are not ours to act on and are passed over.
+
+use crate::actors::order::Orders;
+use crate::domain::events::{Event, EventType};
+use crate::domain::ids::OrderId;
+use crate::persistence::consumer::{ConsumeError, EventHandler};
+use crate::persistence::Consumed;
+use async_trait::async_trait;
+
+/// The consumer name recorded in `processed_events` and `failed_events`.
+pub const CONSUMER: &str = "saga-payments";
+
+pub struct PaymentOutcomes {
+    pub orders: Orders,
+}
+
+/// The order a payment event is about, from its `data.order_id`.
+fn order_of(event: &Event) -> Result<OrderId, ConsumeError> {
+    event.data["order_id"]
+        .as_str()
+        .and_then(|id| OrderId::parse(id).ok())
+        .ok_or_else(|| {
+            ConsumeError::Failed(format!(
+                "{} event without a valid data.order_id",
+                event.event_type.as_str()
+            ))
+        })
+}
+
+#[async_trait]
+impl EventHandler for PaymentOutcomes {
+    async fn apply(&self, event: &Event, consumed: Consumed) -> Result<(), ConsumeError> {
+        let outcome = match event.event_type {
+            EventType::PaymentSucceeded => Ok(()),
+            EventType::PaymentFailed => Err(event.data["error"].as_str().unwrap_or("payment failed").to_owned()),
+            _ => return Ok(()),
+        };
+        let order = order_of(event)?;
+        self.orders.payment_reported(order, outcome, consumed).await
+    }
+}

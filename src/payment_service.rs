@@ -1,0 +1,181 @@
+//! `emporium payment-service`: the payment side as its own process (and deployment),
+//! for `payment.mode = "kafka"`.
+//!
+//! It consumes `order_created` from `emporium.orders` (consumer group
+//! `payment_service.group_id`), charges the simulated gateway through the same
+//! [`PaymentActor`] and retry rule ([`payment::charge_until_final`]) as the local saga,
+//! and publishes `payment_succeeded` / `payment_failed` (key = order id, the order's
+//! `traceparent`/`tracestate`) to `emporium.payments` through its *own* outbox in its
+//! own database (`payment_service.store_url`). The outcome event and the consumed
+//! order event's id are committed in one transaction, so a redelivered `order_created`
+//! is not charged twice; the gateway also sees the order id as its idempotency key.
+//! Emporium consumes `emporium.payments` and finishes the saga
+//! (`actors::payment_outcomes`).
+
+use crate::actors::outbox::OutboxRelay;
+use crate::actors::payment::{self, PaymentActor};
+use crate::config::Settings;
+use crate::domain::events::{Event, EventType};
+use crate::domain::ids::OrderId;
+use crate::domain::money::Money;
+use crate::domain::now_millis;
+use crate::persistence::consumer::{self, ConsumeError, ConsumerSpec, EventHandler};
+use crate::persistence::kafka::KafkaBus;
+use crate::persistence::sql::StoreOptions;
+use crate::persistence::{Consumed, SqlStore, StoreError, WriteSet};
+use crate::telemetry::Metrics;
+use actix::prelude::*;
+use anyhow::Context as _;
+use async_trait::async_trait;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tracing::info;
+
+/// The consumer name recorded in the payment service's `processed_events`.
+pub const CONSUMER: &str = "payment-service";
+
+/// Charges each new order once and records the outcome event in the outbox.
+struct ChargeOrders {
+    store: SqlStore,
+    payment: Addr<PaymentActor>,
+    attempts: u32,
+    attempt_timeout: Duration,
+    backoff_base: Duration,
+    committed: Arc<Notify>,
+}
+
+fn field<T: serde::de::DeserializeOwned>(event: &Event, pointer: &str) -> Result<T, ConsumeError> {
+    event
+        .data
+        .pointer(pointer)
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .ok_or_else(|| ConsumeError::Failed(format!("order_created without a valid {pointer}")))
+}
+
+#[async_trait]
+impl EventHandler for ChargeOrders {
+    async fn apply(&self, event: &Event, consumed: Consumed) -> Result<(), ConsumeError> {
+        if event.event_type != EventType::OrderCreated {
+            return Ok(());
+        }
+        let order: String = field(event, "/order_id")?;
+        let order = OrderId::parse(&order).map_err(|e| ConsumeError::Failed(e.to_string()))?;
+        let amount: Money = field(event, "/total")?;
+        let token: String = field(event, "/payment/token")?;
+        let (outcome, attempts) = payment::charge_until_final(
+            &self.payment,
+            order,
+            amount,
+            &token,
+            self.attempts,
+            self.attempt_timeout,
+            self.backoff_base,
+        )
+        .await;
+        let (event_type, data) = match &outcome {
+            Ok(()) => (
+                EventType::PaymentSucceeded,
+                json!({"order_id": order, "amount": amount, "attempts": attempts}),
+            ),
+            Err(e) => (
+                EventType::PaymentFailed,
+                json!({"order_id": order, "error": e.to_string(), "attempts": attempts}),
+            ),
+        };
+        let mut outcome_event = Event::new(event_type, order, now_millis(), event.traceparent.clone(), data);
+        outcome_event.tracestate = event.tracestate.clone();
+        info!(order_id = %order, outcome = event_type.as_str(), attempts, "order charged");
+        let set = WriteSet {
+            events: vec![outcome_event],
+            consumed: Some(consumed),
+            ..WriteSet::default()
+        };
+        match self.store.commit(&[&set]).await {
+            // Conflict: the same order_created was applied meanwhile; its outcome stands.
+            Ok(()) | Err(StoreError::Conflict(_)) => {
+                self.committed.notify_one();
+                Ok(())
+            }
+            Err(StoreError::Unavailable(e)) => Err(ConsumeError::Unavailable(e)),
+            Err(e) => Err(ConsumeError::Failed(e.to_string())),
+        }
+    }
+}
+
+/// A running payment service.
+pub struct PaymentService {
+    stop: watch::Sender<bool>,
+    relay: Arc<OutboxRelay>,
+    pub store: SqlStore,
+}
+
+impl PaymentService {
+    /// Connects its store (migrated), starts its outbox relay to Kafka and its consumer
+    /// of `emporium.orders`. Must run inside an actix `System` (the payment actor).
+    pub async fn start(settings: &Settings) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !settings.bus.brokers.is_empty(),
+            "the payment service needs bus.brokers (EMPORIUM__BUS__BROKERS)"
+        );
+        std::fs::create_dir_all(&settings.server.data_dir)
+            .with_context(|| format!("cannot create data dir {}", settings.server.data_dir.display()))?;
+        let url = settings.payment_service_store_url();
+        let options = StoreOptions {
+            max_connections: settings.store.max_connections,
+            acquire_timeout: Duration::from_millis(settings.store.acquire_timeout_ms),
+            sqlite_synchronous: settings.store.sqlite_synchronous.clone(),
+        };
+        let store = SqlStore::connect(&url, &options)
+            .await
+            .with_context(|| format!("cannot open the store at {}", crate::persistence::sql::redact(&url)))?;
+        store.migrate().await?;
+
+        KafkaBus::ensure_topics_in_background(&settings.bus);
+        let bus = KafkaBus::new(&settings.bus).context("cannot create the kafka producer")?;
+        let relay = Arc::new(OutboxRelay::new(
+            store.clone(),
+            Arc::new(bus),
+            settings.outbox.clone(),
+            Arc::new(Metrics::new()?),
+        ));
+        let committed = Arc::new(Notify::new());
+        relay.relay_in_background(committed.clone());
+
+        let attempt_timeout = Duration::from_millis(settings.payment.attempt_timeout_ms);
+        let latency = Duration::from_millis(settings.payment.gateway_latency_ms);
+        let payment = PaymentActor::new(latency, attempt_timeout).start();
+        let handler = Arc::new(ChargeOrders {
+            store: store.clone(),
+            payment,
+            attempts: settings.payment.attempts.max(1),
+            attempt_timeout,
+            backoff_base: Duration::from_millis(settings.payment.backoff_base_ms),
+            committed,
+        });
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(consumer::run(
+            settings.bus.clone(),
+            settings.consumer.clone(),
+            ConsumerSpec {
+                name: CONSUMER.into(),
+                group_id: settings.payment_service.group_id.clone(),
+                topics: vec!["emporium.orders"],
+            },
+            store.clone(),
+            handler,
+            stopped,
+        ));
+        Ok(Self { stop, relay, store })
+    }
+
+    /// Stops consuming and flushes the outbox (what is not flushed is sent on the next start).
+    pub async fn shutdown(self) {
+        consumer::stop_all(&self.stop, Duration::from_secs(10)).await;
+        if let Err(e) = self.relay.drain().await {
+            tracing::warn!(error = %e, "payment service outbox not flushed");
+        }
+    }
+}
