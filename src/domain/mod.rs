@@ -9,8 +9,8 @@ pub mod inventory;
 pub mod money;
 pub mod number;
 pub mod order;
-pub mod user;
 pub mod search;
+pub mod user;
 
 /// Milliseconds since the Unix epoch: the one time representation stored in every backend.
 pub type Millis = i64;

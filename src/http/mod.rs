@@ -10,8 +10,8 @@ pub mod openapi;
 pub mod ops;
 pub mod orders;
 pub mod problem;
-pub mod users;
 pub mod search;
+pub mod users;
 
 use crate::actors::inventory::Inventory;
 use crate::actors::order::Orders;
