@@ -104,7 +104,7 @@ impl App {
             store.migrate().await?;
         }
         let keys = Arc::new(Keys::load(&settings)?);
-        let metrics = Arc::new(Metrics::new()?);
+        let metrics = Arc::new(Metrics::with_recording(settings.telemetry.metrics)?);
         let committed = Arc::new(tokio::sync::Notify::new());
         let (write_behind, _) = WriteBehind::start(
             store.clone(),
@@ -230,7 +230,14 @@ impl App {
         let app = self.clone();
         tokio::spawn(async move {
             match app.orders.recover().await {
-                Ok(_) => {
+                Ok(report) => {
+                    // A saga resumed from the store after the process stopped is an order
+                    // actor restarted.
+                    let restarted = report.resumed as u64;
+                    app.metrics
+                        .actor_restarts
+                        .with_label_values(&["order"])
+                        .inc_by(restarted);
                     app.lifecycle.mark_recovered();
                     info!("recovery done, ready");
                 }
