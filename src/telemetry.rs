@@ -219,7 +219,19 @@ impl Metrics {
                 "Tasks waiting for a database connection to begin a transaction"
             )?),
             registry,
-        })
+        }
+        .with_actor_series())
+    }
+
+    /// Creates the per-actor-type series up front, so dashboards and alerts find them
+    /// (at zero) before the first restart or message.
+    fn with_actor_series(self) -> Self {
+        for actor in ["sku", "order"] {
+            self.actor_restarts.raw().with_label_values(&[actor]);
+            self.actor_mailbox_depth.raw().with_label_values(&[actor]);
+            self.actor_handle_duration.raw().with_label_values(&[actor]);
+        }
+        self
     }
 
     /// The Prometheus text exposition of every metric.

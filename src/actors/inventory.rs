@@ -117,11 +117,14 @@ pub struct SkuActor {
     stats: Arc<SkuStats>,
 }
 
-/// What the metrics scrape reads of a live SKU actor without sending it a message.
+/// What the metrics scrape reads of a SKU actor without sending it a message. Kept a
+/// while after passivation: a passivated SKU's availability cannot change until it is
+/// activated again, so its last value stays true (see [`Inventory::hottest`]).
 #[derive(Default)]
 struct SkuStats {
     messages: AtomicU64,
     available: AtomicI64,
+    passivated: std::sync::atomic::AtomicBool,
 }
 
 impl SkuActor {
@@ -180,9 +183,7 @@ impl Actor for SkuActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.shared
-            .stats
-            .remove_if(&self.sku, |_, s| Arc::ptr_eq(s, &self.stats));
+        self.stats.passivated.store(true, Ordering::Relaxed);
         self.shared.metrics.actors_active.with_label_values(&[ACTOR]).dec();
         self.shared.metrics.actor_passivations.with_label_values(&[ACTOR]).inc();
     }
@@ -363,10 +364,12 @@ impl Inventory {
         self.strategy
     }
 
-    /// `(sku, available)` of the `n` active SKUs that handled the most messages: the
-    /// hot ones in a sale, a bounded set for the metrics whatever the catalog's size.
+    /// `(sku, available)` of the `n` SKUs whose actors handled the most messages since
+    /// activation: the hot ones in a sale, a bounded set for the metrics whatever the
+    /// catalog's size. Passivated SKUs outside the top `n` are forgotten here, so the
+    /// map holds the live actors plus at most `n` others.
     pub fn hottest(&self, n: usize) -> Vec<(String, i64)> {
-        let mut all: Vec<(u64, String, i64)> = self
+        let mut all: Vec<(u64, Sku, i64, bool)> = self
             .shared
             .stats
             .iter()
@@ -374,15 +377,23 @@ impl Inventory {
                 let s = e.value();
                 (
                     s.messages.load(Ordering::Relaxed),
-                    e.key().to_string(),
+                    e.key().clone(),
                     s.available.load(Ordering::Relaxed),
+                    s.passivated.load(Ordering::Relaxed),
                 )
             })
             .collect();
         all.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        for (_, sku, _, passivated) in all.iter().skip(n) {
+            if *passivated {
+                self.shared
+                    .stats
+                    .remove_if(sku, |_, s| s.passivated.load(Ordering::Relaxed));
+            }
+        }
         all.into_iter()
             .take(n)
-            .map(|(_, sku, available)| (sku, available))
+            .map(|(_, sku, available, _)| (sku.to_string(), available))
             .collect()
     }
 

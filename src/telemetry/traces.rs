@@ -120,7 +120,6 @@ fn exporter_provider(endpoint: &str, delay: Duration) -> Result<SdkTracerProvide
 /// Installs the global subscriber. A second call in the same process (tests that
 /// start several apps) keeps the first subscriber and exports nothing more.
 pub fn init(settings: &TraceSettings) -> Telemetry {
-    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_level));
     let json = settings.log_format == "json";
     let provider = if settings.otlp_endpoint.is_empty() {
         None
@@ -136,33 +135,41 @@ pub fn init(settings: &TraceSettings) -> Telemetry {
             }
         }
     };
-    let otel_layer = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("emporium"))
-            .with_filter(EnvFilter::new(EXPORT_FILTER))
-    });
-    // JSON logs without an exporter still carry the request's trace id (from its
-    // traceparent), so log lines can be joined with the caller's traces.
-    let ids_layer = (json && provider.is_none()).then_some(RequestIds);
-    let log_layer = if json {
-        fmt::layer()
-            .json()
-            .event_format(WithTraceIds(fmt::format().json().with_current_span(true)))
-            .with_writer(std::io::stderr)
-            .with_filter(log_filter)
-            .boxed()
+    // Every layer carries its own filter: a layer without one would be interested in
+    // every callsite and switch the DEBUG spans on for all (and their cost with them).
+    let log_filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_level));
+    let mut layers: Vec<Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>> = Vec::new();
+    if json {
+        layers.push(
+            fmt::layer()
+                .json()
+                .event_format(WithTraceIds(fmt::format().json().with_current_span(true)))
+                .with_writer(std::io::stderr)
+                .with_filter(log_filter())
+                .boxed(),
+        );
+        // Without an exporter, JSON logs still carry the request's trace id (from its
+        // traceparent), so log lines can be joined with the caller's traces.
+        if provider.is_none() {
+            layers.push(RequestIds.with_filter(log_filter()).boxed());
+        }
     } else {
-        fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_filter(log_filter)
-            .boxed()
-    };
-    let installed = tracing_subscriber::registry()
-        .with(ids_layer)
-        .with(log_layer)
-        .with(otel_layer)
-        .try_init()
-        .is_ok();
+        layers.push(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(log_filter())
+                .boxed(),
+        );
+    }
+    if let Some(p) = &provider {
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(p.tracer("emporium"))
+                .with_filter(EnvFilter::new(EXPORT_FILTER))
+                .boxed(),
+        );
+    }
+    let installed = tracing_subscriber::registry().with(layers).try_init().is_ok();
     if installed && provider.is_some() {
         EXPORTING.store(true, Ordering::Relaxed);
     }
