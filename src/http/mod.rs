@@ -155,6 +155,14 @@ pub async fn observe(
     let metrics = req.app_data::<web::Data<AppState>>().map(|s| s.metrics.clone());
     let response = tracing::Instrument::instrument(next.call(req), span.clone()).await?;
     span.record("status", response.status().as_u16());
+    // The access log (DEBUG): in JSON logs it carries the request's trace and span ids.
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "request answered"
+        )
+    });
     if let Some(metrics) = metrics {
         let status = response.status().as_u16().to_string();
         metrics

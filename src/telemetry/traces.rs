@@ -140,14 +140,7 @@ pub fn init(settings: &TraceSettings) -> Telemetry {
     let log_filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_level));
     let mut layers: Vec<Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>> = Vec::new();
     if json {
-        layers.push(
-            fmt::layer()
-                .json()
-                .event_format(WithTraceIds(fmt::format().json().with_current_span(true)))
-                .with_writer(std::io::stderr)
-                .with_filter(log_filter())
-                .boxed(),
-        );
+        layers.push(json_log_layer(std::io::stderr, log_filter()));
         // Without an exporter, JSON logs still carry the request's trace id (from its
         // traceparent), so log lines can be joined with the caller's traces.
         if provider.is_none() {
@@ -176,6 +169,19 @@ pub fn init(settings: &TraceSettings) -> Telemetry {
     Telemetry {
         provider: provider.filter(|_| installed),
     }
+}
+
+/// JSON log lines (one object each) with `trace_id` and `span_id` at the top level.
+fn json_log_layer<W>(writer: W, filter: EnvFilter) -> Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>
+where
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    fmt::layer()
+        .json()
+        .event_format(WithTraceIds(fmt::format().json().with_current_span(true)))
+        .with_writer(writer)
+        .with_filter(filter)
+        .boxed()
 }
 
 /// Parses a W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`).
@@ -332,6 +338,48 @@ mod tests {
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn json_log_lines_carry_the_request_trace_and_span_ids() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::registry().with(vec![
+            json_log_layer(move || sink.clone(), EnvFilter::new("info")),
+            RequestIds.with_filter(EnvFilter::new("info")).boxed(),
+        ]);
+        tracing::subscriber::with_default(subscriber, || {
+            let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+            let request = tracing::info_span!("http_request", traceparent = tp);
+            let _in_request = request.enter();
+            let inner = tracing::info_span!("inner");
+            inner.in_scope(|| tracing::info!(order_id = "o-1", "inside"));
+            tracing::info!("outside");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for line in &lines {
+            assert_eq!(line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{line}");
+            assert_eq!(line["span_id"], "00f067aa0ba902b7", "{line}");
+        }
+        assert_eq!(lines[0]["fields"]["order_id"], "o-1");
+        assert_eq!(lines[0]["span"]["name"], "inner");
     }
 
     #[test]
