@@ -134,4 +134,35 @@ mod tests {
         Gate::new(c.clone(), true).inc();
         assert_eq!(c.get(), 1);
     }
+
+    /// What one sold-out flash-sale attempt records, timed with recording on and off:
+    /// `cargo test --release --lib recording_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a timing, not a check: run it in release"]
+    fn recording_cost_per_order_attempt() {
+        use crate::telemetry::{ActorProbe, Metrics};
+        use std::time::Instant;
+        const N: u32 = 2_000_000;
+        for on in [true, false, true, false] {
+            let m = Metrics::with_recording(on).unwrap();
+            let probe = ActorProbe::new(&m, "sku");
+            let started = Instant::now();
+            for _ in 0..N {
+                probe.sent();
+                {
+                    let _handling = probe.handling(true);
+                    m.reservations.with_label_values(&["sold_out"]).inc();
+                }
+                m.http_requests.with_label_values(&["/v1/orders", "POST", "409"]).inc();
+                m.http_duration
+                    .with_label_values(&["/v1/orders", "POST"])
+                    .observe(0.000_2);
+            }
+            let per = started.elapsed().as_nanos() as f64 / f64::from(N);
+            eprintln!(
+                "metrics {}: {per:.0} ns of recording per order attempt",
+                if on { "on" } else { "off" }
+            );
+        }
+    }
 }
