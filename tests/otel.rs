@@ -11,7 +11,11 @@
 //! `emporium::telemetry::continue_trace`, exactly as a Kafka consumer does with the
 //! header.
 //!
-//! One test per binary: the tracing subscriber is global to the process.
+//! The Kafka variant does the same through a real broker (Tansu, `EMPORIUM_TEST_KAFKA`):
+//! the consumer is an rdkafka consumer continuing the `traceparent` header.
+//!
+//! The tracing subscriber is global to the process: both tests share one receiver and
+//! tell their spans apart by trace id.
 
 mod common;
 
@@ -27,7 +31,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const KAFKA_TRACE_ID: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+/// The process's exporter and what its receiver got, set up once.
+fn telemetry() -> &'static (traces::Telemetry, Received) {
+    static TELEMETRY: std::sync::OnceLock<(traces::Telemetry, Received)> = std::sync::OnceLock::new();
+    TELEMETRY.get_or_init(|| {
+        let received: Received = Arc::default();
+        let endpoint = start_receiver(received.clone());
+        let telemetry = traces::init(&TraceSettings {
+            log_format: "pretty".into(),
+            log_level: "warn".into(),
+            otlp_endpoint: endpoint,
+            export_delay: Duration::from_millis(100),
+        });
+        assert!(telemetry.is_exporting(), "the exporter was installed");
+        (telemetry, received)
+    })
+}
 
 #[derive(Debug, Clone)]
 struct Span {
@@ -103,16 +125,7 @@ fn start_receiver(received: Received) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_from_the_request_through_actors_commit_outbox_to_a_consumer() {
-    let received: Received = Arc::default();
-    let endpoint = start_receiver(received.clone());
-    let telemetry = traces::init(&TraceSettings {
-        log_format: "pretty".into(),
-        log_level: "warn".into(),
-        otlp_endpoint: endpoint,
-        export_delay: Duration::from_millis(100),
-    });
-    assert!(telemetry.is_exporting(), "the exporter was installed");
-
+    let (telemetry, received) = telemetry();
     let app = TestApp::spawn(Backend::Sqlite).await;
     app.product(&[("TRACED", 5)]).await;
     let mut events = app.app.bus.subscribe();
@@ -269,4 +282,118 @@ async fn one_trace_from_the_request_through_actors_commit_outbox_to_a_consumer()
         );
     }
     app.assert_consistent().await;
+}
+
+/// The Kafka variant: the `traceparent` header of each message names its publish span,
+/// so an rdkafka consumer continuing it lands in the request's trace under that span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_consumers_continue_the_publish_span_from_the_traceparent_header() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::{Headers, Message as _};
+    let brokers = match std::env::var("EMPORIUM_TEST_KAFKA") {
+        Ok(b) if !b.is_empty() => b,
+        _ => {
+            let reason = "EMPORIUM_TEST_KAFKA is not set (scripts/services.sh start kafka)";
+            assert!(
+                std::env::var("CI").map_or(true, |ci| ci != "true"),
+                "{reason} (CI=true: failing, not skipping)"
+            );
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+    let (telemetry, received) = telemetry();
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| {
+        s.bus.kind = "kafka".into();
+        s.bus.brokers = brokers.clone();
+    })
+    .await;
+    app.product(&[("KTRACED", 5)]).await;
+    let buyer = app.token("kafka-tracer");
+    let r = app
+        .client
+        .post(app.url("/v1/orders"))
+        .bearer_auth(&buyer)
+        .header("traceparent", format!("00-{KAFKA_TRACE_ID}-{CALLER_SPAN}-01"))
+        .json(&json!({"items": [{"sku": "KTRACED", "qty": 1}]}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 201);
+    let order: serde_json::Value = r.json().await.expect("json");
+    let order_id = order["id"].as_str().expect("order id").to_owned();
+    assert_eq!(app.final_status(&buyer, &order_id).await, "COMPLETED");
+
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("emporium-otel-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("consumer");
+    consumer
+        .subscribe(&["emporium.orders", "emporium.payments"])
+        .expect("subscribe");
+    let mut consumed = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumed < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "the order's 3 messages never arrived; got {consumed}");
+        let Ok(message) = tokio::time::timeout(left.min(Duration::from_secs(5)), consumer.recv()).await else {
+            continue;
+        };
+        let message = message.expect("consume");
+        if message.key() != Some(order_id.as_bytes()) {
+            continue;
+        }
+        let header = |name: &str| {
+            message.headers().and_then(|hs| {
+                hs.iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+        };
+        let span = tracing::info_span!("consumer.handle", event_id = header("event_id").unwrap_or_default());
+        emporium::telemetry::continue_trace(&span, header("traceparent").as_deref());
+        span.in_scope(|| tracing::info!("handled"));
+        drop(span);
+        consumed += 1;
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spans: Vec<Span> = loop {
+        telemetry.flush();
+        let spans: Vec<Span> = received
+            .lock()
+            .expect("receiver lock")
+            .iter()
+            .filter(|s| s.trace_id == KAFKA_TRACE_ID)
+            .cloned()
+            .collect();
+        if spans.iter().filter(|s| s.name == "consumer.handle").count() >= 3
+            && spans.iter().any(|s| s.name == "http_request")
+        {
+            break spans;
+        }
+        assert!(Instant::now() < deadline, "spans never exported: {spans:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let by_id: HashMap<&str, &Span> = spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let request = spans
+        .iter()
+        .find(|s| s.name == "http_request" && s.attributes.get("route").map(String::as_str) == Some("/v1/orders"))
+        .expect("the request span");
+    assert_eq!(request.parent, CALLER_SPAN);
+    for consumer in spans.iter().filter(|s| s.name == "consumer.handle") {
+        let publish = by_id.get(consumer.parent.as_str()).expect("consumer's parent exported");
+        assert_eq!(
+            publish.name, "outbox.publish",
+            "a consumer continues its message's publish span"
+        );
+        assert_eq!(consumer.attributes.get("event_id"), publish.attributes.get("event_id"));
+        assert_eq!(publish.attributes.get("aggregate_id"), Some(&order_id));
+        assert_eq!(publish.parent, request.span_id, "the publish continues the request");
+    }
 }
