@@ -118,7 +118,7 @@ impl App {
         }
         let keys = Arc::new(Keys::load(&settings)?);
         let accounts = Arc::new(Accounts::new(store.clone(), keys.clone(), &settings.users)?);
-        let metrics = Arc::new(Metrics::new()?);
+        let metrics = Arc::new(Metrics::with_recording(settings.telemetry.metrics)?);
         let committed = Arc::new(tokio::sync::Notify::new());
         let (write_behind, _) = WriteBehind::start(
             store.clone(),
@@ -281,8 +281,15 @@ impl App {
         let app = self.clone();
         tokio::spawn(async move {
             match app.orders.recover().await {
-                Ok(_) => {
+                Ok(report) => {
                     app.start_consumers();
+                    // A saga resumed from the store after the process stopped is an order
+                    // actor restarted.
+                    let restarted = report.resumed as u64;
+                    app.metrics
+                        .actor_restarts
+                        .with_label_values(&["order"])
+                        .inc_by(restarted);
                     app.lifecycle.mark_recovered();
                     info!("recovery done, ready");
                 }

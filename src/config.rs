@@ -159,6 +159,11 @@ pub struct TelemetrySettings {
     pub log_format: String,
     pub log_level: String,
     pub otlp_endpoint: String,
+    /// How long finished spans are batched before one OTLP export request.
+    pub otlp_export_delay_ms: u64,
+    /// Record Prometheus metrics (false: `/metrics` still answers, with counters and
+    /// histograms left at zero; used to measure what recording costs).
+    pub metrics: bool,
 }
 
 /// Product search (issue 8): the embedded index, or Elasticsearch when `url` is set.

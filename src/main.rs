@@ -70,7 +70,8 @@ fn run() -> anyhow::Result<ExitCode> {
     if let Some(dir) = cli.data_dir {
         settings.server.data_dir = dir;
     }
-    emporium::telemetry::init_logging(&settings.telemetry.log_format, &settings.telemetry.log_level);
+    // Held until the end of `run`: dropping it flushes the spans not yet exported.
+    let _telemetry = emporium::telemetry::init(&settings.telemetry);
     match cli.command.unwrap_or(Command::Serve { listen: None }) {
         Command::Serve { listen } => {
             if let Some(listen) = listen {

@@ -2,53 +2,79 @@
 //!
 //! Metric names follow Prometheus conventions (`_total` counters, `_seconds`
 //! histograms in base units). Every collector lives in [`Metrics`], created once
-//! and shared; recording is an atomic add, cheap enough for the hot path.
+//! and shared; recording is an atomic add, cheap enough for the hot path (measured:
+//! README, "Metrics overhead"). Per-message counters and histograms are [`Gate`]d so
+//! `telemetry.metrics = false` can switch recording off.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use tracing_subscriber::{fmt, EnvFilter};
 
-/// Sets up the global tracing subscriber: pretty logs for development, JSON for production.
-pub fn init_logging(format: &str, level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    // A second init (tests that build several apps in one process) is harmless.
-    let _ = if format == "json" {
-        builder.json().with_current_span(true).try_init()
-    } else {
-        builder.try_init()
-    };
+pub mod actor;
+pub mod gate;
+pub mod traces;
+
+pub use actor::ActorProbe;
+pub use gate::Gate;
+
+pub use traces::{continue_trace, traceparent_of};
+
+/// Sets up logging (and trace export when `telemetry.otlp_endpoint` is set); keep the
+/// returned guard alive for as long as traces should be exported.
+pub fn init(settings: &crate::config::TelemetrySettings) -> traces::Telemetry {
+    traces::init(&traces::TraceSettings {
+        log_format: settings.log_format.clone(),
+        log_level: settings.log_level.clone(),
+        otlp_endpoint: settings.otlp_endpoint.clone(),
+        export_delay: std::time::Duration::from_millis(settings.otlp_export_delay_ms),
+    })
 }
 
 pub struct Metrics {
     pub registry: Registry,
-    pub http_requests: IntCounterVec,
-    pub http_duration: HistogramVec,
+    pub http_requests: Gate<IntCounterVec>,
+    pub http_duration: Gate<HistogramVec>,
     pub actors_active: IntGaugeVec,
-    pub actor_activations: IntCounterVec,
-    pub actor_passivations: IntCounterVec,
-    pub actor_messages: IntCounterVec,
-    pub reservations: IntCounterVec,
-    pub reservation_expirations: IntCounter,
-    pub orders_created: IntCounter,
-    pub orders_finished: IntCounterVec,
-    pub payment_attempts: IntCounterVec,
-    pub commit_batch_size: Histogram,
-    pub commit_duration: Histogram,
-    pub commit_failures: IntCounter,
+    pub actor_activations: Gate<IntCounterVec>,
+    pub actor_passivations: Gate<IntCounterVec>,
+    pub actor_messages: Gate<IntCounterVec>,
+    pub reservations: Gate<IntCounterVec>,
+    pub reservation_expirations: Gate<IntCounter>,
+    pub orders_created: Gate<IntCounter>,
+    pub orders_finished: Gate<IntCounterVec>,
+    pub payment_attempts: Gate<IntCounterVec>,
+    pub commit_batch_size: Gate<Histogram>,
+    pub commit_duration: Gate<Histogram>,
+    pub commit_failures: Gate<IntCounter>,
     pub write_queue_depth: IntGauge,
     pub outbox_backlog: IntGauge,
-    pub outbox_published: IntCounter,
-    pub outbox_retries: IntCounter,
-    pub outbox_failed: IntCounter,
-    pub outbox_publish_duration: Histogram,
+    pub outbox_published: Gate<IntCounter>,
+    pub outbox_retries: Gate<IntCounter>,
+    pub outbox_failed: Gate<IntCounter>,
+    pub outbox_publish_duration: Gate<Histogram>,
     pub db_pool_connections: IntGaugeVec,
+    pub actor_restarts: Gate<IntCounterVec>,
+    pub actor_mailbox_depth: Gate<IntGaugeVec>,
+    pub actor_handle_duration: Gate<HistogramVec>,
+    /// Available units of the [`HOT_SKUS`] busiest active SKUs, refreshed per scrape.
+    pub inventory_available: IntGaugeVec,
+    pub db_pool_waiters: IntGauge,
 }
 
+/// How many SKUs `emporium_inventory_available_units` shows: the busiest active ones,
+/// so the series count stays bounded however many SKUs the shop has.
+pub const HOT_SKUS: usize = 10;
+
 impl Metrics {
+    /// Every collector, recording.
     pub fn new() -> Result<Self, prometheus::Error> {
+        Self::with_recording(true)
+    }
+
+    /// `recording = false` keeps the collectors but records nothing per message
+    /// (`telemetry.metrics`), to measure what recording costs.
+    pub fn with_recording(recording: bool) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let latency_buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -60,12 +86,17 @@ impl Metrics {
                 c
             }};
         }
+        macro_rules! gated {
+            ($c:expr) => {
+                Gate::new(reg!($c), recording)
+            };
+        }
         Ok(Self {
-            http_requests: reg!(IntCounterVec::new(
+            http_requests: gated!(IntCounterVec::new(
                 Opts::new("emporium_http_requests_total", "HTTP requests answered"),
                 &["route", "method", "status"]
             )?),
-            http_duration: reg!(HistogramVec::new(
+            http_duration: gated!(HistogramVec::new(
                 HistogramOpts::new("emporium_http_request_duration_seconds", "HTTP request latency")
                     .buckets(latency_buckets.clone()),
                 &["route", "method"]
@@ -74,53 +105,53 @@ impl Metrics {
                 Opts::new("emporium_actors_active", "Live actors by type"),
                 &["actor"]
             )?),
-            actor_activations: reg!(IntCounterVec::new(
+            actor_activations: gated!(IntCounterVec::new(
                 Opts::new("emporium_actor_activations_total", "Actors started"),
                 &["actor"]
             )?),
-            actor_passivations: reg!(IntCounterVec::new(
+            actor_passivations: gated!(IntCounterVec::new(
                 Opts::new(
                     "emporium_actor_passivations_total",
                     "Actors stopped after being idle or finished"
                 ),
                 &["actor"]
             )?),
-            actor_messages: reg!(IntCounterVec::new(
+            actor_messages: gated!(IntCounterVec::new(
                 Opts::new("emporium_actor_messages_total", "Messages handled by actors"),
                 &["actor"]
             )?),
-            reservations: reg!(IntCounterVec::new(
+            reservations: gated!(IntCounterVec::new(
                 Opts::new(
                     "emporium_reservations_total",
                     "Reservation attempts by outcome (accepted, sold_out)"
                 ),
                 &["outcome"]
             )?),
-            reservation_expirations: reg!(IntCounter::new(
+            reservation_expirations: gated!(IntCounter::new(
                 "emporium_reservation_expirations_total",
                 "Unpaid orders cancelled because their reservation expired"
             )?),
-            orders_created: reg!(IntCounter::new(
+            orders_created: gated!(IntCounter::new(
                 "emporium_orders_created_total",
                 "Orders accepted durably (201)"
             )?),
-            orders_finished: reg!(IntCounterVec::new(
+            orders_finished: gated!(IntCounterVec::new(
                 Opts::new("emporium_orders_finished_total", "Orders reaching a final state"),
                 &["status"]
             )?),
-            payment_attempts: reg!(IntCounterVec::new(
+            payment_attempts: gated!(IntCounterVec::new(
                 Opts::new("emporium_payment_attempts_total", "Payment gateway attempts by outcome"),
                 &["outcome"]
             )?),
-            commit_batch_size: reg!(Histogram::with_opts(
+            commit_batch_size: gated!(Histogram::with_opts(
                 HistogramOpts::new("emporium_write_behind_batch_size", "Write-sets per group commit")
                     .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0])
             )?),
-            commit_duration: reg!(Histogram::with_opts(
+            commit_duration: gated!(Histogram::with_opts(
                 HistogramOpts::new("emporium_write_behind_commit_duration_seconds", "Group commit latency")
                     .buckets(latency_buckets.clone())
             )?),
-            commit_failures: reg!(IntCounter::new(
+            commit_failures: gated!(IntCounter::new(
                 "emporium_write_behind_failures_total",
                 "Failed group commits"
             )?),
@@ -132,19 +163,19 @@ impl Metrics {
                 "emporium_outbox_backlog",
                 "Outbox events not yet published"
             )?),
-            outbox_published: reg!(IntCounter::new(
+            outbox_published: gated!(IntCounter::new(
                 "emporium_outbox_published_total",
                 "Outbox events published"
             )?),
-            outbox_retries: reg!(IntCounter::new(
+            outbox_retries: gated!(IntCounter::new(
                 "emporium_outbox_retries_total",
                 "Outbox publish attempts that failed and will be retried"
             )?),
-            outbox_failed: reg!(IntCounter::new(
+            outbox_failed: gated!(IntCounter::new(
                 "emporium_outbox_failed_total",
                 "Outbox events moved to failed_events"
             )?),
-            outbox_publish_duration: reg!(Histogram::with_opts(
+            outbox_publish_duration: gated!(Histogram::with_opts(
                 HistogramOpts::new(
                     "emporium_outbox_publish_duration_seconds",
                     "Latency of one relay publish round"
@@ -158,8 +189,49 @@ impl Metrics {
                 ),
                 &["state"]
             )?),
+            actor_restarts: gated!(IntCounterVec::new(
+                Opts::new(
+                    "emporium_actor_restarts_total",
+                    "Actors started again from stored state after stopping unexpectedly (inventory) or after a process restart (order sagas resumed)"
+                ),
+                &["actor"]
+            )?),
+            actor_mailbox_depth: gated!(IntGaugeVec::new(
+                Opts::new("emporium_actor_mailbox_depth", "Messages sent to actors and not yet handled"),
+                &["actor"]
+            )?),
+            actor_handle_duration: gated!(HistogramVec::new(
+                HistogramOpts::new("emporium_actor_handle_duration_seconds", "Time an actor spends handling one message")
+                    .buckets(vec![
+                        0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1
+                    ]),
+                &["actor"]
+            )?),
+            inventory_available: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "emporium_inventory_available_units",
+                    "Units available (stock - reserved) of the busiest active SKUs"
+                ),
+                &["sku"]
+            )?),
+            db_pool_waiters: reg!(IntGauge::new(
+                "emporium_db_pool_waiters",
+                "Tasks waiting for a database connection to begin a transaction"
+            )?),
             registry,
-        })
+        }
+        .with_actor_series())
+    }
+
+    /// Creates the per-actor-type series up front, so dashboards and alerts find them
+    /// (at zero) before the first restart or message.
+    fn with_actor_series(self) -> Self {
+        for actor in ["sku", "order"] {
+            self.actor_restarts.raw().with_label_values(&[actor]);
+            self.actor_mailbox_depth.raw().with_label_values(&[actor]);
+            self.actor_handle_duration.raw().with_label_values(&[actor]);
+        }
+        self
     }
 
     /// The Prometheus text exposition of every metric.

@@ -19,14 +19,17 @@ use crate::domain::inventory::{Change, InventoryError, Outcome, SkuInventory};
 use crate::domain::money::Money;
 use crate::domain::{now_millis, Millis};
 use crate::persistence::{JournalEntry, SqlStore, StoreError, WriteSet};
-use crate::telemetry::Metrics;
+use crate::telemetry::actor::Handling;
+use crate::telemetry::{ActorProbe, Metrics};
 use actix::prelude::*;
 use actix::ArbiterHandle;
 use dashmap::DashMap;
 use serde::Serialize;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 const ACTOR: &str = "sku";
 
@@ -111,6 +114,17 @@ pub struct SkuActor {
     seq: i64,
     last_message: Instant,
     shared: Arc<Shared>,
+    stats: Arc<SkuStats>,
+}
+
+/// What the metrics scrape reads of a SKU actor without sending it a message. Kept a
+/// while after passivation: a passivated SKU's availability cannot change until it is
+/// activated again, so its last value stays true (see [`Inventory::hottest`]).
+#[derive(Default)]
+struct SkuStats {
+    messages: AtomicU64,
+    available: AtomicI64,
+    passivated: std::sync::atomic::AtomicBool,
 }
 
 impl SkuActor {
@@ -133,9 +147,16 @@ impl SkuActor {
         }
     }
 
-    fn touch(&mut self) {
+    fn touch(&mut self) -> Handling {
         self.last_message = Instant::now();
-        self.shared.metrics.actor_messages.with_label_values(&[ACTOR]).inc();
+        self.stats.messages.fetch_add(1, Ordering::Relaxed);
+        self.shared.probe.handling(true)
+    }
+
+    fn note_available(&self) {
+        self.stats
+            .available
+            .store(self.inventory.available(), Ordering::Relaxed);
     }
 
     fn maybe_passivate(&mut self, ctx: &mut Context<Self>) {
@@ -155,11 +176,14 @@ impl Actor for SkuActor {
         ctx.set_mailbox_capacity(self.shared.mailbox_capacity);
         self.shared.metrics.actors_active.with_label_values(&[ACTOR]).inc();
         self.shared.metrics.actor_activations.with_label_values(&[ACTOR]).inc();
+        self.note_available();
+        self.shared.stats.insert(self.sku.clone(), self.stats.clone());
         let every = (self.shared.idle_timeout / 2).max(Duration::from_millis(50));
         ctx.run_interval(every, |act, ctx| act.maybe_passivate(ctx));
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.stats.passivated.store(true, Ordering::Relaxed);
         self.shared.metrics.actors_active.with_label_values(&[ACTOR]).dec();
         self.shared.metrics.actor_passivations.with_label_values(&[ACTOR]).inc();
     }
@@ -168,10 +192,11 @@ impl Actor for SkuActor {
 impl Handler<Reserve> for SkuActor {
     type Result = Result<Reserved, InventoryError>;
     fn handle(&mut self, msg: Reserve, _ctx: &mut Self::Context) -> Self::Result {
-        self.touch();
+        let _handling = self.touch();
         let outcome = self.inventory.reserve(msg.order, msg.qty, msg.expires_at);
         let label = if outcome.is_ok() { "accepted" } else { "sold_out" };
         self.shared.metrics.reservations.with_label_values(&[label]).inc();
+        self.note_available();
         let entry = match outcome? {
             Outcome::Applied(change) => Some(self.journal(change)),
             Outcome::Unchanged => None,
@@ -186,7 +211,7 @@ impl Handler<Reserve> for SkuActor {
 impl Handler<Forget> for SkuActor {
     type Result = ();
     fn handle(&mut self, msg: Forget, _ctx: &mut Self::Context) {
-        self.touch();
+        let _handling = self.touch();
         self.inventory.forget(msg.order);
     }
 }
@@ -194,8 +219,10 @@ impl Handler<Forget> for SkuActor {
 impl Handler<Confirm> for SkuActor {
     type Result = Option<JournalEntry>;
     fn handle(&mut self, msg: Confirm, _ctx: &mut Self::Context) -> Self::Result {
-        self.touch();
-        match self.inventory.confirm(msg.order) {
+        let _handling = self.touch();
+        let outcome = self.inventory.confirm(msg.order);
+        self.note_available();
+        match outcome {
             Outcome::Applied(change) => Some(self.journal(change)),
             Outcome::Unchanged => None,
         }
@@ -205,8 +232,10 @@ impl Handler<Confirm> for SkuActor {
 impl Handler<Release> for SkuActor {
     type Result = Option<JournalEntry>;
     fn handle(&mut self, msg: Release, _ctx: &mut Self::Context) -> Self::Result {
-        self.touch();
-        match self.inventory.release(msg.order) {
+        let _handling = self.touch();
+        let outcome = self.inventory.release(msg.order);
+        self.note_available();
+        match outcome {
             Outcome::Applied(change) => Some(self.journal(change)),
             Outcome::Unchanged => None,
         }
@@ -218,7 +247,7 @@ impl Handler<SetStock> for SkuActor {
     // undoing it after a failed commit cannot invalidate anything decided meanwhile.
     type Result = AtomicResponse<Self, Result<InventoryView, InventoryFailure>>;
     fn handle(&mut self, msg: SetStock, _ctx: &mut Self::Context) -> Self::Result {
-        self.touch();
+        let _handling = self.touch();
         let previous = self.inventory.stock();
         let change = match self.inventory.set_stock(msg.stock) {
             Ok(change) => change,
@@ -234,10 +263,14 @@ impl Handler<SetStock> for SkuActor {
             async move { write_behind.commit(set).await }
                 .into_actor(self)
                 .map(move |result, act, _ctx| match result {
-                    Ok(()) => Ok(act.view()),
+                    Ok(()) => {
+                        act.note_available();
+                        Ok(act.view())
+                    }
                     Err(e) => {
                         // Stock only went up or down by this change; restoring it is always valid.
                         let _ = act.inventory.set_stock(previous);
+                        act.note_available();
                         Err(e.into())
                     }
                 }),
@@ -248,7 +281,7 @@ impl Handler<SetStock> for SkuActor {
 impl Handler<GetView> for SkuActor {
     type Result = MessageResult<GetView>;
     fn handle(&mut self, _msg: GetView, _ctx: &mut Self::Context) -> Self::Result {
-        self.touch();
+        let _handling = self.touch();
         MessageResult(self.view())
     }
 }
@@ -261,6 +294,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     idle_timeout: Duration,
     mailbox_capacity: usize,
+    probe: ActorProbe,
+    stats: DashMap<Sku, Arc<SkuStats>>,
 }
 
 /// Where reservations are decided.
@@ -314,7 +349,9 @@ impl Inventory {
                 actors: DashMap::new(),
                 store,
                 write_behind,
+                probe: ActorProbe::new(&metrics, ACTOR),
                 metrics,
+                stats: DashMap::new(),
                 idle_timeout: options.idle_timeout,
                 mailbox_capacity: options.mailbox_capacity.max(16),
             }),
@@ -325,6 +362,39 @@ impl Inventory {
 
     pub fn strategy(&self) -> Strategy {
         self.strategy
+    }
+
+    /// `(sku, available)` of the `n` SKUs whose actors handled the most messages since
+    /// activation: the hot ones in a sale, a bounded set for the metrics whatever the
+    /// catalog's size. Passivated SKUs outside the top `n` are forgotten here, so the
+    /// map holds the live actors plus at most `n` others.
+    pub fn hottest(&self, n: usize) -> Vec<(String, i64)> {
+        let mut all: Vec<(u64, Sku, i64, bool)> = self
+            .shared
+            .stats
+            .iter()
+            .map(|e| {
+                let s = e.value();
+                (
+                    s.messages.load(Ordering::Relaxed),
+                    e.key().clone(),
+                    s.available.load(Ordering::Relaxed),
+                    s.passivated.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        all.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        for (_, sku, _, passivated) in all.iter().skip(n) {
+            if *passivated {
+                self.shared
+                    .stats
+                    .remove_if(sku, |_, s| s.passivated.load(Ordering::Relaxed));
+            }
+        }
+        all.into_iter()
+            .take(n)
+            .map(|(_, sku, available, _)| (sku.to_string(), available))
+            .collect()
     }
 
     pub fn active_count(&self) -> usize {
@@ -355,6 +425,7 @@ impl Inventory {
                     seq: record.seq,
                     last_message: Instant::now(),
                     shared,
+                    stats: Arc::default(),
                 });
                 slot.insert(addr.clone());
                 addr
@@ -371,12 +442,19 @@ impl Inventory {
     {
         for _ in 0..3 {
             let addr = self.actor(sku).await?;
+            self.shared.probe.sent();
             match addr.send(msg.clone()).await {
                 Ok(result) => return Ok(result),
                 Err(MailboxError::Closed) => {
+                    // Stopped with this message on its way: activated again from the store.
+                    self.shared.probe.undelivered();
+                    self.shared.metrics.actor_restarts.with_label_values(&[ACTOR]).inc();
                     self.shared.actors.remove_if(sku, |_, a| *a == addr);
                 }
-                Err(MailboxError::Timeout) => break,
+                Err(MailboxError::Timeout) => {
+                    self.shared.probe.undelivered();
+                    break;
+                }
             }
         }
         Err(InventoryFailure::Unavailable(format!(
@@ -391,7 +469,11 @@ impl Inventory {
         qty: i64,
         expires_at: Millis,
     ) -> Result<Reserved, InventoryFailure> {
-        Ok(self.ask(sku, Reserve { order, qty, expires_at }).await??)
+        let span = tracing::debug_span!("inventory.reserve", %sku, order_id = %order, qty);
+        Ok(self
+            .ask(sku, Reserve { order, qty, expires_at })
+            .instrument(span)
+            .await??)
     }
 
     pub async fn forget(&self, sku: &Sku, order: OrderId) -> Result<(), InventoryFailure> {
@@ -399,11 +481,13 @@ impl Inventory {
     }
 
     pub async fn confirm(&self, sku: &Sku, order: OrderId) -> Result<Option<JournalEntry>, InventoryFailure> {
-        self.ask(sku, Confirm { order }).await
+        let span = tracing::debug_span!("inventory.confirm", %sku, order_id = %order);
+        self.ask(sku, Confirm { order }).instrument(span).await
     }
 
     pub async fn release(&self, sku: &Sku, order: OrderId) -> Result<Option<JournalEntry>, InventoryFailure> {
-        self.ask(sku, Release { order }).await
+        let span = tracing::debug_span!("inventory.release", %sku, order_id = %order);
+        self.ask(sku, Release { order }).instrument(span).await
     }
 
     pub async fn set_stock(&self, sku: &Sku, stock: i64) -> Result<InventoryView, InventoryFailure> {

@@ -234,6 +234,13 @@ impl OrderActor {
         })
     }
 
+    /// A saga step's span (`saga.<step>`), in the trace of the request that placed the order.
+    fn step_span(&self, step: &'static str) -> tracing::Span {
+        let span = tracing::debug_span!("saga", step, order_id = %self.order.id, attempt = self.attempt, "otel.name" = format!("saga.{step}"));
+        crate::telemetry::continue_trace(&span, self.traceparent.as_deref());
+        span
+    }
+
     fn charge(&mut self, ctx: &mut Context<Self>) {
         if self.deps.options.external_payment {
             // The payment service charges; its outcome arrives as `PaymentReported`.
@@ -249,6 +256,7 @@ impl OrderActor {
         let payment = self.deps.payment.clone();
         let timeout = self.deps.options.attempt_timeout;
         let attempt = async move { payment::attempt(&payment, request, timeout).await };
+        let attempt = tracing::Instrument::instrument(attempt, self.step_span("payment_attempt"));
         // Spawned, not awaited: a cancel or the expiry may arrive while the gateway thinks.
         ctx.spawn(
             attempt
@@ -305,19 +313,19 @@ impl OrderActor {
         };
         let deps = self.deps.clone();
         let id = self.order.id;
-        ctx.wait(
-            async move { commit_step(&deps, set, id, OrderStatus::Paid).await }
-                .into_actor(self)
-                .map(move |ok, act, ctx| {
-                    if ok {
-                        act.order.status = change.to;
-                        act.order.updated_at = change.at;
-                        act.complete(ctx);
-                    } else {
-                        ctx.stop();
-                    }
-                }),
+        let step = tracing::Instrument::instrument(
+            async move { commit_step(&deps, set, id, OrderStatus::Paid).await },
+            self.step_span("mark_paid"),
         );
+        ctx.wait(step.into_actor(self).map(move |ok, act, ctx| {
+            if ok {
+                act.order.status = change.to;
+                act.order.updated_at = change.at;
+                act.complete(ctx);
+            } else {
+                ctx.stop();
+            }
+        }));
     }
 
     /// PAID on the payment service's word, committed with the consumed event's id;
@@ -362,21 +370,25 @@ impl OrderActor {
         };
         let (deps, skus, id) = (self.deps.clone(), self.skus(), self.order.id);
         let traceparent = self.traceparent.clone();
+        let span = self.step_span("complete");
         ctx.wait(
-            async move {
-                let ok = settle_and_commit(
-                    &deps,
-                    id,
-                    &skus,
-                    ChangeKind::Confirm,
-                    &change,
-                    traceparent,
-                    Vec::new(),
-                    None,
-                )
-                .await;
-                (ok, change)
-            }
+            tracing::Instrument::instrument(
+                async move {
+                    let ok = settle_and_commit(
+                        &deps,
+                        id,
+                        &skus,
+                        ChangeKind::Confirm,
+                        &change,
+                        traceparent,
+                        Vec::new(),
+                        None,
+                    )
+                    .await;
+                    (ok, change)
+                },
+                span,
+            )
             .into_actor(self)
             .map(|(ok, change), act, ctx| {
                 if ok {
@@ -410,31 +422,35 @@ impl OrderActor {
         let traceparent = self.traceparent.clone();
         // With an external payment service, payment_failed is its event, not ours.
         let announce_failure = reason == CancelReason::PaymentFailed && !deps.options.external_payment;
-        async move {
-            let change = change?;
-            let mut prefix = Vec::new();
-            if announce_failure {
-                prefix.push(Event::new(
-                    EventType::PaymentFailed,
+        let span = self.step_span("cancel");
+        tracing::Instrument::instrument(
+            async move {
+                let change = change?;
+                let mut prefix = Vec::new();
+                if announce_failure {
+                    prefix.push(Event::new(
+                        EventType::PaymentFailed,
+                        id,
+                        now_millis(),
+                        traceparent.clone(),
+                        json!({"order_id": id, "error": failure}),
+                    ));
+                }
+                settle_and_commit(
+                    &deps,
                     id,
-                    now_millis(),
-                    traceparent.clone(),
-                    json!({"order_id": id, "error": failure}),
-                ));
-            }
-            settle_and_commit(
-                &deps,
-                id,
-                &skus,
-                ChangeKind::Release,
-                &change,
-                traceparent,
-                prefix,
-                consumed,
-            )
-            .await
-            .then_some(change)
-        }
+                    &skus,
+                    ChangeKind::Release,
+                    &change,
+                    traceparent,
+                    prefix,
+                    consumed,
+                )
+                .await
+                .then_some(change)
+            },
+            span,
+        )
         .into_actor(self)
         .map(move |committed, act, ctx| {
             ctx.stop();
@@ -651,9 +667,14 @@ impl Orders {
     /// Runs on its own task so a client that hangs up cannot leave a reservation behind.
     pub async fn place(&self, request: PlaceOrder) -> Result<Placed, PlaceError> {
         let this = self.clone();
-        tokio::spawn(async move { this.place_detached(request).await })
-            .await
-            .unwrap_or_else(|e| Err(PlaceError::Unavailable(e.to_string())))
+        // The placement task stays in the request's trace.
+        let span = tracing::debug_span!("order.place", user = %request.user);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move { this.place_detached(request).await },
+            span,
+        ))
+        .await
+        .unwrap_or_else(|e| Err(PlaceError::Unavailable(e.to_string())))
     }
 
     async fn place_detached(&self, request: PlaceOrder) -> Result<Placed, PlaceError> {

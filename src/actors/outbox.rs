@@ -11,6 +11,7 @@
 //! aggregate wait too.
 
 use crate::config::OutboxSettings;
+use crate::domain::events::Event;
 use crate::domain::now_millis;
 use crate::persistence::bus::{BusError, EventBus};
 use crate::persistence::{OutboxRow, SqlStore, StoreError};
@@ -105,7 +106,22 @@ impl OutboxRelay {
             return Ok(0);
         }
         let started = Instant::now();
-        let events: Vec<_> = due.iter().map(|r| &r.event).collect();
+        let spans: Vec<tracing::Span> = due.iter().map(|r| publish_span(&r.event)).collect();
+        // When traces are exported, each event leaves naming its publish span, so a
+        // consumer's span becomes that span's child (request → publish → consume).
+        let relinked: Option<Vec<Event>> = crate::telemetry::traces::is_exporting().then(|| {
+            due.iter()
+                .zip(&spans)
+                .map(|(r, span)| Event {
+                    traceparent: crate::telemetry::traceparent_of(span).or_else(|| r.event.traceparent.clone()),
+                    ..r.event.clone()
+                })
+                .collect()
+        });
+        let events: Vec<&Event> = match &relinked {
+            Some(events) => events.iter().collect(),
+            None => due.iter().map(|r| &r.event).collect(),
+        };
         let outcomes = self.bus.publish(&events).await;
         self.metrics
             .outbox_publish_duration
@@ -115,7 +131,10 @@ impl OutboxRelay {
         self.bus_reachable.store(reachable, Ordering::Relaxed);
         let mut published = Vec::with_capacity(due.len());
         let mut failed_aggregates: HashSet<&str> = HashSet::new();
-        for (row, outcome) in due.iter().zip(outcomes) {
+        for ((row, outcome), span) in due.iter().zip(outcomes).zip(&spans) {
+            if let Err(e) = &outcome {
+                span.record("error", tracing::field::display(e));
+            }
             let aggregate = row.event.aggregate_id.as_str();
             match outcome {
                 // After a failure, later events of the aggregate stay unpublished so they
@@ -161,4 +180,18 @@ impl OutboxRelay {
             .outbox_defer(row.id, attempts, now_millis() + backoff, &message)
             .await
     }
+}
+
+/// The span of one event's publish, continuing the trace of the request that caused it.
+fn publish_span(event: &Event) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "outbox.publish",
+        event_id = %event.id,
+        event_type = ?event.event_type,
+        aggregate_id = %event.aggregate_id,
+        error = tracing::field::Empty,
+        "otel.kind" = "producer",
+    );
+    crate::telemetry::continue_trace(&span, event.traceparent.as_deref());
+    span
 }

@@ -42,6 +42,9 @@ impl From<CommitError> for StoreError {
 struct Pending {
     set: WriteSet,
     reply: oneshot::Sender<Result<(), StoreError>>,
+    /// The caller's wait for durability: the group commit that takes this write-set
+    /// is traced as its child (or linked to it, when the batch began with another).
+    span: tracing::Span,
 }
 
 #[derive(Clone)]
@@ -82,15 +85,23 @@ impl WriteBehind {
     /// Makes `set` durable and returns once it is committed (or definitely not).
     pub async fn commit(&self, set: WriteSet) -> Result<(), CommitError> {
         let (reply, answer) = oneshot::channel();
+        let span = tracing::debug_span!("write_behind.commit", events = set.events.len());
         self.queued.fetch_add(1, Ordering::SeqCst);
-        if let Err(e) = self.sender.try_send(Pending { set, reply }) {
+        let pending = Pending {
+            set,
+            reply,
+            span: span.clone(),
+        };
+        if let Err(e) = self.sender.try_send(pending) {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(match e {
                 mpsc::error::TrySendError::Full(_) => CommitError::QueueFull,
                 mpsc::error::TrySendError::Closed(_) => CommitError::Stopped,
             });
         }
-        Ok(answer.await.map_err(|_| CommitError::Stopped)??)
+        Ok(tracing::Instrument::instrument(answer, span)
+            .await
+            .map_err(|_| CommitError::Stopped)??)
     }
 
     /// No write-set is waiting or being committed.
@@ -154,7 +165,11 @@ impl CommitLoop {
         let started = Instant::now();
         let result = {
             let sets: Vec<&WriteSet> = batch.iter().map(|p| &p.set).collect();
-            let span = tracing::debug_span!("group_commit", size = sets.len());
+            let first = batch.first().map_or(tracing::Span::none(), |p| p.span.clone());
+            let span = tracing::debug_span!(parent: &first, "db.group_commit", size = sets.len());
+            for p in batch.iter().skip(1) {
+                span.follows_from(&p.span);
+            }
             tracing::Instrument::instrument(self.store.commit(&sets), span).await
         };
         self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());

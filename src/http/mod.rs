@@ -110,20 +110,19 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[derive(Debug, Clone)]
 pub struct TraceParent(pub String);
 
-fn traceparent_of(req: &ServiceRequest) -> String {
-    let given = req
-        .headers()
+/// The caller's `traceparent` header, when it is a well-formed W3C one.
+fn caller_traceparent(req: &ServiceRequest) -> Option<String> {
+    req.headers()
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| valid_traceparent(v));
-    match given {
-        Some(v) => v.to_owned(),
-        None => {
-            let trace = uuid::Uuid::new_v4().simple().to_string();
-            let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-            format!("00-{trace}-{span}-01")
-        }
-    }
+        .filter(|v| valid_traceparent(v))
+        .map(str::to_owned)
+}
+
+fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
 }
 
 /// A W3C `traceparent` we pass on: `version-trace_id-parent_id-flags`, lowercase hex of
@@ -157,11 +156,39 @@ pub async fn observe(
     let started = Instant::now();
     let method = req.method().to_string();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let traceparent = traceparent_of(&req);
-    req.extensions_mut().insert(TraceParent(traceparent.clone()));
+    let given = caller_traceparent(&req);
+    // Without an exporter the request's context is the caller's or a new one; with
+    // one, it is the request span's own (caller's trace id, this span's id), so the
+    // request's events make their consumers children of this span.
+    let exporting = crate::telemetry::traces::is_exporting();
+    let incoming = match &given {
+        None if !exporting => Some(new_traceparent()),
+        other => other.clone(),
+    };
+    let span = tracing::info_span!(
+        "http_request",
+        %method,
+        %route,
+        traceparent = incoming.as_deref().unwrap_or(""),
+        status = tracing::field::Empty,
+        "otel.kind" = "server",
+    );
+    crate::telemetry::continue_trace(&span, given.as_deref());
+    let traceparent = crate::telemetry::traceparent_of(&span)
+        .or(incoming)
+        .unwrap_or_else(new_traceparent);
+    req.extensions_mut().insert(TraceParent(traceparent));
     let metrics = req.app_data::<web::Data<AppState>>().map(|s| s.metrics.clone());
-    let span = tracing::info_span!("http_request", %method, %route, traceparent = %traceparent);
-    let response = tracing::Instrument::instrument(next.call(req), span).await?;
+    let response = tracing::Instrument::instrument(next.call(req), span.clone()).await?;
+    span.record("status", response.status().as_u16());
+    // The access log (DEBUG): in JSON logs it carries the request's trace and span ids.
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "request answered"
+        )
+    });
     if let Some(metrics) = metrics {
         let status = response.status().as_u16().to_string();
         metrics

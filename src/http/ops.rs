@@ -53,6 +53,12 @@ pub async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
         .with_label_values(&["in_use"])
         .set(i64::from(size) - idle as i64);
     m.db_pool_connections.with_label_values(&["idle"]).set(idle as i64);
+    m.db_pool_waiters.set(state.store.pool_waiters());
+    // Only the hottest SKUs, replaced on every scrape: the series count stays bounded.
+    m.inventory_available.reset();
+    for (sku, available) in state.inventory.hottest(crate::telemetry::HOT_SKUS) {
+        m.inventory_available.with_label_values(&[&sku]).set(available);
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(m.render()))

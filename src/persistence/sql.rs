@@ -66,6 +66,8 @@ pub struct StoreOptions {
 pub struct SqlStore {
     pool: AnyPool,
     dialect: Dialect,
+    /// Tasks waiting in [`Self::begin`] for a connection (`emporium_db_pool_waiters`).
+    waiters: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -135,7 +137,11 @@ impl SqlStore {
             })
             .connect(url)
             .await?;
-        Ok(Self { pool, dialect })
+        Ok(Self {
+            pool,
+            dialect,
+            waiters: Default::default(),
+        })
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -163,13 +169,34 @@ impl SqlStore {
     }
 
     /// Connections in use and idle, for the pool metrics.
+    /// Tasks waiting for a connection to begin a transaction (group commits, row-lock
+    /// orders, saga and admin writes); single-statement reads are not counted.
+    pub fn pool_waiters(&self) -> i64 {
+        self.waiters.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Begins a transaction, counted as a waiter until the pool hands a connection over.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        // A guard, so a caller that gives up (timeout, dropped future) stops counting too.
+        struct Waiting<'a>(&'a AtomicI64);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiters);
+        self.pool.begin().await
+    }
+
     pub fn pool_usage(&self) -> (u32, usize) {
         (self.pool.size(), self.pool.num_idle())
     }
 
     /// The group commit: every write-set in one transaction, or none of them.
     pub async fn commit(&self, sets: &[&WriteSet]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         self.write_sets(&mut tx, sets).await?;
         tx.commit().await?;
         Ok(())
@@ -462,7 +489,7 @@ impl SqlStore {
 
     /// Creates a product with its SKUs, their initial stock (journaled) and its events.
     pub async fn create_product(&self, product: &NewProduct, events: &[Event]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO products (id, doc, created_at, updated_at) VALUES (?, ?, ?, ?)")
             .bind(product.id.to_string())
             .bind(product.doc.to_string())
@@ -708,7 +735,7 @@ impl SqlStore {
 
     /// Gives up on an outbox row: it moves to `failed_events`, from where `replay` re-publishes it.
     pub async fn outbox_fail(&self, row: &OutboxRow, error: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO failed_events (event_id, event_type, aggregate_id, body, error, attempts, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
@@ -751,7 +778,7 @@ impl SqlStore {
     /// Puts failed events back into the outbox (with fresh attempts) and marks them replayed.
     pub async fn replay_failed(&self) -> Result<usize, StoreError> {
         let failed = self.failed_events(10_000).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let events: Vec<&Event> = failed.iter().map(|f| &f.event).collect();
         // The event keeps its id, so consumers that saw it once still deduplicate it.
         for f in &failed {
