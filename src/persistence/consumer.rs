@@ -171,7 +171,17 @@ impl ConsumerLoop {
                     continue;
                 }
             };
-            let outcome = self.process(&message, stop).await;
+            // One span per message, continuing the trace of the outbox publish that sent it
+            // (its `traceparent` header), so a consumer's work shows under the request.
+            let span = tracing::info_span!(
+                "consumer.handle",
+                consumer = %self.spec.name,
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset()
+            );
+            crate::telemetry::continue_trace(&span, header(&message, "traceparent").as_deref());
+            let outcome = tracing::Instrument::instrument(self.process(&message, stop), span).await;
             match outcome {
                 Outcome::Stopped => return,
                 Outcome::Applied | Outcome::Duplicate | Outcome::DeadLettered => self.commit(&message),
@@ -329,4 +339,11 @@ impl ConsumerLoop {
         }
         Outcome::DeadLettered
     }
+}
+
+/// A message header as text, when present and UTF-8.
+fn header(message: &OwnedMessage, key: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    let value = message.headers()?.iter().find(|h| h.key == key)?.value?;
+    std::str::from_utf8(value).ok().map(str::to_owned)
 }
