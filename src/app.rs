@@ -42,6 +42,8 @@ pub struct App {
     pub bus: InProcessBus,
     pub keys: Arc<Keys>,
     pub relay: Arc<OutboxRelay>,
+    /// Products and categories (embedded or MongoDB, from `catalog.url`).
+    pub catalog: Arc<crate::catalog::CatalogService>,
 }
 
 pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
@@ -103,6 +105,12 @@ impl App {
         if settings.store.migrate_on_start {
             store.migrate().await?;
         }
+        let catalog = Arc::new(
+            crate::catalog::CatalogService::open(&settings, store.clone())
+                .await
+                .context("cannot open the catalog (catalog.url)")?,
+        );
+        catalog.spawn_catch_up(Duration::from_millis(settings.catalog.catch_up_interval_ms.max(100)));
         let keys = Arc::new(Keys::load(&settings)?);
         let metrics = Arc::new(Metrics::new()?);
         let committed = Arc::new(tokio::sync::Notify::new());
@@ -182,6 +190,7 @@ impl App {
             bus,
             keys,
             relay,
+            catalog,
         })
     }
 
@@ -200,6 +209,7 @@ impl App {
             lifecycle: self.lifecycle.clone(),
             outbox: self.relay.clone(),
             limits: http::limits::RateLimits::new(&self.settings.limits),
+            catalog: self.catalog.clone(),
         });
         let keys = web::Data::from(self.keys.clone());
         let body_limit = self.settings.server.body_limit_bytes;

@@ -24,6 +24,7 @@ pub struct Settings {
     pub bus: BusSettings,
     pub auth: AuthSettings,
     pub telemetry: TelemetrySettings,
+    pub catalog: CatalogSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +116,15 @@ pub struct TelemetrySettings {
     pub log_format: String,
     pub log_level: String,
     pub otlp_endpoint: String,
+}
+
+/// Where products and categories are kept and queried (src/persistence/catalog.rs).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CatalogSettings {
+    /// Empty: the embedded catalog in the SQL store. `mongodb://host:port/db`: MongoDB.
+    pub url: String,
+    /// How often a MongoDB catalog retries changes it could not apply yet.
+    pub catch_up_interval_ms: u64,
 }
 
 impl Settings {

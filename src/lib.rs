@@ -4,6 +4,7 @@
 pub mod actors;
 pub mod app;
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod domain;
 pub mod http;
