@@ -9,4 +9,5 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod persistence;
+pub mod seed;
 pub mod telemetry;

@@ -812,3 +812,32 @@ async fn embedded_subtree_query_uses_the_category_index() {
     );
     assert!(!detail.iter().any(|d| d.starts_with("SCAN products")), "{detail:?}");
 }
+
+/// `emporium seed` writes products as valid as the API's: readable, listed under their
+/// categories, with inventory that reconciles with the journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_products_are_valid_products() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let report = emporium::seed::seed(&app.app.store, 1_200, 3, |_| {})
+        .await
+        .expect("seed");
+    assert_eq!((report.products, report.categories), (1_200, 186));
+    let everything: usize = {
+        let mut n = 0;
+        for top in all_pages(&app, "/v1/categories", 50).await {
+            n += all_pages(&app, &format!("/v1/categories/{}/products", top["id"]), 1000)
+                .await
+                .len();
+        }
+        n
+    };
+    assert_eq!(everything, 1_200, "every product sits under one top-level category");
+    let (_, page) = get(&app, "/v1/products?limit=1").await;
+    let first = &page["items"][0];
+    let sku = first["variants"][0]["sku"].as_str().expect("sku");
+    let (stock, reserved) = app.inventory(sku).await;
+    assert!(stock >= 0 && reserved == 0);
+    let (status, read) = get(&app, &format!("/v1/products/{}", first["id"].as_str().expect("id"))).await;
+    assert_eq!((status, &read), (StatusCode::OK, first));
+    app.assert_consistent().await;
+}
