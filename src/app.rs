@@ -49,6 +49,8 @@ pub struct App {
     pub search: Arc<dyn crate::persistence::search::SearchIndex>,
     /// Set to true to stop the Kafka consumers (shutdown).
     pub consumers: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Products and categories (embedded or MongoDB, from `catalog.url`).
+    pub catalog: Arc<crate::catalog::CatalogService>,
 }
 
 pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
@@ -116,6 +118,12 @@ impl App {
         if settings.store.migrate_on_start {
             store.migrate().await?;
         }
+        let catalog = Arc::new(
+            crate::catalog::CatalogService::open(&settings, store.clone())
+                .await
+                .context("cannot open the catalog (catalog.url)")?,
+        );
+        catalog.spawn_catch_up(Duration::from_millis(settings.catalog.catch_up_interval_ms.max(100)));
         let keys = Arc::new(Keys::load(&settings)?);
         let accounts = Arc::new(Accounts::new(store.clone(), keys.clone(), &settings.users)?);
         let metrics = Arc::new(Metrics::with_recording(settings.telemetry.metrics)?);
@@ -204,6 +212,7 @@ impl App {
             search,
             // No receiver until a consumer starts: `stop_all` then has nothing to wait for.
             consumers: Arc::new(tokio::sync::watch::channel(false).0),
+            catalog,
         })
     }
 
@@ -248,6 +257,7 @@ impl App {
             outbox: self.relay.clone(),
             limits: http::limits::RateLimits::new(&self.settings.limits),
             search: self.search.clone(),
+            catalog: self.catalog.clone(),
         });
         let keys = web::Data::from(self.keys.clone());
         let accounts = web::Data::from(self.accounts.clone());

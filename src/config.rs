@@ -28,6 +28,7 @@ pub struct Settings {
     pub search: SearchSettings,
     pub consumer: ConsumerSettings,
     pub payment_service: PaymentServiceSettings,
+    pub catalog: CatalogSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +178,15 @@ pub struct SearchSettings {
     pub suggest_size: usize,
     pub request_timeout_ms: u64,
     pub alias_poll_ms: u64,
+}
+
+/// Where products and categories are kept and queried (src/persistence/catalog.rs).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CatalogSettings {
+    /// Empty: the embedded catalog in the SQL store. `mongodb://host:port/db`: MongoDB.
+    pub url: String,
+    /// How often a MongoDB catalog retries changes it could not apply yet.
+    pub catch_up_interval_ms: u64,
 }
 
 impl Settings {

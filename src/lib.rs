@@ -4,6 +4,7 @@
 pub mod actors;
 pub mod app;
 pub mod auth;
+pub mod catalog;
 pub mod config;
 pub mod domain;
 pub mod fuzz;
@@ -11,5 +12,6 @@ pub mod http;
 pub mod passwords;
 pub mod payment_service;
 pub mod persistence;
+pub mod seed;
 pub mod telemetry;
 pub mod users;

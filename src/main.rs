@@ -1,5 +1,5 @@
 //! The `emporium` command line: `serve` (default), `migrate`, `token`, `reconcile`, `replay`,
-//! `reindex`, `payment-service`.
+//! `seed`, `reindex`, `payment-service`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -52,6 +52,15 @@ enum Command {
     /// Run the payment service (payment.mode = "kafka"): charge orders from
     /// emporium.orders, publish the outcomes to emporium.payments.
     PaymentService,
+    /// Load a realistic catalog (embedded catalog only), with a progress bar.
+    Seed {
+        /// How many products.
+        #[arg(long, default_value_t = 1000)]
+        products: u64,
+        /// Same seed, same shop (names, prices, categories).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -148,6 +157,32 @@ fn run() -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Seed { products, seed } => block_on(async {
+            anyhow::ensure!(
+                settings.catalog.url.trim().is_empty(),
+                "seed loads the embedded catalog; with catalog.url set every product would need projecting"
+            );
+            let store = connect_store(&settings).await?;
+            store.migrate().await?;
+            let bar = indicatif::ProgressBar::new(products).with_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} products {per_sec} eta {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let report = emporium::seed::seed(&store, products, seed, |done| bar.set_position(done)).await?;
+            bar.finish();
+            println!(
+                "seeded {} products ({} SKUs) in {} categories in {:.1} s: {:.0} products/s",
+                report.products,
+                report.skus,
+                report.categories,
+                report.seconds,
+                report.products as f64 / report.seconds.max(1e-9)
+            );
+            println!(
+                "search was not sent one event per product: run `emporium reindex` to rebuild it from the catalog"
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Replay => block_on(async {
             let replayed = connect_store(&settings).await?.replay_failed().await?;
             println!("{replayed} failed events put back into the outbox");

@@ -3,6 +3,7 @@
 //! Actors own instances of these types and call these functions; they never
 //! re-implement a rule. Everything here is unit- and property-tested in place.
 
+pub mod catalog;
 pub mod events;
 pub mod ids;
 pub mod inventory;

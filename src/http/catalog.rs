@@ -1,239 +1,236 @@
-//! `/v1/products` and `/v1/inventory`: enough catalog to create SKUs with stock, and
-//! the live inventory of each SKU as its actor sees it.
+//! `/v1/products` and `/v1/inventory`: thin handlers over the catalog service
+//! ([`crate::catalog`]) and the live inventory of each SKU as its actor sees it.
 
 use super::auth::Admin;
-use super::input::{check_attributes, check_price, check_text};
 use super::problem::ApiError;
-use super::{rfc3339, AppState, TraceParent};
+use super::{AppState, TraceParent};
 use crate::actors::inventory::{InventoryFailure, InventoryView};
-use crate::domain::events::{Event, EventType};
+use crate::catalog::CatalogFailure;
+use crate::domain::catalog::{ProductFilter, ProductInput, ProductStatus, MAX_STOCK};
 use crate::domain::ids::{ProductId, Sku};
 use crate::domain::inventory::InventoryError;
-use crate::domain::money::Money;
-use crate::domain::now_millis;
-use crate::persistence::{NewProduct, NewSku, StoreError};
+use crate::persistence::catalog::PageRequest;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
-use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
-use utoipa::ToSchema;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
-const MAX_VARIANTS: usize = 100;
-const MAX_STOCK: i64 = 1_000_000_000;
-const MAX_NAME_CHARS: usize = 200;
-const MAX_CATEGORY_PATH_CHARS: usize = 500;
-
-/// The schema of a price in a request (responses use [`Money`], whose totals may be larger).
-#[derive(ToSchema)]
-#[allow(dead_code)] // documents the request shape only; the body is read as `Money`
-pub struct PriceInput {
-    /// Minor units (cents, won), 0 to 10^12.
-    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
-    amount: i64,
-    /// ISO 4217 code, e.g. `KRW`.
-    #[schema(example = "KRW", pattern = "^[A-Z]{3}$")]
-    currency: String,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateProduct {
-    /// 1-200 characters, not only spaces, no control characters (`input::check_text`; the
-    /// same pattern is on brand and category_path).
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
-    )]
-    pub name: String,
-    #[serde(default)]
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
-    )]
-    pub brand: Option<String>,
-    #[serde(default)]
-    #[schema(
-        min_length = 1,
-        max_length = 500,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
-    )]
-    pub category_path: Option<String>,
-    /// Free-form; nested at most 16 levels.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
-    #[schema(value_type = PriceInput)]
-    pub price: Money,
-    /// 1-100 variants, each with its own SKU.
-    #[schema(min_items = 1, max_items = 100)]
-    pub variants: Vec<CreateVariant>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateVariant {
-    #[schema(value_type = String, example = "TSHIRT-RED-M", pattern = r"^[A-Za-z0-9._-]{1,64}$")]
-    pub sku: Sku,
-    /// Free-form; nested at most 16 levels.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
-    /// Defaults to the product's price; same currency.
-    #[serde(default)]
-    #[schema(value_type = Option<PriceInput>)]
-    pub price: Option<Money>,
-    #[schema(minimum = 0, maximum = 1_000_000_000_i64)]
-    #[serde(deserialize_with = "crate::domain::number::whole")]
-    pub stock: i64,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ProductView {
-    pub id: String,
-    pub name: String,
-    pub brand: Option<String>,
-    pub category_path: Option<String>,
-    #[schema(value_type = Object)]
-    pub attributes: serde_json::Map<String, serde_json::Value>,
-    pub price: Money,
-    pub variants: Vec<VariantView>,
-    pub created_at: String,
-}
-
-/// A variant as the catalog keeps it: stock lives only in the inventory actors.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct VariantView {
-    pub sku: String,
-    #[schema(value_type = Object)]
-    pub attributes: serde_json::Map<String, serde_json::Value>,
-    pub price: Money,
-}
+pub use crate::domain::catalog::{Category, Product, Variant};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetStockBody {
-    #[schema(minimum = 0, maximum = 1_000_000_000_i64)]
-    #[serde(deserialize_with = "crate::domain::number::whole")]
+    #[schema(minimum = 0)]
     pub stock: i64,
 }
 
-/// Every rule on a product body beyond its shape.
-pub fn validate(p: &CreateProduct) -> Result<(), ApiError> {
-    check_text("name", &p.name, MAX_NAME_CHARS)?;
-    if let Some(brand) = &p.brand {
-        check_text("brand", brand, MAX_NAME_CHARS)?;
-    }
-    if let Some(path) = &p.category_path {
-        check_text("category_path", path, MAX_CATEGORY_PATH_CHARS)?;
-    }
-    if let Some(attributes) = &p.attributes {
-        check_attributes("attributes", attributes)?;
-    }
-    check_price("price", &p.price)?;
-    if p.variants.is_empty() || p.variants.len() > MAX_VARIANTS {
-        return Err(ApiError::unprocessable(format!(
-            "a product needs 1-{MAX_VARIANTS} variants"
-        )));
-    }
-    let mut seen = HashSet::new();
-    for v in &p.variants {
-        if let Some(attributes) = &v.attributes {
-            check_attributes(&format!("attributes of {}", v.sku), attributes)?;
-        }
-        if let Some(price) = &v.price {
-            check_price(&format!("price of {}", v.sku), price)?;
-        }
-        if !seen.insert(&v.sku) {
-            return Err(ApiError::unprocessable(format!("sku {} appears twice", v.sku)));
-        }
-        if !(0..=MAX_STOCK).contains(&v.stock) {
-            return Err(ApiError::unprocessable(format!(
-                "stock of {} must be between 0 and {MAX_STOCK}",
-                v.sku
-            )));
-        }
-        if v.price.is_some_and(|price| price.currency != p.price.currency) {
-            return Err(ApiError::unprocessable(format!(
-                "price of {} must be in {}",
-                v.sku, p.price.currency
-            )));
+impl From<CatalogFailure> for ApiError {
+    fn from(e: CatalogFailure) -> Self {
+        match e {
+            CatalogFailure::Invalid(detail) => ApiError::unprocessable(detail),
+            CatalogFailure::NotFound(detail) => ApiError::NotFound(detail),
+            CatalogFailure::Conflict(detail) => ApiError::Conflict(detail),
+            CatalogFailure::Store(e) => ApiError::Unavailable(e.to_string()),
         }
     }
-    Ok(())
+}
+
+pub(super) fn traceparent(req: &HttpRequest) -> Option<String> {
+    req.extensions().get::<TraceParent>().map(|t| t.0.clone())
+}
+
+/// `limit` (1-1000, default 50), `cursor`, and the product filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ProductQuery {
+    /// 1-1000, default 50.
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Only this category and the categories below it.
+    pub category_id: Option<i64>,
+    pub brand: Option<String>,
+    /// Minimum price in minor units (inclusive).
+    pub min_price: Option<i64>,
+    /// Maximum price in minor units (inclusive).
+    pub max_price: Option<i64>,
+    /// `active`, `draft` or `archived`.
+    pub status: Option<String>,
+}
+
+pub(super) fn limit_of(limit: Option<i64>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    Ok(limit as usize)
+}
+
+/// Turns the query into a filter and a page; `category_path` is the resolved subtree.
+pub(super) fn product_page(
+    q: &ProductQuery,
+    category_path: Option<String>,
+) -> Result<(ProductFilter, PageRequest<ProductId>), ApiError> {
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| ProductId::parse(c).map_err(|_| ApiError::bad_request("cursor is not one this server issued")))
+        .transpose()?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            ProductStatus::parse(s).ok_or_else(|| ApiError::bad_request("status must be active, draft or archived"))
+        })
+        .transpose()?;
+    if q.min_price.is_some_and(|p| p < 0) || q.max_price.is_some_and(|p| p < 0) {
+        return Err(ApiError::bad_request("prices are minor units, never negative"));
+    }
+    if q.brand
+        .as_deref()
+        .is_some_and(|b| b.is_empty() || b.chars().count() > 100)
+    {
+        return Err(ApiError::bad_request("brand must be 1-100 characters"));
+    }
+    let filter = ProductFilter {
+        category_path,
+        brand: q.brand.clone(),
+        min_price: q.min_price,
+        max_price: q.max_price,
+        status,
+    };
+    Ok((
+        filter,
+        PageRequest {
+            limit: limit_of(q.limit)?,
+            cursor,
+        },
+    ))
+}
+
+/// The subtree path of a category named in a query, or 404.
+pub(super) async fn category_path_of(state: &AppState, id: i64) -> Result<String, ApiError> {
+    let category = state
+        .catalog
+        .category(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no category {id}")))?;
+    Ok(category.path)
+}
+
+fn product_id(raw: &str) -> Result<ProductId, ApiError> {
+    ProductId::parse(raw)
+        .map_err(|_| ApiError::NotFound(format!("no product {:?}", raw.chars().take(40).collect::<String>())))
 }
 
 /// Create a product with its variants (one SKU each) and their initial stock.
-#[utoipa::path(post, path = "/v1/products", tag = "catalog", request_body = CreateProduct,
-    responses((status = 201, body = ProductView), (status = 401, body = super::problem::Problem), (status = 403, body = super::problem::Problem),
+#[utoipa::path(post, path = "/v1/products", tag = "catalog", request_body = ProductInput,
+    responses((status = 201, body = Product), (status = 401, body = super::problem::Problem), (status = 403, body = super::problem::Problem),
         (status = 409, body = super::problem::Problem, description = "A SKU already exists"), (status = 422, body = super::problem::Problem)),
     security(("bearer" = [])))]
 pub async fn create_product(
     state: web::Data<AppState>,
     _admin: Admin,
     req: HttpRequest,
-    body: web::Json<CreateProduct>,
+    body: web::Json<ProductInput>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    validate(&body)?;
-    let id = ProductId::generate();
-    let at = now_millis();
-    let view = ProductView {
-        id: id.to_string(),
-        name: body.name.trim().to_owned(),
-        brand: body.brand,
-        category_path: body.category_path,
-        attributes: body.attributes.unwrap_or_default(),
-        price: body.price,
-        variants: body
-            .variants
-            .iter()
-            .map(|v| VariantView {
-                sku: v.sku.to_string(),
-                attributes: v.attributes.clone().unwrap_or_default(),
-                price: v.price.unwrap_or(body.price),
-            })
-            .collect(),
-        created_at: rfc3339(at),
-    };
-    let doc = serde_json::to_value(&view).map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let traceparent = req.extensions().get::<TraceParent>().map(|t| t.0.clone());
-    let event = Event::new(EventType::ProductUpserted, id, at, traceparent, doc.clone());
-    let product = NewProduct {
-        id,
-        doc,
-        skus: body
-            .variants
-            .into_iter()
-            .map(|v| NewSku {
-                price: v.price.unwrap_or(body.price),
-                sku: v.sku,
-                stock: v.stock,
-            })
-            .collect(),
-        at,
-    };
-    match state.store.create_product(&product, &[event]).await {
-        Ok(()) => Ok(HttpResponse::Created()
-            .insert_header((actix_web::http::header::LOCATION, format!("/v1/products/{id}")))
-            .json(view)),
-        Err(StoreError::Conflict(detail)) => Err(ApiError::Conflict(detail)),
-        Err(e) => Err(ApiError::Unavailable(e.to_string())),
-    }
+    let product = state
+        .catalog
+        .create_product(body.into_inner(), traceparent(&req))
+        .await?;
+    Ok(HttpResponse::Created()
+        .insert_header((
+            actix_web::http::header::LOCATION,
+            format!("/v1/products/{}", product.id),
+        ))
+        .json(product))
 }
 
-/// Read a product.
+/// Read a product (soft-deleted ones are 404).
 #[utoipa::path(get, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path)),
-    responses((status = 200, body = ProductView), (status = 404, body = super::problem::Problem)))]
+    responses((status = 200, body = Product), (status = 404, body = super::problem::Problem)))]
 pub async fn get_product(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let not_found = || ApiError::NotFound(format!("no product {:?}", id.as_str()));
-    let id = ProductId::parse(&id).map_err(|_| not_found())?;
-    let doc = state
-        .store
-        .get_product(id)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    doc.map(|d| HttpResponse::Ok().json(d)).ok_or_else(not_found)
+    let id = product_id(&id)?;
+    let product = state
+        .catalog
+        .product(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no product {id}")))?;
+    Ok(HttpResponse::Ok().json(product))
+}
+
+/// List products in id (creation) order, filtered.
+#[utoipa::path(get, path = "/v1/products", tag = "catalog", params(ProductQuery),
+    responses((status = 200, description = "`{items, next_cursor}`"), (status = 400, body = super::problem::Problem)))]
+pub async fn list_products(
+    state: web::Data<AppState>,
+    query: web::Query<ProductQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let path = match query.category_id {
+        Some(id) => Some(category_path_of(&state, id).await?),
+        None => None,
+    };
+    let (filter, page) = product_page(&query, path)?;
+    Ok(HttpResponse::Ok().json(state.catalog.products(&filter, &page).await?))
+}
+
+/// Replace a product. Every existing variant must stay (a SKU keeps its history); new
+/// variants bring their initial stock; stock of existing SKUs is not part of the catalog.
+#[utoipa::path(put, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path)), request_body = ProductInput,
+    responses((status = 200, body = Product), (status = 404, body = super::problem::Problem),
+        (status = 409, body = super::problem::Problem), (status = 422, body = super::problem::Problem)),
+    security(("bearer" = [])))]
+pub async fn replace_product(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: web::Json<ProductInput>,
+) -> Result<HttpResponse, ApiError> {
+    let id = product_id(&id)?;
+    let product = state
+        .catalog
+        .replace_product(id, body.into_inner(), traceparent(&req))
+        .await?;
+    Ok(HttpResponse::Ok().json(product))
+}
+
+/// JSON merge patch (RFC 7396) of name, description, brand, category, attributes,
+/// images, price and status.
+#[utoipa::path(patch, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path)),
+    request_body(content = Object, content_type = "application/merge-patch+json"),
+    responses((status = 200, body = Product), (status = 404, body = super::problem::Problem),
+        (status = 409, body = super::problem::Problem), (status = 422, body = super::problem::Problem)),
+    security(("bearer" = [])))]
+pub async fn patch_product(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    req: HttpRequest,
+    id: web::Path<String>,
+    body: web::Json<serde_json::Value>,
+) -> Result<HttpResponse, ApiError> {
+    let id = product_id(&id)?;
+    let product = state
+        .catalog
+        .patch_product(id, body.into_inner(), traceparent(&req))
+        .await?;
+    Ok(HttpResponse::Ok().json(product))
+}
+
+/// Soft-delete a product: gone from reads and lists, `product_deleted` emitted; its SKUs
+/// and their inventory history stay.
+#[utoipa::path(delete, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = super::problem::Problem)),
+    security(("bearer" = [])))]
+pub async fn delete_product(
+    state: web::Data<AppState>,
+    _admin: Admin,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = product_id(&id)?;
+    state.catalog.delete_product(id, traceparent(&req)).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 fn parse_sku(raw: &str) -> Result<Sku, ApiError> {

@@ -11,27 +11,7 @@ use super::problem::ApiError;
 use crate::domain::money::{Money, MAX_PRICE};
 use serde_json::{Map, Value};
 
-/// How deep a free-form JSON field (`attributes`) may nest: `{"a":{"b":1}}` is 2.
-pub const MAX_JSON_DEPTH: usize = 16;
-
-/// The nesting depth of a JSON value, without recursion (a scalar is 0, `{}` and `[]` 1).
-pub fn json_depth(value: &Value) -> usize {
-    let mut deepest = 0;
-    let mut stack = vec![(value, 0usize)];
-    while let Some((value, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match value {
-            Value::Object(map) => Box::new(map.values()),
-            Value::Array(items) => Box::new(items.iter()),
-            _ => {
-                deepest = deepest.max(depth);
-                continue;
-            }
-        };
-        deepest = deepest.max(depth + 1);
-        stack.extend(children.map(|child| (child, depth + 1)));
-    }
-    deepest
-}
+pub use crate::domain::catalog::{json_depth, MAX_JSON_DEPTH};
 
 /// A free-form object field (`attributes`): at most [`MAX_JSON_DEPTH`] levels, and keys
 /// that are short visible text.

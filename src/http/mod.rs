@@ -4,6 +4,7 @@
 pub mod admin_events;
 pub mod auth;
 pub mod catalog;
+pub mod categories;
 pub mod input;
 pub mod limits;
 pub mod openapi;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub limits: limits::RateLimits,
     /// Product search (`[search]`).
     pub search: Arc<dyn crate::persistence::search::SearchIndex>,
+    /// Products and categories.
+    pub catalog: Arc<crate::catalog::CatalogService>,
 }
 
 impl AppState {
@@ -84,7 +87,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/v1")
             .configure(users::routes)
             .route("/products", web::post().to(catalog::create_product))
+            .route("/products", web::get().to(catalog::list_products))
             .route("/products/{id}", web::get().to(catalog::get_product))
+            .route("/products/{id}", web::put().to(catalog::replace_product))
+            .route("/products/{id}", web::patch().to(catalog::patch_product))
+            .route("/products/{id}", web::delete().to(catalog::delete_product))
+            .route("/categories", web::post().to(categories::create_category))
+            .route("/categories", web::get().to(categories::list_categories))
+            .route("/categories/{id}", web::get().to(categories::get_category))
+            .route("/categories/{id}/children", web::get().to(categories::children))
+            .route("/categories/{id}/move", web::post().to(categories::move_category))
+            .route("/categories/{id}/products", web::get().to(categories::products))
             .route("/inventory/{sku}", web::get().to(catalog::get_inventory))
             .route("/inventory/{sku}", web::put().to(catalog::set_inventory))
             .route("/orders", web::post().to(orders::create_order))

@@ -23,9 +23,11 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let recovered = state.lifecycle.is_recovered();
     let draining = state.lifecycle.is_draining();
     let store = state.write_behind.is_healthy() && state.store.ping().await.is_ok();
+    let catalog = state.catalog.ping().await.is_ok();
+    let store = store && catalog;
     let body = json!({
         "status": if recovered && !draining && store { "ready" } else { "not_ready" },
-        "checks": {"recovered": recovered, "draining": draining, "store": store},
+        "checks": {"recovered": recovered, "draining": draining, "store": store, "catalog": catalog},
         "bus": {"kind": state.outbox.bus_kind(), "reachable": state.outbox.bus_reachable()},
         "outbox_backlog": state.metrics.outbox_backlog.get(),
     });

@@ -3,6 +3,9 @@
 //! stays in [`sql`].
 
 pub mod bus;
+pub mod catalog;
+pub mod catalog_mongo;
+pub mod catalog_sql;
 pub mod consumer;
 pub mod kafka;
 pub mod row_lock;
@@ -102,14 +105,6 @@ pub struct NewSku {
     pub sku: Sku,
     pub price: Money,
     pub stock: i64,
-}
-
-#[derive(Debug, Clone)]
-pub struct NewProduct {
-    pub id: ProductId,
-    pub doc: serde_json::Value,
-    pub skus: Vec<NewSku>,
-    pub at: Millis,
 }
 
 #[derive(Debug, Clone)]

@@ -8,8 +8,7 @@
 //! defence: if memory were ever wrong, the commit fails instead of storing an oversell.
 
 use super::{
-    Consumed, DeadLetter, FailedEvent, IdempotencyRecord, JournalEntry, NewProduct, OutboxRow, SkuRecord, StoreError,
-    WriteSet,
+    Consumed, DeadLetter, FailedEvent, IdempotencyRecord, JournalEntry, OutboxRow, SkuRecord, StoreError, WriteSet,
 };
 use crate::domain::events::Event;
 use crate::domain::ids::{OrderId, ProductId, Sku, UserId};
@@ -27,7 +26,7 @@ static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mysql");
 
 /// Rows per multi-row INSERT: well under SQLite's and MySQL's placeholder limits.
-const ROWS_PER_INSERT: usize = 500;
+pub(super) const ROWS_PER_INSERT: usize = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -94,14 +93,14 @@ impl From<sqlx::Error> for StoreError {
 
 /// A long text column: MySQL reports `LONGTEXT` as a BLOB through the Any driver, so
 /// read bytes when a string is refused.
-fn text(row: &AnyRow, column: &str) -> Result<String, StoreError> {
+pub(super) fn text(row: &AnyRow, column: &str) -> Result<String, StoreError> {
     match row.try_get::<String, _>(column) {
         Ok(text) => Ok(text),
         Err(_) => String::from_utf8(row.try_get::<Vec<u8>, _>(column)?).map_err(corrupt),
     }
 }
 
-fn corrupt(what: impl std::fmt::Display) -> StoreError {
+pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }
 
@@ -396,7 +395,7 @@ impl SqlStore {
     }
 
     /// Journal rows, reservation rows, and one coalesced snapshot update per SKU.
-    async fn apply_journal(
+    pub(super) async fn apply_journal(
         &self,
         tx: &mut sqlx::Transaction<'_, Any>,
         journal: &[&JournalEntry],
@@ -485,67 +484,6 @@ impl SqlStore {
             }
         }
         Ok(())
-    }
-
-    /// Creates a product with its SKUs, their initial stock (journaled) and its events.
-    pub async fn create_product(&self, product: &NewProduct, events: &[Event]) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO products (id, doc, created_at, updated_at) VALUES (?, ?, ?, ?)")
-            .bind(product.id.to_string())
-            .bind(product.doc.to_string())
-            .bind(product.at)
-            .bind(product.at)
-            .execute(&mut *tx)
-            .await?;
-        for s in &product.skus {
-            sqlx::query("INSERT INTO skus (sku, product_id, price_amount, currency) VALUES (?, ?, ?, ?)")
-                .bind(s.sku.to_string())
-                .bind(product.id.to_string())
-                .bind(s.price.amount)
-                .bind(s.price.currency.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| match StoreError::from(e) {
-                    StoreError::Conflict(_) => StoreError::Conflict(format!("sku {} already exists", s.sku)),
-                    other => other,
-                })?;
-            sqlx::query("INSERT INTO inventory (sku, stock, reserved, seq, updated_at) VALUES (?, 0, 0, 0, ?)")
-                .bind(s.sku.to_string())
-                .bind(product.at)
-                .execute(&mut *tx)
-                .await?;
-        }
-        // Initial stock enters through the journal like any other change, so the journal
-        // alone accounts for every unit ever received.
-        let journal: Vec<JournalEntry> = product
-            .skus
-            .iter()
-            .map(|s| JournalEntry {
-                sku: s.sku.clone(),
-                seq: 1,
-                change: crate::domain::inventory::SkuInventory::default()
-                    .set_stock(s.stock)
-                    .expect("new stock is never below zero reservations"),
-                at: product.at,
-            })
-            .collect();
-        let refs: Vec<&JournalEntry> = journal.iter().collect();
-        self.apply_journal(&mut tx, &refs).await?;
-        insert_outbox(&mut tx, &events.iter().collect::<Vec<_>>()).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn get_product(&self, id: ProductId) -> Result<Option<serde_json::Value>, StoreError> {
-        let row = sqlx::query("SELECT doc FROM products WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            let doc = text(&r, "doc")?;
-            serde_json::from_str(&doc).map_err(corrupt)
-        })
-        .transpose()
     }
 
     pub async fn load_sku(&self, sku: &Sku) -> Result<Option<SkuRecord>, StoreError> {
@@ -924,7 +862,7 @@ fn order_from_row(r: &AnyRow) -> Result<Order, StoreError> {
     })
 }
 
-async fn insert_outbox(tx: &mut sqlx::Transaction<'_, Any>, events: &[&Event]) -> Result<(), StoreError> {
+pub(super) async fn insert_outbox(tx: &mut sqlx::Transaction<'_, Any>, events: &[&Event]) -> Result<(), StoreError> {
     for chunk in events.chunks(ROWS_PER_INSERT) {
         let bodies = chunk
             .iter()
