@@ -270,9 +270,8 @@ def check_default_is_embedded(docs, _):
 def check_backends_from_secret(docs, scenario):
     env = env_map(server_container(docs))
     secret = chart_secret(docs)
-    # Production values enable only the backends the server speaks today (MySQL, Kafka);
-    # the "full" scenario turns every one on to check the wiring.
-    names = BACKEND_ENV if scenario == "full" else ["EMPORIUM__STORE__URL", "EMPORIUM__BUS__BROKERS"]
+    # Production values and the "full" scenario enable every external backend.
+    names = BACKEND_ENV
     for name in names:
         assert name in env, f"{name} missing"
         assert "value" not in env[name], f"{name} must come from the Secret"
