@@ -62,6 +62,9 @@ const ROLES: &[(&str, &str, Role)] = &[
     ("GET", "/v1/categories/{id}/children", Role::Public),
     ("POST", "/v1/categories/{id}/move", Role::Admin),
     ("GET", "/v1/categories/{id}/products", Role::Public),
+    // Search (issue 8).
+    ("GET", "/v1/search", Role::Public),
+    ("GET", "/v1/search/suggest", Role::Public),
 ];
 
 /// An account the walk signs up first, so that its login calls succeed.

@@ -634,7 +634,12 @@ async fn run_one(strategy: &Strategy, scenario: &str, args: &RunArgs, half_of: O
         };
         match scenario_owned.as_str() {
             "uniform" | "mixed" => {
+                // Mixed: 80 % reads, half of them live stock of a SKU and half a product
+                // search (full text with facets, as a storefront's listing page does).
                 if scenario_owned == "mixed" && rnd() % 10 < 8 && !reads.is_empty() {
+                    if rnd() % 2 == 0 {
+                        return (reqwest::Method::GET, "/v1/search?q=벤치마크&size=20".to_owned(), None);
+                    }
                     let sku = &reads[(rnd() % reads.len() as u64) as usize];
                     return (reqwest::Method::GET, format!("/v1/inventory/{sku}"), None);
                 }
