@@ -632,12 +632,23 @@ async fn poll_search(app: &TestApp, query: &str, want: impl Fn(&Value) -> bool) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_created_product_is_searchable_within_a_second_and_a_deleted_one_disappears() {
     let app = TestApp::spawn(Backend::Sqlite).await;
+    let category: Value = app
+        .client
+        .post(app.url("/v1/categories"))
+        .bearer_auth(&app.admin)
+        .json(&json!({"name": "노트북"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let r = app
         .client
         .post(app.url("/v1/products"))
         .bearer_auth(&app.admin)
         .json(
-            &json!({"name": "게이밍 노트북 울트라", "brand": "Emporium", "category_path": "1/4/28",
+            &json!({"name": "게이밍 노트북 울트라", "brand": "Emporium", "category_id": category["id"],
                       "price": {"amount": 990000, "currency": "KRW"},
                       "variants": [{"sku": "NB-ULTRA", "stock": 3}]}),
         )
@@ -666,17 +677,15 @@ async fn a_created_product_is_searchable_within_a_second_and_a_deleted_one_disap
         .unwrap();
     assert_eq!(s["suggestions"], json!(["게이밍 노트북 울트라"]));
 
-    // The catalog's delete event (the catalog API for it is another branch's; its event is
-    // the contract): gone from search once applied.
-    let deleted = Event::new(
-        EventType::ProductDeleted,
-        &id,
-        emporium::domain::now_millis(),
-        None,
-        json!({"id": id}),
-    );
-    let results = app.app.bus.publish(&[&deleted]).await;
-    assert!(results.iter().all(Result::is_ok));
+    // The catalog's soft delete emits product_deleted: gone from search once applied.
+    let r = app
+        .client
+        .delete(app.url(&format!("/v1/products/{id}")))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let (_, took) = poll_search(&app, "노트북", |b| b["total"] == 0).await;
     assert!(took < Duration::from_secs(1), "deletion visible after {took:?}");
 }
