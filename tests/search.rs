@@ -14,9 +14,7 @@ mod common;
 
 use common::{Backend, TestApp};
 use emporium::config::Settings;
-use emporium::domain::events::{Event, EventType};
 use emporium::domain::search::{SearchDoc, SearchParams, SearchQuery, Sort};
-use emporium::persistence::bus::EventBus;
 use emporium::persistence::search::analysis::Analysis;
 use emporium::persistence::search::elastic::ElasticIndex;
 use emporium::persistence::search::embedded::EmbeddedIndex;
