@@ -104,6 +104,7 @@ async fn cancel_racing_payment_never_both(backend: Backend) {
             .await
             .unwrap();
         let cancel_status = r.status();
+        let cancel_body = r.text().await.unwrap_or_default();
         let final_status = app.final_status(&token, &id).await;
         match cancel_status {
             StatusCode::OK => {
@@ -117,7 +118,7 @@ async fn cancel_racing_payment_never_both(backend: Backend) {
                 assert_eq!(final_status, "COMPLETED", "a refused cancel means the payment won");
                 completed += 1;
             }
-            other => panic!("unexpected cancel answer {other}"),
+            other => panic!("unexpected cancel answer {other}: {cancel_body} (order ended {final_status})"),
         }
     }
     assert_eq!(app.inventory("RACE").await, (100 - completed, 0));

@@ -650,17 +650,26 @@ impl Orders {
     fn start_saga(&self, order: Order, traceparent: Option<String>) {
         let deps = self.deps.clone();
         let arbiter = &self.deps.arbiters[shard_of(&order.id, self.deps.arbiters.len())];
-        // Registered from inside the actor's own start, so a saga that finishes at once
-        // cannot leave a stale entry behind.
-        OrderActor::start_in_arbiter(arbiter, move |ctx| {
-            deps.actors.insert(order.id, ctx.address());
-            OrderActor {
+        // The address is registered here, before the 201 leaves, and the actor starts on
+        // its arbiter afterwards: a cancel that follows the answer at once must find the
+        // saga (messages wait in its mailbox until it runs). Registering before the start
+        // also means a saga that finishes at once removes its own entry and leaves none.
+        let (sender, receiver) = actix::dev::channel::channel(16);
+        let id = order.id;
+        deps.actors.insert(id, Addr::new(sender));
+        let actor_deps = deps.clone();
+        let started = arbiter.spawn_fn(move || {
+            Context::with_receiver(receiver).run(OrderActor {
                 order,
                 attempt: 0,
                 traceparent,
-                deps,
-            }
+                deps: actor_deps,
+            });
         });
+        if !started {
+            deps.actors.remove(&id);
+            error!(order_id = %id, "the saga's arbiter is gone; the order resumes at the next start");
+        }
     }
 
     /// Places an order: reserve every SKU or none, group-commit, start the saga.
