@@ -103,7 +103,7 @@ for who in admin user; do
         --checks all \
         --max-examples "$MAX_EXAMPLES" \
         --phases examples,coverage,fuzzing \
-        --workers 2 \
+        --workers 1 \
         --request-timeout 15 \
         --generation-database none \
         --no-color \

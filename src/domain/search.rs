@@ -209,12 +209,18 @@ pub struct SearchParams {
 #[error("{0}")]
 pub struct InvalidSearch(pub String);
 
+/// Free text as sent: the limits are checked before trimming, so they mean exactly what
+/// the OpenAPI schema says; blank text counts as absent.
 fn bounded(value: Option<String>, what: &str, max: usize) -> Result<Option<String>, InvalidSearch> {
-    match value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
-        Some(v) if v.chars().count() > max => Err(InvalidSearch(format!("{what} must be at most {max} characters"))),
-        Some(v) if v.chars().any(char::is_control) => Err(InvalidSearch(format!("{what} contains control characters"))),
-        other => Ok(other),
+    let Some(raw) = value else { return Ok(None) };
+    if raw.chars().count() > max {
+        return Err(InvalidSearch(format!("{what} must be at most {max} characters")));
     }
+    if raw.chars().any(char::is_control) {
+        return Err(InvalidSearch(format!("{what} contains control characters")));
+    }
+    let trimmed = raw.trim();
+    Ok((!trimmed.is_empty()).then(|| trimmed.to_owned()))
 }
 
 impl SearchQuery {

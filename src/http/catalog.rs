@@ -19,7 +19,8 @@ pub use crate::domain::catalog::{Category, Product, Variant};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetStockBody {
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 1_000_000_000_i64)]
+    #[serde(deserialize_with = "crate::domain::number::whole")]
     pub stock: i64,
 }
 
@@ -44,17 +45,24 @@ pub(super) fn traceparent(req: &HttpRequest) -> Option<String> {
 #[serde(deny_unknown_fields)]
 pub struct ProductQuery {
     /// 1-1000, default 50.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(format = Uuid)]
     pub cursor: Option<String>,
     /// Only this category and the categories below it.
+    #[param(minimum = 1)]
     pub category_id: Option<i64>,
+    #[param(min_length = 1, max_length = 100)]
     pub brand: Option<String>,
     /// Minimum price in minor units (inclusive).
+    #[param(minimum = 0)]
     pub min_price: Option<i64>,
     /// Maximum price in minor units (inclusive).
+    #[param(minimum = 0)]
     pub max_price: Option<i64>,
     /// `active`, `draft` or `archived`.
+    #[param(pattern = "^(active|draft|archived)$")]
     pub status: Option<String>,
 }
 
@@ -161,7 +169,8 @@ pub async fn get_product(state: web::Data<AppState>, id: web::Path<String>) -> R
 
 /// List products in id (creation) order, filtered.
 #[utoipa::path(get, path = "/v1/products", tag = "catalog", params(ProductQuery),
-    responses((status = 200, description = "`{items, next_cursor}`"), (status = 400, body = super::problem::Problem)))]
+    responses((status = 200, description = "`{items, next_cursor}`"), (status = 400, body = super::problem::Problem),
+        (status = 404, body = super::problem::Problem, description = "No such category")))]
 pub async fn list_products(
     state: web::Data<AppState>,
     query: web::Query<ProductQuery>,
@@ -177,8 +186,8 @@ pub async fn list_products(
 /// Replace a product. Every existing variant must stay (a SKU keeps its history); new
 /// variants bring their initial stock; stock of existing SKUs is not part of the catalog.
 #[utoipa::path(put, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path)), request_body = ProductInput,
-    responses((status = 200, body = Product), (status = 404, body = super::problem::Problem),
-        (status = 409, body = super::problem::Problem), (status = 422, body = super::problem::Problem)),
+    responses((status = 200, body = Product), (status = 401, body = super::problem::Problem), (status = 403, body = super::problem::Problem),
+        (status = 404, body = super::problem::Problem), (status = 409, body = super::problem::Problem), (status = 422, body = super::problem::Problem)),
     security(("bearer" = [])))]
 pub async fn replace_product(
     state: web::Data<AppState>,
@@ -199,8 +208,8 @@ pub async fn replace_product(
 /// images, price and status.
 #[utoipa::path(patch, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path)),
     request_body(content = Object, content_type = "application/merge-patch+json"),
-    responses((status = 200, body = Product), (status = 404, body = super::problem::Problem),
-        (status = 409, body = super::problem::Problem), (status = 422, body = super::problem::Problem)),
+    responses((status = 200, body = Product), (status = 401, body = super::problem::Problem), (status = 403, body = super::problem::Problem),
+        (status = 404, body = super::problem::Problem), (status = 409, body = super::problem::Problem), (status = 422, body = super::problem::Problem)),
     security(("bearer" = [])))]
 pub async fn patch_product(
     state: web::Data<AppState>,
@@ -220,7 +229,8 @@ pub async fn patch_product(
 /// Soft-delete a product: gone from reads and lists, `product_deleted` emitted; its SKUs
 /// and their inventory history stay.
 #[utoipa::path(delete, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = super::problem::Problem)),
+    responses((status = 204), (status = 401, body = super::problem::Problem), (status = 403, body = super::problem::Problem),
+        (status = 404, body = super::problem::Problem)),
     security(("bearer" = [])))]
 pub async fn delete_product(
     state: web::Data<AppState>,

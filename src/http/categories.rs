@@ -15,9 +15,15 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCategory {
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     /// The parent; a top-level category when absent.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub parent_id: Option<i64>,
 }
 
@@ -25,6 +31,7 @@ pub struct NewCategory {
 #[serde(deny_unknown_fields)]
 pub struct MoveCategory {
     /// The new parent; `null` makes it a top-level category.
+    #[schema(minimum = 1)]
     pub parent_id: Option<i64>,
 }
 
@@ -35,8 +42,10 @@ pub struct CategoryQuery {
     /// Children of this category; the top level when absent.
     pub parent_id: Option<i64>,
     /// 1-1000, default 50.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     pub cursor: Option<String>,
 }
 
@@ -104,13 +113,41 @@ pub async fn list_categories(
     Ok(HttpResponse::Ok().json(state.catalog.children(query.parent_id, &page).await?))
 }
 
+/// The query of `GET /v1/categories/{id}/products` as documented: the product filters
+/// without `category_id`, because the category is in the path (the handler reads
+/// [`ProductQuery`] and refuses a `category_id` with 400).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct SubtreeProductQuery {
+    /// 1-1000, default 50.
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    #[param(format = Uuid)]
+    cursor: Option<String>,
+    #[param(min_length = 1, max_length = 100)]
+    brand: Option<String>,
+    /// Minimum price in minor units (inclusive).
+    #[param(minimum = 0)]
+    min_price: Option<i64>,
+    /// Maximum price in minor units (inclusive).
+    #[param(minimum = 0)]
+    max_price: Option<i64>,
+    /// `active`, `draft` or `archived`.
+    #[param(pattern = "^(active|draft|archived)$")]
+    status: Option<String>,
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ChildrenQuery {
     /// 1-1000, default 50.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     pub cursor: Option<String>,
 }
 
@@ -132,7 +169,8 @@ pub async fn children(
 /// Every descendant's path changes in the same operation, and so does the
 /// `category_path` of every product below (each emits `product_upserted`).
 #[utoipa::path(post, path = "/v1/categories/{id}/move", tag = "catalog", params(("id" = i64, Path)), request_body = MoveCategory,
-    responses((status = 200, body = Category), (status = 404, body = super::problem::Problem),
+    responses((status = 200, body = Category), (status = 401, body = super::problem::Problem), (status = 403, body = super::problem::Problem),
+        (status = 404, body = super::problem::Problem),
         (status = 422, body = super::problem::Problem, description = "Into its own subtree, unknown parent, or too deep")),
     security(("bearer" = [])))]
 pub async fn move_category(
@@ -152,7 +190,7 @@ pub async fn move_category(
 
 /// Products in this category and every category below it: one range (prefix) query on
 /// the indexed `category_path`, paged, with the same filters as `GET /v1/products`.
-#[utoipa::path(get, path = "/v1/categories/{id}/products", tag = "catalog", params(("id" = i64, Path), ProductQuery),
+#[utoipa::path(get, path = "/v1/categories/{id}/products", tag = "catalog", params(("id" = i64, Path), SubtreeProductQuery),
     responses((status = 200, description = "`{items, next_cursor}`"), (status = 404, body = super::problem::Problem)))]
 pub async fn products(
     state: web::Data<AppState>,

@@ -19,20 +19,28 @@ use utoipa::{IntoParams, ToSchema};
 #[allow(dead_code)]
 pub struct SearchQueryDoc {
     /// Free text (at most 200 characters). Korean particles, synonyms and typos are handled.
+    #[param(max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     q: Option<String>,
     /// Category path; matches the category and everything below it (`1/4` matches `1/4/28`).
+    #[param(max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     category: Option<String>,
     /// Exact brand.
+    #[param(max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     brand: Option<String>,
     /// Minimum price in minor units, inclusive.
+    #[param(minimum = 0)]
     min_price: Option<i64>,
     /// Maximum price in minor units, inclusive.
+    #[param(minimum = 0)]
     max_price: Option<i64>,
     /// `relevance` (default), `price_asc`, `price_desc`, `newest`.
+    #[param(pattern = "^(|relevance|price_asc|price_desc|newest)$")]
     sort: Option<String>,
     /// 1-based page (page * size at most 10,000).
+    #[param(minimum = 1, maximum = 10000)]
     page: Option<i64>,
     /// Hits per page, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     size: Option<i64>,
 }
 
@@ -40,6 +48,7 @@ pub struct SearchQueryDoc {
 #[into_params(parameter_in = Query)]
 pub struct SuggestParams {
     /// What the user typed so far (at most 100 characters).
+    #[param(max_length = 100, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     pub q: Option<String>,
 }
 

@@ -25,19 +25,38 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[serde(deny_unknown_fields)]
 pub struct SignUp {
     /// Stored trimmed and lower-cased; one account per address.
-    #[schema(example = "kim@example.com")]
+    #[schema(example = "kim@example.com", format = Email, max_length = 254)]
     pub email: String,
     /// 12 to 128 characters, kept exactly as typed.
-    #[schema(min_length = 12, max_length = 128)]
+    #[schema(
+        min_length = 12,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub password: String,
-    #[schema(min_length = 1, max_length = 100, example = "김민수")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        example = "김민수",
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
+    #[schema(
+        min_length = 1,
+        max_length = 254,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub email: String,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub password: String,
 }
 
