@@ -10,6 +10,7 @@
 mod common;
 
 use common::proxy::Proxy;
+use common::tansu::required_env;
 use common::{Backend, TestApp};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -19,23 +20,6 @@ use sqlx::{Connection, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn required_env(name: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            let reason = format!(
-                "{name} is not set (scripts/services.sh start kafka; eval \"$(scripts/services.sh env kafka)\")"
-            );
-            assert!(
-                std::env::var("CI").map_or(true, |ci| ci != "true"),
-                "{reason} (CI=true: failing, not skipping)"
-            );
-            eprintln!("SKIPPED: {reason}");
-            None
-        }
-    }
-}
 
 /// One consumed message, reduced to what the tests check.
 #[derive(Debug, Clone)]

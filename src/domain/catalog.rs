@@ -21,6 +21,11 @@ pub const MAX_ATTRIBUTES_BYTES: usize = 8 * 1024;
 /// Deep enough for any shop's navigation; keeps paths (and the indexes on them) short.
 pub const MAX_CATEGORY_DEPTH: i64 = 16;
 /// How deep a free-form JSON field (`attributes`) may nest: `{"a":{"b":1}}` is 2.
+///
+/// Why a limit when serde_json already stops at 128 levels (answered 400): documents are
+/// stored and re-read by other backends (MongoDB refuses documents nested past 100 levels),
+/// and recursive code that walks them (indexers, `Drop`) uses stack per level. 16 levels is
+/// far more than any product attribute needs.
 pub const MAX_JSON_DEPTH: usize = 16;
 
 /// The nesting depth of a JSON value, without recursion (a scalar is 0, `{}` and `[]` 1).
@@ -547,6 +552,15 @@ impl<T> Page<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_depth_counts_containers_not_scalars() {
+        let nested = (0..100).fold(serde_json::json!(1), |inner, _| serde_json::json!({ "a": inner }));
+        assert_eq!(json_depth(&serde_json::json!(1)), 0);
+        assert_eq!(json_depth(&serde_json::json!({})), 1);
+        assert_eq!(json_depth(&serde_json::json!({"a": [1, {"b": []}]})), 4);
+        assert_eq!(json_depth(&nested), 100);
+    }
     use serde_json::json;
 
     fn cat(id: i64, path: &str) -> Category {

@@ -5,7 +5,6 @@ pub mod admin_events;
 pub mod auth;
 pub mod catalog;
 pub mod categories;
-pub mod input;
 pub mod limits;
 pub mod openapi;
 pub mod ops;
