@@ -10,7 +10,7 @@
 //!   an idempotency hash is taken over is stable.
 //! * [`forged_token`]: a valid JWT with bytes changed never verifies.
 //! * [`inventory_machine`]: any sequence of reserve / confirm / release / forget /
-//!   set_stock / expire on one SKU keeps DESIGN.md's invariants, and state rebuilt from
+//!   set_stock / expire on one SKU keeps docs/design.md's invariants, and state rebuilt from
 //!   stock + live reservations (recovery) equals the live state.
 //! * [`order_machine`]: any sequence of transitions follows the documented state machine.
 
@@ -242,7 +242,7 @@ pub fn inventory_machine(data: &[u8]) {
                 }
             }
         }
-        // DESIGN.md's invariants, after every operation.
+        // docs/design.md's invariants, after every operation.
         assert!(0 <= inv.reserved() && inv.reserved() <= inv.stock(), "{inv:?}");
         assert_eq!(
             inv.reserved(),

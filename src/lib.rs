@@ -1,5 +1,26 @@
-//! Emporium: an order and inventory runtime. See DESIGN.md for the contract and
-//! README.md for how to run it.
+//! Emporium: an order and inventory runtime for flash sales. The contract it keeps (domain
+//! rules, invariants, what a 201 promises) is `docs/design.md`; how to run it is README.md.
+//!
+//! # Layout
+//!
+//! Dependencies point downwards only: `http` → `actors` / services → `persistence` →
+//! `domain`; `domain` is pure (no I/O, no async), and `app` wires everything once at start.
+//!
+//! - [`domain`]: types that can only be built valid (ids, money, SKUs) and the rules as pure
+//!   functions (inventory, order state machine, events, catalog input, users, search input).
+//! - [`actors`]: the owners of live state. `inventory` (one actor per SKU), `order` (one
+//!   saga per open order, and the `Orders` directory), `payment`, `write_behind` (group
+//!   commit, the only path to the database for orders), `outbox` (relay), `indexer`
+//!   (search), `payment_outcomes` (Kafka-driven saga steps).
+//! - [`catalog`], [`users`], [`passwords`], [`auth`]: services without actors (catalog
+//!   changes end to end; accounts, argon2id hashing, JWT).
+//! - [`http`]: actix-web handlers (thin: extract, call, map), problem+json, OpenAPI.
+//! - [`persistence`]: the SQL store (SQLite, MySQL), event buses (embedded, Kafka), the
+//!   consumer loop, catalog backends, search engines (embedded tantivy, Elasticsearch).
+//! - [`telemetry`]: tracing subscriber, OpenTelemetry export, metrics registry.
+//! - [`app`]: start-up, recovery and graceful shutdown; [`config`]: layered settings.
+//! - [`payment_service`], [`seed`]: the `payment-service` and `seed` commands.
+//! - [`fuzz`]: fuzz targets shared by proptest and cargo-fuzz (not part of the API).
 
 pub mod actors;
 pub mod app;
@@ -7,6 +28,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod domain;
+#[doc(hidden)]
 pub mod fuzz;
 pub mod http;
 pub mod passwords;

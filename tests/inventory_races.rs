@@ -1,5 +1,5 @@
 //! Concurrency: many real HTTP clients against one server; afterwards every invariant
-//! of DESIGN.md is checked (nothing oversold, reserved back to zero, journal and
+//! of docs/design.md is checked (nothing oversold, reserved back to zero, journal and
 //! snapshots agree).
 
 mod common;

@@ -2,7 +2,8 @@
 //! controls (the shared MariaDB itself is never stopped). While it is down: sold-out
 //! answers still come from memory, new orders get 503 + Retry-After within the timeout,
 //! readiness is 503. After it is back everything resumes by itself; nothing that got a
-//! 201 is lost and no stock leaks.
+//! 201 is lost and no stock leaks. A 503 body carries the fixed public sentence, never
+//! the store's own error text.
 
 mod common;
 
@@ -47,11 +48,13 @@ async fn mysql_outage_answers_503_loses_nothing_and_recovers() {
 
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let statuses = Arc::new(Mutex::new(Vec::<(StatusCode, Duration, Option<String>)>::new()));
+    let unavailable_bodies = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..16)
         .map(|c| {
             let (app, acknowledged, statuses, stop) =
                 (app.clone(), acknowledged.clone(), statuses.clone(), stop.clone());
+            let unavailable_bodies = unavailable_bodies.clone();
             tokio::spawn(async move {
                 let token = app.token(&format!("outage-{c}"));
                 while !stop.load(Ordering::SeqCst) {
@@ -72,6 +75,8 @@ async fn mysql_outage_answers_503_loses_nothing_and_recovers() {
                             .lock()
                             .unwrap()
                             .push(body["id"].as_str().unwrap().to_owned());
+                    } else if status == StatusCode::SERVICE_UNAVAILABLE {
+                        unavailable_bodies.lock().unwrap().push(r.text().await.unwrap());
                     }
                     statuses.lock().unwrap().push((status, started.elapsed(), retry_after));
                 }
@@ -110,6 +115,26 @@ async fn mysql_outage_answers_503_loses_nothing_and_recovers() {
         assert!(*took < Duration::from_millis(4_000), "a request hung for {took:?}");
         if *status == StatusCode::SERVICE_UNAVAILABLE {
             assert_eq!(retry_after.as_deref(), Some("1"));
+        }
+    }
+
+    // What the client read: the problem type and the fixed sentence, nothing of the cause
+    // (sqlx's "pool timed out", MariaDB's "Lost connection", an address or a port).
+    let bodies = unavailable_bodies.lock().unwrap().clone();
+    assert!(!bodies.is_empty());
+    for body in &bodies {
+        let problem: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(problem["type"], "/problems/unavailable", "{body}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        // A store failure reads the generic sentence; a commit still in doubt when the
+        // request timed out reads the (equally fixed) sentence that says how to retry.
+        assert!(
+            detail == emporium::http::problem::UNAVAILABLE_DETAIL
+                || detail.starts_with("the order was not confirmed in time"),
+            "{body}"
+        );
+        for internal in ["pool", "timed out", "connection", "mysql", "sqlx", "127.0.0.1", &proxy.addr.port().to_string()] {
+            assert!(!body.to_lowercase().contains(internal), "503 body leaks {internal:?}: {body}");
         }
     }
 

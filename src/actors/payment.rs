@@ -3,7 +3,7 @@
 //! Owns: the gateway connection settings. Takes: [`Charge`]. Promises: one answer per
 //! attempt; the order saga decides about retries, timeouts and compensation.
 //!
-//! The simulated gateway understands the test tokens of DESIGN.md: `test_ok` (the
+//! The simulated gateway understands the test tokens of docs/design.md: `test_ok` (the
 //! default) succeeds, `test_decline` is declined, `test_flaky` fails its first two
 //! attempts and then succeeds, `test_down` never answers within the attempt timeout.
 

@@ -302,7 +302,7 @@ mod tests {
     }
 
     proptest! {
-        /// Random operation sequences keep every invariant of DESIGN.md, and the journal's
+        /// Random operation sequences keep every invariant of docs/design.md, and the journal's
         /// deltas always add up to the state (which is what recovery and reconcile rely on).
         #[test]
         fn random_operations_keep_the_invariants(initial in 0i64..20, ops in proptest::collection::vec(op(), 0..200)) {

@@ -71,10 +71,10 @@ impl AppState {
     /// Orders are taken only after recovery and before shutdown.
     pub fn accepting_orders(&self) -> Result<(), ApiError> {
         if !self.lifecycle.is_recovered() {
-            return Err(ApiError::Unavailable("recovery is still running".into()));
+            return Err(ApiError::UnavailableFor("recovery is still running"));
         }
         if self.lifecycle.is_draining() {
-            return Err(ApiError::Unavailable("the server is shutting down".into()));
+            return Err(ApiError::UnavailableFor("the server is shutting down"));
         }
         Ok(())
     }

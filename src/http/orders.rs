@@ -185,7 +185,7 @@ pub async fn create_order(
     let placed = tokio::time::timeout(wait, state.orders.place(request))
         .await
         .map_err(|_| {
-            ApiError::Unavailable("the order was not confirmed in time; retry with the same Idempotency-Key".into())
+            ApiError::UnavailableFor("the order was not confirmed in time; retry with the same Idempotency-Key")
         })??;
     Ok(HttpResponse::Created()
         .insert_header((
@@ -274,6 +274,6 @@ pub async fn cancel_order(
     let wait = Duration::from_millis(state.settings.server.request_timeout_ms);
     let cancelled = tokio::time::timeout(wait, state.orders.cancel(order.id))
         .await
-        .map_err(|_| ApiError::Unavailable("the cancellation was not confirmed in time".into()))??;
+        .map_err(|_| ApiError::UnavailableFor("the cancellation was not confirmed in time"))??;
     Ok(HttpResponse::Ok().json(OrderView::from(&cancelled)))
 }

@@ -1,5 +1,11 @@
 //! Every failure becomes an RFC 9457 `application/problem+json` response here, and
-//! only here. The `type` values are part of the public contract (DESIGN.md).
+//! only here. The `type` values are part of the public contract (docs/design.md).
+//!
+//! A 503 never carries internal error text: [`ApiError::Unavailable`] holds the cause
+//! (a store or broker error), which goes to the log under the request's trace, while the
+//! client reads [`UNAVAILABLE_DETAIL`]. Where the reason is itself public (recovery,
+//! shutdown, a timed-out confirmation) [`ApiError::UnavailableFor`] names it with a fixed
+//! sentence.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
@@ -25,8 +31,12 @@ pub enum ApiError {
     /// Over a rate limit (429); the client may retry after `retry_after_secs`.
     #[error("{detail}")]
     RateLimited { detail: String, retry_after_secs: u64 },
+    /// A backend failed; the text is the internal cause, logged and never sent.
     #[error("{0}")]
     Unavailable(String),
+    /// Unavailable for a reason the client may read (a fixed sentence).
+    #[error("{0}")]
+    UnavailableFor(&'static str),
     /// The route exists, the method does not (405 with `Allow`).
     #[error("{detail}")]
     MethodNotAllowed { detail: String, allow: Vec<&'static str> },
@@ -59,11 +69,25 @@ impl ApiError {
                 "Idempotency key reused with another request",
             ),
             Self::RateLimited { .. } => ("/problems/rate-limited", "Too many requests"),
-            Self::Unavailable(_) => ("/problems/unavailable", "Service unavailable"),
+            Self::Unavailable(_) | Self::UnavailableFor(_) => ("/problems/unavailable", "Service unavailable"),
             Self::MethodNotAllowed { .. } => ("/problems/method-not-allowed", "Method not allowed"),
         }
     }
+
+    /// The `detail` the client reads: the message itself, except for internal causes.
+    fn public_detail(&self) -> String {
+        match self {
+            Self::Unavailable(_) => UNAVAILABLE_DETAIL.to_owned(),
+            other => other.to_string(),
+        }
+    }
 }
+
+/// The `detail` of every 503 whose cause is internal.
+pub const UNAVAILABLE_DETAIL: &str =
+    "The service cannot complete this request right now. Retry after the time given in Retry-After \
+     (an order with the same Idempotency-Key)."; nothing was changed \
+     unless a retry with the same Idempotency-Key says otherwise. Retry after the time in Retry-After.";
 
 /// The problem document (RFC 9457).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -88,7 +112,7 @@ impl ResponseError for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::IdempotencyMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::UnavailableFor(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -99,7 +123,12 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(status);
         response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
         match self {
-            Self::Unavailable(_) => {
+            Self::Unavailable(cause) => {
+                // The cause stays here, in the log line of the request's span (trace id).
+                tracing::warn!(%cause, "answered 503");
+                response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
+            }
+            Self::UnavailableFor(_) => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
             }
             Self::RateLimited { retry_after_secs, .. } => {
@@ -118,7 +147,7 @@ impl ResponseError for ApiError {
                 problem_type,
                 title,
                 status: status.as_u16(),
-                detail: self.to_string(),
+                detail: self.public_detail(),
             })
             .unwrap_or_default(),
         )

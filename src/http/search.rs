@@ -62,7 +62,7 @@ impl From<SearchError> for ApiError {
         // Both are the search backend's failure, not the client's. The cause (which may
         // name internal hosts) goes to the log, not to the client.
         tracing::warn!(error = %e, "search failed");
-        ApiError::Unavailable("search is unavailable; orders are not affected".into())
+        ApiError::UnavailableFor("search is unavailable; orders are not affected")
     }
 }
 
