@@ -76,7 +76,8 @@ async fn mysql_outage_answers_503_loses_nothing_and_recovers() {
                             .unwrap()
                             .push(body["id"].as_str().unwrap().to_owned());
                     } else if status == StatusCode::SERVICE_UNAVAILABLE {
-                        unavailable_bodies.lock().unwrap().push(r.text().await.unwrap());
+                        let body = r.text().await.unwrap();
+                        unavailable_bodies.lock().unwrap().push(body);
                     }
                     statuses.lock().unwrap().push((status, started.elapsed(), retry_after));
                 }
@@ -133,8 +134,19 @@ async fn mysql_outage_answers_503_loses_nothing_and_recovers() {
                 || detail.starts_with("the order was not confirmed in time"),
             "{body}"
         );
-        for internal in ["pool", "timed out", "connection", "mysql", "sqlx", "127.0.0.1", &proxy.addr.port().to_string()] {
-            assert!(!body.to_lowercase().contains(internal), "503 body leaks {internal:?}: {body}");
+        for internal in [
+            "pool",
+            "timed out",
+            "connection",
+            "mysql",
+            "sqlx",
+            "127.0.0.1",
+            &proxy.addr.port().to_string(),
+        ] {
+            assert!(
+                !body.to_lowercase().contains(internal),
+                "503 body leaks {internal:?}: {body}"
+            );
         }
     }
 

@@ -84,10 +84,8 @@ impl ApiError {
 }
 
 /// The `detail` of every 503 whose cause is internal.
-pub const UNAVAILABLE_DETAIL: &str =
-    "The service cannot complete this request right now. Retry after the time given in Retry-After \
-     (an order with the same Idempotency-Key)."; nothing was changed \
-     unless a retry with the same Idempotency-Key says otherwise. Retry after the time in Retry-After.";
+pub const UNAVAILABLE_DETAIL: &str = "The service cannot complete this request right now. \
+     Retry after the time given in Retry-After (an order with the same Idempotency-Key).";
 
 /// The problem document (RFC 9457).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
