@@ -13,7 +13,7 @@ use crate::actors::payment::PaymentActor;
 use crate::actors::payment_outcomes::{self, PaymentOutcomes};
 use crate::actors::write_behind::WriteBehind;
 use crate::auth::Keys;
-use crate::config::Settings;
+use crate::config::{BusKind, PaymentMode, Settings};
 use crate::domain::order::OrderLimits;
 use crate::http::{self, AppState, Lifecycle};
 use crate::persistence::bus::{EventBus, InProcessBus};
@@ -69,9 +69,9 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
 
 /// The bus the outbox relays to, chosen by `bus.kind`.
 fn event_bus(settings: &Settings, embedded: &InProcessBus) -> anyhow::Result<Arc<dyn EventBus>> {
-    match settings.bus.kind.as_str() {
-        "embedded" => Ok(Arc::new(embedded.clone())),
-        "kafka" => {
+    match settings.bus.kind {
+        BusKind::Embedded => Ok(Arc::new(embedded.clone())),
+        BusKind::Kafka => {
             anyhow::ensure!(
                 !settings.bus.brokers.is_empty(),
                 "bus.kind = \"kafka\" needs bus.brokers"
@@ -81,7 +81,6 @@ fn event_bus(settings: &Settings, embedded: &InProcessBus) -> anyhow::Result<Arc
                 KafkaBus::new(&settings.bus).context("cannot create the kafka producer")?,
             ))
         }
-        other => anyhow::bail!("bus.kind must be \"embedded\" or \"kafka\", got {other:?}"),
     }
 }
 
@@ -102,17 +101,11 @@ impl App {
                 settings.inventory.strategy
             )
         })?;
-        let external_payment = match settings.payment.mode.as_str() {
-            "local" => false,
-            "kafka" => {
-                anyhow::ensure!(
-                    settings.bus.kind == "kafka",
-                    "payment.mode = \"kafka\" needs bus.kind = \"kafka\""
-                );
-                true
-            }
-            other => anyhow::bail!("payment.mode must be \"local\" or \"kafka\", got {other:?}"),
-        };
+        let external_payment = settings.payment.mode == PaymentMode::Kafka;
+        anyhow::ensure!(
+            !external_payment || settings.bus.kind == BusKind::Kafka,
+            "payment.mode = \"kafka\" needs bus.kind = \"kafka\""
+        );
 
         let store = connect_store(&settings).await?;
         if settings.store.migrate_on_start {
@@ -182,7 +175,7 @@ impl App {
             .map_err(|e| anyhow::anyhow!("cannot open the search index: {e}"))?;
         crate::actors::indexer::start(search.clone(), bus.subscribe());
         let relayed = event_bus(&settings, &bus)?;
-        let relayed: Arc<dyn EventBus> = if settings.bus.kind == "embedded" {
+        let relayed: Arc<dyn EventBus> = if settings.bus.kind == BusKind::Embedded {
             relayed
         } else {
             Arc::new(crate::persistence::search::feed::LocalCopy {
@@ -220,7 +213,7 @@ impl App {
     /// running when its payment outcome arrives): with `payment.mode = "kafka"`, the
     /// saga's consumer of `emporium.payments`.
     fn start_consumers(&self) {
-        if self.settings.payment.mode != "kafka" {
+        if self.settings.payment.mode != PaymentMode::Kafka {
             return;
         }
         let spec = ConsumerSpec {

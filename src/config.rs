@@ -90,9 +90,25 @@ pub struct LimitSettings {
     pub signups_per_ip_burst: u32,
 }
 
+/// Who charges an order: the saga's own payment actor, or the payment service over Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentMode {
+    Local,
+    Kafka,
+}
+
+/// Where the outbox relay publishes: in-process subscribers, or a Kafka cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusKind {
+    Embedded,
+    Kafka,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct PaymentSettings {
-    pub mode: String,
+    pub mode: PaymentMode,
     pub attempts: u32,
     pub attempt_timeout_ms: u64,
     pub backoff_base_ms: u64,
@@ -109,7 +125,7 @@ pub struct OutboxSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BusSettings {
-    pub kind: String,
+    pub kind: BusKind,
     pub brokers: String,
     pub partitions: i32,
     pub replication_factor: i32,
@@ -201,6 +217,8 @@ impl Settings {
                 }
             }
         }
+        // An enum-valued key with an unknown value fails here, naming the key and the
+        // accepted values (serde's "unknown variant `x`, expected `embedded` or `kafka`").
         figment
             .merge(Env::prefixed("EMPORIUM__").split("__"))
             .extract()
@@ -256,6 +274,32 @@ mod tests {
             let s = Settings::load(None).expect("settings load");
             assert_eq!(s.store_url(), "mysql://root@127.0.0.1:3306/shop");
             assert_eq!(s.write_behind.max_batch, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail fixes the closure's error type
+    fn an_unknown_enum_value_names_the_key_and_the_accepted_values() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EMPORIUM__BUS__KIND", "rabbit");
+            // figment names an environment key as it was written: "BUS.KIND".
+            let message = Settings::load(None)
+                .expect_err("rabbit is not a bus")
+                .to_string()
+                .to_lowercase();
+            assert!(message.contains("bus.kind"), "{message}");
+            assert!(message.contains("embedded") && message.contains("kafka"), "{message}");
+            jail.set_env("EMPORIUM__BUS__KIND", "kafka");
+            jail.set_env("EMPORIUM__PAYMENT__MODE", "remote");
+            let message = Settings::load(None)
+                .expect_err("remote is not a mode")
+                .to_string()
+                .to_lowercase();
+            assert!(
+                message.contains("payment.mode") && message.contains("local"),
+                "{message}"
+            );
             Ok(())
         });
     }

@@ -128,7 +128,7 @@ async fn wait_backlog_empty(app: &TestApp) {
 async fn kafka_app(brokers: &str, tweak: impl FnOnce(&mut emporium::config::Settings)) -> TestApp {
     let brokers = brokers.to_owned();
     TestApp::spawn_with(Backend::Sqlite, move |s| {
-        s.bus.kind = "kafka".into();
+        s.bus.kind = emporium::config::BusKind::Kafka;
         s.bus.brokers = brokers;
         s.bus.partitions = 3;
         tweak(s);

@@ -28,10 +28,10 @@ async fn kafka_app(
     let brokers = brokers.to_owned();
     let data_dir = data_dir.map(Path::to_path_buf);
     TestApp::spawn_with(Backend::Sqlite, move |s| {
-        s.bus.kind = "kafka".into();
+        s.bus.kind = emporium::config::BusKind::Kafka;
         s.bus.brokers = brokers;
         s.bus.partitions = 2;
-        s.payment.mode = "kafka".into();
+        s.payment.mode = emporium::config::PaymentMode::Kafka;
         s.consumer.backoff_base_ms = 10;
         s.consumer.max_attempts = 3;
         s.outbox.poll_interval_ms = 20;
@@ -55,7 +55,7 @@ impl PaymentServiceProcess {
     fn start(brokers: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = test_settings(dir.path());
-        settings.bus.kind = "kafka".into();
+        settings.bus.kind = emporium::config::BusKind::Kafka;
         settings.bus.brokers = brokers.to_owned();
         settings.bus.partitions = 2;
         settings.consumer.backoff_base_ms = 10;

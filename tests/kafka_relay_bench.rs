@@ -74,7 +74,7 @@ async fn relay_throughput_and_commit_to_ack_latency() {
     let broker = Tansu::start(&tansu).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut settings = common::test_settings(dir.path());
-    settings.bus.kind = "kafka".into();
+    settings.bus.kind = emporium::config::BusKind::Kafka;
     settings.bus.brokers = broker.brokers.clone();
     let store = SqlStore::connect(
         &settings.store_url(),

@@ -304,7 +304,7 @@ async fn kafka_consumers_continue_the_publish_span_from_the_traceparent_header()
     };
     let (telemetry, received) = telemetry();
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.bus.kind = "kafka".into();
+        s.bus.kind = emporium::config::BusKind::Kafka;
         s.bus.brokers = brokers.clone();
     })
     .await;

@@ -33,7 +33,7 @@ impl FromRequest for Caller {
 fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
     let keys = req
         .app_data::<web::Data<Keys>>()
-        .ok_or_else(|| ApiError::UnavailableFor("authentication is not configured"))?;
+        .ok_or(ApiError::UnavailableFor("authentication is not configured"))?;
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
