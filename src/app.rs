@@ -12,7 +12,6 @@ use crate::actors::outbox::OutboxRelay;
 use crate::actors::payment::PaymentActor;
 use crate::actors::payment_outcomes::{self, PaymentOutcomes};
 use crate::actors::write_behind::WriteBehind;
-use crate::auth::Keys;
 use crate::config::{BusKind, PaymentMode, Settings};
 use crate::domain::order::OrderLimits;
 use crate::http::{self, AppState, Lifecycle};
@@ -21,8 +20,9 @@ use crate::persistence::consumer::{self, ConsumerSpec};
 use crate::persistence::kafka::KafkaBus;
 use crate::persistence::sql::StoreOptions;
 use crate::persistence::SqlStore;
+use crate::services::accounts::tokens::Keys;
+use crate::services::accounts::Accounts;
 use crate::telemetry::Metrics;
-use crate::users::Accounts;
 use actix::prelude::*;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, HttpServer};
@@ -50,7 +50,7 @@ pub struct App {
     /// Set to true to stop the Kafka consumers (shutdown).
     pub consumers: Arc<tokio::sync::watch::Sender<bool>>,
     /// Products and categories (embedded or MongoDB, from `catalog.url`).
-    pub catalog: Arc<crate::catalog::CatalogService>,
+    pub catalog: Arc<crate::services::catalog::CatalogService>,
 }
 
 pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
@@ -112,7 +112,7 @@ impl App {
             store.migrate().await?;
         }
         let catalog = Arc::new(
-            crate::catalog::CatalogService::open(&settings, store.clone())
+            crate::services::catalog::CatalogService::open(&settings, store.clone())
                 .await
                 .context("cannot open the catalog (catalog.url)")?,
         );
@@ -254,7 +254,7 @@ impl App {
         });
         let keys = web::Data::from(self.keys.clone());
         let accounts = web::Data::from(self.accounts.clone());
-        crate::users::spawn_dormancy_sweeps(self.store.clone(), &self.settings.users);
+        crate::services::accounts::spawn_dormancy_sweeps(self.store.clone(), &self.settings.users);
         let body_limit = self.settings.server.body_limit_bytes;
         let server = HttpServer::new(move || {
             actix_web::App::new()

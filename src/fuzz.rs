@@ -14,12 +14,12 @@
 //!   stock + live reservations (recovery) equals the live state.
 //! * [`order_machine`]: any sequence of transitions follows the documented state machine.
 
-use crate::auth::Keys;
 use crate::domain::catalog::{json_depth, validate as validate_product, ProductInput, MAX_JSON_DEPTH};
 use crate::domain::ids::{OrderId, Sku, UserId};
 use crate::domain::inventory::{InventoryError, Outcome, Reservation, SkuInventory};
 use crate::domain::order::{next_status, quantities_by_sku, CancelReason, OrderLimits, OrderStatus, Transition};
 use crate::http::{orders, valid_traceparent};
+use crate::services::accounts::tokens::Keys;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::OnceLock;

@@ -12,8 +12,8 @@
 //!   saga per open order, and the `Orders` directory), `payment`, `write_behind` (group
 //!   commit, the only path to the database for orders), `outbox` (relay), `indexer`
 //!   (search), `payment_outcomes` (Kafka-driven saga steps).
-//! - [`catalog`], [`users`], [`passwords`], [`auth`]: services without actors (catalog
-//!   changes end to end; accounts, argon2id hashing, JWT).
+//! - [`services`]: business operations without actors: `catalog` (product and category
+//!   changes end to end) and `accounts` (sign-up, login, dormancy, argon2id passwords, JWT).
 //! - [`http`]: actix-web handlers (thin: extract, call, map), problem+json, OpenAPI.
 //! - [`persistence`]: the SQL store (SQLite, MySQL), event buses (embedded, Kafka), the
 //!   consumer loop, catalog backends, search engines (embedded tantivy, Elasticsearch).
@@ -24,16 +24,13 @@
 
 pub mod actors;
 pub mod app;
-pub mod auth;
-pub mod catalog;
 pub mod config;
 pub mod domain;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod http;
-pub mod passwords;
 pub mod payment_service;
 pub mod persistence;
 pub mod seed;
+pub mod services;
 pub mod telemetry;
-pub mod users;

@@ -4,8 +4,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use emporium::app::{connect_store, App};
-use emporium::auth::Keys;
 use emporium::config::Settings;
+use emporium::services::accounts::tokens::Keys;
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -220,7 +220,7 @@ async fn a_login_upgrades_a_hash_made_with_older_parameters(backend: Backend) {
     let mut older = app.app.settings.users.clone();
     older.argon2_memory_kib = 1024;
     older.argon2_iterations = 1;
-    let old_hash = emporium::passwords::Passwords::new(&older)
+    let old_hash = emporium::services::accounts::passwords::Passwords::new(&older)
         .expect("hasher")
         .hash(&emporium::domain::user::Password::parse(PASSWORD).expect("password"))
         .await
@@ -338,7 +338,7 @@ async fn a_dormant_user_keeps_their_orders_and_wakes_on_login(backend: Backend) 
     // The daily job, run as if a day short of 180 days had passed: nobody is dormant yet.
     let store = &app.app.store;
     let now = now_millis();
-    let marked = emporium::users::sweep_dormant(store, now + (i64::from(days) - 1) * DAY_MILLIS, days)
+    let marked = emporium::services::accounts::sweep_dormant(store, now + (i64::from(days) - 1) * DAY_MILLIS, days)
         .await
         .expect("sweep");
     assert_eq!(marked, 0);
@@ -347,11 +347,15 @@ async fn a_dormant_user_keeps_their_orders_and_wakes_on_login(backend: Backend) 
     // A day past 180: both accounts turn dormant; a second sweep marks nothing more.
     let later = now + (i64::from(days) + 1) * DAY_MILLIS;
     assert_eq!(
-        emporium::users::sweep_dormant(store, later, days).await.expect("sweep"),
+        emporium::services::accounts::sweep_dormant(store, later, days)
+            .await
+            .expect("sweep"),
         2
     );
     assert_eq!(
-        emporium::users::sweep_dormant(store, later, days).await.expect("sweep"),
+        emporium::services::accounts::sweep_dormant(store, later, days)
+            .await
+            .expect("sweep"),
         0
     );
     let profile = me(&app, &token).await;

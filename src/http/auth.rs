@@ -2,8 +2,8 @@
 //! the `admin` role. Handlers take them as arguments; there is no other auth check.
 
 use super::problem::ApiError;
-use crate::auth::Keys;
 use crate::domain::ids::UserId;
+use crate::services::accounts::tokens::Keys;
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
 use std::future::{ready, Ready};

@@ -1,15 +1,15 @@
 //! `/v1/products` and `/v1/inventory`: thin handlers over the catalog service
-//! ([`crate::catalog`]) and the live inventory of each SKU as its actor sees it.
+//! ([`crate::services::catalog`]) and the live inventory of each SKU as its actor sees it.
 
 use super::auth::Admin;
 use super::problem::ApiError;
 use super::{AppState, TraceParent};
 use crate::actors::inventory::{InventoryFailure, InventoryView};
-use crate::catalog::CatalogFailure;
 use crate::domain::catalog::{ProductFilter, ProductInput, ProductStatus, MAX_STOCK};
 use crate::domain::ids::{ProductId, Sku};
 use crate::domain::inventory::InventoryError;
 use crate::persistence::catalog::PageRequest;
+use crate::services::catalog::CatalogFailure;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};

@@ -1,6 +1,6 @@
 //! `/v1/categories`: the category tree (materialized paths like `1/4/28`), moving a
 //! subtree, and "products in this category and below". Thin handlers over
-//! [`crate::catalog::CatalogService`].
+//! [`crate::services::catalog::CatalogService`].
 
 use super::auth::Admin;
 use super::catalog::{category_path_of, limit_of, product_page, traceparent, ProductQuery};

@@ -64,7 +64,7 @@ pub struct AppState {
     /// Product search (`[search]`).
     pub search: Arc<dyn crate::persistence::search::SearchIndex>,
     /// Products and categories.
-    pub catalog: Arc<crate::catalog::CatalogService>,
+    pub catalog: Arc<crate::services::catalog::CatalogService>,
 }
 
 impl AppState {

@@ -9,7 +9,7 @@ use super::problem::{ApiError, Problem};
 use super::{rfc3339, AppState};
 use crate::domain::user::Email;
 use crate::persistence::users::Account;
-use crate::users::{AccountError, Accounts};
+use crate::services::accounts::{AccountError, Accounts};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

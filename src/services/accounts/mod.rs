@@ -2,22 +2,27 @@
 //!
 //! The rules are in [`crate::domain::user`] (what a valid email, password and name are;
 //! when an account is dormant), storage in [`crate::persistence::users`], hashing in
-//! [`crate::passwords`]. This file puts them in order, so each HTTP handler is one call.
+//! [`passwords`], bearer tokens in [`tokens`]. This file puts them in order, so each
+//! HTTP handler is one call.
 //!
 //! A login's token is the runtime's own JWT with `sub` = the account id, so every route
 //! that takes a user token (orders) works for accounts unchanged. Accounts never get the
 //! admin role: admin tokens come from `emporium token --admin` only.
 
-use crate::auth::Keys;
+pub mod passwords;
+pub mod tokens;
+
 use crate::config::UserSettings;
 use crate::domain::ids::UserId;
 use crate::domain::user::{dormancy_cutoff, DisplayName, Email, InvalidField, Password};
 use crate::domain::{now_millis, Millis};
-use crate::passwords::{PasswordError, Passwords, Verdict};
 use crate::persistence::users::{Account, NewAccount};
 use crate::persistence::{SqlStore, StoreError};
+use passwords::{PasswordError, Passwords, Verdict};
 use std::sync::Arc;
 use std::time::Duration;
+use tokens::Keys;
+
 use tracing::{info, warn};
 
 #[derive(Debug, Clone, thiserror::Error)]
