@@ -16,10 +16,11 @@
 //!   changes end to end) and `accounts` (sign-up, login, dormancy, argon2id passwords, JWT).
 //! - [`http`]: actix-web handlers (thin: extract, call, map), problem+json, OpenAPI.
 //! - [`persistence`]: the SQL store (SQLite, MySQL), event buses (embedded, Kafka), the
-//!   consumer loop, catalog backends, search engines (embedded tantivy, Elasticsearch).
+//!   consumer loop, catalog backends, search engines (embedded tantivy, Elasticsearch),
+//!   and the bulk loader behind `emporium seed` (`persistence::seed`).
 //! - [`telemetry`]: tracing subscriber, OpenTelemetry export, metrics registry.
-//! - [`app`]: start-up, recovery and graceful shutdown; [`config`]: layered settings.
-//! - [`payment_service`], [`seed`]: the `payment-service` and `seed` commands.
+//! - [`app`]: wiring: start-up, recovery and graceful shutdown of the server, and of the
+//!   payment service (`app::payment_service`); [`config`]: layered settings.
 //! - [`fuzz`]: fuzz targets shared by proptest and cargo-fuzz (not part of the API).
 
 pub mod actors;
@@ -29,8 +30,6 @@ pub mod domain;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod http;
-pub mod payment_service;
 pub mod persistence;
-pub mod seed;
 pub mod services;
 pub mod telemetry;

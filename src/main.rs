@@ -149,7 +149,7 @@ fn run() -> anyhow::Result<ExitCode> {
         }),
         Command::PaymentService => {
             actix_rt::System::new().block_on(async move {
-                let service = emporium::payment_service::PaymentService::start(&settings).await?;
+                let service = emporium::app::payment_service::PaymentService::start(&settings).await?;
                 println!("payment service consuming emporium.orders");
                 emporium::app::wait_for_signal().await;
                 service.shutdown().await;
@@ -168,7 +168,8 @@ fn run() -> anyhow::Result<ExitCode> {
                 indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} products {per_sec} eta {eta}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            let report = emporium::seed::seed(&store, products, seed, |done| bar.set_position(done)).await?;
+            let report =
+                emporium::persistence::seed::seed(&store, products, seed, |done| bar.set_position(done)).await?;
             bar.finish();
             println!(
                 "seeded {} products ({} SKUs) in {} categories in {:.1} s: {:.0} products/s",

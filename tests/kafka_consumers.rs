@@ -9,7 +9,7 @@ mod common;
 
 use common::tansu::{required_env, Tansu};
 use common::{test_settings, Backend, TestApp};
-use emporium::payment_service::PaymentService;
+use emporium::app::payment_service::PaymentService;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod kafka;
 pub mod row_lock;
 pub mod search;
+pub mod seed;
 pub mod sql;
 pub mod users;
 

@@ -6,6 +6,8 @@
 //! → saga recovery → ready. Shutdown on SIGTERM/SIGINT: readiness and new orders turn
 //! 503, in-flight requests finish, the write-behind queue and the outbox are flushed.
 
+pub mod payment_service;
+
 use crate::actors::inventory::{Inventory, InventoryOptions, Strategy};
 use crate::actors::order::{Orders, SagaOptions};
 use crate::actors::outbox::OutboxRelay;
