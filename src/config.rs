@@ -196,7 +196,7 @@ pub struct SearchSettings {
     pub alias_poll_ms: u64,
 }
 
-/// Where products and categories are kept and queried (src/persistence/catalog.rs).
+/// Where products and categories are kept and queried (src/persistence/catalog/mod.rs).
 #[derive(Debug, Clone, Deserialize)]
 pub struct CatalogSettings {
     /// Empty: the embedded catalog in the SQL store. `mongodb://host:port/db`: MongoDB.

@@ -6,7 +6,7 @@
 //!
 //! Real parts only: a real server over HTTP, a real SQL store, a real MongoDB-protocol
 //! server. NX-27017 lacks aggregation-pipeline updates; the MongoDB catalog does not use
-//! them (see src/persistence/catalog_mongo.rs), so nothing here works around it.
+//! them (see src/persistence/catalog/mongo.rs), so nothing here works around it.
 
 mod common;
 

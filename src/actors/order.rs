@@ -25,7 +25,7 @@ use crate::domain::order::{
     next_status, quantities_by_sku, total, CancelReason, Order, OrderLimits, OrderLine, OrderRequestError, OrderStatus,
     Transition,
 };
-use crate::persistence::consumer::ConsumeError;
+use crate::persistence::bus::consumer::ConsumeError;
 use crate::persistence::{Consumed, IdempotencyRecord, JournalEntry, SqlStore, StatusChange, StoreError, WriteSet};
 use crate::telemetry::Metrics;
 use actix::prelude::*;

@@ -9,7 +9,7 @@
 use crate::actors::order::Orders;
 use crate::domain::events::{Event, EventType};
 use crate::domain::ids::OrderId;
-use crate::persistence::consumer::{ConsumeError, EventHandler};
+use crate::persistence::bus::consumer::{ConsumeError, EventHandler};
 use crate::persistence::Consumed;
 use async_trait::async_trait;
 

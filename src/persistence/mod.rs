@@ -4,10 +4,6 @@
 
 pub mod bus;
 pub mod catalog;
-pub mod catalog_mongo;
-pub mod catalog_sql;
-pub mod consumer;
-pub mod kafka;
 pub mod row_lock;
 pub mod search;
 pub mod seed;

@@ -16,9 +16,9 @@ use crate::domain::catalog::{self as rules, Category, Page, Product, ProductFilt
 use crate::domain::events::{Event, EventType};
 use crate::domain::ids::ProductId;
 use crate::domain::now_millis;
+use crate::persistence::catalog::mongo::MongoCatalog;
+use crate::persistence::catalog::sql::{SkuChanges, SqlCatalog};
 use crate::persistence::catalog::{Catalog, PageRequest};
-use crate::persistence::catalog_mongo::MongoCatalog;
-use crate::persistence::catalog_sql::{SkuChanges, SqlCatalog};
 use crate::persistence::{NewSku, SqlStore, StoreError};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! The event bus the outbox relays to. The embedded default delivers to in-process
 //! subscribers (the outbox table itself is the durable log); Kafka
-//! ([`super::kafka::KafkaBus`]) is another implementation of the same trait.
+//! ([`crate::persistence::bus::kafka::KafkaBus`]) is another implementation of the same trait.
+
+pub mod consumer;
+pub mod kafka;
 
 use crate::domain::events::Event;
 use async_trait::async_trait;

@@ -1,6 +1,6 @@
 //! The catalog in the SQL store: the write side every catalog backend shares (each
 //! change in one transaction with its SKUs, stock journal and outbox event — see
-//! [`super::catalog`] for why), and [`SqlCatalog`], the embedded read side.
+//! [`crate::persistence::catalog`] for why), and [`SqlCatalog`], the embedded read side.
 //!
 //! Works on SQLite and on MySQL/MariaDB: the filtered fields are generated columns
 //! (migrations/*/0003_catalog.sql) so the queries are the same on both; `CONCAT`,
@@ -10,14 +10,14 @@
 //! every descendant path (and depth), one rewrites the `category_path` of every product
 //! below it, inside the same transaction as the `product_upserted` events they cause.
 
-use super::catalog::{Catalog, PageRequest};
-use super::sql::{corrupt, insert_outbox, text, ROWS_PER_INSERT};
-use super::{JournalEntry, NewSku, SqlStore, StoreError};
 use crate::domain::catalog::{descendants_range, Category, Move, Page, Product, ProductFilter};
 use crate::domain::events::{Event, EventType};
 use crate::domain::ids::ProductId;
 use crate::domain::money::Money;
 use crate::domain::Millis;
+use crate::persistence::catalog::{Catalog, PageRequest};
+use crate::persistence::sql::{corrupt, insert_outbox, text, ROWS_PER_INSERT};
+use crate::persistence::{JournalEntry, NewSku, SqlStore, StoreError};
 use sqlx::any::AnyRow;
 use sqlx::{Any, QueryBuilder, Row};
 
@@ -258,14 +258,14 @@ impl SqlStore {
         // reports no last-insert id for SQLite, so SQLite says it with RETURNING.
         let insert = "INSERT INTO categories (name, parent_id, path, depth, created_at) VALUES (?, ?, '', 0, ?)";
         let id = match self.dialect() {
-            super::sql::Dialect::Sqlite => sqlx::query(&format!("{insert} RETURNING id"))
+            crate::persistence::sql::Dialect::Sqlite => sqlx::query(&format!("{insert} RETURNING id"))
                 .bind(name.to_owned())
                 .bind(parent.map(|p| p.id))
                 .bind(at)
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get::<i64, _>("id")?,
-            super::sql::Dialect::MySql => sqlx::query(insert)
+            crate::persistence::sql::Dialect::MySql => sqlx::query(insert)
                 .bind(name.to_owned())
                 .bind(parent.map(|p| p.id))
                 .bind(at)

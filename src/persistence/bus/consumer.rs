@@ -18,10 +18,10 @@
 //! re-publishes it. Messages are handled one at a time per consumer, which keeps each
 //! key's (order's) events in order.
 
-use super::kafka::{client_config, producer};
-use super::{Consumed, DeadLetter, SqlStore};
 use crate::config::{BusSettings, ConsumerSettings};
 use crate::domain::events::Event;
+use crate::persistence::bus::kafka::{client_config, producer};
+use crate::persistence::{Consumed, DeadLetter, SqlStore};
 use async_trait::async_trait;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};

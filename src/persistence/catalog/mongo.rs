@@ -2,7 +2,7 @@
 //! as documents in the `products` and `categories` collections, with their indexes
 //! created on start.
 //!
-//! It is a projection of the SQL store (see [`super::catalog`]): [`MongoCatalog::sync`]
+//! It is a projection of the SQL store (see [`crate::persistence::catalog`]): [`MongoCatalog::sync`]
 //! drains `catalog_projection` in order, reads the *current* SQL rows of the queued ids
 //! and upserts them by `_id` (`replace_one` with `upsert`), so applying an entry twice,
 //! or an old entry after a newer one, still ends at the SQL state. One sync runs at a
@@ -17,10 +17,10 @@
 //! on `live`). Top-level categories have `parent_key: 0` so "children of X" and "top
 //! level" are the same equality query on one index.
 
-use super::catalog::{Catalog, PageRequest};
-use super::{SqlStore, StoreError};
 use crate::domain::catalog::{Category, Page, Product, ProductFilter};
 use crate::domain::ids::ProductId;
+use crate::persistence::catalog::{Catalog, PageRequest};
+use crate::persistence::{SqlStore, StoreError};
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ClientOptions;
 use mongodb::{Collection, Database, IndexModel};

@@ -1,10 +1,10 @@
 //! The `Catalog`: where products and categories are read and queried. Two
 //! implementations, chosen once at start-up from `catalog.url`:
 //!
-//! - [`SqlCatalog`](super::catalog_sql::SqlCatalog), the embedded default: the SQL
+//! - [`SqlCatalog`](crate::persistence::catalog::sql::SqlCatalog), the embedded default: the SQL
 //!   store's own `products` and `categories` tables (JSON document + generated, indexed
 //!   columns). Works on SQLite and on MySQL/MariaDB, whichever the store is.
-//! - [`MongoCatalog`](super::catalog_mongo::MongoCatalog) (`catalog.url = mongodb://…`):
+//! - [`MongoCatalog`](crate::persistence::catalog::mongo::MongoCatalog) (`catalog.url = mongodb://…`):
 //!   the same documents in MongoDB collections with their indexes.
 //!
 //! **Who is the truth.** Every catalog change is first committed to the SQL store in one
@@ -18,9 +18,12 @@
 //! replayed at the next start (or by the background retry while MongoDB is down). With
 //! the embedded catalog the commit *is* the catalog write and `sync` has nothing to do.
 
-use super::StoreError;
+pub mod mongo;
+pub mod sql;
+
 use crate::domain::catalog::{Category, Page, Product, ProductFilter};
 use crate::domain::ids::ProductId;
+use crate::persistence::StoreError;
 
 /// A page request: at most `limit` items after `cursor` (exclusive), in id order.
 #[derive(Debug, Clone)]

@@ -8,9 +8,9 @@
 //! schema version, content type and the W3C `traceparent` (and `tracestate`, when the
 //! request had one) of the request.
 
-use super::bus::{BusError, EventBus};
 use crate::config::BusSettings;
 use crate::domain::events::Event;
+use crate::persistence::bus::{BusError, EventBus};
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
