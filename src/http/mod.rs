@@ -81,9 +81,20 @@ impl AppState {
 }
 
 /// All routes.
+///
+/// Order matters for cost, not meaning (no two patterns overlap): a request is matched
+/// against the routes in this order, twice (the router, then `observe` for the route
+/// label), and every `{param}` pattern it passes is a regex match. So the routes of a sale
+/// come first: measured with perf on a sold-out flood, matching `POST /v1/orders` at the
+/// end of this list took 12 % of the server's CPU.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1")
+            .route("/orders", web::post().to(orders::create_order))
+            .route("/inventory/{sku}", web::get().to(catalog::get_inventory))
+            .route("/orders/{id}", web::get().to(orders::get_order))
+            .route("/orders", web::get().to(orders::list_orders))
+            .route("/orders/{id}/cancel", web::post().to(orders::cancel_order))
             .configure(users::routes)
             .route("/products", web::post().to(catalog::create_product))
             .route("/products", web::get().to(catalog::list_products))
@@ -97,12 +108,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/categories/{id}/children", web::get().to(categories::children))
             .route("/categories/{id}/move", web::post().to(categories::move_category))
             .route("/categories/{id}/products", web::get().to(categories::products))
-            .route("/inventory/{sku}", web::get().to(catalog::get_inventory))
             .route("/inventory/{sku}", web::put().to(catalog::set_inventory))
-            .route("/orders", web::post().to(orders::create_order))
-            .route("/orders", web::get().to(orders::list_orders))
-            .route("/orders/{id}", web::get().to(orders::get_order))
-            .route("/orders/{id}/cancel", web::post().to(orders::cancel_order))
             .route("/search", web::get().to(search::search))
             .route("/search/suggest", web::get().to(search::suggest))
             .route(
