@@ -19,7 +19,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_emporium");
 
 on_every_backend!(
     kill_9_during_orders_loses_no_acknowledged_order,
-    expiries_due_during_downtime_are_swept_at_start
+    expiries_due_during_downtime_are_swept_at_start,
+    kill_9_between_accept_and_settle_at_many_points
 );
 
 struct Server {
@@ -306,6 +307,216 @@ async fn expiries_due_during_downtime_are_swept_at_start(backend: Backend) {
     assert!(commits < 60.0, "60 expiries took {commits} commits: not coalesced");
     server.child.kill().unwrap();
     server.child.wait().unwrap();
+    if let Some(url) = &url {
+        common::drop_database(url).await;
+    }
+}
+
+/// How many orders the store holds between their two commits (accepted, not settled),
+/// read straight from the database while the server is dead.
+async fn between_commits(data_dir: &Path, url: Option<&str>) -> i64 {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let url = match url {
+        Some(url) => url.to_owned(),
+        None => format!("sqlite:{}?mode=ro", data_dir.join("emporium.db").display()),
+    };
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("store opens");
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM orders WHERE status = 'PENDING_PAYMENT'")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count");
+    row.try_get::<i64, _>("n").expect("n")
+}
+
+/// Every order of `user`, following the cursor.
+async fn all_orders(client: &reqwest::Client, base: &str, user: &str) -> Vec<Value> {
+    let mut orders = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/orders?limit=1000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = client
+            .get(url)
+            .bearer_auth(user)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        orders.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return orders,
+        }
+    }
+}
+
+/// A happy order is two commits (accept, then settle = PAID+COMPLETED together). The
+/// process is killed with SIGKILL again and again while orders are between the two (the
+/// flaky token makes the saga retry the charge, so many orders sit accepted-unsettled at
+/// any moment), each round at a different count of acknowledgements, with declines and
+/// customer cancels in the mix. After the last restart every 201 is there, every order
+/// ends COMPLETED or CANCELLED, nothing stays reserved, stock equals what the completed
+/// orders took, and `emporium reconcile` is clean. The test also checks that kills did
+/// land between the commits (orders found PENDING_PAYMENT in the store of a dead server).
+async fn kill_9_between_accept_and_settle_at_many_points(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = store_env(&backend).await;
+    let store: Vec<(&str, &str)> = url.iter().map(|u| ("EMPORIUM__STORE__URL", u.as_str())).collect();
+    let client = reqwest::Client::new();
+    let mut server = start(dir.path(), &store);
+    wait_ready(&client, &server.base).await;
+    let admin = token(dir.path(), "admin", true);
+    let user = token(dir.path(), "settle-buyer", false);
+    let stock: i64 = 100_000;
+    let r = client
+        .post(format!("{}/v1/products", server.base))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "settle", "price": {"amount": 10, "currency": "KRW"}, "variants": [{"sku": "SETTLE", "stock": stock}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut caught_between = 0;
+    // Kill points: acknowledgements in the round before SIGKILL, spread from "at once" to
+    // "well into the run", so the kill meets the saga at different steps.
+    let kill_after = [1usize, 3, 9, 20, 45, 80, 130, 7];
+    for (round, &after) in kill_after.iter().enumerate() {
+        if round > 0 {
+            server = start(dir.path(), &store);
+            wait_ready(&client, &server.base).await;
+        }
+        let in_round = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let acked = Arc::new(tokio::sync::Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..24)
+            .map(|c| {
+                let (client, base, user) = (client.clone(), server.base.clone(), user.clone());
+                let (acknowledged, stop, in_round) = (acknowledged.clone(), stop.clone(), in_round.clone());
+                let acked = acked.clone();
+                tokio::spawn(async move {
+                    let mut n = 0usize;
+                    while !stop.load(Ordering::SeqCst) {
+                        n += 1;
+                        let payment = match (c + n) % 7 {
+                            0 => "test_decline",
+                            1 | 2 => "test_ok",
+                            _ => "test_flaky",
+                        };
+                        let sent = client
+                            .post(format!("{base}/v1/orders"))
+                            .bearer_auth(&user)
+                            .json(&json!({"items": [{"sku": "SETTLE", "qty": 1 + (n % 3) as i64}], "payment": {"token": payment}}))
+                            .send()
+                            .await;
+                        let Ok(response) = sent else { return };
+                        if response.status() != StatusCode::CREATED {
+                            continue;
+                        }
+                        let Ok(body) = response.json::<Value>().await else { return };
+                        let id = body["id"].as_str().unwrap().to_owned();
+                        acknowledged.lock().unwrap().push(id.clone());
+                        in_round.fetch_add(1, Ordering::SeqCst);
+                        acked.notify_one();
+                        if n % 5 == 0 {
+                            // A customer cancel racing the payment: either may win, never both.
+                            let _ = client
+                                .post(format!("{base}/v1/orders/{id}/cancel"))
+                                .bearer_auth(&user)
+                                .send()
+                                .await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while in_round.load(Ordering::SeqCst) < after {
+            let woken = tokio::time::timeout_at(deadline.into(), acked.notified()).await;
+            assert!(woken.is_ok(), "orders are not flowing in round {round}");
+        }
+        server.child.kill().expect("SIGKILL");
+        server.child.wait().unwrap();
+        stop.store(true, Ordering::SeqCst);
+        for c in clients {
+            c.await.unwrap();
+        }
+        caught_between += between_commits(dir.path(), url.as_deref()).await;
+    }
+    assert!(
+        caught_between > 0,
+        "no kill landed between an order's accept and its settle: the test did not test the shape"
+    );
+
+    let mut server = start(dir.path(), &store);
+    wait_ready(&client, &server.base).await;
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let orders = loop {
+        let orders = all_orders(&client, &server.base, &user).await;
+        if orders
+            .iter()
+            .all(|o| o["status"] == "COMPLETED" || o["status"] == "CANCELLED")
+        {
+            break orders;
+        }
+        assert!(Instant::now() < deadline, "sagas not finished after the last restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stored: std::collections::HashSet<&str> = orders.iter().filter_map(|o| o["id"].as_str()).collect();
+    for id in &acknowledged {
+        assert!(stored.contains(id.as_str()), "acknowledged order {id} lost");
+    }
+    let sold: i64 = orders
+        .iter()
+        .filter(|o| o["status"] == "COMPLETED")
+        .flat_map(|o| o["items"].as_array().unwrap().iter())
+        .map(|i| i["qty"].as_i64().unwrap())
+        .sum();
+    assert!(
+        orders.iter().any(|o| o["status"] == "COMPLETED") && orders.iter().any(|o| o["status"] == "CANCELLED"),
+        "both outcomes occurred"
+    );
+    let inventory: Value = client
+        .get(format!("{}/v1/inventory/SETTLE", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(inventory["reserved"], 0, "no reservation leaks");
+    assert_eq!(
+        inventory["stock"],
+        stock - sold,
+        "stock equals what the completed orders took"
+    );
+
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let reconcile = Command::new(BIN)
+        .args(["reconcile", "--data-dir"])
+        .arg(dir.path())
+        .envs(store.iter().copied())
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&reconcile.stdout),
+        String::from_utf8_lossy(&reconcile.stderr)
+    );
+    assert!(reconcile.status.success(), "reconcile: {report}");
+    eprintln!(
+        "{} acknowledged over {} kills, {caught_between} found between accept and settle",
+        acknowledged.len(),
+        kill_after.len()
+    );
     if let Some(url) = &url {
         common::drop_database(url).await;
     }

@@ -5,14 +5,15 @@
 //! Owns: one order's state and saga progress (payment attempt, expiry timer).
 //! Takes: [`Cancel`]; internally, payment outcomes and the expiry timer.
 //! Promises: the order moves only along the state machine of `domain::order`; each
-//! step (PAID, COMPLETED, CANCELLED) is committed with its inventory journal entries
-//! and outbox events before the actor takes its next message, so a customer cancel
-//! and a payment outcome can never both win. On payment failure, customer cancel or
-//! expiry, the compensation releases every reservation.
+//! step (settle = PAID+COMPLETED in one commit, or CANCELLED) is committed with its
+//! inventory journal entries and outbox events before the actor takes its next message,
+//! so a customer cancel and a payment outcome can never both win. On payment failure,
+//! customer cancel or expiry, the compensation releases every reservation.
 //!
 //! Saga: PENDING_PAYMENT --charge (attempts with exponential backoff)--> PAID
-//! --confirm inventory--> COMPLETED; a decline, the last failed attempt, a cancel or
-//! the reservation deadline --release inventory--> CANCELLED.
+//! --confirm inventory--> COMPLETED, the two arrows committed together (a happy order is
+//! two commits: accept, settle); a decline, the last failed attempt, a cancel or the
+//! reservation deadline --release inventory--> CANCELLED.
 
 use crate::actors::inventory::{shard_of, Inventory, InventoryFailure, Strategy};
 use crate::actors::payment::{self, Charge, PaymentActor, PaymentError};
@@ -61,6 +62,9 @@ struct Deps {
     arbiters: Arc<Vec<ArbiterHandle>>,
     options: SagaOptions,
     keys_in_flight: DashMap<(UserId, String), ()>,
+    /// Orders whose accept commit ended in an outage and is being resolved (their
+    /// reservations are held until the store says whether the commit happened).
+    in_doubt: std::sync::atomic::AtomicUsize,
 }
 
 /// Why an order could not be placed.
@@ -136,7 +140,7 @@ pub struct PaymentReported {
 /// What a [`PaymentReported`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reported {
-    /// The order moved (PAID, or CANCELLED with its reservations released).
+    /// The order moved (COMPLETED, or CANCELLED with its reservations released).
     Applied,
     /// The order had already left PENDING_PAYMENT: nothing to do.
     Ignored(OrderStatus),
@@ -195,7 +199,7 @@ impl Handler<PaymentReported> for OrderActor {
         let label = if msg.outcome.is_ok() { "succeeded" } else { "declined" };
         self.deps.metrics.payment_attempts.with_label_values(&[label]).inc();
         match msg.outcome {
-            Ok(()) => AtomicResponse::new(Box::pin(self.paid_by_service(msg.consumed))),
+            Ok(()) => AtomicResponse::new(Box::pin(self.settle_paid(Some(msg.consumed)))),
             Err(reason) => AtomicResponse::new(Box::pin(
                 self.cancel(CancelReason::PaymentFailed, Some(reason), Some(msg.consumed))
                     .map(|cancelled, _, _| cancelled.map(|_| Reported::Applied)),
@@ -280,7 +284,10 @@ impl OrderActor {
         }
         let options = &self.deps.options;
         match outcome {
-            Ok(()) => self.mark_paid(ctx),
+            Ok(()) => {
+                let fut = self.settle_paid(None);
+                ctx.wait(fut.map(|_, _, _| ()));
+            }
             Err(e) => match payment::retry_after(&e, self.attempt, options.payment_attempts, options.backoff_base) {
                 Some(backoff) => {
                     ctx.run_later(backoff, |act, ctx| {
@@ -297,73 +304,77 @@ impl OrderActor {
         }
     }
 
-    fn mark_paid(&mut self, ctx: &mut Context<Self>) {
-        let Some(change) = self.status_change(Transition::PaymentSucceeded) else {
-            return;
-        };
-        let event = self.event(
-            EventType::PaymentSucceeded,
-            self.order.id,
-            json!({"order_id": self.order.id, "amount": self.order.total, "attempts": self.attempt}),
-        );
-        let set = WriteSet {
-            status_change: Some(change.clone()),
-            events: vec![event],
-            ..WriteSet::default()
-        };
-        let deps = self.deps.clone();
-        let id = self.order.id;
-        let step = tracing::Instrument::instrument(
-            async move { commit_step(&deps, set, id, OrderStatus::Paid).await },
-            self.step_span("mark_paid"),
-        );
-        ctx.wait(step.into_actor(self).map(move |ok, act, ctx| {
-            if ok {
-                act.order.status = change.to;
-                act.order.updated_at = change.at;
-                act.complete(ctx);
-            } else {
-                ctx.stop();
-            }
-        }));
-    }
-
-    /// PAID on the payment service's word, committed with the consumed event's id;
-    /// answers once that is durable, then completes like the local saga.
-    fn paid_by_service(
+    /// Payment succeeded (locally, or on the payment service's word with the consumed
+    /// event's id): PENDING_PAYMENT → PAID → COMPLETED recorded in ONE commit with the
+    /// inventory confirms and both events (`payment_succeeded` when we charged, then the
+    /// confirms and `order_completed`), so a happy order costs two commits over its life:
+    /// accept and settle. The order still walks the state machine (both transitions are
+    /// `domain::order::next_status`); it is PAID only inside this step. The actor takes
+    /// no other message until the step is durable, so a cancel waiting in the mailbox
+    /// then finds COMPLETED and is refused: a cancel and a payment never both win.
+    fn settle_paid(
         &mut self,
-        consumed: Consumed,
+        consumed: Option<Consumed>,
     ) -> impl ActorFuture<Self, Output = Result<Reported, CancelRefused>> {
-        let change = self.status_change(Transition::PaymentSucceeded);
-        let set = WriteSet {
-            status_change: change.clone(),
-            consumed: Some(consumed),
-            ..WriteSet::default()
+        let from = self.order.status;
+        let change = next_status(from, Transition::PaymentSucceeded)
+            .and_then(|paid| next_status(paid, Transition::Complete))
+            .ok()
+            .map(|to| StatusChange {
+                order_id: self.order.id,
+                from,
+                to,
+                cancel_reason: None,
+                at: now_millis(),
+            });
+        // With an external payment service, payment_succeeded is its event, not ours.
+        let prefix = if self.deps.options.external_payment {
+            Vec::new()
+        } else {
+            vec![self.event(
+                EventType::PaymentSucceeded,
+                self.order.id,
+                json!({"order_id": self.order.id, "amount": self.order.total, "attempts": self.attempt}),
+            )]
         };
-        let (deps, id) = (self.deps.clone(), self.order.id);
-        async move {
-            let change = change.ok_or(CancelRefused::NotPending(OrderStatus::Paid))?;
-            if commit_step(&deps, set, id, OrderStatus::Paid).await {
-                Ok(change)
-            } else {
-                Err(CancelRefused::Unavailable)
-            }
-        }
+        let (deps, skus, id) = (self.deps.clone(), self.skus(), self.order.id);
+        let traceparent = self.traceparent.clone();
+        let span = self.step_span("complete");
+        tracing::Instrument::instrument(
+            async move {
+                let change = change.ok_or(CancelRefused::NotPending(from))?;
+                let ok = settle_and_commit(
+                    &deps,
+                    id,
+                    &skus,
+                    ChangeKind::Confirm,
+                    &change,
+                    traceparent,
+                    prefix,
+                    consumed,
+                )
+                .await;
+                if ok {
+                    Ok(change)
+                } else {
+                    Err(CancelRefused::Unavailable)
+                }
+            },
+            span,
+        )
         .into_actor(self)
-        .map(|committed, act, ctx| match committed {
-            Ok(change) => {
-                act.order.status = change.to;
-                act.order.updated_at = change.at;
-                act.complete(ctx);
-                Ok(Reported::Applied)
-            }
-            Err(e) => {
-                ctx.stop();
-                Err(e)
-            }
+        .map(|committed, act, ctx| {
+            ctx.stop();
+            let change = committed?;
+            act.order.status = change.to;
+            act.order.updated_at = change.at;
+            act.deps.metrics.orders_finished.with_label_values(&["COMPLETED"]).inc();
+            Ok(Reported::Applied)
         })
     }
 
+    /// Completes an order recovered as PAID (committed by a version that recorded the
+    /// payment as a commit of its own): confirm the inventory, commit COMPLETED.
     fn complete(&mut self, ctx: &mut Context<Self>) {
         let Some(change) = self.status_change(Transition::Complete) else {
             return;
@@ -469,26 +480,38 @@ impl OrderActor {
 async fn settle_each(deps: &Deps, skus: &[Sku], order: OrderId, how: ChangeKind) -> Vec<JournalEntry> {
     let mut journal = Vec::new();
     for sku in skus {
-        let mut backoff = Duration::from_millis(20);
-        loop {
+        let entry = with_backoff(Duration::from_millis(20), Duration::from_secs(2), || async move {
             let result = match how {
                 ChangeKind::Confirm => deps.inventory.confirm(sku, order).await,
                 _ => deps.inventory.release(sku, order).await,
             };
-            match result {
-                Ok(entry) => {
-                    journal.extend(entry);
-                    break;
-                }
-                Err(e) => {
-                    warn!(%sku, order_id = %order, error = %e, "inventory not answering, retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
+            result
+                .inspect_err(|e| warn!(%sku, order_id = %order, error = %e, "inventory not answering, retrying"))
+                .ok()
+        })
+        .await;
+        journal.extend(entry);
     }
     journal
+}
+
+/// The one retry loop of the saga: runs `attempt` until it returns `Some`, sleeping a
+/// doubling backoff (from `first`, capped at `cap`) between tries. For steps that must
+/// finish rather than give up (a saga step, an in-doubt order); each caller decides
+/// which failures are worth another try by returning `None` for them.
+async fn with_backoff<T, F, Fut>(first: Duration, cap: Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let mut backoff = first;
+    loop {
+        if let Some(done) = attempt().await {
+            return done;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(cap);
+    }
 }
 
 /// The write-set of a final saga step: the status change, the inventory journal
@@ -589,26 +612,28 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), StoreError>>,
 {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        match attempt().await {
-            Ok(()) => return true,
-            Err(StoreError::Rejected(e) | StoreError::Conflict(e) | StoreError::Corrupt(e)) => {
-                if let Ok(Some(stored)) = deps.store.get_order(order).await {
-                    if stored.status == target {
-                        return true;
+    with_backoff(Duration::from_millis(50), Duration::from_secs(5), || {
+        let tried = attempt();
+        async move {
+            match tried.await {
+                Ok(()) => Some(true),
+                Err(StoreError::Rejected(e) | StoreError::Conflict(e) | StoreError::Corrupt(e)) => {
+                    if let Ok(Some(stored)) = deps.store.get_order(order).await {
+                        if stored.status == target {
+                            return Some(true);
+                        }
                     }
+                    error!(order_id = %order, error = %e, "saga step refused by the store");
+                    Some(false)
                 }
-                error!(order_id = %order, error = %e, "saga step refused by the store");
-                return false;
-            }
-            Err(e) => {
-                warn!(order_id = %order, error = %e, "saga step not durable yet, retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                Err(e) => {
+                    warn!(order_id = %order, error = %e, "saga step not durable yet, retrying");
+                    None
+                }
             }
         }
-    }
+    })
+    .await
 }
 
 /// The order directory: placement, live sagas, cancellation and recovery.
@@ -639,12 +664,15 @@ impl Orders {
                 arbiters,
                 options,
                 keys_in_flight: DashMap::new(),
+                in_doubt: Default::default(),
             }),
         }
     }
 
+    /// Sagas running, counting orders still in doubt after an outage (each is about to
+    /// start a saga or drop its reservations): zero means every order is at rest.
     pub fn live_sagas(&self) -> usize {
-        self.deps.actors.len()
+        self.deps.actors.len() + self.deps.in_doubt.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn start_saga(&self, order: Order, traceparent: Option<String>) {
@@ -780,7 +808,11 @@ impl Orders {
                 // committed. Keep holding the stock (never oversell) until the store can say
                 // which it was; the client hears 503 and may retry with its Idempotency-Key.
                 let this = self.clone();
-                tokio::spawn(async move { this.resolve_in_doubt(order, request.traceparent).await });
+                deps.in_doubt.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    this.resolve_in_doubt(order, request.traceparent).await;
+                    this.deps.in_doubt.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                });
                 Err(PlaceError::Unavailable(e))
             }
             Err(e) => {
@@ -835,25 +867,17 @@ impl Orders {
     /// Settles an order whose commit ended in an outage: started if it was committed,
     /// its reservations dropped if it was not.
     async fn resolve_in_doubt(&self, order: Order, traceparent: Option<String>) {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.deps.store.get_order(order.id).await {
-                Ok(Some(_)) => {
-                    info!(order_id = %order.id, "order in doubt was committed; starting its saga");
-                    self.deps.metrics.orders_created.inc();
-                    self.start_saga(order, traceparent);
-                    return;
-                }
-                Ok(None) => {
-                    let skus: BTreeSet<&Sku> = order.lines.iter().map(|l| &l.sku).collect();
-                    self.forget_all(skus.into_iter(), order.id).await;
-                    return;
-                }
-                Err(_) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
+        let stored = with_backoff(Duration::from_millis(50), Duration::from_secs(2), || async {
+            self.deps.store.get_order(order.id).await.ok()
+        })
+        .await;
+        if stored.is_some() {
+            info!(order_id = %order.id, "order in doubt was committed; starting its saga");
+            self.deps.metrics.orders_created.inc();
+            self.start_saga(order, traceparent);
+        } else {
+            let skus: BTreeSet<&Sku> = order.lines.iter().map(|l| &l.sku).collect();
+            self.forget_all(skus.into_iter(), order.id).await;
         }
     }
 

@@ -3,16 +3,14 @@
 //! places where they differ go through [`Dialect`].
 //!
 //! The write path is [`SqlStore::commit`]: the group commit of many write-sets in one
-//! transaction (multi-row INSERTs, one coalesced `inventory` snapshot UPDATE per SKU).
+//! transaction, one set-based statement per table ([`write_sets`]; docs/write-path.md).
 //! The `inventory` table's CHECK (`0 <= reserved <= stock`) is a second line of
 //! defence: if memory were ever wrong, the commit fails instead of storing an oversell.
 
-use super::{
-    Consumed, DeadLetter, FailedEvent, IdempotencyRecord, JournalEntry, OutboxRow, SkuRecord, StoreError, WriteSet,
-};
+use super::{Consumed, DeadLetter, FailedEvent, IdempotencyRecord, OutboxRow, SkuRecord, StoreError, WriteSet};
 use crate::domain::events::Event;
 use crate::domain::ids::{OrderId, ProductId, Sku, UserId};
-use crate::domain::inventory::{ChangeKind, Reservation};
+use crate::domain::inventory::Reservation;
 use crate::domain::money::{Currency, Money};
 use crate::domain::order::{CancelReason, Order, OrderLine, OrderStatus};
 use crate::domain::Millis;
@@ -21,6 +19,8 @@ use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor, QueryBuilder, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+
+mod write_sets;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mysql");
@@ -201,106 +201,6 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Writes the write-sets inside an open transaction.
-    pub(super) async fn write_sets(
-        &self,
-        tx: &mut sqlx::Transaction<'_, Any>,
-        sets: &[&WriteSet],
-    ) -> Result<(), StoreError> {
-        let orders: Vec<&Order> = sets.iter().filter_map(|s| s.new_order.as_ref()).collect();
-        for chunk in orders.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Any>::new(
-                "INSERT INTO orders (id, user_id, status, total_amount, currency, payment_token, cancel_reason, created_at, updated_at, expires_at) ",
-            );
-            q.push_values(chunk, |mut b, o| {
-                b.push_bind(o.id.to_string())
-                    .push_bind(o.user_id.to_string())
-                    .push_bind(o.status.as_str())
-                    .push_bind(o.total.amount)
-                    .push_bind(o.total.currency.to_string())
-                    .push_bind(o.payment_token.clone())
-                    .push_bind(o.cancel_reason.map(|r| r.as_str()))
-                    .push_bind(o.created_at)
-                    .push_bind(o.updated_at)
-                    .push_bind(o.expires_at);
-            });
-            q.build().execute(&mut **tx).await?;
-        }
-
-        let items: Vec<(&Order, usize, &OrderLine)> = orders
-            .iter()
-            .flat_map(|o| o.lines.iter().enumerate().map(move |(i, l)| (*o, i, l)))
-            .collect();
-        for chunk in items.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Any>::new("INSERT INTO order_items (order_id, line, sku, qty, unit_amount) ");
-            q.push_values(chunk, |mut b, (o, i, l)| {
-                b.push_bind(o.id.to_string())
-                    .push_bind(*i as i64)
-                    .push_bind(l.sku.to_string())
-                    .push_bind(l.qty)
-                    .push_bind(l.unit_price.amount);
-            });
-            q.build().execute(&mut **tx).await?;
-        }
-
-        let keys: Vec<&IdempotencyRecord> = sets.iter().filter_map(|s| s.idempotency.as_ref()).collect();
-        for chunk in keys.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Any>::new(
-                "INSERT INTO idempotency_keys (user_id, idem_key, request_hash, order_id, response, created_at) ",
-            );
-            let now = crate::domain::now_millis();
-            q.push_values(chunk, |mut b, k| {
-                b.push_bind(k.user_id.to_string())
-                    .push_bind(k.key.clone())
-                    .push_bind(k.request_hash.clone())
-                    .push_bind(k.order_id.to_string())
-                    .push_bind(k.response.clone())
-                    .push_bind(now);
-            });
-            q.build().execute(&mut **tx).await?;
-        }
-
-        for change in sets.iter().filter_map(|s| s.status_change.as_ref()) {
-            let updated = sqlx::query(
-                "UPDATE orders SET status = ?, cancel_reason = ?, updated_at = ? WHERE id = ? AND status = ?",
-            )
-            .bind(change.to.as_str())
-            .bind(change.cancel_reason.map(|r| r.as_str()))
-            .bind(change.at)
-            .bind(change.order_id.to_string())
-            .bind(change.from.as_str())
-            .execute(&mut **tx)
-            .await?;
-            if updated.rows_affected() != 1 {
-                return Err(StoreError::Rejected(format!(
-                    "order {} is not {} any more",
-                    change.order_id,
-                    change.from.as_str()
-                )));
-            }
-        }
-
-        let journal: Vec<&JournalEntry> = sets.iter().flat_map(|s| s.journal.iter()).collect();
-        self.apply_journal(tx, &journal).await?;
-
-        let events: Vec<&Event> = sets.iter().flat_map(|s| s.events.iter()).collect();
-        insert_outbox(tx, &events).await?;
-
-        let consumed: Vec<&Consumed> = sets.iter().filter_map(|s| s.consumed.as_ref()).collect();
-        for chunk in consumed.chunks(ROWS_PER_INSERT) {
-            // A duplicate is a unique violation: the whole effect is refused, not applied twice.
-            let mut q = QueryBuilder::<Any>::new("INSERT INTO processed_events (consumer, event_id, processed_at) ");
-            let now = crate::domain::now_millis();
-            q.push_values(chunk, |mut b, c| {
-                b.push_bind(c.consumer.clone())
-                    .push_bind(c.event_id.to_string())
-                    .push_bind(now);
-            });
-            q.build().execute(&mut **tx).await?;
-        }
-        Ok(())
-    }
-
     /// Whether `consumer` has already applied the event (its effect is committed).
     pub async fn is_processed(&self, consumer: &str, event_id: uuid::Uuid) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT 1 AS one FROM processed_events WHERE consumer = ? AND event_id = ?")
@@ -392,98 +292,6 @@ impl SqlStore {
                 ))
             })
             .collect()
-    }
-
-    /// Journal rows, reservation rows, and one coalesced snapshot update per SKU.
-    pub(super) async fn apply_journal(
-        &self,
-        tx: &mut sqlx::Transaction<'_, Any>,
-        journal: &[&JournalEntry],
-    ) -> Result<(), StoreError> {
-        for chunk in journal.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Any>::new(
-                "INSERT INTO inventory_journal (sku, seq, kind, order_id, qty, stock_delta, reserved_delta, created_at) ",
-            );
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(e.sku.to_string())
-                    .push_bind(e.seq)
-                    .push_bind(e.change.kind.as_str())
-                    .push_bind(e.change.order.map(|o| o.to_string()))
-                    .push_bind(e.change.qty)
-                    .push_bind(e.change.stock_delta)
-                    .push_bind(e.change.reserved_delta)
-                    .push_bind(e.at);
-            });
-            q.build().execute(&mut **tx).await?;
-        }
-
-        let reserves: Vec<&JournalEntry> = journal
-            .iter()
-            .copied()
-            .filter(|e| e.change.kind == ChangeKind::Reserve)
-            .collect();
-        for chunk in reserves.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Any>::new("INSERT INTO reservations (sku, order_id, qty, expires_at) ");
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(e.sku.to_string())
-                    .push_bind(e.change.order.map(|o| o.to_string()).unwrap_or_default())
-                    .push_bind(e.change.qty)
-                    .push_bind(e.change.expires_at.unwrap_or_default());
-            });
-            q.build().execute(&mut **tx).await?;
-        }
-
-        let settled: Vec<&JournalEntry> = journal
-            .iter()
-            .copied()
-            .filter(|e| matches!(e.change.kind, ChangeKind::Confirm | ChangeKind::Release))
-            .collect();
-        for chunk in settled.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Any>::new("DELETE FROM reservations WHERE (sku, order_id) IN (");
-            let mut list = q.separated(", ");
-            for e in chunk {
-                list.push("(");
-                list.push_bind_unseparated(e.sku.to_string());
-                list.push_unseparated(", ");
-                list.push_bind_unseparated(e.change.order.map(|o| o.to_string()).unwrap_or_default());
-                list.push_unseparated(")");
-            }
-            q.push(")");
-            let deleted = q.build().execute(&mut **tx).await?;
-            if deleted.rows_affected() != chunk.len() as u64 {
-                return Err(StoreError::Rejected(
-                    "a confirm or release has no stored reservation".into(),
-                ));
-            }
-        }
-
-        // Coalesce: one UPDATE per SKU per batch, however many orders touched it.
-        let mut per_sku: BTreeMap<&Sku, (i64, i64, i64)> = BTreeMap::new();
-        for e in journal {
-            let acc = per_sku.entry(&e.sku).or_insert((0, 0, 0));
-            acc.0 += e.change.stock_delta;
-            acc.1 += e.change.reserved_delta;
-            acc.2 = acc.2.max(e.seq);
-        }
-        let now = crate::domain::now_millis();
-        for (sku, (stock_delta, reserved_delta, seq)) in per_sku {
-            let updated = sqlx::query(
-                "UPDATE inventory SET stock = stock + ?, reserved = reserved + ?, \
-                 seq = CASE WHEN seq > ? THEN seq ELSE ? END, updated_at = ? WHERE sku = ?",
-            )
-            .bind(stock_delta)
-            .bind(reserved_delta)
-            .bind(seq)
-            .bind(seq)
-            .bind(now)
-            .bind(sku.to_string())
-            .execute(&mut **tx)
-            .await?;
-            if updated.rows_affected() != 1 {
-                return Err(StoreError::Rejected(format!("no inventory row for {sku}")));
-            }
-        }
-        Ok(())
     }
 
     pub async fn load_sku(&self, sku: &Sku) -> Result<Option<SkuRecord>, StoreError> {
@@ -641,15 +449,24 @@ impl SqlStore {
 
     pub async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {
         let now = crate::domain::now_millis();
+        // One fixed statement text whatever the number of ids (a bound JSON array), so
+        // the relay does not prepare a new statement for every batch size.
         for chunk in ids.chunks(ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Any>::new("UPDATE outbox SET published_at = ");
-            q.push_bind(now).push(" WHERE id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            q.push(")");
-            q.build().execute(&self.pool).await?;
+            let bound = serde_json::to_string(chunk).map_err(corrupt)?;
+            let query = match self.dialect {
+                Dialect::Sqlite => {
+                    sqlx::query("UPDATE outbox SET published_at = ? WHERE id IN (SELECT value FROM json_each(?))")
+                        .bind(now)
+                        .bind(bound)
+                }
+                Dialect::MySql => sqlx::query(
+                    "UPDATE outbox o JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j ON o.id = j.id \
+                     SET o.published_at = ?",
+                )
+                .bind(bound)
+                .bind(now),
+            };
+            query.execute(&self.pool).await?;
         }
         Ok(())
     }
