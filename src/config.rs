@@ -65,6 +65,9 @@ pub struct InventorySettings {
     pub idle_passivate_secs: u64,
     pub reservation_ttl_secs: u64,
     pub mailbox_capacity: usize,
+    /// Live SKU actors kept at most (0 = no cap); the least recently used go first.
+    #[serde(default)]
+    pub max_live_actors: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

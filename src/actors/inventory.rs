@@ -6,10 +6,17 @@
 //! Promises: every mutation is decided in memory, in mailbox order, and handed back as
 //! a [`JournalEntry`] for the caller to make durable with the rest of its write-set. A
 //! sold-out request is answered here and never reaches the database.
+//! Publishes: its availability, after every change, in a cell the registry hands to the
+//! HTTP worker ([`Inventory::short_of`]), so a request that memory already refuses is
+//! answered 409 on the worker's own thread without a message to this actor.
 //!
 //! Activation loads the SKU's snapshot and live reservations from the store;
 //! passivation stops an actor that has been idle for `idle_passivate_secs`, holds no
-//! reservation and has nothing waiting in the write-behind. Actors are spread over
+//! reservation and has nothing waiting in the write-behind. Besides idling out, live
+//! actors are capped (`max_live_actors`): past the cap, each activation passivates the
+//! least recently used actor that can go (approximate LRU, the CLOCK algorithm), so a
+//! flood of distinct SKUs costs bounded memory. Either way a passivated SKU is activated
+//! again from the store on its next request, so no request can tell. Actors are spread over
 //! one arbiter (thread) per core; the registry is a sharded concurrent map, so looking
 //! an actor up never takes a global lock.
 
@@ -107,24 +114,51 @@ pub struct SetStock {
 #[rtype(result = "InventoryView")]
 pub struct GetView;
 
+/// The registry is over its live-actor cap and chose this actor: stop if nothing of it
+/// lives only in memory, else stay (and go back in the eviction queue).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+struct Evict;
+
+/// How long an evicted actor waits before it looks again whether its last settle is
+/// durable (see [`SkuActor::last_settle_seq`]).
+const EVICT_RETRY: Duration = Duration::from_millis(100);
+/// Likewise for an actor still holding reservations (they last until paid or expired).
+const HELD_RETRY: Duration = Duration::from_secs(1);
+
 pub struct SkuActor {
     sku: Sku,
     unit_price: Money,
     inventory: SkuInventory,
     seq: i64,
     last_message: Instant,
+    /// Journal sequence of the last Confirm or Release this actor handed out. Those
+    /// entries are committed by their caller after the reservation is gone from memory,
+    /// so until the store's sequence reaches this one a reactivation would load the
+    /// reservation back: eviction waits for it (0: none since activation).
+    last_settle_seq: i64,
     shared: Arc<Shared>,
     stats: Arc<SkuStats>,
 }
 
-/// What the metrics scrape reads of a SKU actor without sending it a message. Kept a
-/// while after passivation: a passivated SKU's availability cannot change until it is
-/// activated again, so its last value stays true (see [`Inventory::hottest`]).
+/// What the metrics scrape and the sold-out fast path read of a SKU actor without
+/// sending it a message. Kept a while after passivation: a passivated SKU's availability
+/// cannot change until it is activated again, so its last value stays true (see
+/// [`Inventory::hottest`]); the fast path reads it only while the actor is live.
+///
+/// `available` is written only by the actor, after each change is applied (and, for a
+/// stock change, committed) and before the change is answered; it is set from the
+/// restored inventory before the actor becomes reachable. So a reader sees either the
+/// value after the last answered change or one of a change still in flight, never an
+/// older one: a "no" it reads is one the actor itself gave at that point.
 #[derive(Default)]
 struct SkuStats {
     messages: AtomicU64,
     available: AtomicI64,
     passivated: std::sync::atomic::AtomicBool,
+    /// Set on every lookup, cleared by the eviction clock: recently used actors get a
+    /// second chance before they are chosen.
+    referenced: std::sync::atomic::AtomicBool,
 }
 
 impl SkuActor {
@@ -154,18 +188,46 @@ impl SkuActor {
     }
 
     fn note_available(&self) {
+        // Release: pairs with the Acquire load in `Inventory::short_of`.
         self.stats
             .available
-            .store(self.inventory.available(), Ordering::Relaxed);
+            .store(self.inventory.available(), Ordering::Release);
     }
 
     fn maybe_passivate(&mut self, ctx: &mut Context<Self>) {
         let idle = self.last_message.elapsed() >= self.shared.idle_timeout;
-        if idle && !self.inventory.has_reservations() && self.shared.write_behind.is_drained() {
-            let me = ctx.address();
-            self.shared.actors.remove_if(&self.sku, |_, addr| *addr == me);
-            ctx.stop();
+        if idle {
+            self.passivate(ctx);
         }
+    }
+
+    /// Stops the actor if nothing of it lives only in memory: no reservation, nothing
+    /// waiting to be committed. Its state is then exactly the store's, and the next
+    /// request activates it again from there.
+    fn passivate(&mut self, ctx: &mut Context<Self>) {
+        if !self.inventory.has_reservations() && self.shared.write_behind.is_drained() {
+            self.stop_now(ctx);
+        }
+    }
+
+    /// Chosen for eviction but not able to go yet: tries again after `delay` if the
+    /// registry is still over its cap, else goes back in the queue like any live actor.
+    fn evict_later(&mut self, ctx: &mut Context<Self>, delay: Duration) {
+        ctx.run_later(delay, |act, ctx| {
+            if act.shared.actors.len() > act.shared.max_live {
+                ctx.notify(Evict);
+            } else {
+                act.shared.requeue(&act.sku);
+            }
+        });
+    }
+
+    /// Leaves the registry first, so new requests activate a fresh actor from the store;
+    /// messages already on their way see the mailbox closed and are sent there.
+    fn stop_now(&mut self, ctx: &mut Context<Self>) {
+        let me = ctx.address();
+        self.shared.actors.remove_if(&self.sku, |_, live| live.addr == me);
+        ctx.stop();
     }
 }
 
@@ -194,8 +256,10 @@ impl Handler<Reserve> for SkuActor {
     fn handle(&mut self, msg: Reserve, _ctx: &mut Self::Context) -> Self::Result {
         let _handling = self.touch();
         let outcome = self.inventory.reserve(msg.order, msg.qty, msg.expires_at);
-        let label = if outcome.is_ok() { "accepted" } else { "sold_out" };
-        self.shared.metrics.reservations.with_label_values(&[label]).inc();
+        match &outcome {
+            Ok(_) => self.shared.counters.accepted.inc(),
+            Err(_) => self.shared.counters.sold_out.inc(),
+        }
         self.note_available();
         let entry = match outcome? {
             Outcome::Applied(change) => Some(self.journal(change)),
@@ -208,11 +272,46 @@ impl Handler<Reserve> for SkuActor {
     }
 }
 
+impl Handler<Evict> for SkuActor {
+    type Result = ();
+    fn handle(&mut self, _msg: Evict, ctx: &mut Self::Context) {
+        if self.inventory.has_reservations() {
+            // Held units live in memory until their orders settle: look again later.
+            self.evict_later(ctx, HELD_RETRY);
+            return;
+        }
+        if self.last_settle_seq == 0 {
+            // Nothing handed out that is not durable already (reservations taken since
+            // activation are settled, forgotten or held; stock changes are committed
+            // before they are answered): the store holds exactly this state.
+            self.stop_now(ctx);
+            return;
+        }
+        // A settle was handed out: go only once the store has it. `wait` holds this
+        // actor's mailbox meanwhile, so nothing changes between the read and the stop.
+        let store = self.shared.store.clone();
+        let sku = self.sku.clone();
+        ctx.wait(
+            async move { store.load_sku(&sku).await.ok().flatten().map(|r| r.seq) }
+                .into_actor(self)
+                .map(|durable, act, ctx| {
+                    if durable.is_some_and(|seq| seq >= act.last_settle_seq) && !act.inventory.has_reservations() {
+                        act.stop_now(ctx);
+                    } else {
+                        act.evict_later(ctx, EVICT_RETRY);
+                    }
+                }),
+        );
+    }
+}
+
 impl Handler<Forget> for SkuActor {
     type Result = ();
     fn handle(&mut self, msg: Forget, _ctx: &mut Self::Context) {
         let _handling = self.touch();
         self.inventory.forget(msg.order);
+        // Units came back: a published "sold out" must not outlive them.
+        self.note_available();
     }
 }
 
@@ -223,7 +322,11 @@ impl Handler<Confirm> for SkuActor {
         let outcome = self.inventory.confirm(msg.order);
         self.note_available();
         match outcome {
-            Outcome::Applied(change) => Some(self.journal(change)),
+            Outcome::Applied(change) => {
+                let entry = self.journal(change);
+                self.last_settle_seq = entry.seq;
+                Some(entry)
+            }
             Outcome::Unchanged => None,
         }
     }
@@ -236,7 +339,11 @@ impl Handler<Release> for SkuActor {
         let outcome = self.inventory.release(msg.order);
         self.note_available();
         match outcome {
-            Outcome::Applied(change) => Some(self.journal(change)),
+            Outcome::Applied(change) => {
+                let entry = self.journal(change);
+                self.last_settle_seq = entry.seq;
+                Some(entry)
+            }
             Outcome::Unchanged => None,
         }
     }
@@ -286,9 +393,34 @@ impl Handler<GetView> for SkuActor {
     }
 }
 
+/// A live SKU actor as the registry finds it: its address and what it publishes.
+#[derive(Clone)]
+struct Live {
+    addr: Addr<SkuActor>,
+    stats: Arc<SkuStats>,
+}
+
+/// `emporium_reservations_total` series, looked up once instead of hashing the label
+/// on every reservation (`None` inside when `telemetry.metrics = false`).
+struct Counters {
+    accepted: CachedCounter,
+    sold_out: CachedCounter,
+}
+
+struct CachedCounter(Option<prometheus::IntCounter>);
+
+impl CachedCounter {
+    fn inc(&self) {
+        if let Some(c) = &self.0 {
+            c.inc();
+        }
+    }
+}
+
 /// What every SKU actor shares with the registry.
 struct Shared {
-    actors: DashMap<Sku, Addr<SkuActor>>,
+    actors: DashMap<Sku, Live>,
+    counters: Counters,
     store: SqlStore,
     write_behind: WriteBehind,
     metrics: Arc<Metrics>,
@@ -296,6 +428,61 @@ struct Shared {
     mailbox_capacity: usize,
     probe: ActorProbe,
     stats: DashMap<Sku, Arc<SkuStats>>,
+    /// At most this many live actors (0 = no cap), enforced through `clock`.
+    max_live: usize,
+    /// Live SKUs in activation order, the eviction clock's hand at the front. May hold
+    /// SKUs that have since idled out (skipped when met, compacted when it grows).
+    clock: std::sync::Mutex<std::collections::VecDeque<Sku>>,
+}
+
+impl Shared {
+    /// Puts `sku` back at the end of the eviction queue (an actor that could not go yet).
+    fn requeue(&self, sku: &Sku) {
+        if self.max_live > 0 {
+            self.clock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back(sku.clone());
+        }
+    }
+
+    /// Over the cap: asks the least recently used live actor that is not `except` to go.
+    /// Approximate LRU: an actor used since the hand last passed gets a second chance.
+    /// A few steps per activation, so under a flood the eviction keeps pace with
+    /// activations without ever scanning the whole map.
+    fn evict_over_cap(&self, except: &Sku) {
+        if self.max_live == 0 || self.actors.len() <= self.max_live {
+            return;
+        }
+        let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        if clock.len() > 2 * self.max_live.max(self.actors.len()) {
+            // Entries of actors that idled out; drop them so the queue stays bounded too.
+            clock.retain(|sku| self.actors.contains_key(sku));
+        }
+        let mut steps = 0;
+        while let Some(sku) = clock.pop_front() {
+            steps += 1;
+            if steps > 8 || self.actors.len() <= self.max_live {
+                clock.push_front(sku);
+                return;
+            }
+            if &sku == except {
+                clock.push_back(sku);
+                continue;
+            }
+            let Some(live) = self.actors.get(&sku).map(|l| l.clone()) else {
+                continue; // idled out meanwhile
+            };
+            if live.stats.referenced.swap(false, Ordering::Relaxed) {
+                clock.push_back(sku);
+                continue;
+            }
+            // The actor decides (it alone knows whether it still holds anything); if it
+            // stays, it puts itself back in the queue.
+            live.addr.do_send(Evict);
+            return;
+        }
+    }
 }
 
 /// Where reservations are decided.
@@ -333,6 +520,8 @@ pub struct InventoryOptions {
     pub idle_timeout: Duration,
     pub mailbox_capacity: usize,
     pub strategy: Strategy,
+    /// Cap on live SKU actors (0 = none): past it the least recently used go first.
+    pub max_live_actors: usize,
 }
 
 impl Inventory {
@@ -344,9 +533,15 @@ impl Inventory {
         arbiters: Arc<Vec<ArbiterHandle>>,
         options: InventoryOptions,
     ) -> Self {
+        let counter = |label: &str| CachedCounter(metrics.reservations.with_label_values(&[label]).into_inner());
+        let counters = Counters {
+            accepted: counter("accepted"),
+            sold_out: counter("sold_out"),
+        };
         Self {
             shared: Arc::new(Shared {
                 actors: DashMap::new(),
+                counters,
                 store,
                 write_behind,
                 probe: ActorProbe::new(&metrics, ACTOR),
@@ -354,6 +549,8 @@ impl Inventory {
                 stats: DashMap::new(),
                 idle_timeout: options.idle_timeout,
                 mailbox_capacity: options.mailbox_capacity.max(16),
+                max_live: options.max_live_actors,
+                clock: std::sync::Mutex::default(),
             }),
             arbiters,
             strategy: options.strategy,
@@ -401,9 +598,33 @@ impl Inventory {
         self.shared.actors.len()
     }
 
+    /// Whether memory already refuses an order of `wanted` (quantity per SKU, in the
+    /// order reservations are taken): `Some((sku, requested, available))` of the SKU the
+    /// actors would refuse it on, decided from what live actors publish, on the caller's
+    /// thread. `None` means "ask the actors" — always the answer when a SKU before the
+    /// short one has no live actor (it might be unknown, or its actor answers otherwise),
+    /// so this can only ever answer what the actors would have answered, never sell.
+    pub fn short_of<'a>(&self, wanted: impl IntoIterator<Item = (&'a Sku, i64)>) -> Option<(Sku, i64, i64)> {
+        if self.strategy != Strategy::Actor {
+            return None;
+        }
+        let known = wanted.into_iter().map(|(sku, qty)| {
+            let live = self.shared.actors.get(sku)?;
+            mark_used(&live.stats);
+            // Counted as a message: the hottest-SKU gauge ranks demand, and a flood of
+            // refused attempts is demand.
+            live.stats.messages.fetch_add(1, Ordering::Relaxed);
+            Some((sku, qty, live.stats.available.load(Ordering::Acquire)))
+        });
+        let (sku, requested, available) = crate::domain::inventory::first_short(known)?;
+        self.shared.counters.sold_out.inc();
+        Some((sku.clone(), requested, available))
+    }
+
     async fn actor(&self, sku: &Sku) -> Result<Addr<SkuActor>, InventoryFailure> {
-        if let Some(addr) = self.shared.actors.get(sku) {
-            return Ok(addr.clone());
+        if let Some(live) = self.shared.actors.get(sku) {
+            mark_used(&live.stats);
+            return Ok(live.addr.clone());
         }
         let record = self
             .shared
@@ -414,20 +635,34 @@ impl Inventory {
         let entry = self.shared.actors.entry(sku.clone());
         Ok(match entry {
             // Another request activated it while we were loading: use theirs.
-            dashmap::Entry::Occupied(existing) => existing.get().clone(),
+            dashmap::Entry::Occupied(existing) => existing.get().addr.clone(),
             dashmap::Entry::Vacant(slot) => {
                 let shared = self.shared.clone();
                 let arbiter = &self.arbiters[shard_of(sku, self.arbiters.len())];
+                let inventory = SkuInventory::restore(record.stock, record.reservations);
+                // Published before the actor is reachable: a default 0 would read as
+                // "sold out" to the fast path until the actor's first change.
+                let stats = Arc::new(SkuStats {
+                    available: AtomicI64::new(inventory.available()),
+                    ..SkuStats::default()
+                });
+                let actor_stats = stats.clone();
                 let addr = SkuActor::start_in_arbiter(arbiter, move |_ctx| SkuActor {
                     sku: record.sku,
                     unit_price: record.unit_price,
-                    inventory: SkuInventory::restore(record.stock, record.reservations),
+                    inventory,
                     seq: record.seq,
                     last_message: Instant::now(),
+                    last_settle_seq: 0,
                     shared,
-                    stats: Arc::default(),
+                    stats: actor_stats,
                 });
-                slot.insert(addr.clone());
+                slot.insert(Live {
+                    addr: addr.clone(),
+                    stats,
+                });
+                self.shared.requeue(sku);
+                self.shared.evict_over_cap(sku);
                 addr
             }
         })
@@ -449,7 +684,7 @@ impl Inventory {
                     // Stopped with this message on its way: activated again from the store.
                     self.shared.probe.undelivered();
                     self.shared.metrics.actor_restarts.with_label_values(&[ACTOR]).inc();
-                    self.shared.actors.remove_if(sku, |_, a| *a == addr);
+                    self.shared.actors.remove_if(sku, |_, live| live.addr == addr);
                 }
                 Err(MailboxError::Timeout) => {
                     self.shared.probe.undelivered();
@@ -529,6 +764,14 @@ impl Inventory {
             });
         }
         self.ask(sku, GetView).await
+    }
+}
+
+/// Tells the eviction clock this actor was used. Read first: under a sale every worker
+/// looks the same SKU up, and an unconditional store would bounce its cache line.
+fn mark_used(stats: &SkuStats) {
+    if !stats.referenced.load(Ordering::Relaxed) {
+        stats.referenced.store(true, Ordering::Relaxed);
     }
 }
 

@@ -144,6 +144,7 @@ impl App {
                 idle_timeout: Duration::from_secs(settings.inventory.idle_passivate_secs),
                 mailbox_capacity: settings.inventory.mailbox_capacity,
                 strategy,
+                max_live_actors: settings.inventory.max_live_actors,
             },
         );
         let attempt_timeout = Duration::from_millis(settings.payment.attempt_timeout_ms);

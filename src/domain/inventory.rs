@@ -226,6 +226,27 @@ pub fn settle_change(kind: ChangeKind, order: OrderId, qty: i64) -> Change {
     }
 }
 
+/// The sold-out decision made from published availabilities instead of the actors:
+/// `lines` are `(sku, qty, available)` in the order reservations are taken, `available`
+/// `None` where it is not known (no live actor). Reservations stop at the first line that
+/// cannot be reserved, so that line names the refusal, provided every line before it would
+/// have been reserved. Returns that line when it is known to fall short and every earlier
+/// line is known; `None` (ask the actors) as soon as an unknown line comes first. Invalid
+/// quantities are never refused here: the reservation rule answers those, so a line with
+/// one is treated as unknown.
+pub fn first_short<K>(lines: impl IntoIterator<Item = Option<(K, i64, i64)>>) -> Option<(K, i64, i64)> {
+    for line in lines {
+        let (key, qty, available) = line?;
+        if qty <= 0 {
+            return None;
+        }
+        if qty > available {
+            return Some((key, qty, available));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +254,21 @@ mod tests {
 
     fn order(n: u128) -> OrderId {
         OrderId(uuid::Uuid::from_u128(n))
+    }
+
+    #[test]
+    fn first_short_names_the_line_reservations_stop_at() {
+        let known = |v: &[(u8, i64, i64)]| v.iter().map(|l| Some(*l)).collect::<Vec<_>>();
+        assert_eq!(first_short(known(&[(1, 1, 5), (2, 2, 1), (3, 9, 0)])), Some((2, 2, 1)));
+        assert_eq!(first_short(known(&[(1, 1, 1), (2, 1, 1)])), None, "enough everywhere");
+        // An unknown line before the short one: only the actors can say what happens there.
+        assert_eq!(first_short(vec![Some((1, 1, 5)), None, Some((3, 1, 0))]), None);
+        // An unknown line after it does not matter: reservations stop before it.
+        assert_eq!(first_short(vec![Some((1, 3, 2)), None]), Some((1, 3, 2)));
+        // A quantity the rule rejects is the rule's to answer, not a sold-out.
+        assert_eq!(first_short(known(&[(1, 0, 0)])), None);
+        assert_eq!(first_short(known(&[(1, -1, 0)])), None);
+        assert_eq!(first_short(known(&[(1, 0, 5), (2, 1, 0)])), None);
     }
 
     #[test]

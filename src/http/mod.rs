@@ -81,9 +81,20 @@ impl AppState {
 }
 
 /// All routes.
+///
+/// Order matters for cost, not meaning (no two patterns overlap): a request is matched
+/// against the routes in this order, twice (the router, then `observe` for the route
+/// label), and every `{param}` pattern it passes is a regex match. So the routes of a sale
+/// come first: measured with perf on a sold-out flood, matching `POST /v1/orders` at the
+/// end of this list took 12 % of the server's CPU.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1")
+            .route("/orders", web::post().to(orders::create_order))
+            .route("/inventory/{sku}", web::get().to(catalog::get_inventory))
+            .route("/orders/{id}", web::get().to(orders::get_order))
+            .route("/orders", web::get().to(orders::list_orders))
+            .route("/orders/{id}/cancel", web::post().to(orders::cancel_order))
             .configure(users::routes)
             .route("/products", web::post().to(catalog::create_product))
             .route("/products", web::get().to(catalog::list_products))
@@ -97,12 +108,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/categories/{id}/children", web::get().to(categories::children))
             .route("/categories/{id}/move", web::post().to(categories::move_category))
             .route("/categories/{id}/products", web::get().to(categories::products))
-            .route("/inventory/{sku}", web::get().to(catalog::get_inventory))
             .route("/inventory/{sku}", web::put().to(catalog::set_inventory))
-            .route("/orders", web::post().to(orders::create_order))
-            .route("/orders", web::get().to(orders::list_orders))
-            .route("/orders/{id}", web::get().to(orders::get_order))
-            .route("/orders/{id}/cancel", web::post().to(orders::cancel_order))
             .route("/search", web::get().to(search::search))
             .route("/search/suggest", web::get().to(search::suggest))
             .route(
@@ -131,10 +137,13 @@ fn caller_traceparent(req: &ServiceRequest) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A fresh W3C `traceparent` (random, non-zero ids). From the thread's userspace RNG:
+/// every request without one needs it, and `Uuid::new_v4` asks the kernel for its bytes
+/// (two `getrandom` calls per request, measurable on a sold-out answer).
 fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
+    let trace: u128 = rand::random::<u128>().max(1);
+    let span: u64 = rand::random::<u64>().max(1);
+    format!("00-{trace:032x}-{span:016x}-01")
 }
 
 /// A W3C `traceparent` we pass on: `version-trace_id-parent_id-flags`, lowercase hex of
@@ -166,7 +175,8 @@ pub async fn observe(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = req.method().to_string();
+    // A clone of a standard method is a copy, not an allocation.
+    let method = req.method().clone();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let given = caller_traceparent(&req);
     // Without an exporter the request's context is the caller's or a new one; with
@@ -179,7 +189,7 @@ pub async fn observe(
     };
     let span = tracing::info_span!(
         "http_request",
-        %method,
+        method = method.as_str(),
         %route,
         traceparent = incoming.as_deref().unwrap_or(""),
         status = tracing::field::Empty,
@@ -202,14 +212,14 @@ pub async fn observe(
         )
     });
     if let Some(metrics) = metrics {
-        let status = response.status().as_u16().to_string();
+        let status = response.status();
         metrics
             .http_requests
-            .with_label_values(&[&route, &method, &status])
+            .with_label_values(&[&route, method.as_str(), status.as_str()])
             .inc();
         metrics
             .http_duration
-            .with_label_values(&[&route, &method])
+            .with_label_values(&[&route, method.as_str()])
             .observe(started.elapsed().as_secs_f64());
     }
     Ok(response)

@@ -7,7 +7,7 @@ use crate::actors::order::{CancelRefused, PlaceError, PlaceOrder};
 use crate::actors::payment::TEST_TOKENS;
 use crate::domain::ids::{OrderId, Sku};
 use crate::domain::money::Money;
-use crate::domain::order::{CancelReason, Order, OrderLine, OrderStatus};
+use crate::domain::order::{quantities_by_sku, CancelReason, Order, OrderLimits, OrderLine, OrderStatus};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -173,9 +173,29 @@ pub async fn create_order(
         let canonical = serde_json::to_vec(&body).unwrap_or_default();
         (key, hex::encode(Sha256::digest(canonical)))
     });
+    let items: Vec<(Sku, i64)> = body.items.into_iter().map(|i| (i.sku, i.qty)).collect();
+    // Sold out as far as memory knows: answered here, on this worker, without a hop to the
+    // SKU's actor. Not for a keyed request: a retry of one that was accepted must replay
+    // its 201. Invalid lines fall through, so their 422 comes from the same place as ever.
+    if idempotency.is_none() {
+        let limits = OrderLimits {
+            max_items: state.settings.orders.max_items,
+            max_qty_per_item: state.settings.orders.max_qty_per_item,
+        };
+        if let Ok(wanted) = quantities_by_sku(&items, limits) {
+            if let Some((sku, requested, available)) = state.inventory.short_of(wanted.iter().map(|(s, q)| (s, *q))) {
+                return Err(PlaceError::OutOfStock {
+                    sku,
+                    requested,
+                    available,
+                }
+                .into());
+            }
+        }
+    }
     let request = PlaceOrder {
         user: caller.user,
-        items: body.items.into_iter().map(|i| (i.sku, i.qty)).collect(),
+        items,
         payment_token: token,
         idempotency,
         traceparent: req.extensions().get::<TraceParent>().map(|t| t.0.clone()),

@@ -77,6 +77,10 @@ impl Child<IntCounter> {
             c.inc();
         }
     }
+    /// The series itself, to keep and count into without a label lookup per call.
+    pub fn into_inner(self) -> Option<IntCounter> {
+        self.0
+    }
     pub fn inc_by(&self, v: u64) {
         if let Some(c) = &self.0 {
             c.inc_by(v);

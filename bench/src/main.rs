@@ -12,6 +12,8 @@
 //! number of units sold (counted in the database) may not exceed the stock, so a fast
 //! wrong answer cannot win.
 
+mod table;
+
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
@@ -38,6 +40,9 @@ struct Cli {
 enum Cmd {
     /// Run the comparison and write the results.
     Run(RunArgs),
+    /// The write-path and flash-sale table of issue 18: wrk-driven, with CPU, statements and
+    /// commits per order and both ceilings measured in the same run.
+    Table(table::TableArgs),
     /// Scale: many SKUs with few hot ones (memory, activation, passivation) and the
     /// restart recovery time of a large store.
     Scale(ScaleArgs),
@@ -93,6 +98,10 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(run(args)),
+        Cmd::Table(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(table::table(args)),
         Cmd::Scale(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
