@@ -18,8 +18,9 @@ use crate::domain::catalog::{json_depth, validate as validate_product, ProductIn
 use crate::domain::ids::{OrderId, Sku, UserId};
 use crate::domain::inventory::{InventoryError, Outcome, Reservation, SkuInventory};
 use crate::domain::order::{next_status, quantities_by_sku, CancelReason, OrderLimits, OrderStatus, Transition};
-use crate::http::{orders, valid_traceparent};
+use crate::http::orders;
 use crate::services::accounts::tokens::Keys;
+use crate::telemetry::context::valid_traceparent;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::OnceLock;

@@ -12,6 +12,7 @@ use prometheus::{
 };
 
 pub mod actor;
+pub mod context;
 pub mod gate;
 pub mod traces;
 

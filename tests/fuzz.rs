@@ -122,7 +122,7 @@ fn seeds_pass() {
 /// events and Kafka headers as if valid.
 #[test]
 fn traceparents_the_fuzzer_found() {
-    use emporium::http::valid_traceparent;
+    use emporium::telemetry::context::valid_traceparent;
     for found in [
         "00-cFd2cbaC4Bbbd65C889CEdF9Dbd6D0bf-d8Ef9b39e8a9b100-7b", // uppercase hex
         "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", // version ff

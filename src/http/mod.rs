@@ -18,6 +18,7 @@ use crate::actors::order::Orders;
 use crate::actors::write_behind::WriteBehind;
 use crate::config::Settings;
 use crate::persistence::SqlStore;
+use crate::telemetry::context::{new_traceparent, valid_traceparent};
 use crate::telemetry::Metrics;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -135,37 +136,6 @@ fn caller_traceparent(req: &ServiceRequest) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .filter(|v| valid_traceparent(v))
         .map(str::to_owned)
-}
-
-/// A fresh W3C `traceparent` (random, non-zero ids). From the thread's userspace RNG:
-/// every request without one needs it, and `Uuid::new_v4` asks the kernel for its bytes
-/// (two `getrandom` calls per request, measurable on a sold-out answer).
-fn new_traceparent() -> String {
-    let trace: u128 = rand::random::<u128>().max(1);
-    let span: u64 = rand::random::<u64>().max(1);
-    format!("00-{trace:032x}-{span:016x}-01")
-}
-
-/// A W3C `traceparent` we pass on: `version-trace_id-parent_id-flags`, lowercase hex of
-/// 2-32-16-2, version not `ff`, ids not all zero (W3C Trace Context, section 3.2). Anything
-/// else is replaced by a fresh one: it is copied into every event and Kafka header, and
-/// tracing backends drop (or worse, merge) traces with invalid ids. Found by the fuzz
-/// target: uppercase hex, version `ff` and all-zero ids used to pass.
-pub fn valid_traceparent(v: &str) -> bool {
-    let lower_hex = |p: &str, len: usize| p.len() == len && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    let not_zero = |p: &str| p.bytes().any(|b| b != b'0');
-    match v.split('-').collect::<Vec<_>>()[..] {
-        [version, trace_id, parent_id, flags] => {
-            lower_hex(version, 2)
-                && version != "ff"
-                && lower_hex(trace_id, 32)
-                && not_zero(trace_id)
-                && lower_hex(parent_id, 16)
-                && not_zero(parent_id)
-                && lower_hex(flags, 2)
-        }
-        _ => false,
-    }
 }
 
 /// Request span, trace context and RED metrics for every request. The route label is

@@ -215,12 +215,10 @@ pub async fn create_order(
         .json(OrderView::from(&placed.order)))
 }
 
-/// The request's W3C `tracestate`, if it is one: at most 512 printable ASCII characters
-/// (W3C Trace Context). Anything else is dropped, as the spec asks, not refused.
+/// The request's W3C `tracestate`, when it is a valid one.
 fn tracestate_of(req: &HttpRequest) -> Option<String> {
-    let value = req.headers().get("tracestate")?.to_str().ok()?.trim();
-    let valid = !value.is_empty() && value.len() <= 512 && value.bytes().all(|b| (0x20..=0x7e).contains(&b));
-    valid.then(|| value.to_owned())
+    let value = req.headers().get("tracestate")?.to_str().ok()?;
+    crate::telemetry::context::valid_tracestate(value).map(str::to_owned)
 }
 
 /// Read one order (its owner or an admin; anyone else gets 404).

@@ -185,8 +185,12 @@ where
 }
 
 /// Parses a W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`).
+/// Accepts exactly what [`super::context::valid_traceparent`] accepts.
 pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
-    let mut parts = value.trim().split('-');
+    if !super::context::valid_traceparent(value) {
+        return None;
+    }
+    let mut parts = value.split('-');
     let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() || version.len() != 2 || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
         return None;
