@@ -10,7 +10,8 @@
 # Scenarios rendered:
 #   default     values.yaml: embedded mode, chart-generated JWT secret
 #   production  values-production.yaml: external backends via existingSecret, migration
-#               Job, Ingress, ServiceMonitor, PrometheusRule, dashboard
+#               Job, Ingress, ServiceMonitor, PrometheusRule, dashboard, the payment
+#               service Deployment (payment.mode=kafka) with its PDB and PodMonitor
 #   full        every feature with the chart-managed Secret (URLs and JWT given as values)
 set -euo pipefail
 
@@ -30,7 +31,7 @@ trap 'rm -rf "$OUT"' EXIT
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# Keep in step with FULL_JWT / FULL_MYSQL_URL in helm_assert.py.
+# Keep in step with FULL_JWT / FULL_MYSQL_URL / FULL_PAYMENT_STORE_URL in helm_assert.py.
 FULL_SET=(
     --set auth.jwtSecret=full-scenario-jwt-secret-0123456789abcdef
     --set mysql.enabled=true --set mysql.url=mysql://emporium:s3cret-pw@mysql.test:3306/shop
@@ -42,6 +43,8 @@ FULL_SET=(
     --set ingress.enabled=true
     --set metrics.serviceMonitor.enabled=true --set metrics.prometheusRule.enabled=true
     --set dashboard.enabled=true
+    --set payment.mode=kafka
+    --set paymentService.storeUrl=mysql://payments:pay-s3cret@mysql.test:3306/payments
 )
 
 
@@ -131,6 +134,11 @@ must_fail "migration Job on the embedded SQLite store" "migrations.mode=job need
 must_fail "unknown top-level value (typo)" "replicaCont" --set replicaCont=1
 must_fail "writable root filesystem" "readOnlyRootFilesystem" \
     --set securityContext.readOnlyRootFilesystem=false
+must_fail "payment service without Kafka" "payment.mode=kafka needs kafka.enabled" \
+    --set payment.mode=kafka --set paymentService.storeUrl=mysql://p@m:3306/p
+must_fail "payment service without its own store" "payment.mode=kafka needs paymentService.storeUrl" \
+    --set payment.mode=kafka --set kafka.enabled=true --set kafka.brokers=k:9092
+must_fail "unknown payment mode" "mode" --set payment.mode=remote
 
 step "helm_assert.py"
 "$PY" "$ROOT/scripts/helm_assert.py" check \

@@ -40,6 +40,7 @@ STANDARD_LABELS = (
 # Must match what helm-check.sh passes for the "full" scenario.
 FULL_JWT = "full-scenario-jwt-secret-0123456789abcdef"
 FULL_MYSQL_URL = "mysql://emporium:s3cret-pw@mysql.test:3306/shop"
+FULL_PAYMENT_STORE_URL = "mysql://payments:pay-s3cret@mysql.test:3306/payments"
 
 
 def load(path):
@@ -141,7 +142,11 @@ def selects(selector, labels):
 def check_replicas_one(docs, _):
     sts = one(docs, "StatefulSet")
     assert sts["spec"]["replicas"] == 1, f"replicas = {sts['spec']['replicas']}"
-    assert not by_kind(docs, "Deployment"), "a Deployment would run two owners during a rollout"
+    # The only Deployment allowed is the payment service: a Deployment running the server
+    # would run two owners of every SKU during a rollout.
+    for d in by_kind(docs, "Deployment"):
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            assert c.get("args", [""])[0] == "payment-service", f"Deployment {d['metadata']['name']} runs {c.get('args')}"
 
 
 def check_probes(docs, _):
@@ -238,8 +243,8 @@ def check_services_select_pod(docs, _):
     for s in services.values():
         assert selects(s["spec"]["selector"], labels), f"Service {s['metadata']['name']}"
         assert s["spec"]["ports"][0]["targetPort"] == "http"
-    pdb = one(docs, "PodDisruptionBudget")
-    assert selects(pdb["spec"]["selector"]["matchLabels"], labels)
+    pdbs = [p for p in by_kind(docs, "PodDisruptionBudget") if selects(p["spec"]["selector"]["matchLabels"], labels)]
+    assert len(pdbs) == 1, f"{len(pdbs)} PodDisruptionBudgets select the server pod"
 
 
 def check_grace_period(docs, _):
@@ -263,8 +268,9 @@ def check_default_is_embedded(docs, _):
     env = env_map(server_container(docs))
     for name in BACKEND_ENV:
         assert name not in env, f"{name} set in the embedded default"
-    for kind in ("Job", "Ingress", "ServiceMonitor", "PrometheusRule"):
+    for kind in ("Job", "Ingress", "ServiceMonitor", "PrometheusRule", "Deployment", "PodMonitor"):
         assert not by_kind(docs, kind), f"{kind} rendered by default"
+    assert "EMPORIUM__PAYMENT__MODE" not in env, "the default charges in-process (payment.mode local)"
 
 
 def check_backends_from_secret(docs, scenario):
@@ -336,6 +342,60 @@ def check_monitoring(docs, _):
     assert board.get("title") and isinstance(board.get("panels"), list)
 
 
+def check_payment_service(docs, scenario):
+    """payment.mode=kafka: the payment service Deployment with probes, resources, its PDB,
+    the server's security context, its secrets from the Secret, and a PodMonitor."""
+    dep = one(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["args"] == ["payment-service", "--config", "/etc/emporium/production.toml"], c["args"]
+    assert dep["spec"]["replicas"] >= 2, "one replica would stop charging during every drain"
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    env = env_map(c)
+    port = next(p for p in c["ports"] if p["name"] == "http")["containerPort"]
+    assert env["EMPORIUM__PAYMENT_SERVICE__LISTEN"]["value"] == f"0.0.0.0:{port}", "probes and listener disagree"
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "http"}, c["readinessProbe"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "http"}, c["livenessProbe"]
+    assert c["startupProbe"]["httpGet"]["port"] == "http"
+    res = c["resources"]
+    assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["memory"], res
+    # The same security context as the server, pod and container.
+    sts_pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    assert pod["securityContext"] == sts_pod["securityContext"], "pod securityContext differs from the server's"
+    assert c["securityContext"] == server_container(docs)["securityContext"], "container securityContext differs"
+    assert pod["automountServiceAccountToken"] is False
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in vols[mounts["/tmp"]], "/tmp must be an emptyDir (read-only root fs)"
+    # Secrets only by reference; the server waits for the outcomes (payment.mode kafka).
+    secret = chart_secret(docs)
+    for name in ("EMPORIUM__PAYMENT_SERVICE__STORE_URL", "EMPORIUM__BUS__BROKERS"):
+        assert "value" not in env[name], f"{name} must come from the Secret"
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        if scenario == "production":
+            assert ref["name"] == "emporium-backends", ref
+        else:
+            assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["data"], ref
+    if scenario == "full":
+        assert decoded(secret, "payment-store-url") == FULL_PAYMENT_STORE_URL
+        assert FULL_PAYMENT_STORE_URL not in non_secret_text(docs), "payment store URL leaked outside a Secret"
+    assert env["EMPORIUM__BUS__KIND"]["value"] == "kafka"
+    assert env_map(server_container(docs))["EMPORIUM__PAYMENT__MODE"]["value"] == "kafka"
+    # Its own selector: no server Service, PDB or StatefulSet picks its pods, and back.
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert selects(dep["spec"]["selector"]["matchLabels"], labels)
+    assert not selects(one(docs, "StatefulSet")["spec"]["selector"]["matchLabels"], labels)
+    assert not selects(dep["spec"]["selector"]["matchLabels"], pod_labels(docs))
+    for svc in by_kind(docs, "Service"):
+        assert not selects(svc["spec"]["selector"], labels), f"Service {svc['metadata']['name']} selects payment pods"
+    pdbs = [p for p in by_kind(docs, "PodDisruptionBudget") if selects(p["spec"]["selector"]["matchLabels"], labels)]
+    assert len(pdbs) == 1, f"{len(pdbs)} PodDisruptionBudgets select the payment pods"
+    assert pdbs[0]["spec"].get("maxUnavailable") == 1 or "minAvailable" in pdbs[0]["spec"], pdbs[0]["spec"]
+    pm = one(docs, "PodMonitor")
+    assert selects(pm["spec"]["selector"]["matchLabels"], labels), "PodMonitor misses the payment pods"
+    assert pm["spec"]["podMetricsEndpoints"][0] == {**pm["spec"]["podMetricsEndpoints"][0], "port": "http", "path": "/metrics"}
+
+
 def check_ingress(docs, _):
     ing = one(docs, "Ingress")
     svc_names = {s["metadata"]["name"] for s in by_kind(docs, "Service")}
@@ -360,8 +420,10 @@ COMMON = [
 ]
 SCENARIOS = {
     "default": COMMON + [check_default_is_embedded],
-    "production": COMMON + [check_backends_from_secret, check_migration_job, check_monitoring, check_ingress],
-    "full": COMMON + [check_backends_from_secret, check_migration_job, check_monitoring, check_ingress],
+    "production": COMMON
+    + [check_backends_from_secret, check_migration_job, check_monitoring, check_ingress, check_payment_service],
+    "full": COMMON
+    + [check_backends_from_secret, check_migration_job, check_monitoring, check_ingress, check_payment_service],
 }
 
 

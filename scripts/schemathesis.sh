@@ -102,7 +102,7 @@ for who in admin user; do
         --header "Authorization: Bearer $token" \
         --checks all \
         --max-examples "$MAX_EXAMPLES" \
-        --phases examples,coverage,fuzzing \
+        --phases examples,coverage,fuzzing,stateful \
         --workers 1 \
         --request-timeout 15 \
         --generation-database none \

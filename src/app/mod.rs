@@ -233,6 +233,7 @@ impl App {
             spec,
             self.store.clone(),
             handler,
+            self.metrics.clone(),
             self.consumers.subscribe(),
         ));
     }

@@ -11,6 +11,11 @@
 //! is not charged twice; the gateway also sees the order id as its idempotency key.
 //! Emporium consumes `emporium.payments` and finishes the saga
 //! (`actors::payment_outcomes`).
+//!
+//! It also listens on `payment_service.listen` for its orchestrator and Prometheus:
+//! `/health/live`, `/health/ready` (503 while its store does not answer or while it
+//! stops) and `/metrics` (its outbox and its consumer lag per partition). It takes no
+//! other request, so the listener is a plain side door, not an API.
 
 use crate::actors::outbox::OutboxRelay;
 use crate::actors::payment::{self, PaymentActor};
@@ -28,6 +33,8 @@ use actix::prelude::*;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -110,6 +117,46 @@ pub struct PaymentService {
     stop: watch::Sender<bool>,
     relay: Arc<OutboxRelay>,
     pub store: SqlStore,
+    pub metrics: Arc<Metrics>,
+    /// Where its health and metrics listener is bound (`payment_service.listen`).
+    pub addr: SocketAddr,
+    http: actix_web::dev::ServerHandle,
+    stopping: Arc<AtomicBool>,
+}
+
+/// What the health and metrics routes read.
+struct Probe {
+    store: SqlStore,
+    metrics: Arc<Metrics>,
+    stopping: Arc<AtomicBool>,
+}
+
+async fn live() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok().json(json!({"status": "live"}))
+}
+
+/// Ready while its store answers and it is not stopping: without the store it can neither
+/// record a charge nor skip a redelivered order, so it should get no partitions.
+async fn ready(probe: actix_web::web::Data<Probe>) -> actix_web::HttpResponse {
+    let stopping = probe.stopping.load(Ordering::Relaxed);
+    let store = probe.store.ping().await.is_ok();
+    let body = json!({
+        "status": if store && !stopping { "ready" } else { "not_ready" },
+        "checks": {"store": store, "draining": stopping},
+    });
+    if store && !stopping {
+        actix_web::HttpResponse::Ok().json(body)
+    } else {
+        actix_web::HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(body)
+    }
+}
+
+async fn render_metrics(probe: actix_web::web::Data<Probe>) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(probe.metrics.render())
 }
 
 impl PaymentService {
@@ -135,11 +182,12 @@ impl PaymentService {
 
         KafkaBus::ensure_topics_in_background(&settings.bus);
         let bus = KafkaBus::new(&settings.bus).context("cannot create the kafka producer")?;
+        let metrics = Arc::new(Metrics::new()?);
         let relay = Arc::new(OutboxRelay::new(
             store.clone(),
             Arc::new(bus),
             settings.outbox.clone(),
-            Arc::new(Metrics::new()?),
+            metrics.clone(),
         ));
         let committed = Arc::new(Notify::new());
         relay.relay_in_background(committed.clone());
@@ -166,16 +214,52 @@ impl PaymentService {
             },
             store.clone(),
             handler,
+            metrics.clone(),
             stopped,
         ));
-        Ok(Self { stop, relay, store })
+
+        let stopping = Arc::new(AtomicBool::new(false));
+        let listener = std::net::TcpListener::bind(&settings.payment_service.listen)
+            .with_context(|| format!("cannot listen on {}", settings.payment_service.listen))?;
+        let addr = listener.local_addr()?;
+        let probe = actix_web::web::Data::new(Probe {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            stopping: stopping.clone(),
+        });
+        let server = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(probe.clone())
+                .route("/health/live", actix_web::web::get().to(live))
+                .route("/health/ready", actix_web::web::get().to(ready))
+                .route("/metrics", actix_web::web::get().to(render_metrics))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        let http = server.handle();
+        actix_rt::spawn(server);
+        info!(%addr, "payment service health and metrics listening");
+        Ok(Self {
+            stop,
+            relay,
+            store,
+            metrics,
+            addr,
+            http,
+            stopping,
+        })
     }
 
     /// Stops consuming and flushes the outbox (what is not flushed is sent on the next start).
     pub async fn shutdown(self) {
+        // Not ready from here on, so no new traffic is routed while it drains.
+        self.stopping.store(true, Ordering::Relaxed);
         consumer::stop_all(&self.stop, Duration::from_secs(10)).await;
         if let Err(e) = self.relay.drain().await {
             tracing::warn!(error = %e, "payment service outbox not flushed");
         }
+        self.http.stop(true).await;
     }
 }

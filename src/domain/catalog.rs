@@ -80,32 +80,43 @@ impl ProductStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductInput {
+    // The schema states what `validate` checks (lengths, no control characters, counts,
+    // ranges), so generated and hand-written clients learn the rules from the document.
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$")]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 10000)]
     pub description: Option<String>,
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100, pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$")]
     pub brand: Option<String>,
     /// The category, by id ...
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub category_id: Option<i64>,
     /// ... or by its path (`1/4/28`); when both are given they must name the same category.
     #[serde(default)]
+    #[schema(pattern = r"^[1-9][0-9]{0,17}(/[1-9][0-9]{0,17}){0,15}$")]
     pub category_path: Option<String>,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub attributes: Option<Map<String, Value>>,
+    /// http(s) URLs or absolute paths, without whitespace.
     #[serde(default)]
+    #[schema(max_items = 20)]
     pub images: Option<Vec<String>>,
     pub price: Money,
     #[serde(default)]
     pub status: Option<ProductStatus>,
+    /// 1-100 variants, each SKU once.
+    #[schema(min_items = 1, max_items = 100)]
     pub variants: Vec<VariantInput>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VariantInput {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub sku: Sku,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -115,7 +126,7 @@ pub struct VariantInput {
     /// Initial stock of a new SKU. Stock of an existing SKU changes only through
     /// `PUT /v1/inventory/{sku}`: the catalog never holds a second copy.
     #[serde(default)]
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: Option<i64>,
 }
 

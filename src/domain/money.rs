@@ -58,7 +58,8 @@ impl fmt::Display for Currency {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "RawMoney")]
 pub struct Money {
-    /// Minor units (cents, won), never negative.
+    /// Minor units (cents, won), never negative; a price at most 10^12.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub amount: i64,
     /// ISO 4217 code, e.g. `KRW`.
     #[schema(value_type = String, example = "KRW", pattern = "^[A-Z]{3}$")]

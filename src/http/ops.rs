@@ -1,12 +1,10 @@
 //! Operational routes: health, metrics, the OpenAPI document and the dashboard page.
 
 use super::auth::Admin;
-use super::openapi::ApiDoc;
 use super::problem::ApiError;
 use super::AppState;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use serde_json::json;
-use utoipa::OpenApi;
 
 /// The process is up.
 #[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, description = "Live")))]
@@ -68,7 +66,8 @@ pub async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
 
 pub async fn openapi(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     introspection_allowed(&state, &req).await?;
-    Ok(HttpResponse::Ok().json(ApiDoc::openapi()))
+    // The served form: the links' keys fixed up (see openapi::served).
+    Ok(HttpResponse::Ok().json(super::openapi::served()))
 }
 
 const DASHBOARD: &str = include_str!("dashboard.html");

@@ -46,7 +46,10 @@ pub struct SignUp {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
+    // format email: an address sign-up would refuse cannot log in either (422), so
+    // generated logins should be addresses.
     #[schema(
+        format = Email,
         min_length = 1,
         max_length = 254,
         pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"

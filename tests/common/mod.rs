@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod services;
 pub mod tansu;
 
 /// The database a test runs against.
@@ -143,6 +144,8 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     let mut s = Settings::load(None).expect("default settings load");
     s.server.listen = "127.0.0.1:0".into();
     s.server.data_dir = dir.to_path_buf();
+    // Tests run payment services side by side: each binds a free port.
+    s.payment_service.listen = "127.0.0.1:0".into();
     s.server.workers = 2;
     s.payment.backoff_base_ms = 10;
     s.payment.attempt_timeout_ms = 300;

@@ -5,23 +5,11 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The value of a required test variable, or `None` with the reason printed. Under
-/// `CI=true` a missing variable fails the test instead of skipping it.
+/// The value of a required test variable; when unset, the server is started through
+/// scripts/services.sh ([`super::services::test_env`]). `None`, with the reason printed,
+/// only when that is impossible; under `CI=true` that fails the test instead.
 pub fn required_env(name: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            let reason = format!(
-                "{name} is not set (scripts/services.sh start kafka; eval \"$(scripts/services.sh env kafka)\")"
-            );
-            assert!(
-                std::env::var("CI").map_or(true, |ci| ci != "true"),
-                "{reason} (CI=true: failing, not skipping)"
-            );
-            eprintln!("SKIPPED: {reason}");
-            None
-        }
-    }
+    super::services::test_env(name)
 }
 
 pub struct Tansu {

@@ -54,6 +54,18 @@ Selector of the server pod. The component label keeps the migration Job's pod (c
 app.kubernetes.io/component: server
 {{- end }}
 
+{{/*
+The payment service (payment.mode = kafka): its name and pod selector.
+*/}}
+{{- define "emporium.paymentServiceName" -}}
+{{- printf "%s-payment" (include "emporium.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "emporium.paymentServiceSelectorLabels" -}}
+{{ include "emporium.selectorLabels" . }}
+app.kubernetes.io/component: payment-service
+{{- end }}
+
 {{- define "emporium.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "emporium.fullname" .) .Values.serviceAccount.name }}
@@ -138,6 +150,11 @@ Argument: dict "ctx" $ "secret" <secret name>.
       name: {{ .secret }}
       key: {{ $v.secretKeys.searchUrl }}
 {{- end }}
+{{- if eq $v.payment.mode "kafka" }}
+# The saga publishes order_created and waits for the payment service's outcome.
+- name: EMPORIUM__PAYMENT__MODE
+  value: kafka
+{{- end }}
 {{- if $v.telemetry.otlpEndpoint }}
 - name: EMPORIUM__TELEMETRY__OTLP_ENDPOINT
   value: {{ $v.telemetry.otlpEndpoint | quote }}
@@ -161,6 +178,14 @@ Checks that the schema cannot express (or that must hold even with
 {{- if and $b.enabled (not (or $b.url $b.brokers)) }}
 {{- fail (printf "%s.enabled is true but neither %s.%s nor existingSecret is set." $name $name (ternary "brokers" "url" (eq $name "kafka"))) }}
 {{- end }}
+{{- end }}
+{{- end }}
+{{- if eq .Values.payment.mode "kafka" }}
+{{- if not .Values.kafka.enabled }}
+{{- fail "payment.mode=kafka needs kafka.enabled=true: orders reach the payment service and its outcomes come back only through Kafka." }}
+{{- end }}
+{{- if and (not .Values.existingSecret) (not .Values.paymentService.storeUrl) }}
+{{- fail "payment.mode=kafka needs paymentService.storeUrl (or existingSecret with the paymentStoreUrl key): the payment service keeps its outbox and the orders it charged in its own database, which must outlive its pods." }}
 {{- end }}
 {{- end }}
 {{- if and (eq .Values.migrations.mode "job") (not .Values.mysql.enabled) }}

@@ -17,17 +17,27 @@
 //! `failed_events`, from where `emporium replay` or `POST /v1/admin/events/replay`
 //! re-publishes it. Messages are handled one at a time per consumer, which keeps each
 //! key's (order's) events in order.
+//!
+//! Lag: every `consumer.lag_interval_ms` a sampler asks the broker, for each partition the
+//! consumer is assigned, for the group's committed offset and the partition's end offset
+//! and exports them with the difference (`emporium_consumer_lag_messages`) and how old the
+//! oldest uncommitted message is (`emporium_consumer_lag_seconds`). Offsets come from the
+//! broker, not from what this process remembers, so the numbers are the group's, as an
+//! operator's `kafka-consumer-groups --describe` would show them. The broker calls block,
+//! so they run on the blocking pool, never on the consume loop's thread.
 
 use crate::config::{BusSettings, ConsumerSettings};
 use crate::domain::events::Event;
 use crate::persistence::bus::kafka::{client_config, producer};
 use crate::persistence::{Consumed, DeadLetter, SqlStore};
+use crate::telemetry::Metrics;
 use async_trait::async_trait;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
-use rdkafka::{Offset, TopicPartitionList};
-use std::sync::Arc;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -80,11 +90,12 @@ pub async fn run(
     spec: ConsumerSpec,
     store: SqlStore,
     handler: Arc<dyn EventHandler>,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut delay = Duration::from_millis(200);
     while !*stop.borrow() {
-        match ConsumerLoop::new(&bus, &settings, &spec, store.clone(), handler.clone()) {
+        match ConsumerLoop::new(&bus, &settings, &spec, store.clone(), handler.clone(), metrics.clone()) {
             Ok(consumer) => {
                 consumer.run(&mut stop).await;
                 return;
@@ -101,13 +112,147 @@ pub async fn run(
     }
 }
 
+/// Counts the group's rebalances as they happen (librdkafka calls it on its own thread).
+pub struct LagContext {
+    metrics: Arc<Metrics>,
+    group: String,
+}
+
+impl ClientContext for LagContext {}
+
+impl ConsumerContext for LagContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            self.metrics.consumer_rebalances.with_label_values(&[&self.group]).inc();
+        }
+    }
+}
+
+type LagConsumer = StreamConsumer<LagContext>;
+
+/// What the consume loop knows about a partition that the broker does not tell: the
+/// timestamp of the message it is working on (uncommitted, the oldest not done).
+type InFlight = Arc<Mutex<HashMap<(String, i32), i64>>>;
+
 struct ConsumerLoop {
-    consumer: StreamConsumer,
+    consumer: Arc<LagConsumer>,
     dlq: rdkafka::producer::FutureProducer,
     spec: ConsumerSpec,
     settings: ConsumerSettings,
     store: SqlStore,
     handler: Arc<dyn EventHandler>,
+    metrics: Arc<Metrics>,
+    in_flight: InFlight,
+}
+
+/// One assigned partition as the broker reports it.
+#[derive(Debug, Clone, PartialEq)]
+struct PartitionOffsets {
+    topic: String,
+    partition: i32,
+    /// The group's committed offset; the partition's start when it committed nothing yet
+    /// (the group begins there: `auto.offset.reset = earliest`).
+    committed: i64,
+    end: i64,
+}
+
+/// Asks the broker for the committed and end offset of every assigned partition (blocking).
+fn read_offsets(consumer: &LagConsumer) -> rdkafka::error::KafkaResult<Vec<PartitionOffsets>> {
+    let timeout = Duration::from_secs(5);
+    let assigned = consumer.assignment()?;
+    if assigned.count() == 0 {
+        return Ok(Vec::new());
+    }
+    let committed = consumer.committed_offsets(assigned, timeout)?;
+    let mut out = Vec::with_capacity(committed.count());
+    for e in committed.elements() {
+        let (low, high) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout)?;
+        let committed = match e.offset() {
+            Offset::Offset(n) => n,
+            _ => low,
+        };
+        out.push(PartitionOffsets {
+            topic: e.topic().to_owned(),
+            partition: e.partition(),
+            committed,
+            end: high,
+        });
+    }
+    Ok(out)
+}
+
+/// Seconds behind for a partition `lag` messages behind: the age of the message the
+/// consumer is working on when there is one (the oldest uncommitted), else the time since
+/// a sample first saw the partition behind (the consumer has not fetched the backlog yet:
+/// a lower bound, at the sampling interval's resolution). 0 when caught up.
+fn lag_seconds(lag: i64, in_flight_ms: Option<i64>, behind_since_ms: Option<i64>, now_ms: i64) -> f64 {
+    if lag <= 0 {
+        return 0.0;
+    }
+    let since = in_flight_ms.or(behind_since_ms).unwrap_or(now_ms);
+    (now_ms - since).max(0) as f64 / 1000.0
+}
+
+/// Samples the consumer's lag into the metrics every `interval`, until aborted.
+async fn sample_lag(
+    consumer: Arc<LagConsumer>,
+    group: String,
+    metrics: Arc<Metrics>,
+    in_flight: InFlight,
+    interval: Duration,
+) {
+    let mut reported: HashSet<(String, i32)> = HashSet::new();
+    let mut behind_since: HashMap<(String, i32), i64> = HashMap::new();
+    loop {
+        let c = consumer.clone();
+        let offsets = match tokio::task::spawn_blocking(move || read_offsets(&c)).await {
+            Ok(Ok(offsets)) => offsets,
+            Ok(Err(e)) => {
+                debug!(group, error = %e, "consumer lag not sampled");
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+            Err(_) => return,
+        };
+        let now = crate::domain::now_millis();
+        let mut seen = HashSet::new();
+        for p in offsets {
+            let key = (p.topic.clone(), p.partition);
+            let lag = (p.end - p.committed).max(0);
+            let since = if lag > 0 {
+                Some(*behind_since.entry(key.clone()).or_insert(now))
+            } else {
+                behind_since.remove(&key);
+                None
+            };
+            let working_on = in_flight.lock().map_or(None, |m| m.get(&key).copied());
+            let partition = p.partition.to_string();
+            let labels = [group.as_str(), p.topic.as_str(), partition.as_str()];
+            metrics
+                .consumer_committed_offset
+                .with_label_values(&labels)
+                .set(p.committed);
+            metrics.consumer_end_offset.with_label_values(&labels).set(p.end);
+            metrics.consumer_lag_messages.with_label_values(&labels).set(lag);
+            metrics
+                .consumer_lag_seconds
+                .with_label_values(&labels)
+                .set(lag_seconds(lag, working_on, since, now));
+            seen.insert(key);
+        }
+        // Partitions taken away by a rebalance are another consumer's to report now.
+        for (topic, partition) in reported.difference(&seen) {
+            let partition = partition.to_string();
+            let labels = [group.as_str(), topic.as_str(), partition.as_str()];
+            let _ = metrics.consumer_committed_offset.remove_label_values(&labels);
+            let _ = metrics.consumer_end_offset.remove_label_values(&labels);
+            let _ = metrics.consumer_lag_messages.remove_label_values(&labels);
+            let _ = metrics.consumer_lag_seconds.remove_label_values(&labels);
+        }
+        behind_since.retain(|k, _| seen.contains(k));
+        reported = seen;
+        tokio::time::sleep(interval).await;
+    }
 }
 
 /// What became of one message.
@@ -125,8 +270,15 @@ impl ConsumerLoop {
         spec: &ConsumerSpec,
         store: SqlStore,
         handler: Arc<dyn EventHandler>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, rdkafka::error::KafkaError> {
-        let consumer: StreamConsumer = client_config(bus)
+        // The group's series exists (at 0) before its first assignment.
+        metrics.consumer_rebalances.with_label_values(&[&spec.group_id]);
+        let context = LagContext {
+            metrics: metrics.clone(),
+            group: spec.group_id.clone(),
+        };
+        let consumer: LagConsumer = client_config(bus)
             .set("group.id", &spec.group_id)
             .set("client.id", &spec.name)
             // Offsets are committed by hand, after the effect is durable.
@@ -136,21 +288,31 @@ impl ConsumerLoop {
             // joined are still somebody's orders.
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", settings.session_timeout_ms.to_string())
-            .create()?;
+            .create_with_context(context)?;
         consumer.subscribe(&spec.topics)?;
         info!(consumer = spec.name, group = spec.group_id, topics = ?spec.topics, "kafka consumer started");
         Ok(Self {
-            consumer,
+            consumer: Arc::new(consumer),
             dlq: producer(bus)?,
             spec: spec.clone(),
             settings: settings.clone(),
             store,
             handler,
+            metrics,
+            in_flight: InFlight::default(),
         })
     }
 
     async fn run(&self, stop: &mut watch::Receiver<bool>) {
+        let sampler = tokio::spawn(sample_lag(
+            self.consumer.clone(),
+            self.spec.group_id.clone(),
+            self.metrics.clone(),
+            self.in_flight.clone(),
+            Duration::from_millis(self.settings.lag_interval_ms.max(10)),
+        ));
         self.consume(stop).await;
+        sampler.abort();
         // Leave the group now rather than when the broker's session timeout notices,
         // so a restarted instance gets the partitions at once.
         self.consumer.unsubscribe();
@@ -181,10 +343,17 @@ impl ConsumerLoop {
                 offset = message.offset()
             );
             crate::telemetry::continue_trace(&span, header(&message, "traceparent").as_deref());
+            let key = (message.topic().to_owned(), message.partition());
+            if let (Ok(mut m), Some(ts)) = (self.in_flight.lock(), message.timestamp().to_millis()) {
+                m.insert(key.clone(), ts);
+            }
             let outcome = tracing::Instrument::instrument(self.process(&message, stop), span).await;
             match outcome {
                 Outcome::Stopped => return,
                 Outcome::Applied | Outcome::Duplicate | Outcome::DeadLettered => self.commit(&message),
+            }
+            if let Ok(mut m) = self.in_flight.lock() {
+                m.remove(&key);
             }
         }
     }
@@ -346,4 +515,26 @@ fn header(message: &OwnedMessage, key: &str) -> Option<String> {
     use rdkafka::message::Headers;
     let value = message.headers()?.iter().find(|h| h.key == key)?.value?;
     std::str::from_utf8(value).ok().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lag_seconds;
+
+    #[test]
+    fn caught_up_is_zero_seconds_behind_whatever_the_timestamps() {
+        assert_eq!(lag_seconds(0, Some(1_000), Some(2_000), 10_000), 0.0);
+    }
+
+    #[test]
+    fn the_message_in_flight_dates_the_lag() {
+        assert_eq!(lag_seconds(3, Some(4_000), Some(9_000), 10_000), 6.0);
+    }
+
+    #[test]
+    fn without_a_message_in_flight_the_lag_dates_from_when_it_was_first_seen() {
+        assert_eq!(lag_seconds(3, None, Some(7_500), 10_000), 2.5);
+        // A clock step back never shows negative seconds.
+        assert_eq!(lag_seconds(3, Some(11_000), None, 10_000), 0.0);
+    }
 }
