@@ -171,126 +171,35 @@ impl SqlStore {
         Ok(affected)
     }
 
-    /// Writes the write-sets inside an open transaction: one statement per table.
+    /// Writes the write-sets inside an open transaction: one statement per table, or on
+    /// MariaDB/MySQL all of them in one `CALL` (migrations/mysql/0005_write_batch.sql)
+    /// when every table's rows fit one statement.
     pub(in crate::persistence) async fn write_sets(
         &self,
         tx: &mut sqlx::Transaction<'_, Any>,
         sets: &[&WriteSet],
     ) -> Result<(), StoreError> {
-        let now = crate::domain::now_millis();
-        let orders: Vec<&Order> = sets.iter().filter_map(|s| s.new_order.as_ref()).collect();
-        let rows: Vec<Value> = orders
-            .iter()
-            .map(|o| {
-                json!([
-                    o.id.to_string(),
-                    o.user_id.to_string(),
-                    o.status.as_str(),
-                    o.total.amount,
-                    o.total.currency.to_string(),
-                    o.payment_token,
-                    o.cancel_reason.map(|r| r.as_str()),
-                    o.created_at,
-                    o.updated_at,
-                    o.expires_at
-                ])
-            })
-            .collect();
-        self.set_based(tx, &INSERT_ORDERS, &rows).await?;
-
-        let rows: Vec<Value> = orders
-            .iter()
-            .flat_map(|o| {
-                o.lines.iter().enumerate().map(move |(i, l)| {
-                    json!([
-                        o.id.to_string(),
-                        i as i64,
-                        l.sku.to_string(),
-                        l.qty,
-                        l.unit_price.amount
-                    ])
-                })
-            })
-            .collect();
-        self.set_based(tx, &INSERT_ITEMS, &rows).await?;
-
-        let rows: Vec<Value> = sets
-            .iter()
-            .filter_map(|s| s.idempotency.as_ref())
-            .map(|k: &IdempotencyRecord| {
-                json!([
-                    k.user_id.to_string(),
-                    k.key,
-                    k.request_hash,
-                    k.order_id.to_string(),
-                    k.response,
-                    now
-                ])
-            })
-            .collect();
-        self.set_based(tx, &INSERT_KEYS, &rows).await?;
-
-        let changes: Vec<&StatusChange> = sets.iter().filter_map(|s| s.status_change.as_ref()).collect();
-        let rows: Vec<Value> = changes
-            .iter()
-            .map(|c| {
-                json!([
-                    c.order_id.to_string(),
-                    c.from.as_str(),
-                    c.to.as_str(),
-                    c.cancel_reason.map(|r| r.as_str()),
-                    c.at
-                ])
-            })
-            .collect();
-        let matched = self.set_based(tx, &UPDATE_STATUS, &rows).await?;
-        if matched != changes.len() as u64 {
+        let rows = BatchRows::of(sets)?;
+        if self.dialect() == Dialect::MySql && rows.fit_one_call() {
+            return rows.call(tx).await;
+        }
+        if !rows.orders.is_empty() {
+            self.set_based(tx, &INSERT_ORDERS, &rows.orders).await?;
+            self.set_based(tx, &INSERT_ITEMS, &rows.items).await?;
+        }
+        self.set_based(tx, &INSERT_KEYS, &rows.keys).await?;
+        let matched = self.set_based(tx, &UPDATE_STATUS, &rows.status).await?;
+        if matched != rows.status.len() as u64 {
             // Which one is for the one-by-one retry to find: a batch of one names its order.
-            return Err(StoreError::Rejected(match changes.as_slice() {
-                [one] => format!("order {} is not {} any more", one.order_id, one.from.as_str()),
-                _ => format!(
-                    "{} of {} orders of the batch are not in their expected status any more",
-                    changes.len() as u64 - matched.min(changes.len() as u64),
-                    changes.len()
-                ),
+            return Err(StoreError::Rejected(match rows.status.as_slice() {
+                [one] => format!("order {} is not {} any more", one[0], one[1]),
+                _ => "an order of the batch is not in its expected status any more".to_owned(),
             }));
         }
-
-        let journal: Vec<&JournalEntry> = sets.iter().flat_map(|s| s.journal.iter()).collect();
-        self.apply_journal(tx, &journal).await?;
-
-        let events: Vec<&Event> = sets.iter().flat_map(|s| s.events.iter()).collect();
-        self.insert_events(tx, &events).await?;
-
+        self.journal_statements(tx, &rows.journal).await?;
+        self.set_based(tx, &INSERT_OUTBOX, &rows.outbox).await?;
         // A duplicate is a unique violation: the whole effect is refused, not applied twice.
-        let rows: Vec<Value> = sets
-            .iter()
-            .filter_map(|s| s.consumed.as_ref())
-            .map(|c: &Consumed| json!([c.consumer, c.event_id.to_string(), now]))
-            .collect();
-        self.set_based(tx, &INSERT_PROCESSED, &rows).await?;
-        Ok(())
-    }
-
-    /// Outbox rows for `events`, in their order (the relay publishes in id order).
-    pub(in crate::persistence) async fn insert_events(
-        &self,
-        tx: &mut sqlx::Transaction<'_, Any>,
-        events: &[&Event],
-    ) -> Result<(), StoreError> {
-        let rows = events
-            .iter()
-            .map(|e| {
-                Ok(json!([
-                    e.id.to_string(),
-                    e.event_type.as_str(),
-                    e.aggregate_id,
-                    serde_json::to_string(e).map_err(corrupt)?,
-                    e.occurred_at
-                ]))
-            })
-            .collect::<Result<Vec<Value>, StoreError>>()?;
-        self.set_based(tx, &INSERT_OUTBOX, &rows).await?;
+        self.set_based(tx, &INSERT_PROCESSED, &rows.processed).await?;
         Ok(())
     }
 
@@ -300,55 +209,184 @@ impl SqlStore {
         tx: &mut sqlx::Transaction<'_, Any>,
         journal: &[&JournalEntry],
     ) -> Result<(), StoreError> {
-        let rows: Vec<Value> = journal
-            .iter()
-            .map(|e| {
-                json!([
-                    e.sku.to_string(),
-                    e.seq,
-                    e.change.kind.as_str(),
-                    e.change.order.map(|o| o.to_string()),
-                    e.change.qty,
-                    e.change.stock_delta,
-                    e.change.reserved_delta,
-                    e.at
-                ])
-            })
-            .collect();
-        self.set_based(tx, &INSERT_JOURNAL, &rows).await?;
+        self.journal_statements(tx, &JournalRows::of(journal)).await
+    }
 
-        let rows: Vec<Value> = journal
-            .iter()
-            .filter(|e| e.change.kind == ChangeKind::Reserve)
-            .map(|e| {
-                json!([
-                    e.sku.to_string(),
-                    e.change.order.map(|o| o.to_string()).unwrap_or_default(),
-                    e.change.qty,
-                    e.change.expires_at.unwrap_or_default()
-                ])
-            })
-            .collect();
-        self.set_based(tx, &INSERT_RESERVATIONS, &rows).await?;
-
-        let rows: Vec<Value> = journal
-            .iter()
-            .filter(|e| matches!(e.change.kind, ChangeKind::Confirm | ChangeKind::Release))
-            .map(|e| {
-                json!([
-                    e.sku.to_string(),
-                    e.change.order.map(|o| o.to_string()).unwrap_or_default()
-                ])
-            })
-            .collect();
-        let deleted = self.set_based(tx, &DELETE_RESERVATIONS, &rows).await?;
-        if deleted != rows.len() as u64 {
+    async fn journal_statements(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Any>,
+        rows: &JournalRows,
+    ) -> Result<(), StoreError> {
+        self.set_based(tx, &INSERT_JOURNAL, &rows.journal).await?;
+        self.set_based(tx, &INSERT_RESERVATIONS, &rows.reserve).await?;
+        let deleted = self.set_based(tx, &DELETE_RESERVATIONS, &rows.settle).await?;
+        if deleted != rows.settle.len() as u64 {
             return Err(StoreError::Rejected(
                 "a confirm or release has no stored reservation".into(),
             ));
         }
+        let updated = self.set_based(tx, &UPDATE_SNAPSHOTS, &rows.snapshots).await?;
+        if updated != rows.snapshots.len() as u64 {
+            let skus = rows
+                .snapshots
+                .iter()
+                .map(|r| r[0].to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(StoreError::Rejected(format!("no inventory row for one of {skus}")));
+        }
+        Ok(())
+    }
+}
 
-        // Coalesce: one row per SKU per batch, however many orders touched it.
+/// Every row a batch writes, per table, as positional JSON arrays.
+struct BatchRows {
+    orders: Vec<Value>,
+    items: Vec<Value>,
+    keys: Vec<Value>,
+    status: Vec<Value>,
+    journal: JournalRows,
+    outbox: Vec<Value>,
+    processed: Vec<Value>,
+}
+
+/// The rows an inventory journal writes: entries, new reservations, settled
+/// reservations, and one coalesced snapshot delta per SKU.
+struct JournalRows {
+    journal: Vec<Value>,
+    reserve: Vec<Value>,
+    settle: Vec<Value>,
+    snapshots: Vec<Value>,
+}
+
+impl BatchRows {
+    fn of(sets: &[&WriteSet]) -> Result<Self, StoreError> {
+        let now = crate::domain::now_millis();
+        let orders: Vec<&Order> = sets.iter().filter_map(|s| s.new_order.as_ref()).collect();
+        let journal: Vec<&JournalEntry> = sets.iter().flat_map(|s| s.journal.iter()).collect();
+        let events: Vec<&Event> = sets.iter().flat_map(|s| s.events.iter()).collect();
+        Ok(Self {
+            orders: orders
+                .iter()
+                .map(|o| {
+                    json!([
+                        o.id.to_string(),
+                        o.user_id.to_string(),
+                        o.status.as_str(),
+                        o.total.amount,
+                        o.total.currency.to_string(),
+                        o.payment_token,
+                        o.cancel_reason.map(|r| r.as_str()),
+                        o.created_at,
+                        o.updated_at,
+                        o.expires_at
+                    ])
+                })
+                .collect(),
+            items: orders
+                .iter()
+                .flat_map(|o| {
+                    o.lines.iter().enumerate().map(move |(i, l)| {
+                        json!([
+                            o.id.to_string(),
+                            i as i64,
+                            l.sku.to_string(),
+                            l.qty,
+                            l.unit_price.amount
+                        ])
+                    })
+                })
+                .collect(),
+            keys: sets
+                .iter()
+                .filter_map(|s| s.idempotency.as_ref())
+                .map(|k: &IdempotencyRecord| {
+                    json!([
+                        k.user_id.to_string(),
+                        k.key,
+                        k.request_hash,
+                        k.order_id.to_string(),
+                        k.response,
+                        now
+                    ])
+                })
+                .collect(),
+            status: sets
+                .iter()
+                .filter_map(|s| s.status_change.as_ref())
+                .map(|c: &StatusChange| {
+                    json!([
+                        c.order_id.to_string(),
+                        c.from.as_str(),
+                        c.to.as_str(),
+                        c.cancel_reason.map(|r| r.as_str()),
+                        c.at
+                    ])
+                })
+                .collect(),
+            journal: JournalRows::of(&journal),
+            outbox: outbox_rows(&events)?,
+            processed: sets
+                .iter()
+                .filter_map(|s| s.consumed.as_ref())
+                .map(|c: &Consumed| json!([c.consumer, c.event_id.to_string(), now]))
+                .collect(),
+        })
+    }
+
+    fn fit_one_call(&self) -> bool {
+        let j = &self.journal;
+        [
+            &self.orders,
+            &self.items,
+            &self.keys,
+            &self.status,
+            &j.journal,
+            &j.reserve,
+            &j.settle,
+            &j.snapshots,
+            &self.outbox,
+            &self.processed,
+        ]
+        .iter()
+        .all(|rows| rows.len() <= ROWS_PER_STATEMENT)
+    }
+
+    /// The whole batch in one round trip: the procedure runs the same statements with
+    /// the same guards (SQLSTATE 45000 fails the batch, a duplicate key is a conflict).
+    async fn call(&self, tx: &mut sqlx::Transaction<'_, Any>) -> Result<(), StoreError> {
+        let array = |rows: &[Value]| -> Result<Option<String>, StoreError> {
+            if rows.is_empty() {
+                Ok(None)
+            } else {
+                serde_json::to_string(rows).map(Some).map_err(corrupt)
+            }
+        };
+        let j = &self.journal;
+        sqlx::query("CALL emporium_write_batch(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(array(&self.orders)?)
+            .bind(array(&self.items)?)
+            .bind(array(&self.keys)?)
+            .bind(array(&self.status)?)
+            .bind(self.status.len() as i64)
+            .bind(array(&j.journal)?)
+            .bind(array(&j.reserve)?)
+            .bind(array(&j.settle)?)
+            .bind(j.settle.len() as i64)
+            .bind(array(&j.snapshots)?)
+            .bind(j.snapshots.len() as i64)
+            .bind(array(&self.outbox)?)
+            .bind(array(&self.processed)?)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+impl JournalRows {
+    fn of(journal: &[&JournalEntry]) -> Self {
+        let order = |e: &JournalEntry| e.change.order.map(|o| o.to_string());
+        // Coalesce: one snapshot row per SKU per batch, however many orders touched it.
         let mut per_sku: BTreeMap<&Sku, (i64, i64, i64)> = BTreeMap::new();
         for e in journal {
             let acc = per_sku.entry(&e.sku).or_insert((0, 0, 0));
@@ -357,17 +395,60 @@ impl SqlStore {
             acc.2 = acc.2.max(e.seq);
         }
         let now = crate::domain::now_millis();
-        let rows: Vec<Value> = per_sku
-            .iter()
-            .map(|(sku, (stock_delta, reserved_delta, seq))| {
-                json!([sku.to_string(), stock_delta, reserved_delta, seq, now])
-            })
-            .collect();
-        let updated = self.set_based(tx, &UPDATE_SNAPSHOTS, &rows).await?;
-        if updated != rows.len() as u64 {
-            let missing = per_sku.keys().map(|s| s.to_string()).collect::<Vec<_>>().join(", ");
-            return Err(StoreError::Rejected(format!("no inventory row for one of {missing}")));
+        Self {
+            journal: journal
+                .iter()
+                .map(|e| {
+                    json!([
+                        e.sku.to_string(),
+                        e.seq,
+                        e.change.kind.as_str(),
+                        order(e),
+                        e.change.qty,
+                        e.change.stock_delta,
+                        e.change.reserved_delta,
+                        e.at
+                    ])
+                })
+                .collect(),
+            reserve: journal
+                .iter()
+                .filter(|e| e.change.kind == ChangeKind::Reserve)
+                .map(|e| {
+                    json!([
+                        e.sku.to_string(),
+                        order(e).unwrap_or_default(),
+                        e.change.qty,
+                        e.change.expires_at.unwrap_or_default()
+                    ])
+                })
+                .collect(),
+            settle: journal
+                .iter()
+                .filter(|e| matches!(e.change.kind, ChangeKind::Confirm | ChangeKind::Release))
+                .map(|e| json!([e.sku.to_string(), order(e).unwrap_or_default()]))
+                .collect(),
+            snapshots: per_sku
+                .iter()
+                .map(|(sku, (stock_delta, reserved_delta, seq))| {
+                    json!([sku.to_string(), stock_delta, reserved_delta, seq, now])
+                })
+                .collect(),
         }
-        Ok(())
     }
+}
+
+fn outbox_rows(events: &[&Event]) -> Result<Vec<Value>, StoreError> {
+    events
+        .iter()
+        .map(|e| {
+            Ok(json!([
+                e.id.to_string(),
+                e.event_type.as_str(),
+                e.aggregate_id,
+                serde_json::to_string(e).map_err(corrupt)?,
+                e.occurred_at
+            ]))
+        })
+        .collect()
 }
