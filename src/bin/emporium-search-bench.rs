@@ -67,8 +67,8 @@ enum Command {
         /// k6-style ramp of virtual users, `SECONDS:TARGET,...` from 1 VU (the prototype:
         /// `30:100,30:200,30:300`). Replaces --clients/--seconds/--warmup-seconds; every
         /// request of the ramp is measured, as k6 does.
-        #[arg(long, value_parser = parse_ramp)]
-        ramp: Option<Vec<(u64, usize)>>,
+        #[arg(long)]
+        ramp: Option<String>,
         /// `mixed` (the scripts/search-load.js mix), `one-word` (one popular word per
         /// search, the profile), or one kind of the mix alone: `word`,
         /// `two_words`, `filtered`, `category`, `suggest`, `typo`.
@@ -574,7 +574,11 @@ fn main() -> anyhow::Result<()> {
                     seconds,
                     warmup: warmup_seconds,
                     think: think_range_ms.or((think_ms > 0).then(|| (think_ms / 2, think_ms + think_ms / 2))),
-                    ramp,
+                    ramp: ramp
+                        .as_deref()
+                        .map(parse_ramp)
+                        .transpose()
+                        .map_err(anyhow::Error::msg)?,
                     mix,
                     server_pid,
                 })
