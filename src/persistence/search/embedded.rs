@@ -702,7 +702,8 @@ pub struct Shared {
     cache: Option<Mutex<ResultCache>>,
 }
 
-/// Answers kept by default (`search.cache_entries`): a few MB.
+/// Answers kept by default (`search.cache_entries`): each is one page of hits and the
+/// facets, a few KB, so tens of MB at most.
 pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
 
 const RECENT_CHANGES: usize = 100_000;
