@@ -3,6 +3,9 @@
 // with a particle), two words, word + brand + price range, category browse sorted by
 // price, autocomplete, an English word with a typo.
 //   k6 run -e BASE=http://127.0.0.1:8080 -e VUS=300 -e THINK=0.25 -e DURATION=30s scripts/search-load.js
+// k6 is not in Debian: without it, `emporium-search-bench run --mix mixed --clients 300
+// --think-ms 250` sends this mix (and `--ramp`, `--think-range-ms` give k6-style stages);
+// numbers in BENCHMARKS.md, section "Search".
 import http from 'k6/http';
 import { check, sleep } from 'k6';
 

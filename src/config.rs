@@ -201,6 +201,11 @@ pub struct SearchSettings {
     pub suggest_size: usize,
     pub request_timeout_ms: u64,
     pub alias_poll_ms: u64,
+    /// Embedded index: how many recent search answers to keep (0 = no cache).
+    pub cache_entries: usize,
+    /// Compiled mecab-ko-dic directory (scripts/mecab.sh): Korean morphemes by MeCab.
+    /// Empty, or not loadable: the built-in analysis (particle list + CJK bigrams).
+    pub mecab_dicdir: String,
 }
 
 /// Where products and categories are kept and queried (src/persistence/catalog/mod.rs).

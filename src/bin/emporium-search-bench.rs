@@ -57,10 +57,87 @@ enum Command {
         warmup_seconds: u64,
         /// Pause of each client between its requests (k6's `sleep`); 0 = closed loop,
         /// each client sends its next request as soon as the previous one answered.
+        /// Jittered to ½–1½ of this.
         #[arg(long, default_value_t = 0)]
         think_ms: u64,
+        /// Think time drawn uniformly from MIN-MAX milliseconds instead (the prototype's
+        /// k6 script: `500-1000`).
+        #[arg(long, value_parser = parse_range)]
+        think_range_ms: Option<(u64, u64)>,
+        /// k6-style ramp of virtual users, `SECONDS:TARGET,...` from 1 VU (the prototype:
+        /// `30:100,30:200,30:300`). Replaces --clients/--seconds/--warmup-seconds; every
+        /// request of the ramp is measured, as k6 does.
+        #[arg(long)]
+        ramp: Option<String>,
+        /// `mixed` (the scripts/search-load.js mix), `one-word` (one popular word per
+        /// search, the issue's profile), or one kind of the mix alone: `word`,
+        /// `two_words`, `filtered`, `category`, `suggest`, `typo`.
+        #[arg(long, default_value = "mixed")]
+        mix: String,
+        /// The server's pid: its CPU time (utime+stime from /proc) over the measured
+        /// window is reported per request, next to this process's own.
+        #[arg(long)]
+        server_pid: Option<u32>,
     },
 }
+
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (lo, hi) = s.split_once('-').ok_or("MIN-MAX")?;
+    let (lo, hi) = (
+        lo.parse::<u64>().map_err(|e| e.to_string())?,
+        hi.parse::<u64>().map_err(|e| e.to_string())?,
+    );
+    if lo > hi {
+        return Err("MIN must not exceed MAX".into());
+    }
+    Ok((lo, hi))
+}
+
+fn parse_ramp(s: &str) -> Result<Vec<(u64, usize)>, String> {
+    s.split(',')
+        .map(|stage| {
+            let (secs, target) = stage.split_once(':').ok_or("SECONDS:TARGET")?;
+            Ok((
+                secs.trim()
+                    .parse()
+                    .map_err(|e: std::num::ParseIntError| e.to_string())?,
+                target
+                    .trim()
+                    .parse()
+                    .map_err(|e: std::num::ParseIntError| e.to_string())?,
+            ))
+        })
+        .collect()
+}
+
+/// How many virtual users are active `t` into a ramp: linear within each stage, from 1.
+fn ramp_target(stages: &[(u64, usize)], t: Duration) -> usize {
+    let mut from = 1.0_f64;
+    let mut at = 0.0_f64;
+    let t = t.as_secs_f64();
+    for (secs, target) in stages {
+        let end = at + *secs as f64;
+        if t < end {
+            let share = if *secs == 0 { 1.0 } else { (t - at) / *secs as f64 };
+            return (from + (*target as f64 - from) * share).round().max(1.0) as usize;
+        }
+        from = *target as f64;
+        at = end;
+    }
+    0
+}
+
+/// utime + stime of a process in clock ticks (fields 14 and 15 of /proc/PID/stat).
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Clock ticks per second for /proc times (`getconf CLK_TCK`; 100 on Linux x86_64).
+const CLK_TCK: f64 = 100.0;
 
 const NOUNS: &[&str] = &[
     "노트북",
@@ -198,6 +275,24 @@ const CATEGORIES: &[&str] = &[
     "5/51/510", "6/60/600",
 ];
 
+/// The issue's one-word profile: popular Korean and English nouns and adjectives, each
+/// matching tens of thousands of products in a catalog made by `emporium seed` (and in
+/// this loader's, for the words it has).
+const ONE_WORD: &[&str] = &[
+    "운동화",
+    "가방",
+    "jacket",
+    "classic",
+    "노트북",
+    "sneakers",
+    "텐트",
+    "샴푸",
+    "mouse",
+    "이불",
+    "프리미엄",
+    "pro",
+];
+
 fn product(rng: &mut StdRng, n: u64) -> SearchDoc {
     let noun = NOUNS[rng.random_range(0..NOUNS.len())];
     let adj = ADJECTIVES[rng.random_range(0..ADJECTIVES.len())];
@@ -219,11 +314,31 @@ fn product(rng: &mut StdRng, n: u64) -> SearchDoc {
     }
 }
 
-/// The query mix, by share of requests.
-fn next_request(rng: &mut StdRng, base: &str) -> (reqwest::Url, &'static str) {
+/// The share of the mix (0..100) each kind starts at, in `next_request`'s order.
+const KINDS: &[(&str, u32)] = &[
+    ("word", 0),
+    ("two_words", 40),
+    ("filtered", 55),
+    ("category", 65),
+    ("suggest", 75),
+    ("typo", 90),
+];
+
+/// The query mix, by share of requests; `mix` picks the whole mix, one kind of it, or
+/// the one-word profile.
+fn next_request(rng: &mut StdRng, base: &str, mix: &str) -> (reqwest::Url, &'static str) {
     let noun = NOUNS[rng.random_range(0..NOUNS.len())];
     let adj = ADJECTIVES[rng.random_range(0..ADJECTIVES.len())];
-    let roll = rng.random_range(0..100);
+    if mix == "one-word" {
+        let word = ONE_WORD[rng.random_range(0..ONE_WORD.len())];
+        let mut url = reqwest::Url::parse(&format!("{base}/v1/search")).expect("valid base url");
+        url.query_pairs_mut().append_pair("q", word).append_pair("size", "20");
+        return (url, "one_word");
+    }
+    let roll = match KINDS.iter().position(|(k, _)| *k == mix) {
+        Some(i) => KINDS[i].1,
+        None => rng.random_range(0..100),
+    };
     let (path, params, kind): (&str, Vec<(&str, String)>, &str) = match roll {
         // One Korean word, often with a particle (조사) attached.
         0..=39 => {
@@ -303,7 +418,31 @@ async fn load(data_dir: PathBuf, products: u64, seed: u64) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn run(base: String, clients: usize, seconds: u64, warmup: u64, think_ms: u64) -> anyhow::Result<()> {
+struct RunOptions {
+    base: String,
+    clients: usize,
+    seconds: u64,
+    warmup: u64,
+    think: Option<(u64, u64)>,
+    ramp: Option<Vec<(u64, usize)>>,
+    mix: String,
+    server_pid: Option<u32>,
+}
+
+async fn run(o: RunOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        o.mix == "mixed" || o.mix == "one-word" || KINDS.iter().any(|(k, _)| *k == o.mix),
+        "unknown --mix {}",
+        o.mix
+    );
+    let (clients, seconds, warmup) = match &o.ramp {
+        Some(stages) => (
+            stages.iter().map(|(_, t)| *t).max().unwrap_or(1).max(1),
+            stages.iter().map(|(s, _)| *s).sum::<u64>(),
+            0,
+        ),
+        None => (o.clients, o.seconds, o.warmup),
+    };
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .timeout(Duration::from_secs(30))
@@ -311,9 +450,12 @@ async fn run(base: String, clients: usize, seconds: u64, warmup: u64, think_ms: 
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(warmup);
     let end = measure_from + Duration::from_secs(seconds);
+    let ramp = Arc::new(o.ramp.clone());
+    let mix = Arc::new(o.mix.clone());
     let mut tasks = Vec::with_capacity(clients);
     for c in 0..clients {
-        let (client, base) = (client.clone(), base.clone());
+        let (client, base, ramp, mix) = (client.clone(), o.base.clone(), ramp.clone(), mix.clone());
+        let think = o.think;
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(c as u64);
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
@@ -323,7 +465,14 @@ async fn run(base: String, clients: usize, seconds: u64, warmup: u64, think_ms: 
                 if now >= end {
                     break;
                 }
-                let (url, kind) = next_request(&mut rng, &base);
+                if let Some(stages) = ramp.as_ref() {
+                    // This virtual user waits until the ramp reaches it.
+                    if c >= ramp_target(stages, now - start) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+                let (url, kind) = next_request(&mut rng, &base, &mix);
                 let sent = Instant::now();
                 let outcome = client.get(url).send().await;
                 let ok = match outcome {
@@ -345,15 +494,18 @@ async fn run(base: String, clients: usize, seconds: u64, warmup: u64, think_ms: 
                         errors += 1;
                     }
                 }
-                if think_ms > 0 {
-                    // Jittered so that clients do not march in lockstep.
-                    let pause = rng.random_range(think_ms / 2..=think_ms + think_ms / 2);
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                if let Some((lo, hi)) = think {
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(lo..=hi))).await;
                 }
             }
             (hist, errors, empty)
         }));
     }
+    // CPU of the server and of this process over the measured window only.
+    let server = o.server_pid.map(|p| p.to_string());
+    let wait = measure_from.saturating_duration_since(Instant::now());
+    tokio::time::sleep(wait).await;
+    let cpu_at_start = (server.as_deref().and_then(cpu_ticks), cpu_ticks("self"));
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut errors, mut empty) = (0, 0);
     for t in tasks {
@@ -362,16 +514,31 @@ async fn run(base: String, clients: usize, seconds: u64, warmup: u64, think_ms: 
         errors += e;
         empty += m;
     }
+    let cpu_at_end = (server.as_deref().and_then(cpu_ticks), cpu_ticks("self"));
     let n = all.len();
+    let per_request = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) if n > 0 => format!("{:.0}", (b - a) as f64 / CLK_TCK * 1e6 / n as f64),
+        _ => "-".into(),
+    };
     println!(
-        "clients={clients} think_ms={think_ms} seconds={seconds} requests={n} errors={errors} empty_word_searches={empty} \
-         rps={:.0} avg_ms={:.2} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        "mix={} clients={clients} think={} ramp={} seconds={seconds} requests={n} errors={errors} \
+         empty_word_searches={empty} rps={:.0} avg_ms={:.2} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} max_ms={:.2} \
+         server_cpu_us_per_req={} bench_cpu_us_per_req={}",
+        o.mix,
+        o.think.map_or("0".into(), |(lo, hi)| format!("{lo}-{hi}ms")),
+        o.ramp.as_ref().map_or("-".into(), |r| r
+            .iter()
+            .map(|(s, t)| format!("{s}:{t}"))
+            .collect::<Vec<_>>()
+            .join(",")),
         n as f64 / seconds as f64,
         all.mean() / 1000.0,
         all.value_at_quantile(0.50) as f64 / 1000.0,
         all.value_at_quantile(0.95) as f64 / 1000.0,
         all.value_at_quantile(0.99) as f64 / 1000.0,
         all.max() as f64 / 1000.0,
+        per_request(cpu_at_start.0, cpu_at_end.0),
+        per_request(cpu_at_start.1, cpu_at_end.1),
     );
     anyhow::ensure!(errors == 0, "{errors} requests failed");
     Ok(())
@@ -396,7 +563,27 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 warmup_seconds,
                 think_ms,
-            } => run(base, clients, seconds, warmup_seconds, think_ms).await,
+                think_range_ms,
+                ramp,
+                mix,
+                server_pid,
+            } => {
+                run(RunOptions {
+                    base,
+                    clients,
+                    seconds,
+                    warmup: warmup_seconds,
+                    think: think_range_ms.or((think_ms > 0).then(|| (think_ms / 2, think_ms + think_ms / 2))),
+                    ramp: ramp
+                        .as_deref()
+                        .map(parse_ramp)
+                        .transpose()
+                        .map_err(anyhow::Error::msg)?,
+                    mix,
+                    server_pid,
+                })
+                .await
+            }
         }
     })
 }

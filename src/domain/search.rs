@@ -16,6 +16,12 @@ pub const DEFAULT_PAGE_SIZE: usize = 20;
 /// `max_result_window`, we stop at 10,000.
 pub const MAX_WINDOW: usize = 10_000;
 pub const MAX_SUGGEST_CHARS: usize = 100;
+/// Typo-tolerant (fuzzy) and partial-word (n-gram) matching is added to a search only
+/// when its words, as analyzed, match fewer products than this: it is the costly part of
+/// a query, and where the words already fill a page it would only add hits that rank
+/// below them. Independent of the page asked for, so paging through one search never
+/// changes its `total`.
+pub const EXPAND_BELOW: u64 = 20;
 
 /// Price facet buckets in minor units: `[from, to)`, the last one open-ended.
 pub const PRICE_RANGES: &[(u64, Option<u64>)] = &[
@@ -167,7 +173,7 @@ pub fn category_ancestors(path: &str) -> Vec<String> {
     (1..=parts.len()).map(|n| parts[..n].join("/")).collect()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Sort {
     #[default]
@@ -301,9 +307,12 @@ pub struct Bucket {
     pub count: u64,
 }
 
+/// Exact counts over every product the search matched (not a sample, not only the page).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 pub struct Facets {
+    /// The 20 categories with most matches, most first (ties by key).
     pub category: Vec<Bucket>,
+    /// The 20 brands with most matches, most first (ties by key).
     pub brand: Vec<Bucket>,
     /// Every price range, in order, also those with count 0.
     pub price: Vec<Bucket>,
@@ -311,6 +320,8 @@ pub struct Facets {
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
 pub struct SearchResults {
+    /// Products matching the words (all of them, counted exactly); when the words match
+    /// fewer than 20, typo-tolerant and partial-word matches are counted in too.
     pub total: u64,
     pub hits: Vec<Hit>,
     pub facets: Facets,

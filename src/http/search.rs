@@ -18,7 +18,9 @@ use utoipa::{IntoParams, ToSchema};
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct SearchQueryDoc {
-    /// Free text (at most 200 characters). Korean particles, synonyms and typos are handled.
+    /// Free text (at most 200 characters). Korean particles and synonyms are handled; typos
+    /// and partial words are matched when the words as written find fewer than 20 products
+    /// (then `total` counts those matches too). Facet counts are exact over all matches.
     #[param(max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     q: Option<String>,
     /// Category path; matches the category and everything below it (`1/4` matches `1/4/28`).

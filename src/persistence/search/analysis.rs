@@ -18,7 +18,9 @@
 //! Autocomplete indexes edge n-grams (1..=20 characters) of each word, partial matching
 //! n-grams (2..=3 characters); both work on plain lowercased words.
 
+use super::mecab::{Mecab, Morpheme};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// The files compiled in as defaults (the `search.*_file` settings override them).
 pub const DEFAULT_SYNONYMS: &str = include_str!("../../../config/search/synonyms.txt");
@@ -56,6 +58,68 @@ pub struct Analysis {
     synonyms: HashMap<String, Vec<String>>,
     /// Every word to all words of the rules it appears in (either side).
     groups: HashMap<String, Vec<String>>,
+    /// MeCab with mecab-ko-dic when loaded ([`Analysis::with_morphology`]): Hangul words
+    /// are then split into morphemes like Nori does, instead of particle stripping and
+    /// bigrams.
+    morphology: Option<Arc<Mecab>>,
+}
+
+/// Nori's default stop tags (`KoreanPartOfSpeechStopFilter`): endings (E*), particles
+/// (J*), interjections, adverbs, determiners, suffixes and prefixes, symbols.
+fn nori_stop_tag(pos: &str) -> bool {
+    pos.starts_with('E')
+        || pos.starts_with('J')
+        || matches!(
+            pos,
+            "IC" | "MAG"
+                | "MAJ"
+                | "MM"
+                | "SP"
+                | "SSC"
+                | "SSO"
+                | "SC"
+                | "SE"
+                | "XPN"
+                | "XSA"
+                | "XSN"
+                | "XSV"
+                | "UNA"
+                | "NA"
+                | "VSV"
+                | "SF"
+                | "SY"
+        )
+}
+
+/// What Nori (decompound mode `discard`, default stop tags) makes of a word's morphemes:
+/// compounds and inflected forms become their parts, and every part whose part of speech
+/// is a stop tag is dropped (`가곡역은` → `가곡`, `역`; `샀어요` → `사`). A morpheme for
+/// which `whole` is true (a synonym) is kept whole instead of split. Lowercased.
+pub fn nori_forms<'a>(morphemes: impl IntoIterator<Item = &'a Morpheme>, whole: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in morphemes {
+        // An inflected form is tagged by all its parts (`VV+EP`): the first one decides.
+        let first = m.pos.split('+').next().unwrap_or_default();
+        if nori_stop_tag(first) {
+            continue;
+        }
+        let surface = m.surface.to_lowercase();
+        let split = matches!(m.kind.as_str(), "Compound" | "Inflect" | "Preanalysis") && m.expression != "*";
+        if !split || whole(&surface) {
+            out.push(surface);
+            continue;
+        }
+        for part in m.expression.split('+') {
+            let mut fields = part.split('/');
+            let (Some(form), Some(pos)) = (fields.next(), fields.next()) else {
+                continue;
+            };
+            if !form.is_empty() && !nori_stop_tag(pos) {
+                out.push(form.to_lowercase());
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +238,7 @@ impl Analysis {
             synonym_rules: Vec::new(),
             synonyms: HashMap::new(),
             groups: HashMap::new(),
+            morphology: None,
         };
         for (i, rule) in synonym_rules.iter().enumerate() {
             for w in rule.from.iter().chain(rule.to.iter().flatten()) {
@@ -216,7 +281,22 @@ impl Analysis {
             synonym_rules,
             synonyms,
             groups,
+            morphology: None,
         })
+    }
+
+    /// The same analysis with Hangul words split by MeCab (see [`nori_forms`]).
+    pub fn with_morphology(mut self, mecab: Arc<Mecab>) -> Self {
+        self.morphology = Some(mecab);
+        self
+    }
+
+    /// Which Korean analysis is live, for the log: `mecab-ko-dic (DIR)` or `built-in`.
+    pub fn korean(&self) -> String {
+        match &self.morphology {
+            Some(m) => format!("mecab-ko-dic morphemes ({})", m.dicdir),
+            None => "built-in (particle list + CJK bigrams)".into(),
+        }
     }
 
     /// `노트북을` → `노트북`: the longest particle whose removal leaves ≥ 2 syllables.
@@ -249,7 +329,19 @@ impl Analysis {
     /// The full pipeline: the terms a text is indexed as, and a query is searched for.
     pub fn analyze(&self, text: &str) -> Vec<Term> {
         let mut out = Vec::new();
+        // The whole text goes through MeCab at once: a word's part of speech depends on
+        // its neighbours (`신고` alone is a noun, in `운동화를 신고` a verb and an ending).
+        let morphemes: Option<Vec<(usize, Morpheme)>> = self
+            .morphology
+            .as_ref()
+            .filter(|_| text.chars().any(is_hangul))
+            .map(|m| located(text, m.parse(text)));
         for w in words(text) {
+            if let Some(all) = morphemes.as_ref().filter(|_| w.text.chars().all(is_hangul)) {
+                let mine = all.iter().filter(|(at, _)| (w.from..w.to).contains(at)).map(|(_, m)| m);
+                self.analyze_morphemes(mine, &w, &mut out);
+                continue;
+            }
             let stem = self.strip_particle(&w.text);
             let mut forms = vec![stem];
             forms.extend(self.subwords(stem));
@@ -265,6 +357,33 @@ impl Analysis {
             }
         }
         out
+    }
+
+    /// A Hangul word through MeCab: a synonym (the word, or one of its morphemes) becomes
+    /// its targets, every other kept morpheme is a term, and dictionary words inside the
+    /// word are terms too. Every term carries the whole word's range (for highlights).
+    fn analyze_morphemes<'a>(&self, morphemes: impl Iterator<Item = &'a Morpheme>, w: &Term, out: &mut Vec<Term>) {
+        let term = |text: &str| Term {
+            text: text.to_owned(),
+            from: w.from,
+            to: w.to,
+        };
+        if let Some(targets) = self.synonyms.get(&w.text) {
+            out.extend(targets.iter().map(|t| term(t)));
+            return;
+        }
+        let forms = nori_forms(morphemes, |m| self.synonyms.contains_key(m));
+        for form in &forms {
+            match self.synonyms.get(form) {
+                Some(targets) => out.extend(targets.iter().map(|t| term(t))),
+                None => out.push(term(form)),
+            }
+        }
+        for sub in self.subwords(&w.text) {
+            if !forms.iter().any(|f| f == sub) {
+                out.push(term(sub));
+            }
+        }
     }
 
     /// The query with every word of a synonym rule replaced by all words of its rules
@@ -341,6 +460,20 @@ impl Analysis {
         escape_into(&mut out, &text[at..]);
         Some(out)
     }
+}
+
+/// Each morpheme with the byte offset where its surface starts in `text` (MeCab gives
+/// surfaces in order, without the spaces between them).
+fn located(text: &str, morphemes: Vec<Morpheme>) -> Vec<(usize, Morpheme)> {
+    let mut at = 0;
+    let mut out = Vec::with_capacity(morphemes.len());
+    for m in morphemes {
+        if let Some(i) = text[at..].find(m.surface.as_str()) {
+            at += i + m.surface.len();
+            out.push((at - m.surface.len(), m));
+        }
+    }
+    out
 }
 
 /// Hangul words become overlapping syllable pairs; other words stay whole. Offsets of a

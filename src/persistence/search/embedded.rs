@@ -15,23 +15,27 @@
 //!
 //! A deleted product leaves a tombstone (its id and version, no text), so that a
 //! re-delivered older `product_upserted` cannot bring it back.
+//!
+//! A search costs what its answer needs (issue 19): count and facets in one unscored pass
+//! over `all_text` with a fast-field collector ([`super::facets`]), the top hits by
+//! block-WAND over the weighted fields, typo and partial-word expansion only when the
+//! words find little (see [`Plan`]), and recent answers cached until the index changes
+//! (see [`ResultCache`]).
 
 use super::analysis::{self, Analysis, Term as AnalyzedTerm};
+use super::facets::FacetCollector;
 use super::{newest_per_product, IndexChange, Rebuild, SearchError, SearchIndex};
-use crate::domain::search::{
-    price_range_key, Bucket, Facets, SearchDoc, SearchQuery, SearchResults, Sort, FACET_SIZE, PRICE_RANGES,
-};
+use crate::domain::search::{Facets, SearchDoc, SearchQuery, SearchResults, Sort, EXPAND_BELOW};
 use async_trait::async_trait;
+use std::num::NonZeroUsize;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tantivy::aggregation::agg_req::Aggregations;
-use tantivy::aggregation::agg_result::AggregationResults;
-use tantivy::aggregation::{AggregationCollector, AggregationLimitsGuard};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{
-    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, FuzzyTermQuery, Occur, Query, RangeQuery, TermQuery,
+    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, FuzzyTermQuery, Occur, Query, RangeQuery,
+    TermQuery,
 };
 use tantivy::schema::{
     Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value, FAST, STORED, STRING,
@@ -361,8 +365,22 @@ impl Version {
 
 // ------------------------------------------------------------------ queries
 
-struct Built {
-    query: Box<dyn Query>,
+/// What one search runs. The three queries match in tiers, so that the CPU a search
+/// costs follows what the answer needs, not how many products a popular word matches:
+///
+/// - `matches`: the analyzed terms in `all_text` alone, unscored (`all_text` holds the
+///   terms of every other text field, so it matches exactly the products the weighted
+///   fields match). Count and facets iterate this: one or two posting lists, no BM25.
+/// - `exact`: the same terms in the weighted fields, scored. A pure union of term
+///   queries, so tantivy's block-WAND finds the top hits without scoring every match.
+/// - `expanded`: `exact` plus typo-tolerant (fuzzy) terms and n-grams of the words; only
+///   run when `matches` finds fewer than [`EXPAND_BELOW`] products (a Levenshtein walk of
+///   the term dictionary and an n-gram intersection are the costly parts of a query, and
+///   they only change the answer when the words as written find little).
+struct Plan {
+    matches: Box<dyn Query>,
+    exact: Box<dyn Query>,
+    expanded: Option<Box<dyn Query>>,
     /// Analyzed query terms and lowercased words, for the highlight.
     highlight_terms: Vec<String>,
 }
@@ -380,15 +398,50 @@ fn fuzzy_distance(term: &str) -> u8 {
     }
 }
 
+/// Whether any segment holds `term`. A term no segment has is left out of the query:
+/// it would match nothing, and its empty posting list (read without frequencies) makes
+/// tantivy give up block-WAND for the whole union.
+fn indexed(searcher: &Searcher, term: &Term) -> bool {
+    // On a read error keep the clause: the search then fails or answers as before.
+    searcher.doc_freq(term).map_or(true, |n| n > 0)
+}
+
+fn union(clauses: Vec<Box<dyn Query>>) -> Box<dyn Query> {
+    if clauses.len() <= 1 {
+        return clauses.into_iter().next().unwrap_or_else(|| boxed(EmptyQuery));
+    }
+    boxed(BooleanQuery::new(
+        clauses.into_iter().map(|q| (Occur::Should, q)).collect(),
+    ))
+}
+
+/// `base` restricted by the filters (which never score).
+fn filtered(base: Box<dyn Query>, filters: &[Box<dyn Query>]) -> Box<dyn Query> {
+    if filters.is_empty() {
+        return base;
+    }
+    let mut clauses = vec![(Occur::Must, base)];
+    clauses.extend(
+        filters
+            .iter()
+            .map(|q| (Occur::Must, boxed(ConstScoreQuery::new(q.box_clone(), 0.0)))),
+    );
+    boxed(BooleanQuery::new(clauses))
+}
+
 impl Shared {
-    /// The text part: every analyzed term in every field with its boost, the same terms
-    /// fuzzily (typos), and all n-grams of the query words (partial words). Built from
-    /// terms, never from a query parser: user input cannot carry query syntax.
-    fn text_query(&self, f: &Fields, text: &str) -> Option<Built> {
-        let terms = self.analysis.query_terms(text);
-        if terms.is_empty() {
-            return None;
-        }
+    /// The scored clauses of the text: every analyzed term in every field with its boost,
+    /// and, when `expand`, the same terms fuzzily (typos) and all n-grams of the query
+    /// words (partial words). Built from terms, never from a query parser: user input
+    /// cannot carry query syntax.
+    fn text_clauses(
+        &self,
+        searcher: &Searcher,
+        f: &Fields,
+        terms: &[String],
+        text: &str,
+        expand: bool,
+    ) -> Vec<Box<dyn Query>> {
         let field_of = |name: &str| match name {
             "name" => f.name,
             "brand" => f.brand,
@@ -396,33 +449,37 @@ impl Shared {
             "description" => f.description,
             _ => f.all_text,
         };
-        let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        for t in &terms {
+        let mut should: Vec<Box<dyn Query>> = Vec::new();
+        for t in terms {
             for (name, boost) in BOOSTS {
                 let term = Term::from_field_text(field_of(name), t);
-                should.push((
-                    Occur::Should,
-                    boxed(BoostQuery::new(
-                        boxed(TermQuery::new(term, IndexRecordOption::WithFreqs)),
-                        boost,
-                    )),
-                ));
+                if !indexed(searcher, &term) {
+                    continue;
+                }
+                should.push(boxed(BoostQuery::new(
+                    boxed(TermQuery::new(term, IndexRecordOption::WithFreqs)),
+                    boost,
+                )));
             }
             let distance = fuzzy_distance(t);
-            if distance > 0 {
+            if expand && distance > 0 {
                 // Not on `all_text`: it holds SKUs and attribute values, a term dictionary
                 // as large as the catalog, and walking it with a Levenshtein automaton on
                 // every query costs more than a typo in a SKU is worth.
                 for (name, boost) in [("name", 2.0), ("brand", 1.5)] {
                     let term = Term::from_field_text(field_of(name), t);
-                    should.push((
-                        Occur::Should,
-                        boxed(BoostQuery::new(boxed(FuzzyTermQuery::new(term, distance, true)), boost)),
-                    ));
+                    should.push(boxed(BoostQuery::new(
+                        boxed(FuzzyTermQuery::new(term, distance, true)),
+                        boost,
+                    )));
                 }
             }
         }
-        let grams: Vec<String> = analysis::ngrams(text).into_iter().map(|t| t.text).collect();
+        let grams: Vec<String> = if expand {
+            analysis::ngrams(text).into_iter().map(|t| t.text).collect()
+        } else {
+            Vec::new()
+        };
         if !grams.is_empty() {
             let all: Vec<(Occur, Box<dyn Query>)> = grams
                 .iter()
@@ -436,21 +493,12 @@ impl Shared {
                     )
                 })
                 .collect();
-            should.push((
-                Occur::Should,
-                boxed(BoostQuery::new(boxed(BooleanQuery::new(all)), 1.0)),
-            ));
+            should.push(boxed(BoostQuery::new(boxed(BooleanQuery::new(all)), 1.0)));
         }
-        let mut highlight_terms = terms;
-        highlight_terms.extend(analysis::words(text).into_iter().map(|w| w.text));
-        Some(Built {
-            query: boxed(BooleanQuery::new(should)),
-            highlight_terms,
-        })
+        should
     }
 
-    fn build(&self, f: &Fields, q: &SearchQuery) -> Built {
-        let text = self.text_query(f, &q.text);
+    fn plan(&self, searcher: &Searcher, f: &Fields, q: &SearchQuery) -> Plan {
         let mut filters: Vec<Box<dyn Query>> = Vec::new();
         if let Some(c) = &q.category {
             let c = c.trim_matches('/');
@@ -474,86 +522,159 @@ impl Shared {
                 .map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_u64(f.price, v)));
             filters.push(boxed(RangeQuery::new(lo, hi)));
         }
-        let (base, highlight_terms): (Box<dyn Query>, Vec<String>) = match text {
-            Some(b) => (b.query, b.highlight_terms),
-            // No text: every product (tombstones have no kind "p"), scored equally.
-            None => (
+        let terms = self.analysis.query_terms(&q.text);
+        // No words at all: browse. Words the analysis drops entirely (a morphological
+        // analyzer drops adverbs and endings) match nothing as terms, and go on to the
+        // partial-word tier below, rather than becoming "everything".
+        if terms.is_empty() && analysis::words(&q.text).is_empty() {
+            // No text: every product, scored equally. A filter alone already excludes
+            // tombstones (they have no category, brand or price), so the `kind` clause is
+            // only needed without one.
+            let base: Box<dyn Query> = if filters.is_empty() {
                 boxed(TermQuery::new(
                     Term::from_field_text(f.kind, KIND_PRODUCT),
                     IndexRecordOption::Basic,
-                )),
-                Vec::new(),
-            ),
-        };
-        if filters.is_empty() {
-            return Built {
-                query: base,
-                highlight_terms,
+                ))
+            } else {
+                let mut filters = filters;
+                let first = boxed(ConstScoreQuery::new(filters.remove(0), 1.0));
+                filtered(first, &filters)
+            };
+            return Plan {
+                matches: base.box_clone(),
+                exact: base,
+                expanded: None,
+                highlight_terms: Vec::new(),
             };
         }
-        let mut clauses = vec![(Occur::Must, base)];
-        clauses.extend(
-            filters
-                .into_iter()
-                .map(|q| (Occur::Must, boxed(ConstScoreQuery::new(q, 0.0)))),
+        let matches = union(
+            terms
+                .iter()
+                .map(|t| Term::from_field_text(f.all_text, t))
+                .filter(|t| indexed(searcher, t))
+                .map(|t| boxed(TermQuery::new(t, IndexRecordOption::Basic)))
+                .collect(),
         );
-        Built {
-            query: boxed(BooleanQuery::new(clauses)),
+        let exact = union(self.text_clauses(searcher, f, &terms, &q.text, false));
+        let expanded = union(self.text_clauses(searcher, f, &terms, &q.text, true));
+        let mut highlight_terms = terms;
+        highlight_terms.extend(analysis::words(&q.text).into_iter().map(|w| w.text));
+        Plan {
+            matches: filtered(matches, &filters),
+            exact: filtered(exact, &filters),
+            expanded: Some(filtered(expanded, &filters)),
             highlight_terms,
         }
     }
 }
 
-fn facet_request() -> Result<Aggregations, SearchError> {
-    let ranges: Vec<serde_json::Value> = PRICE_RANGES
-        .iter()
-        .map(|(from, to)| match to {
-            Some(to) => {
-                serde_json::json!({"key": price_range_key(*from, Some(*to)), "from": *from as f64, "to": *to as f64})
-            }
-            None => serde_json::json!({"key": price_range_key(*from, None), "from": *from as f64}),
-        })
-        .collect();
-    serde_json::from_value(serde_json::json!({
-        "category": {"terms": {"field": "category_kw", "size": FACET_SIZE}},
-        "brand": {"terms": {"field": "brand_kw", "size": FACET_SIZE}},
-        "price": {"range": {"field": "price", "ranges": ranges, "keyed": false}},
-    }))
-    .map_err(|e| SearchError::Rejected(format!("facet request: {e}")))
+type Page = (Vec<DocAddress>, u64, Facets);
+
+/// One page of hits in the requested order, with count and facets over all matches.
+fn page_with_facets(searcher: &Searcher, query: &dyn Query, q: &SearchQuery) -> Result<Page, SearchError> {
+    let top = TopDocs::with_limit(q.size.max(1)).and_offset(q.offset);
+    let (addrs, (total, facets)) = match sort_field(q.sort) {
+        None => {
+            let (hits, f) = searcher.search(query, &(top, FacetCollector)).map_err(unavailable)?;
+            (hits.into_iter().map(|(_, a)| a).collect(), f)
+        }
+        Some((field, order)) => {
+            let top = top.order_by_fast_field::<u64>(field, order);
+            let (hits, f) = searcher.search(query, &(top, FacetCollector)).map_err(unavailable)?;
+            (hits.into_iter().map(|(_, a)| a).collect(), f)
+        }
+    };
+    Ok((addrs, total, facets))
 }
 
-fn buckets(results: &serde_json::Value, name: &str) -> Vec<Bucket> {
-    results
-        .get(name)
-        .and_then(|a| a.get("buckets"))
-        .and_then(|b| b.as_array())
-        .map(|b| {
-            b.iter()
-                .filter_map(|b| {
-                    let key = match b.get("key")? {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    Some(Bucket {
-                        key,
-                        count: b.get("doc_count")?.as_u64()?,
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+fn sort_field(sort: Sort) -> Option<(&'static str, Order)> {
+    match sort {
+        Sort::Relevance => None,
+        Sort::PriceAsc => Some(("price", Order::Asc)),
+        Sort::PriceDesc => Some(("price", Order::Desc)),
+        Sort::Newest => Some(("version", Order::Desc)),
+    }
 }
 
-fn facets(results: AggregationResults) -> Result<Facets, SearchError> {
-    let json = serde_json::to_value(results).map_err(|e| SearchError::Rejected(e.to_string()))?;
-    let mut price = buckets(&json, "price");
-    // Keep the configured order and every range, also the empty ones.
-    price.retain(|b| PRICE_RANGES.iter().any(|(f, t)| price_range_key(*f, *t) == b.key));
-    Ok(Facets {
-        category: buckets(&json, "category"),
-        brand: buckets(&json, "brand"),
-        price,
-    })
+/// Runs a plan: the tier that answers (see [`Plan`]), its page of hits, count and facets.
+fn run_plan(searcher: &Searcher, plan: &Plan, q: &SearchQuery) -> Result<Page, SearchError> {
+    if sort_field(q.sort).is_some() {
+        // Sorted by a fast field: no scores, one pass over the matches for hits, count
+        // and facets; again over the expanded query when the words find too little.
+        let page = page_with_facets(searcher, plan.matches.as_ref(), q)?;
+        return match &plan.expanded {
+            Some(expanded) if page.1 < EXPAND_BELOW => page_with_facets(searcher, expanded.as_ref(), q),
+            _ => Ok(page),
+        };
+    }
+    let (total, facets) = searcher
+        .search(plan.matches.as_ref(), &FacetCollector)
+        .map_err(unavailable)?;
+    if let Some(expanded) = plan.expanded.as_ref().filter(|_| total < EXPAND_BELOW) {
+        return page_with_facets(searcher, expanded.as_ref(), q);
+    }
+    // TopDocs alone (no other collector in the tuple) lets tantivy prune with block-WAND.
+    let top = TopDocs::with_limit(q.size.max(1)).and_offset(q.offset);
+    let hits = searcher.search(plan.exact.as_ref(), &top).map_err(unavailable)?;
+    Ok((hits.into_iter().map(|(_, a)| a).collect(), total, facets))
+}
+
+// ------------------------------------------------------------------ the result cache
+
+/// A search request normalised to what its answer depends on: the words (lowercased,
+/// punctuation dropped), the filters, the order and the page.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    words: String,
+    category: Option<String>,
+    brand: Option<String>,
+    min_price: Option<u64>,
+    max_price: Option<u64>,
+    sort: Sort,
+    offset: usize,
+    size: usize,
+}
+
+impl CacheKey {
+    fn of(q: &SearchQuery) -> Self {
+        let words: Vec<String> = analysis::words(&q.text).into_iter().map(|w| w.text).collect();
+        Self {
+            words: words.join(" "),
+            category: q.category.as_ref().map(|c| c.trim_matches('/').to_owned()),
+            brand: q.brand.clone(),
+            min_price: q.min_price,
+            max_price: q.max_price,
+            sort: q.sort,
+            offset: q.offset,
+            size: q.size,
+        }
+    }
+}
+
+/// Answers of recent searches, valid for one searcher generation of one index version:
+/// every commit the index reloads (an event applied, a reindex switched) starts a new
+/// generation, and the first search that sees it empties the cache. So a cached answer
+/// is never older than what a fresh search would see.
+struct ResultCache {
+    generation: (String, u64),
+    entries: lru::LruCache<CacheKey, Arc<SearchResults>>,
+}
+
+impl ResultCache {
+    fn new(capacity: NonZeroUsize) -> Self {
+        Self {
+            generation: (String::new(), 0),
+            entries: lru::LruCache::new(capacity),
+        }
+    }
+
+    fn at(&mut self, version: &str, generation: u64) -> &mut lru::LruCache<CacheKey, Arc<SearchResults>> {
+        if self.generation.1 != generation || self.generation.0 != version {
+            self.entries.clear();
+            self.generation = (version.to_owned(), generation);
+        }
+        &mut self.entries
+    }
 }
 
 // ------------------------------------------------------------------ the index
@@ -577,7 +698,13 @@ pub struct Shared {
     /// Changes applied since start, replayed onto a version a reindex in another process
     /// switched to (it was built from a catalog snapshot that may miss them). Bounded.
     recent: Mutex<std::collections::VecDeque<IndexChange>>,
+    /// Recent answers (see [`ResultCache`]); `None` when `search.cache_entries` is 0.
+    cache: Option<Mutex<ResultCache>>,
 }
+
+/// Answers kept by default (`search.cache_entries`): each is one page of hits and the
+/// facets, a few KB, so tens of MB at most.
+pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
 
 const RECENT_CHANGES: usize = 100_000;
 
@@ -620,8 +747,19 @@ fn next_version_name(root: &Path, alias: &str) -> String {
 }
 
 impl EmbeddedIndex {
-    /// Opens the version the alias names, creating `products_v1` on first start.
+    /// Opens the version the alias names, creating `products_v1` on first start, with a
+    /// result cache of [`DEFAULT_CACHE_ENTRIES`].
     pub fn open(root: &Path, alias: &str, analysis: Arc<Analysis>) -> Result<Self, SearchError> {
+        Self::open_with_cache(root, alias, analysis, DEFAULT_CACHE_ENTRIES)
+    }
+
+    /// [`EmbeddedIndex::open`] with a result cache of `cache_entries` answers (0: none).
+    pub fn open_with_cache(
+        root: &Path,
+        alias: &str,
+        analysis: Arc<Analysis>,
+        cache_entries: usize,
+    ) -> Result<Self, SearchError> {
         std::fs::create_dir_all(root).map_err(unavailable)?;
         let version = match read_alias(root, alias) {
             Some(name) => Version::open(&root.join(&name), &name, &analysis, false, SERVING_HEAP)?,
@@ -639,6 +777,7 @@ impl EmbeddedIndex {
             analysis,
             current: RwLock::new(Arc::new(version)),
             recent: Mutex::new(Default::default()),
+            cache: NonZeroUsize::new(cache_entries).map(|n| Mutex::new(ResultCache::new(n))),
         })))
     }
 
@@ -717,32 +856,16 @@ impl Shared {
     fn search_blocking(&self, q: &SearchQuery) -> Result<SearchResults, SearchError> {
         let v = self.version();
         let searcher = v.reader.searcher();
-        let built = self.build(&v.fields, q);
-        let limit = q.size.max(1);
-        let aggs = AggregationCollector::from_aggs(facet_request()?, AggregationLimitsGuard::default());
-        let (addrs, total, agg): (Vec<DocAddress>, usize, AggregationResults) = match q.sort {
-            Sort::Relevance => {
-                let top = TopDocs::with_limit(limit).and_offset(q.offset);
-                let (hits, total, agg) = searcher
-                    .search(&built.query, &(top, Count, aggs))
-                    .map_err(unavailable)?;
-                (hits.into_iter().map(|(_, a)| a).collect(), total, agg)
+        let generation = searcher.generation().generation_id();
+        let key = self.cache.as_ref().map(|_| CacheKey::of(q));
+        if let (Some(cache), Some(key)) = (&self.cache, &key) {
+            let mut cache = cache.lock().map_err(|_| unavailable("search cache poisoned"))?;
+            if let Some(hit) = cache.at(&v.name, generation).get(key) {
+                return Ok(SearchResults::clone(hit));
             }
-            Sort::PriceAsc | Sort::PriceDesc | Sort::Newest => {
-                let (field, order) = match q.sort {
-                    Sort::PriceAsc => ("price", Order::Asc),
-                    Sort::PriceDesc => ("price", Order::Desc),
-                    _ => ("version", Order::Desc),
-                };
-                let top = TopDocs::with_limit(limit)
-                    .and_offset(q.offset)
-                    .order_by_fast_field::<u64>(field, order);
-                let (hits, total, agg) = searcher
-                    .search(&built.query, &(top, Count, aggs))
-                    .map_err(unavailable)?;
-                (hits.into_iter().map(|(_, a)| a).collect(), total, agg)
-            }
-        };
+        }
+        let plan = self.plan(&searcher, &v.fields, q);
+        let (addrs, total, facets) = run_plan(&searcher, &plan, q)?;
         let mut hits = Vec::with_capacity(addrs.len());
         for addr in addrs {
             let stored: TantivyDocument = searcher.doc(addr).map_err(unavailable)?;
@@ -754,14 +877,17 @@ impl Shared {
             };
             let d: SearchDoc = serde_json::from_str(&json).map_err(|e| SearchError::Rejected(e.to_string()))?;
             let mut hit = d.hit();
-            hit.highlight = self.analysis.highlight(&d.name, &built.highlight_terms);
+            hit.highlight = self.analysis.highlight(&d.name, &plan.highlight_terms);
             hits.push(hit);
         }
-        Ok(SearchResults {
-            total: total as u64,
-            hits,
-            facets: facets(agg)?,
-        })
+        let results = SearchResults { total, hits, facets };
+        if let (Some(cache), Some(key)) = (&self.cache, key) {
+            let mut cache = cache.lock().map_err(|_| unavailable("search cache poisoned"))?;
+            // Computed from this generation: stored under it (a newer generation seen
+            // meanwhile empties the cache and this answer with it).
+            cache.at(&v.name, generation).put(key, Arc::new(results.clone()));
+        }
+        Ok(results)
     }
 
     fn suggest_blocking(&self, prefix: &str, limit: usize) -> Result<Vec<String>, SearchError> {

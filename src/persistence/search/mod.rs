@@ -12,7 +12,9 @@
 pub mod analysis;
 pub mod elastic;
 pub mod embedded;
+pub mod facets;
 pub mod feed;
+pub mod mecab;
 pub mod reindex;
 
 use crate::domain::search::{SearchDoc, SearchQuery, SearchResults};
@@ -110,23 +112,37 @@ pub fn load_analysis(s: &crate::config::SearchSettings) -> Result<analysis::Anal
             std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))
         }
     };
-    analysis::Analysis::parse(
+    let analysis = analysis::Analysis::parse(
         &read(&s.synonyms_file, analysis::DEFAULT_SYNONYMS)?,
         &read(&s.dictionary_file, analysis::DEFAULT_DICTIONARY)?,
         &read(&s.particles_file, analysis::DEFAULT_PARTICLES)?,
     )
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    if s.mecab_dicdir.is_empty() {
+        return Ok(analysis);
+    }
+    // The dictionary is optional: without it search keeps working on the built-in
+    // analysis, and the log says which one is live.
+    match mecab::Mecab::open(std::path::Path::new(&s.mecab_dicdir)) {
+        Ok(m) => Ok(analysis.with_morphology(std::sync::Arc::new(m))),
+        Err(e) => {
+            tracing::warn!(error = %e, "search.mecab_dicdir is set but MeCab could not load it: built-in Korean analysis");
+            Ok(analysis)
+        }
+    }
 }
 
 /// The search index chosen by the settings: Elasticsearch when `search.url` is set,
 /// otherwise the embedded index in `<data_dir>/search`.
 pub async fn open(settings: &crate::config::Settings) -> Result<std::sync::Arc<dyn SearchIndex>, String> {
     let analysis = std::sync::Arc::new(load_analysis(&settings.search)?);
+    tracing::info!(korean = %analysis.korean(), "search analysis");
     if settings.search.url.is_empty() {
         let root = settings.server.data_dir.join("search");
         let index = tokio::task::spawn_blocking({
             let alias = settings.search.alias.clone();
-            move || embedded::EmbeddedIndex::open(&root, &alias, analysis)
+            let cache = settings.search.cache_entries;
+            move || embedded::EmbeddedIndex::open_with_cache(&root, &alias, analysis, cache)
         })
         .await
         .map_err(|e| e.to_string())?

@@ -7,7 +7,9 @@
 //! is its `updated_at` (shifted like event versions), so an event newer than the
 //! snapshot still wins over the reindexed copy, and an older one does not.
 //!
-//! Source: the `products` table of the SQL store (the catalog of this branch). When the
+//! Source: the `products` table of the SQL store (the embedded catalog). `emporium seed`
+//! bulk-loads that table without one event per product and asks for this command, which
+//! is how the 1,000,000-product search benchmark is built (docs/search.md). When the
 //! catalog moves behind its own trait (issue 7), only [`catalog_page`] changes.
 
 use super::{SearchError, SearchIndex};
