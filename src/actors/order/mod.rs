@@ -1,0 +1,543 @@
+//! Orders: [`Orders`], the directory that places orders, starts their sagas, forwards
+//! cancellations and payment outcomes, resolves orders whose commit is in doubt and
+//! recovers in-flight orders at start-up; and, one file each:
+//!
+//! - [`saga`]: the actor per open order (its Owns/Takes/Promises header is there);
+//! - [`write_sets`]: the pure builders of what placement and each saga step commit;
+//! - [`stock_keeper`]: the inventory strategy, chosen once at start (actors or row locks);
+//! - [`retry`]: the one backoff loop for steps that must finish.
+
+mod retry;
+mod saga;
+mod stock_keeper;
+mod write_sets;
+
+use crate::actors::inventory::{shard_of, Inventory, InventoryFailure};
+use crate::actors::payment::PaymentActor;
+use crate::actors::write_behind::{CommitError, WriteBehind};
+use crate::domain::ids::{OrderId, Sku, UserId};
+use crate::domain::inventory::{ChangeKind, InventoryError};
+use crate::domain::now_millis;
+use crate::domain::order::{quantities_by_sku, CancelReason, Order, OrderLimits, OrderRequestError, OrderStatus};
+use crate::persistence::bus::consumer::ConsumeError;
+use crate::persistence::{Consumed, SqlStore, StatusChange, StoreError};
+use crate::telemetry::Metrics;
+use actix::prelude::*;
+use actix::ArbiterHandle;
+use dashmap::DashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+use retry::*;
+pub use saga::OrderActor;
+use saga::*;
+use stock_keeper::*;
+use write_sets::*;
+const ACTOR: &str = "order";
+
+#[derive(Debug, Clone)]
+pub struct SagaOptions {
+    pub payment_attempts: u32,
+    pub attempt_timeout: Duration,
+    pub backoff_base: Duration,
+    pub reservation_ttl: Duration,
+    pub limits: OrderLimits,
+    /// `payment.mode = "kafka"`: the saga does not charge; it waits for the payment
+    /// service's outcome ([`PaymentReported`], from `emporium.payments`).
+    pub external_payment: bool,
+}
+
+struct Deps {
+    inventory: Inventory,
+    write_behind: WriteBehind,
+    store: SqlStore,
+    payment: Addr<PaymentActor>,
+    metrics: Arc<Metrics>,
+    actors: DashMap<OrderId, Addr<OrderActor>>,
+    arbiters: Arc<Vec<ArbiterHandle>>,
+    options: SagaOptions,
+    keys_in_flight: DashMap<(UserId, String), ()>,
+    /// Orders whose accept commit ended in an outage and is being resolved (their
+    /// reservations are held until the store says whether the commit happened).
+    in_doubt: std::sync::atomic::AtomicUsize,
+    /// The inventory strategy, chosen once at start.
+    keeper: Box<dyn StockKeeper>,
+}
+
+/// Why an order could not be placed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PlaceError {
+    #[error(transparent)]
+    Invalid(#[from] OrderRequestError),
+    #[error("unknown sku {0}")]
+    UnknownSku(Sku),
+    #[error("{sku} is out of stock: {requested} requested, {available} available")]
+    OutOfStock { sku: Sku, requested: i64, available: i64 },
+    #[error("the same Idempotency-Key was used with a different request")]
+    IdempotencyMismatch,
+    #[error("a request with this Idempotency-Key is still being processed")]
+    KeyInProgress,
+    #[error("{0}")]
+    Rejected(String),
+    #[error("the order could not be made durable: {0}")]
+    Unavailable(String),
+}
+
+/// Why a cancellation was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CancelRefused {
+    #[error("order not found")]
+    NotFound,
+    #[error("order is {} and can no longer be cancelled", .0.as_str())]
+    NotPending(OrderStatus),
+    #[error("the cancellation could not be made durable")]
+    Unavailable,
+}
+
+pub struct PlaceOrder {
+    pub user: UserId,
+    pub items: Vec<(Sku, i64)>,
+    pub payment_token: String,
+    /// `(key, hash of the request body)` when the client sent an `Idempotency-Key`.
+    pub idempotency: Option<(String, String)>,
+    pub traceparent: Option<String>,
+    /// The request's W3C `tracestate`, carried on the events the placement commits.
+    pub tracestate: Option<String>,
+}
+
+/// A placed order; `replayed` when it is the stored answer to a repeated Idempotency-Key.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub order: Order,
+    pub replayed: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    pub resumed: usize,
+    pub expired: usize,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Order, CancelRefused>")]
+pub struct Cancel {
+    pub reason: CancelReason,
+}
+
+/// A payment outcome from the external payment service (`payment.mode = "kafka"`),
+/// applied together with the consumed event's id.
+#[derive(Message)]
+#[rtype(result = "Result<Reported, CancelRefused>")]
+pub struct PaymentReported {
+    /// `Err(reason)` when the payment failed.
+    pub outcome: Result<(), String>,
+    pub consumed: Consumed,
+}
+
+/// What a [`PaymentReported`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reported {
+    /// The order moved (COMPLETED, or CANCELLED with its reservations released).
+    Applied,
+    /// The order had already left PENDING_PAYMENT: nothing to do.
+    Ignored(OrderStatus),
+}
+
+/// The order directory: placement, live sagas, cancellation and recovery.
+#[derive(Clone)]
+pub struct Orders {
+    deps: Arc<Deps>,
+}
+
+impl Orders {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        inventory: Inventory,
+        write_behind: WriteBehind,
+        store: SqlStore,
+        payment: Addr<PaymentActor>,
+        metrics: Arc<Metrics>,
+        arbiters: Arc<Vec<ArbiterHandle>>,
+        options: SagaOptions,
+    ) -> Self {
+        let keeper = <dyn StockKeeper>::of(inventory.strategy());
+        Self {
+            deps: Arc::new(Deps {
+                inventory,
+                write_behind,
+                store,
+                payment,
+                metrics,
+                actors: DashMap::new(),
+                arbiters,
+                options,
+                keys_in_flight: DashMap::new(),
+                in_doubt: Default::default(),
+                keeper,
+            }),
+        }
+    }
+
+    /// Sagas running, counting orders still in doubt after an outage (each is about to
+    /// start a saga or drop its reservations): zero means every order is at rest.
+    pub fn live_sagas(&self) -> usize {
+        self.deps.actors.len() + self.deps.in_doubt.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn start_saga(&self, order: Order, traceparent: Option<String>) {
+        let deps = self.deps.clone();
+        let arbiter = &self.deps.arbiters[shard_of(&order.id, self.deps.arbiters.len())];
+        // The address is registered here, before the 201 leaves, and the actor starts on
+        // its arbiter afterwards: a cancel that follows the answer at once must find the
+        // saga (messages wait in its mailbox until it runs). Registering before the start
+        // also means a saga that finishes at once removes its own entry and leaves none.
+        let (sender, receiver) = actix::dev::channel::channel(16);
+        let id = order.id;
+        deps.actors.insert(id, Addr::new(sender));
+        let actor_deps = deps.clone();
+        let started = arbiter.spawn_fn(move || {
+            Context::with_receiver(receiver).run(OrderActor::new(order, traceparent, actor_deps));
+        });
+        if !started {
+            deps.actors.remove(&id);
+            error!(order_id = %id, "the saga's arbiter is gone; the order resumes at the next start");
+        }
+    }
+
+    /// Places an order: reserve every SKU or none, group-commit, start the saga.
+    /// Runs on its own task so a client that hangs up cannot leave a reservation behind.
+    pub async fn place(&self, request: PlaceOrder) -> Result<Placed, PlaceError> {
+        let this = self.clone();
+        // The placement task stays in the request's trace.
+        let span = tracing::debug_span!("order.place", user = %request.user);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move { this.place_detached(request).await },
+            span,
+        ))
+        .await
+        .unwrap_or_else(|e| Err(PlaceError::Unavailable(e.to_string())))
+    }
+
+    async fn place_detached(&self, request: PlaceOrder) -> Result<Placed, PlaceError> {
+        let Some((key, hash)) = request.idempotency.clone() else {
+            return self.reserve_and_commit(request).await;
+        };
+        let slot = (request.user.clone(), key.clone());
+        if let Some(stored) = self.stored_answer(&request.user, &key, &hash).await? {
+            return Ok(stored);
+        }
+        if self.deps.keys_in_flight.insert(slot.clone(), ()).is_some() {
+            return Err(PlaceError::KeyInProgress);
+        }
+        // Checked again under the in-flight mark: the first request may have finished in between.
+        let result = match self.stored_answer(&request.user, &key, &hash).await {
+            Ok(Some(stored)) => Ok(stored),
+            Ok(None) => self.reserve_and_commit(request).await,
+            Err(e) => Err(e),
+        };
+        self.deps.keys_in_flight.remove(&slot);
+        result
+    }
+
+    async fn stored_answer(&self, user: &UserId, key: &str, hash: &str) -> Result<Option<Placed>, PlaceError> {
+        let stored = self
+            .deps
+            .store
+            .find_idempotency(user, key)
+            .await
+            .map_err(|e| PlaceError::Unavailable(e.to_string()))?;
+        match stored {
+            None => Ok(None),
+            Some(record) if record.request_hash != hash => Err(PlaceError::IdempotencyMismatch),
+            Some(record) => {
+                let order =
+                    serde_json::from_str(&record.response).map_err(|e| PlaceError::Unavailable(e.to_string()))?;
+                Ok(Some(Placed { order, replayed: true }))
+            }
+        }
+    }
+
+    async fn reserve_and_commit(&self, request: PlaceOrder) -> Result<Placed, PlaceError> {
+        let deps = &self.deps;
+        let wanted = quantities_by_sku(&request.items, deps.options.limits)?;
+        let id = OrderId::generate();
+        let now = now_millis();
+        let expires_at = now + deps.options.reservation_ttl.as_millis() as i64;
+        deps.keeper.place(self, request, wanted, id, now, expires_at).await
+    }
+
+    /// The actor strategy's placement: reserve in each SKU actor (in SKU order), then
+    /// group-commit the order; memory forgets what the database refused.
+    async fn place_in_memory(
+        &self,
+        request: PlaceOrder,
+        wanted: BTreeMap<Sku, i64>,
+        id: OrderId,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Placed, PlaceError> {
+        let deps = &self.deps;
+        let mut journal = Vec::with_capacity(wanted.len());
+        let mut prices = HashMap::with_capacity(wanted.len());
+        let mut failure = None;
+        for (sku, qty) in &wanted {
+            match deps.inventory.reserve(sku, id, *qty, expires_at).await {
+                Ok(reserved) => {
+                    prices.insert(sku.clone(), reserved.unit_price);
+                    journal.extend(reserved.entry);
+                }
+                Err(e) => {
+                    failure = Some(match e {
+                        InventoryFailure::UnknownSku(sku) => PlaceError::UnknownSku(sku),
+                        InventoryFailure::Rule(InventoryError::OutOfStock { requested, available }) => {
+                            PlaceError::OutOfStock {
+                                sku: sku.clone(),
+                                requested,
+                                available,
+                            }
+                        }
+                        other => PlaceError::Unavailable(other.to_string()),
+                    });
+                    break;
+                }
+            }
+        }
+        let set = failure.map_or_else(|| order_write_set(&request, id, &prices, journal, now, expires_at), Err);
+        let set = match set {
+            Ok(set) => set,
+            Err(e) => {
+                self.forget_all(prices.keys(), id).await;
+                return Err(e);
+            }
+        };
+        let order = set.new_order.clone().expect("an order write-set carries its order");
+        match deps.write_behind.commit(set).await {
+            Ok(()) => {
+                deps.metrics.orders_created.inc();
+                self.start_saga(order.clone(), request.traceparent);
+                Ok(Placed { order, replayed: false })
+            }
+            Err(CommitError::Store(StoreError::Unavailable(e))) => {
+                // The outcome is unknown: the connection may have broken after the database
+                // committed. Keep holding the stock (never oversell) until the store can say
+                // which it was; the client hears 503 and may retry with its Idempotency-Key.
+                let this = self.clone();
+                deps.in_doubt.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    this.resolve_in_doubt(order, request.traceparent).await;
+                    this.deps.in_doubt.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                });
+                Err(PlaceError::Unavailable(e))
+            }
+            Err(e) => {
+                // Memory never keeps what the database does not.
+                self.forget_all(prices.keys(), id).await;
+                Err(PlaceError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// The `sql_row_lock` strategy: the whole placement is one locking transaction.
+    async fn place_row_locked(
+        &self,
+        request: PlaceOrder,
+        wanted: BTreeMap<Sku, i64>,
+        id: OrderId,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Placed, PlaceError> {
+        use crate::persistence::row_lock::Refusal;
+        let placed = self
+            .deps
+            .store
+            .place_row_locked(id, &wanted, expires_at, |prices, journal| {
+                order_write_set(&request, id, prices, journal, now, expires_at).map_err(|e| e.to_string())
+            })
+            .await;
+        match placed {
+            Ok(set) => {
+                let order = set.new_order.expect("an order write-set carries its order");
+                self.deps.metrics.orders_created.inc();
+                self.start_saga(order.clone(), request.traceparent);
+                Ok(Placed { order, replayed: false })
+            }
+            Err(Refusal::UnknownSku(sku)) => Err(PlaceError::UnknownSku(sku)),
+            Err(Refusal::Rule {
+                sku,
+                rule: InventoryError::OutOfStock { requested, available },
+            }) => Err(PlaceError::OutOfStock {
+                sku,
+                requested,
+                available,
+            }),
+            Err(Refusal::Rule { rule, .. }) => Err(PlaceError::Rejected(rule.to_string())),
+            Err(Refusal::Invalid(e)) => Err(PlaceError::Rejected(e)),
+            // A duplicate idempotency key: another process placed this request at the same time.
+            Err(Refusal::Store(StoreError::Conflict(_))) => Err(PlaceError::KeyInProgress),
+            Err(Refusal::Store(e)) => Err(PlaceError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Settles an order whose commit ended in an outage: started if it was committed,
+    /// its reservations dropped if it was not.
+    async fn resolve_in_doubt(&self, order: Order, traceparent: Option<String>) {
+        let stored = with_backoff(Duration::from_millis(50), Duration::from_secs(2), || async {
+            self.deps.store.get_order(order.id).await.ok()
+        })
+        .await;
+        if stored.is_some() {
+            info!(order_id = %order.id, "order in doubt was committed; starting its saga");
+            self.deps.metrics.orders_created.inc();
+            self.start_saga(order, traceparent);
+        } else {
+            let skus: BTreeSet<&Sku> = order.lines.iter().map(|l| &l.sku).collect();
+            self.forget_all(skus.into_iter(), order.id).await;
+        }
+    }
+
+    async fn forget_all(&self, skus: impl Iterator<Item = &Sku>, order: OrderId) {
+        for sku in skus {
+            if let Err(e) = self.deps.inventory.forget(sku, order).await {
+                // The actor is gone, and with it the in-memory reservation.
+                warn!(%sku, order_id = %order, error = %e, "could not forget reservation");
+            }
+        }
+    }
+
+    /// Customer (or admin) cancellation of a PENDING_PAYMENT order.
+    pub async fn cancel(&self, id: OrderId) -> Result<Order, CancelRefused> {
+        let live = self.deps.actors.get(&id).map(|a| a.clone());
+        if let Some(addr) = live {
+            if let Ok(answer) = addr
+                .send(Cancel {
+                    reason: CancelReason::Customer,
+                })
+                .await
+            {
+                return answer;
+            }
+        }
+        // No live saga: the order already finished (or never existed).
+        match self.deps.store.get_order(id).await {
+            Ok(Some(order)) if order.status == OrderStatus::PendingPayment => Err(CancelRefused::Unavailable),
+            Ok(Some(order)) => Err(CancelRefused::NotPending(order.status)),
+            Ok(None) => Err(CancelRefused::NotFound),
+            Err(_) => Err(CancelRefused::Unavailable),
+        }
+    }
+
+    /// Applies a payment outcome from the payment service (`payment.mode = "kafka"`) with
+    /// the consumed event's id. `Unavailable` while the order's saga is not running yet
+    /// (recovery) or its step is not durable; `Failed` for an order that does not exist.
+    pub async fn payment_reported(
+        &self,
+        id: OrderId,
+        outcome: Result<(), String>,
+        consumed: Consumed,
+    ) -> Result<(), ConsumeError> {
+        let live = self.deps.actors.get(&id).map(|a| a.clone());
+        if let Some(addr) = live {
+            let report = PaymentReported {
+                outcome: outcome.clone(),
+                consumed: consumed.clone(),
+            };
+            match addr.send(report).await {
+                Ok(Ok(Reported::Applied)) => return Ok(()),
+                Ok(Ok(Reported::Ignored(status))) => return self.no_effect(id, status, &outcome, &consumed).await,
+                Ok(Err(e)) => return Err(ConsumeError::Unavailable(e.to_string())),
+                // The saga finished in between: the store knows the outcome.
+                Err(_) => {}
+            }
+        }
+        match self.deps.store.get_order(id).await {
+            Err(e) => Err(ConsumeError::Unavailable(e.to_string())),
+            Ok(None) => Err(ConsumeError::Failed(format!("order {id} does not exist"))),
+            Ok(Some(order)) if order.status == OrderStatus::PendingPayment => Err(ConsumeError::Unavailable(format!(
+                "the saga of order {id} is not running yet"
+            ))),
+            Ok(Some(order)) => self.no_effect(id, order.status, &outcome, &consumed).await,
+        }
+    }
+
+    /// A payment outcome for an order that already left PENDING_PAYMENT: recorded as
+    /// processed so redeliveries are skipped, and logged when money moved for an order
+    /// that was cancelled meanwhile (a real gateway would refund it here).
+    async fn no_effect(
+        &self,
+        id: OrderId,
+        status: OrderStatus,
+        outcome: &Result<(), String>,
+        consumed: &Consumed,
+    ) -> Result<(), ConsumeError> {
+        if outcome.is_ok() && status == OrderStatus::Cancelled {
+            warn!(order_id = %id, "payment succeeded for a cancelled order; refund needed");
+        } else {
+            info!(order_id = %id, status = status.as_str(), "payment outcome for a settled order ignored");
+        }
+        self.deps
+            .store
+            .mark_processed(consumed)
+            .await
+            .map_err(|e| ConsumeError::Unavailable(e.to_string()))
+    }
+
+    /// Start-up recovery of the sagas: orders whose reservation expired while the
+    /// server was down are cancelled in one coalesced sweep (their write-sets share
+    /// group commits); the others resume where they stopped.
+    pub async fn recover(&self) -> Result<RecoveryReport, StoreError> {
+        let in_flight = self.deps.store.orders_in_flight().await?;
+        let now = now_millis();
+        let (expired, live): (Vec<Order>, Vec<Order>) = in_flight
+            .into_iter()
+            .partition(|o| o.status == OrderStatus::PendingPayment && o.expires_at <= now);
+        let report = RecoveryReport {
+            resumed: live.len(),
+            expired: expired.len(),
+        };
+        let sweeps = expired.into_iter().map(|order| self.expire_offline(order));
+        futures_util::future::join_all(sweeps).await;
+        for order in live {
+            self.start_saga(order, None);
+        }
+        info!(resumed = report.resumed, expired = report.expired, "sagas recovered");
+        Ok(report)
+    }
+
+    async fn expire_offline(&self, order: Order) {
+        let skus: Vec<Sku> = order
+            .lines
+            .iter()
+            .map(|l| l.sku.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let change = StatusChange {
+            order_id: order.id,
+            from: OrderStatus::PendingPayment,
+            to: OrderStatus::Cancelled,
+            cancel_reason: Some(CancelReason::Expired),
+            at: now_millis(),
+        };
+        if settle_and_commit(
+            &self.deps,
+            order.id,
+            &skus,
+            ChangeKind::Release,
+            &change,
+            None,
+            Vec::new(),
+            None,
+        )
+        .await
+        {
+            self.deps.metrics.reservation_expirations.inc();
+            self.deps
+                .metrics
+                .orders_finished
+                .with_label_values(&["CANCELLED"])
+                .inc();
+        }
+    }
+}

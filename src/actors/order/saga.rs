@@ -1,0 +1,455 @@
+//! The saga of one order: an actor per order whose saga is still running.
+//!
+//! Owns: one order's state and saga progress (payment attempt, expiry timer).
+//! Takes: [`Cancel`](super::Cancel), [`PaymentReported`](super::PaymentReported);
+//! internally, payment outcomes and the expiry timer.
+//! Promises: the order moves only along the state machine of `domain::order`; each
+//! step (settle = PAID+COMPLETED in one commit, or CANCELLED) is committed with its
+//! inventory journal entries and outbox events before the actor takes its next message,
+//! so a customer cancel and a payment outcome can never both win. On payment failure,
+//! customer cancel or expiry, the compensation releases every reservation.
+//!
+//! Saga: PENDING_PAYMENT --charge (attempts with exponential backoff)--> PAID
+//! --confirm inventory--> COMPLETED, the two arrows committed together (a happy order is
+//! two commits: accept, settle); a decline, the last failed attempt, a cancel or the
+//! reservation deadline --release inventory--> CANCELLED.
+
+use crate::actors::payment::{self, Charge, PaymentError};
+use crate::domain::events::{Event, EventType};
+use crate::domain::ids::{OrderId, Sku};
+use crate::domain::inventory::ChangeKind;
+use crate::domain::now_millis;
+use crate::domain::order::{next_status, CancelReason, Order, OrderStatus, Transition};
+use crate::persistence::{Consumed, JournalEntry, StatusChange, StoreError, WriteSet};
+use actix::prelude::*;
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+use super::*;
+
+pub struct OrderActor {
+    order: Order,
+    attempt: u32,
+    traceparent: Option<String>,
+    deps: Arc<Deps>,
+}
+
+impl Actor for OrderActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.deps.metrics.actors_active.with_label_values(&[ACTOR]).inc();
+        self.deps.metrics.actor_activations.with_label_values(&[ACTOR]).inc();
+        let until_expiry = (self.order.expires_at - now_millis()).max(0) as u64;
+        ctx.run_later(Duration::from_millis(until_expiry), |act, ctx| act.expire(ctx));
+        match self.order.status {
+            OrderStatus::PendingPayment => self.charge(ctx),
+            OrderStatus::Paid => self.complete(ctx),
+            OrderStatus::Completed | OrderStatus::Cancelled => ctx.stop(),
+        }
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        let me = ctx.address();
+        self.deps.actors.remove_if(&self.order.id, |_, addr| *addr == me);
+        self.deps.metrics.actors_active.with_label_values(&[ACTOR]).dec();
+        self.deps.metrics.actor_passivations.with_label_values(&[ACTOR]).inc();
+    }
+}
+
+impl Handler<Cancel> for OrderActor {
+    type Result = AtomicResponse<Self, Result<Order, CancelRefused>>;
+    fn handle(&mut self, msg: Cancel, _ctx: &mut Self::Context) -> Self::Result {
+        self.deps.metrics.actor_messages.with_label_values(&[ACTOR]).inc();
+        if self.order.status != OrderStatus::PendingPayment {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(CancelRefused::NotPending(
+                self.order.status,
+            )))));
+        }
+        AtomicResponse::new(Box::pin(self.cancel(msg.reason, None, None)))
+    }
+}
+
+impl Handler<PaymentReported> for OrderActor {
+    type Result = AtomicResponse<Self, Result<Reported, CancelRefused>>;
+    fn handle(&mut self, msg: PaymentReported, _ctx: &mut Self::Context) -> Self::Result {
+        self.deps.metrics.actor_messages.with_label_values(&[ACTOR]).inc();
+        if self.order.status != OrderStatus::PendingPayment {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Ok(Reported::Ignored(self.order.status)))));
+        }
+        let label = if msg.outcome.is_ok() { "succeeded" } else { "declined" };
+        self.deps.metrics.payment_attempts.with_label_values(&[label]).inc();
+        match msg.outcome {
+            Ok(()) => AtomicResponse::new(Box::pin(self.settle_paid(Some(msg.consumed)))),
+            Err(reason) => AtomicResponse::new(Box::pin(
+                self.cancel(CancelReason::PaymentFailed, Some(reason), Some(msg.consumed))
+                    .map(|cancelled, _, _| cancelled.map(|_| Reported::Applied)),
+            )),
+        }
+    }
+}
+
+impl OrderActor {
+    /// A saga at its first step (payment attempt 0); `traceparent` is the placing request's.
+    pub(super) fn new(order: Order, traceparent: Option<String>, deps: Arc<Deps>) -> Self {
+        Self {
+            order,
+            attempt: 0,
+            traceparent,
+            deps,
+        }
+    }
+
+    fn skus(&self) -> Vec<Sku> {
+        self.order
+            .lines
+            .iter()
+            .map(|l| l.sku.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    fn event(&self, event_type: EventType, aggregate: impl ToString, data: serde_json::Value) -> Event {
+        Event::new(event_type, aggregate, now_millis(), self.traceparent.clone(), data)
+    }
+
+    fn status_change(&self, transition: Transition) -> Option<StatusChange> {
+        let to = next_status(self.order.status, transition).ok()?;
+        let cancel_reason = match transition {
+            Transition::Cancel(reason) => Some(reason),
+            _ => None,
+        };
+        Some(StatusChange {
+            order_id: self.order.id,
+            from: self.order.status,
+            to,
+            cancel_reason,
+            at: now_millis(),
+        })
+    }
+
+    /// A saga step's span (`saga.<step>`), in the trace of the request that placed the order.
+    fn step_span(&self, step: &'static str) -> tracing::Span {
+        let span = tracing::debug_span!("saga", step, order_id = %self.order.id, attempt = self.attempt, "otel.name" = format!("saga.{step}"));
+        crate::telemetry::continue_trace(&span, self.traceparent.as_deref());
+        span
+    }
+
+    fn charge(&mut self, ctx: &mut Context<Self>) {
+        if self.deps.options.external_payment {
+            // The payment service charges; its outcome arrives as `PaymentReported`.
+            return;
+        }
+        self.attempt += 1;
+        let request = Charge {
+            order: self.order.id,
+            amount: self.order.total,
+            token: self.order.payment_token.clone(),
+            attempt: self.attempt,
+        };
+        let payment = self.deps.payment.clone();
+        let timeout = self.deps.options.attempt_timeout;
+        let attempt = async move { payment::attempt(&payment, request, timeout).await };
+        let attempt = tracing::Instrument::instrument(attempt, self.step_span("payment_attempt"));
+        // Spawned, not awaited: a cancel or the expiry may arrive while the gateway thinks.
+        ctx.spawn(
+            attempt
+                .into_actor(self)
+                .map(|outcome, act, ctx| act.on_payment(outcome, ctx)),
+        );
+    }
+
+    fn on_payment(&mut self, outcome: Result<(), PaymentError>, ctx: &mut Context<Self>) {
+        let label = match &outcome {
+            Ok(()) => "succeeded",
+            Err(PaymentError::Declined) => "declined",
+            Err(PaymentError::Timeout) => "timeout",
+            Err(PaymentError::Transient(_)) => "error",
+        };
+        self.deps.metrics.payment_attempts.with_label_values(&[label]).inc();
+        if self.order.status != OrderStatus::PendingPayment {
+            // Cancelled while the gateway was answering: a real gateway call would be voided here.
+            info!(order_id = %self.order.id, "payment outcome after cancellation ignored");
+            return;
+        }
+        let options = &self.deps.options;
+        match outcome {
+            Ok(()) => {
+                let fut = self.settle_paid(None);
+                ctx.wait(fut.map(|_, _, _| ()));
+            }
+            Err(e) => match payment::retry_after(&e, self.attempt, options.payment_attempts, options.backoff_base) {
+                Some(backoff) => {
+                    ctx.run_later(backoff, |act, ctx| {
+                        if act.order.status == OrderStatus::PendingPayment {
+                            act.charge(ctx);
+                        }
+                    });
+                }
+                None => {
+                    let fut = self.cancel(CancelReason::PaymentFailed, Some(e.to_string()), None);
+                    ctx.wait(fut.map(|_, _, _| ()));
+                }
+            },
+        }
+    }
+
+    /// Payment succeeded (locally, or on the payment service's word with the consumed
+    /// event's id): PENDING_PAYMENT → PAID → COMPLETED recorded in ONE commit with the
+    /// inventory confirms and both events (`payment_succeeded` when we charged, then the
+    /// confirms and `order_completed`), so a happy order costs two commits over its life:
+    /// accept and settle. The order still walks the state machine (both transitions are
+    /// `domain::order::next_status`); it is PAID only inside this step. The actor takes
+    /// no other message until the step is durable, so a cancel waiting in the mailbox
+    /// then finds COMPLETED and is refused: a cancel and a payment never both win.
+    fn settle_paid(
+        &mut self,
+        consumed: Option<Consumed>,
+    ) -> impl ActorFuture<Self, Output = Result<Reported, CancelRefused>> {
+        let from = self.order.status;
+        let change = next_status(from, Transition::PaymentSucceeded)
+            .and_then(|paid| next_status(paid, Transition::Complete))
+            .ok()
+            .map(|to| StatusChange {
+                order_id: self.order.id,
+                from,
+                to,
+                cancel_reason: None,
+                at: now_millis(),
+            });
+        // With an external payment service, payment_succeeded is its event, not ours.
+        let prefix = if self.deps.options.external_payment {
+            Vec::new()
+        } else {
+            vec![self.event(
+                EventType::PaymentSucceeded,
+                self.order.id,
+                json!({"order_id": self.order.id, "amount": self.order.total, "attempts": self.attempt}),
+            )]
+        };
+        let (deps, skus, id) = (self.deps.clone(), self.skus(), self.order.id);
+        let traceparent = self.traceparent.clone();
+        let span = self.step_span("complete");
+        tracing::Instrument::instrument(
+            async move {
+                let change = change.ok_or(CancelRefused::NotPending(from))?;
+                let ok = settle_and_commit(
+                    &deps,
+                    id,
+                    &skus,
+                    ChangeKind::Confirm,
+                    &change,
+                    traceparent,
+                    prefix,
+                    consumed,
+                )
+                .await;
+                if ok {
+                    Ok(change)
+                } else {
+                    Err(CancelRefused::Unavailable)
+                }
+            },
+            span,
+        )
+        .into_actor(self)
+        .map(|committed, act, ctx| {
+            ctx.stop();
+            let change = committed?;
+            act.order.status = change.to;
+            act.order.updated_at = change.at;
+            act.deps.metrics.orders_finished.with_label_values(&["COMPLETED"]).inc();
+            Ok(Reported::Applied)
+        })
+    }
+
+    /// Completes an order recovered as PAID (committed by a version that recorded the
+    /// payment as a commit of its own): confirm the inventory, commit COMPLETED.
+    fn complete(&mut self, ctx: &mut Context<Self>) {
+        let Some(change) = self.status_change(Transition::Complete) else {
+            return;
+        };
+        let (deps, skus, id) = (self.deps.clone(), self.skus(), self.order.id);
+        let traceparent = self.traceparent.clone();
+        let span = self.step_span("complete");
+        ctx.wait(
+            tracing::Instrument::instrument(
+                async move {
+                    let ok = settle_and_commit(
+                        &deps,
+                        id,
+                        &skus,
+                        ChangeKind::Confirm,
+                        &change,
+                        traceparent,
+                        Vec::new(),
+                        None,
+                    )
+                    .await;
+                    (ok, change)
+                },
+                span,
+            )
+            .into_actor(self)
+            .map(|(ok, change), act, ctx| {
+                if ok {
+                    act.order.status = change.to;
+                    act.order.updated_at = change.at;
+                    act.deps.metrics.orders_finished.with_label_values(&["COMPLETED"]).inc();
+                }
+                ctx.stop();
+            }),
+        );
+    }
+
+    fn expire(&mut self, ctx: &mut Context<Self>) {
+        if self.order.status == OrderStatus::PendingPayment {
+            self.deps.metrics.reservation_expirations.inc();
+            let fut = self.cancel(CancelReason::Expired, None, None);
+            ctx.wait(fut.map(|_, _, _| ()));
+        }
+    }
+
+    /// The compensation: release every reservation, then commit CANCELLED with its events
+    /// (and `consumed`, when a consumed payment event caused it).
+    fn cancel(
+        &mut self,
+        reason: CancelReason,
+        failure: Option<String>,
+        consumed: Option<Consumed>,
+    ) -> impl ActorFuture<Self, Output = Result<Order, CancelRefused>> {
+        let change = self.status_change(Transition::Cancel(reason));
+        let (deps, skus, id) = (self.deps.clone(), self.skus(), self.order.id);
+        let traceparent = self.traceparent.clone();
+        // With an external payment service, payment_failed is its event, not ours.
+        let announce_failure = reason == CancelReason::PaymentFailed && !deps.options.external_payment;
+        let span = self.step_span("cancel");
+        tracing::Instrument::instrument(
+            async move {
+                let change = change?;
+                let mut prefix = Vec::new();
+                if announce_failure {
+                    prefix.push(Event::new(
+                        EventType::PaymentFailed,
+                        id,
+                        now_millis(),
+                        traceparent.clone(),
+                        json!({"order_id": id, "error": failure}),
+                    ));
+                }
+                settle_and_commit(
+                    &deps,
+                    id,
+                    &skus,
+                    ChangeKind::Release,
+                    &change,
+                    traceparent,
+                    prefix,
+                    consumed,
+                )
+                .await
+                .then_some(change)
+            },
+            span,
+        )
+        .into_actor(self)
+        .map(move |committed, act, ctx| {
+            ctx.stop();
+            let change = committed.ok_or(CancelRefused::Unavailable)?;
+            act.order.status = change.to;
+            act.order.cancel_reason = change.cancel_reason;
+            act.order.updated_at = change.at;
+            act.deps.metrics.orders_finished.with_label_values(&["CANCELLED"]).inc();
+            Ok(act.order.clone())
+        })
+    }
+}
+
+/// Confirms or releases the order's reservation on every SKU, retrying an inventory
+/// actor that is briefly unavailable (a saga step must finish, not give up).
+pub(super) async fn settle_each(deps: &Deps, skus: &[Sku], order: OrderId, how: ChangeKind) -> Vec<JournalEntry> {
+    let mut journal = Vec::new();
+    for sku in skus {
+        let entry = with_backoff(Duration::from_millis(20), Duration::from_secs(2), || async move {
+            let result = match how {
+                ChangeKind::Confirm => deps.inventory.confirm(sku, order).await,
+                _ => deps.inventory.release(sku, order).await,
+            };
+            result
+                .inspect_err(|e| warn!(%sku, order_id = %order, error = %e, "inventory not answering, retrying"))
+                .ok()
+        })
+        .await;
+        journal.extend(entry);
+    }
+    journal
+}
+
+/// Confirms (towards COMPLETED) or releases (towards CANCELLED) every reservation of
+/// the order and commits the step, under the configured inventory strategy.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn settle_and_commit(
+    deps: &Deps,
+    order: OrderId,
+    skus: &[Sku],
+    how: ChangeKind,
+    change: &StatusChange,
+    traceparent: Option<String>,
+    prefix: Vec<Event>,
+    consumed: Option<Consumed>,
+) -> bool {
+    let build = |journal| WriteSet {
+        consumed: consumed.clone(),
+        ..settle_set(how, change, traceparent.as_deref(), &prefix, journal)
+    };
+    deps.keeper.settle(deps, order, skus, how, change.to, &build).await
+}
+
+/// Commits a saga step's write-set through the write-behind.
+pub(super) async fn commit_step(deps: &Deps, set: WriteSet, order: OrderId, target: OrderStatus) -> bool {
+    retry_until_durable(deps, order, target, || async {
+        Ok(deps.write_behind.commit(set.clone()).await?)
+    })
+    .await
+}
+
+/// Runs a saga step until it is durable, retrying while the store is down. Returns
+/// false only if the store refuses the step for good and the order is not already in
+/// `target` (an earlier attempt may have committed even though it reported failure).
+pub(super) async fn retry_until_durable<F, Fut>(
+    deps: &Deps,
+    order: OrderId,
+    target: OrderStatus,
+    mut attempt: F,
+) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    with_backoff(Duration::from_millis(50), Duration::from_secs(5), || {
+        let tried = attempt();
+        async move {
+            match tried.await {
+                Ok(()) => Some(true),
+                Err(StoreError::Rejected(e) | StoreError::Conflict(e) | StoreError::Corrupt(e)) => {
+                    if let Ok(Some(stored)) = deps.store.get_order(order).await {
+                        if stored.status == target {
+                            return Some(true);
+                        }
+                    }
+                    error!(order_id = %order, error = %e, "saga step refused by the store");
+                    Some(false)
+                }
+                Err(e) => {
+                    warn!(order_id = %order, error = %e, "saga step not durable yet, retrying");
+                    None
+                }
+            }
+        }
+    })
+    .await
+}

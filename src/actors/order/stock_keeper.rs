@@ -1,0 +1,114 @@
+//! Where an order's stock is taken and settled, chosen once at start: the design's
+//! inventory actors + write-behind, or the prototype's row locks (the benchmark baseline).
+
+use crate::actors::inventory::Strategy;
+use crate::domain::ids::{OrderId, Sku};
+use crate::domain::inventory::ChangeKind;
+use crate::domain::order::OrderStatus;
+use crate::persistence::{JournalEntry, WriteSet};
+use std::collections::BTreeMap;
+
+use super::*;
+
+/// Where an order's stock is taken and settled, chosen once at start from
+/// `inventory.strategy`: the design's inventory actors + write-behind, or the
+/// prototype's row-locking transactions (kept as the benchmark's baseline). The saga
+/// and the placement call it without knowing which (issue 17: no strategy branches).
+#[async_trait::async_trait]
+pub(super) trait StockKeeper: Send + Sync {
+    /// Reserves every SKU of the order or none and makes the accepted order durable.
+    async fn place(
+        &self,
+        orders: &Orders,
+        request: PlaceOrder,
+        wanted: BTreeMap<Sku, i64>,
+        id: OrderId,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Placed, PlaceError>;
+
+    /// Confirms or releases the order's reservation on every SKU and commits the step's
+    /// write-set, which `build` makes of the journal entries. False if refused for good.
+    async fn settle(
+        &self,
+        deps: &Deps,
+        order: OrderId,
+        skus: &[Sku],
+        how: ChangeKind,
+        target: OrderStatus,
+        build: &(dyn Fn(Vec<JournalEntry>) -> WriteSet + Send + Sync),
+    ) -> bool;
+}
+
+impl dyn StockKeeper {
+    pub(super) fn of(strategy: Strategy) -> Box<dyn StockKeeper> {
+        match strategy {
+            Strategy::Actor => Box::new(InMemory),
+            Strategy::SqlRowLock => Box::new(RowLocked),
+        }
+    }
+}
+
+/// Reservations in the SKU actors' memory, made durable by the group commit.
+pub(super) struct InMemory;
+
+#[async_trait::async_trait]
+impl StockKeeper for InMemory {
+    async fn place(
+        &self,
+        orders: &Orders,
+        request: PlaceOrder,
+        wanted: BTreeMap<Sku, i64>,
+        id: OrderId,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Placed, PlaceError> {
+        orders.place_in_memory(request, wanted, id, now, expires_at).await
+    }
+
+    async fn settle(
+        &self,
+        deps: &Deps,
+        order: OrderId,
+        skus: &[Sku],
+        how: ChangeKind,
+        target: OrderStatus,
+        build: &(dyn Fn(Vec<JournalEntry>) -> WriteSet + Send + Sync),
+    ) -> bool {
+        let set = build(settle_each(deps, skus, order, how).await);
+        commit_step(deps, set, order, target).await
+    }
+}
+
+/// `sql_row_lock`: every placement and saga step is one transaction locking the SKU rows.
+pub(super) struct RowLocked;
+
+#[async_trait::async_trait]
+impl StockKeeper for RowLocked {
+    async fn place(
+        &self,
+        orders: &Orders,
+        request: PlaceOrder,
+        wanted: BTreeMap<Sku, i64>,
+        id: OrderId,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Placed, PlaceError> {
+        orders.place_row_locked(request, wanted, id, now, expires_at).await
+    }
+
+    async fn settle(
+        &self,
+        deps: &Deps,
+        order: OrderId,
+        skus: &[Sku],
+        how: ChangeKind,
+        target: OrderStatus,
+        build: &(dyn Fn(Vec<JournalEntry>) -> WriteSet + Send + Sync),
+    ) -> bool {
+        retry_until_durable(deps, order, target, || {
+            deps.store.settle_row_locked(order, skus, how, build)
+        })
+        .await
+    }
+}

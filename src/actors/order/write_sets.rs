@@ -1,0 +1,151 @@
+//! Pure builders of the order side's write-sets: what a placed order and a final saga
+//! step commit (rows, journal entries, events in their order). No I/O: the caller hands
+//! the result to the write-behind (or to the row-lock transaction).
+
+use crate::domain::events::{Event, EventType};
+use crate::domain::ids::{OrderId, Sku};
+use crate::domain::inventory::ChangeKind;
+use crate::domain::order::{total, Order, OrderLine, OrderRequestError, OrderStatus};
+use crate::persistence::{IdempotencyRecord, JournalEntry, StatusChange, WriteSet};
+use serde_json::json;
+use std::collections::HashMap;
+
+use super::*;
+
+/// The write-set of a final saga step: the status change, the inventory journal
+/// entries, and their events (`prefix` first, then one inventory event per SKU, then
+/// `order_completed` or `order_cancelled`).
+pub(super) fn settle_set(
+    how: ChangeKind,
+    change: &StatusChange,
+    traceparent: Option<&str>,
+    prefix: &[Event],
+    journal: Vec<JournalEntry>,
+) -> WriteSet {
+    let order = change.order_id;
+    let tp = || traceparent.map(str::to_owned);
+    let inventory_event = if how == ChangeKind::Confirm {
+        EventType::InventoryConfirmed
+    } else {
+        EventType::InventoryReleased
+    };
+    let mut events = prefix.to_vec();
+    events.extend(journal.iter().map(|e| {
+        Event::new(
+            inventory_event,
+            &e.sku,
+            e.at,
+            tp(),
+            json!({"sku": e.sku, "order_id": order, "qty": e.change.qty}),
+        )
+    }));
+    events.push(match change.to {
+        OrderStatus::Completed => Event::new(
+            EventType::OrderCompleted,
+            order,
+            change.at,
+            tp(),
+            json!({"order_id": order}),
+        ),
+        _ => Event::new(
+            EventType::OrderCancelled,
+            order,
+            change.at,
+            tp(),
+            json!({"order_id": order, "reason": change.cancel_reason}),
+        ),
+    });
+    WriteSet {
+        status_change: Some(change.clone()),
+        journal,
+        events,
+        ..WriteSet::default()
+    }
+}
+
+/// The write-set that makes a placed order durable: the order with its lines, the
+/// reservation journal entries, `order_created` + `inventory_reserved` events and the
+/// idempotency record.
+pub(super) fn order_write_set(
+    request: &PlaceOrder,
+    id: OrderId,
+    prices: &HashMap<Sku, crate::domain::money::Money>,
+    journal: Vec<JournalEntry>,
+    now: i64,
+    expires_at: i64,
+) -> Result<WriteSet, PlaceError> {
+    let order = build_order(request, id, prices, now, expires_at)?;
+    let tp = || request.traceparent.clone();
+    let mut events = vec![Event::new(
+        EventType::OrderCreated,
+        id,
+        now,
+        tp(),
+        // The payment token travels with the order: an external payment service charges it.
+        json!({"order_id": id, "user_id": order.user_id, "items": order.lines, "total": order.total,
+               "payment": {"token": order.payment_token}}),
+    )];
+    events.extend(journal.iter().map(|e| {
+        Event::new(
+            EventType::InventoryReserved,
+            &e.sku,
+            now,
+            tp(),
+            json!({"sku": e.sku, "order_id": id, "qty": e.change.qty, "expires_at": expires_at}),
+        )
+    }));
+    for event in &mut events {
+        event.tracestate = request.tracestate.clone();
+    }
+    let idempotency = match &request.idempotency {
+        Some((key, hash)) => Some(IdempotencyRecord {
+            user_id: request.user.clone(),
+            key: key.clone(),
+            request_hash: hash.clone(),
+            order_id: id,
+            response: serde_json::to_string(&order).map_err(|e| PlaceError::Unavailable(e.to_string()))?,
+        }),
+        None => None,
+    };
+    Ok(WriteSet {
+        new_order: Some(order),
+        status_change: None,
+        journal,
+        events,
+        idempotency,
+        consumed: None,
+    })
+}
+
+pub(super) fn build_order(
+    request: &PlaceOrder,
+    id: OrderId,
+    prices: &HashMap<Sku, crate::domain::money::Money>,
+    now: i64,
+    expires_at: i64,
+) -> Result<Order, PlaceError> {
+    let lines: Vec<OrderLine> = request
+        .items
+        .iter()
+        .filter_map(|(sku, qty)| {
+            prices.get(sku).map(|price| OrderLine {
+                sku: sku.clone(),
+                qty: *qty,
+                unit_price: *price,
+            })
+        })
+        .collect();
+    let total = total(&lines).map_err(OrderRequestError::from)?;
+    Ok(Order {
+        id,
+        user_id: request.user.clone(),
+        status: OrderStatus::PendingPayment,
+        lines,
+        total,
+        payment_token: request.payment_token.clone(),
+        cancel_reason: None,
+        created_at: now,
+        updated_at: now,
+        expires_at,
+    })
+}
