@@ -65,6 +65,8 @@ struct Deps {
     /// Orders whose accept commit ended in an outage and is being resolved (their
     /// reservations are held until the store says whether the commit happened).
     in_doubt: std::sync::atomic::AtomicUsize,
+    /// The inventory strategy, chosen once at start.
+    keeper: Box<dyn StockKeeper>,
 }
 
 /// Why an order could not be placed.
@@ -582,17 +584,109 @@ async fn settle_and_commit(
         consumed: consumed.clone(),
         ..settle_set(how, change, traceparent.as_deref(), &prefix, journal)
     };
-    match deps.inventory.strategy() {
-        Strategy::Actor => {
-            let set = build(settle_each(deps, skus, order, how).await);
-            commit_step(deps, set, order, change.to).await
+    deps.keeper.settle(deps, order, skus, how, change.to, &build).await
+}
+
+/// Where an order's stock is taken and settled, chosen once at start from
+/// `inventory.strategy`: the design's inventory actors + write-behind, or the
+/// prototype's row-locking transactions (kept as the benchmark's baseline). The saga
+/// and the placement call it without knowing which (issue 17: no strategy branches).
+#[async_trait::async_trait]
+trait StockKeeper: Send + Sync {
+    /// Reserves every SKU of the order or none and makes the accepted order durable.
+    async fn place(
+        &self,
+        orders: &Orders,
+        request: PlaceOrder,
+        wanted: BTreeMap<Sku, i64>,
+        id: OrderId,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Placed, PlaceError>;
+
+    /// Confirms or releases the order's reservation on every SKU and commits the step's
+    /// write-set, which `build` makes of the journal entries. False if refused for good.
+    async fn settle(
+        &self,
+        deps: &Deps,
+        order: OrderId,
+        skus: &[Sku],
+        how: ChangeKind,
+        target: OrderStatus,
+        build: &(dyn Fn(Vec<JournalEntry>) -> WriteSet + Send + Sync),
+    ) -> bool;
+}
+
+impl dyn StockKeeper {
+    fn of(strategy: Strategy) -> Box<dyn StockKeeper> {
+        match strategy {
+            Strategy::Actor => Box::new(InMemory),
+            Strategy::SqlRowLock => Box::new(RowLocked),
         }
-        Strategy::SqlRowLock => {
-            retry_until_durable(deps, order, change.to, || {
-                deps.store.settle_row_locked(order, skus, how, build)
-            })
-            .await
-        }
+    }
+}
+
+/// Reservations in the SKU actors' memory, made durable by the group commit.
+struct InMemory;
+
+#[async_trait::async_trait]
+impl StockKeeper for InMemory {
+    async fn place(
+        &self,
+        orders: &Orders,
+        request: PlaceOrder,
+        wanted: BTreeMap<Sku, i64>,
+        id: OrderId,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Placed, PlaceError> {
+        orders.place_in_memory(request, wanted, id, now, expires_at).await
+    }
+
+    async fn settle(
+        &self,
+        deps: &Deps,
+        order: OrderId,
+        skus: &[Sku],
+        how: ChangeKind,
+        target: OrderStatus,
+        build: &(dyn Fn(Vec<JournalEntry>) -> WriteSet + Send + Sync),
+    ) -> bool {
+        let set = build(settle_each(deps, skus, order, how).await);
+        commit_step(deps, set, order, target).await
+    }
+}
+
+/// `sql_row_lock`: every placement and saga step is one transaction locking the SKU rows.
+struct RowLocked;
+
+#[async_trait::async_trait]
+impl StockKeeper for RowLocked {
+    async fn place(
+        &self,
+        orders: &Orders,
+        request: PlaceOrder,
+        wanted: BTreeMap<Sku, i64>,
+        id: OrderId,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Placed, PlaceError> {
+        orders.place_row_locked(request, wanted, id, now, expires_at).await
+    }
+
+    async fn settle(
+        &self,
+        deps: &Deps,
+        order: OrderId,
+        skus: &[Sku],
+        how: ChangeKind,
+        target: OrderStatus,
+        build: &(dyn Fn(Vec<JournalEntry>) -> WriteSet + Send + Sync),
+    ) -> bool {
+        retry_until_durable(deps, order, target, || {
+            deps.store.settle_row_locked(order, skus, how, build)
+        })
+        .await
     }
 }
 
@@ -653,6 +747,7 @@ impl Orders {
         arbiters: Arc<Vec<ArbiterHandle>>,
         options: SagaOptions,
     ) -> Self {
+        let keeper = <dyn StockKeeper>::of(inventory.strategy());
         Self {
             deps: Arc::new(Deps {
                 inventory,
@@ -665,6 +760,7 @@ impl Orders {
                 options,
                 keys_in_flight: DashMap::new(),
                 in_doubt: Default::default(),
+                keeper,
             }),
         }
     }
@@ -759,10 +855,20 @@ impl Orders {
         let id = OrderId::generate();
         let now = now_millis();
         let expires_at = now + deps.options.reservation_ttl.as_millis() as i64;
-        if deps.inventory.strategy() == Strategy::SqlRowLock {
-            return self.place_row_locked(request, wanted, id, now, expires_at).await;
-        }
+        deps.keeper.place(self, request, wanted, id, now, expires_at).await
+    }
 
+    /// The actor strategy's placement: reserve in each SKU actor (in SKU order), then
+    /// group-commit the order; memory forgets what the database refused.
+    async fn place_in_memory(
+        &self,
+        request: PlaceOrder,
+        wanted: BTreeMap<Sku, i64>,
+        id: OrderId,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<Placed, PlaceError> {
+        let deps = &self.deps;
         let mut journal = Vec::with_capacity(wanted.len());
         let mut prices = HashMap::with_capacity(wanted.len());
         let mut failure = None;
