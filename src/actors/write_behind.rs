@@ -8,6 +8,14 @@
 //! ran, up to `max_batch`). If a batch is refused by a constraint, its write-sets are
 //! retried one by one so a single bad write-set fails alone.
 //!
+//! Out of order: a SKU's journal is applied to its snapshot as deltas, and two write-sets
+//! of one SKU can reach this queue out of their memory order (a cancel's release is
+//! decided in memory, then committed by the saga; an order that took the freed unit may be
+//! committed first). The snapshot's `CHECK (0 <= reserved <= stock)` then refuses the
+//! later one although memory was right. Such a write-set is not failed at once: it is
+//! deferred and retried with the following batches (up to [`MAX_DEFERRALS`]), by which
+//! time the write-set it waits for has committed. Nothing is answered before its commit.
+//!
 //! It is a tokio task rather than an actix actor because it must keep accepting work
 //! while it awaits the database; `recv_many` on a channel is exactly that.
 
@@ -39,8 +47,15 @@ impl From<CommitError> for StoreError {
     }
 }
 
+/// Batches a write-set refused by the inventory bounds may wait for before it fails.
+const MAX_DEFERRALS: u32 = 200;
+/// How long a loop holding deferred write-sets waits for new work before retrying them.
+const DEFERRED_WAIT: Duration = Duration::from_millis(5);
+
 struct Pending {
     set: WriteSet,
+    /// Times this write-set was refused by the inventory bounds and put back.
+    deferrals: u32,
     reply: oneshot::Sender<Result<(), StoreError>>,
     /// The caller's wait for durability: the group commit that takes this write-set
     /// is traced as its child (or linked to it, when the batch began with another).
@@ -78,6 +93,7 @@ impl WriteBehind {
             committed,
             queued: handle.queued.clone(),
             healthy: handle.healthy.clone(),
+            deferred: Vec::new(),
         };
         (handle, tokio::spawn(worker.run()))
     }
@@ -89,6 +105,7 @@ impl WriteBehind {
         self.queued.fetch_add(1, Ordering::SeqCst);
         let pending = Pending {
             set,
+            deferrals: 0,
             reply,
             span: span.clone(),
         };
@@ -136,12 +153,24 @@ struct CommitLoop {
     committed: Arc<Notify>,
     queued: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
+    /// Write-sets refused by the inventory bounds, to be retried with the next batch.
+    deferred: Vec<Pending>,
 }
 
 impl CommitLoop {
     async fn run(mut self) {
         let mut batch = Vec::with_capacity(self.max_batch);
-        while self.receiver.recv_many(&mut batch, self.max_batch).await > 0 {
+        loop {
+            batch.append(&mut self.deferred);
+            if batch.is_empty() {
+                if self.receiver.recv_many(&mut batch, self.max_batch).await == 0 {
+                    break;
+                }
+            } else if batch.len() < self.max_batch {
+                // Deferred write-sets wait for another write-set; give it a moment to arrive.
+                let room = self.max_batch - batch.len();
+                let _ = tokio::time::timeout(DEFERRED_WAIT, self.receiver.recv_many(&mut batch, room)).await;
+            }
             if !self.linger.is_zero() && batch.len() < self.max_batch {
                 tokio::time::sleep(self.linger).await;
                 while batch.len() < self.max_batch {
@@ -156,12 +185,14 @@ impl CommitLoop {
                 .set(self.queued.load(Ordering::Relaxed) as i64);
             let size = batch.len();
             self.commit_batch(std::mem::take(&mut batch)).await;
-            let left = self.queued.fetch_sub(size, Ordering::SeqCst) - size;
+            // Deferred write-sets are still waiting: they stay counted as queued.
+            let resolved = size - self.deferred.len();
+            let left = self.queued.fetch_sub(resolved, Ordering::SeqCst) - resolved;
             self.metrics.write_queue_depth.set(left as i64);
         }
     }
 
-    async fn commit_batch(&self, batch: Vec<Pending>) {
+    async fn commit_batch(&mut self, batch: Vec<Pending>) {
         let started = Instant::now();
         let result = {
             let sets: Vec<&WriteSet> = batch.iter().map(|p| &p.set).collect();
@@ -182,18 +213,22 @@ impl CommitLoop {
                 }
                 self.committed.notify_one();
             }
-            Err(StoreError::Rejected(_) | StoreError::Conflict(_)) if batch.len() > 1 => {
+            Err(e @ (StoreError::Rejected(_) | StoreError::Conflict(_))) => {
                 // One write-set broke a rule; find it by committing each alone.
                 debug!(
                     size = batch.len(),
                     "batch refused, committing its write-sets one by one"
                 );
+                // The store answered: it is reachable, whatever it refused.
+                self.healthy.store(true, Ordering::Relaxed);
+                let mut first = Some(Err(e));
+                let alone_in_batch = batch.len() == 1;
                 for p in batch {
-                    let alone = self.store.commit(&[&p.set]).await;
-                    if alone.is_err() {
-                        self.metrics.commit_failures.inc();
-                    }
-                    let _ = p.reply.send(alone);
+                    let alone = match first.take() {
+                        Some(result) if alone_in_batch => result,
+                        _ => self.store.commit(&[&p.set]).await,
+                    };
+                    self.settle_alone(p, alone);
                 }
                 self.committed.notify_one();
             }
@@ -205,6 +240,24 @@ impl CommitLoop {
                 for p in batch {
                     let _ = p.reply.send(Err(e.clone()));
                 }
+            }
+        }
+    }
+
+    /// Answers a write-set committed on its own, or defers it when the inventory bounds
+    /// refused it (see the module doc: a write-set of the same SKU it follows in memory
+    /// has not been committed yet).
+    fn settle_alone(&mut self, mut p: Pending, result: Result<(), StoreError>) {
+        match result {
+            Err(e) if crate::persistence::sql::breaks_inventory_bounds(&e) && p.deferrals < MAX_DEFERRALS => {
+                p.deferrals += 1;
+                self.deferred.push(p);
+            }
+            other => {
+                if other.is_err() {
+                    self.metrics.commit_failures.inc();
+                }
+                let _ = p.reply.send(other);
             }
         }
     }

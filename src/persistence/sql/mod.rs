@@ -91,6 +91,13 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// The store refused a write because an inventory snapshot would leave
+/// `0 <= reserved <= stock` (MariaDB names the constraint, SQLite quotes it).
+pub fn breaks_inventory_bounds(err: &StoreError) -> bool {
+    matches!(err, StoreError::Rejected(msg)
+        if msg.contains("inventory_bounds") || msg.contains("CHECK constraint failed: reserved"))
+}
+
 /// A long text column: MySQL reports `LONGTEXT` as a BLOB through the Any driver, so
 /// read bytes when a string is refused.
 pub(super) fn text(row: &AnyRow, column: &str) -> Result<String, StoreError> {
