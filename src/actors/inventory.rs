@@ -228,6 +228,10 @@ impl SkuActor {
         let me = ctx.address();
         self.shared.actors.remove_if(&self.sku, |_, live| live.addr == me);
         ctx.stop();
+        // Still over the cap (two activations chose the same actor, or the one asked
+        // stayed): each stop passes the request on, so the live set always comes back
+        // under the cap, not only while new SKUs keep activating.
+        self.shared.evict_over_cap(&self.sku);
     }
 }
 
@@ -448,8 +452,10 @@ impl Shared {
 
     /// Over the cap: asks the least recently used live actor that is not `except` to go.
     /// Approximate LRU: an actor used since the hand last passed gets a second chance.
-    /// A few steps per activation, so under a flood the eviction keeps pace with
-    /// activations without ever scanning the whole map.
+    /// Usually a few steps per activation; at most one turn of the clock, which clears
+    /// every second-chance bit it passes, so an activation over the cap always asks
+    /// someone to go (a bound of a few steps left the set over the cap for good when the
+    /// last activations met only recently used actors).
     fn evict_over_cap(&self, except: &Sku) {
         if self.max_live == 0 || self.actors.len() <= self.max_live {
             return;
@@ -459,10 +465,11 @@ impl Shared {
             // Entries of actors that idled out; drop them so the queue stays bounded too.
             clock.retain(|sku| self.actors.contains_key(sku));
         }
+        let turn = clock.len() + 1;
         let mut steps = 0;
         while let Some(sku) = clock.pop_front() {
             steps += 1;
-            if steps > 8 || self.actors.len() <= self.max_live {
+            if steps > turn || self.actors.len() <= self.max_live {
                 clock.push_front(sku);
                 return;
             }
