@@ -116,6 +116,12 @@ pub struct PaymentSettings {
     pub attempt_timeout_ms: u64,
     pub backoff_base_ms: u64,
     pub gateway_latency_ms: u64,
+    /// How long the simulated gateway takes for the `test_slow*` tokens (charge and refund).
+    pub slow_ms: u64,
+    /// Refund attempts before a refund is given up on (`refund_failed`, `failed_events`).
+    pub refund_attempts: u32,
+    /// Backoff before the second refund attempt; doubles with each further one.
+    pub refund_backoff_base_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub orders_created: Gate<IntCounter>,
     pub orders_finished: Gate<IntCounterVec>,
     pub payment_attempts: Gate<IntCounterVec>,
+    pub refunds: Gate<IntCounterVec>,
     pub commit_batch_size: Gate<Histogram>,
     pub commit_duration: Gate<Histogram>,
     pub commit_failures: Gate<IntCounter>,
@@ -153,6 +154,13 @@ impl Metrics {
             )?),
             payment_attempts: gated!(IntCounterVec::new(
                 Opts::new("emporium_payment_attempts_total", "Payment gateway attempts by outcome"),
+                &["outcome"]
+            )?),
+            refunds: gated!(IntCounterVec::new(
+                Opts::new(
+                    "emporium_refunds_total",
+                    "Refunds of payments captured for cancelled orders, by step (requested, refunded, retried, failed)"
+                ),
                 &["outcome"]
             )?),
             commit_batch_size: gated!(Histogram::with_opts(

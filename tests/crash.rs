@@ -20,7 +20,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_emporium");
 on_every_backend!(
     kill_9_during_orders_loses_no_acknowledged_order,
     expiries_due_during_downtime_are_swept_at_start,
-    kill_9_between_accept_and_settle_at_many_points
+    kill_9_between_accept_and_settle_at_many_points,
+    a_refund_in_flight_at_kill_9_is_finished_once_after_restart
 );
 
 struct Server {
@@ -516,6 +517,137 @@ async fn kill_9_between_accept_and_settle_at_many_points(backend: Backend) {
         "{} acknowledged over {} kills, {caught_between} found between accept and settle",
         acknowledged.len(),
         kill_after.len()
+    );
+    if let Some(url) = &url {
+        common::drop_database(url).await;
+    }
+}
+
+/// Rows of `refunds` by status and `payment_refunded` events of the order, read
+/// straight from the database while the server is dead.
+async fn refund_rows(data_dir: &Path, url: Option<&str>, order: &str) -> (Vec<String>, i64) {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let url = match url {
+        Some(url) => url.to_owned(),
+        None => format!("sqlite:{}?mode=ro", data_dir.join("emporium.db").display()),
+    };
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("store opens");
+    let statuses = sqlx::query("SELECT status FROM refunds WHERE order_id = ?")
+        .bind(order.to_owned())
+        .fetch_all(&mut conn)
+        .await
+        .expect("refunds")
+        .iter()
+        .map(|r| r.try_get::<String, _>("status").expect("status"))
+        .collect();
+    let events =
+        sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE aggregate_id = ? AND event_type = 'payment_refunded'")
+            .bind(order.to_owned())
+            .fetch_one(&mut conn)
+            .await
+            .expect("count")
+            .try_get::<i64, _>("n")
+            .expect("n");
+    (statuses, events)
+}
+
+/// Polls the order until its payment status is `want`.
+async fn payment_becomes(client: &reqwest::Client, base: &str, user: &str, id: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body: Value = client
+            .get(format!("{base}/v1/orders/{id}"))
+            .bearer_auth(user)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["payment"]["status"] == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "payment never became {want}: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A charge succeeds after the customer cancelled (`test_slow`), so a refund is owed;
+/// the server is killed while the gateway is working on the refund (it takes
+/// `payment.slow_ms` too). After the restart the refund is finished from the store:
+/// refunded, with exactly one `payment_refunded` event, and the store reconciles.
+async fn a_refund_in_flight_at_kill_9_is_finished_once_after_restart(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = store_env(&backend).await;
+    let mut env = vec![
+        ("EMPORIUM__PAYMENT__SLOW_MS", "1500"),
+        ("EMPORIUM__PAYMENT__ATTEMPT_TIMEOUT_MS", "10000"),
+    ];
+    env.extend(url.iter().map(|u| ("EMPORIUM__STORE__URL", u.as_str())));
+    let mut server = start_with(dir.path(), &env);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &server.base).await;
+    let admin = token(dir.path(), "admin", true);
+    let user = token(dir.path(), "refund-buyer", false);
+    let r = client
+        .post(format!("{}/v1/products", server.base))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "refund", "price": {"amount": 10, "currency": "KRW"}, "variants": [{"sku": "REFUND", "stock": 3}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let placed: Value = client
+        .post(format!("{}/v1/orders", server.base))
+        .bearer_auth(&user)
+        .json(&json!({"items": [{"sku": "REFUND", "qty": 1}], "payment": {"token": "test_slow"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = placed["id"].as_str().expect("order id").to_owned();
+    let cancel = client
+        .post(format!("{}/v1/orders/{id}/cancel", server.base))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), StatusCode::OK);
+
+    // The charge lands after ~1.5 s; the refund call then takes another 1.5 s.
+    payment_becomes(&client, &server.base, &user, &id, "refund_pending").await;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    assert_eq!(
+        refund_rows(dir.path(), url.as_deref(), &id).await,
+        (vec!["requested".to_owned()], 0),
+        "killed while the refund was at the gateway"
+    );
+
+    let mut server = start_with(dir.path(), &env);
+    wait_ready(&client, &server.base).await;
+    payment_becomes(&client, &server.base, &user, &id, "refunded").await;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    assert_eq!(
+        refund_rows(dir.path(), url.as_deref(), &id).await,
+        (vec!["refunded".to_owned()], 1),
+        "refunded once"
+    );
+    let reconcile = Command::new(BIN)
+        .args(["reconcile", "--data-dir"])
+        .arg(dir.path())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        reconcile.status.success(),
+        "reconcile: {}{}",
+        String::from_utf8_lossy(&reconcile.stdout),
+        String::from_utf8_lossy(&reconcile.stderr)
     );
     if let Some(url) = &url {
         common::drop_database(url).await;

@@ -516,3 +516,91 @@ async fn a_poison_message_lands_in_the_dlq_and_failed_events_and_replay_publishe
     consume_until(&broker.brokers, "emporium.payments", |r| copies(r) >= 2).await;
     consume_until(&broker.brokers, "emporium.dlq", |r| copies(r) >= 2).await;
 }
+
+/// The payment service's `payment_succeeded` arrives after the customer cancelled (a
+/// slow charge), and again (a redelivery with the same event id, and a second event id
+/// for the same order as a re-publishing payment service would send): the order stays
+/// CANCELLED, and its payment is refunded exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_that_lands_after_a_cancel_is_refunded_once_however_often_it_arrives() {
+    let Some(tansu) = required_env("EMPORIUM_TEST_TANSU") else {
+        return;
+    };
+    let broker = Tansu::start(&tansu).await;
+    // One partition: the sentinel published last is consumed after every copy.
+    let app = kafka_app(&broker.brokers, None, |s| s.bus.partitions = 1).await;
+    let sku = "LATE-PAYMENT-1";
+    app.product(&[(sku, 5)]).await;
+    let buyer = app.token("late-payment-buyer");
+    // No payment service runs: the test is the payment side and answers late.
+    let order = place(&app, &buyer, sku, "test_ok").await;
+    let sentinel = place(&app, &buyer, sku, "test_ok").await;
+    let (status, body) = app.cancel(&buyer, &order).await;
+    assert_eq!(status, 200, "{body}");
+
+    let producer = producer(&broker.brokers);
+    let first = uuid::Uuid::now_v7();
+    let again = uuid::Uuid::now_v7();
+    for id in [first, first, again] {
+        let event = payment_event(id, "payment_succeeded", &order);
+        publish(
+            &producer,
+            "emporium.payments",
+            &order,
+            &event,
+            &id.to_string(),
+            "payment_succeeded",
+        )
+        .await;
+    }
+    let sentinel_id = uuid::Uuid::now_v7();
+    let sentinel_event = payment_event(sentinel_id, "payment_succeeded", &sentinel);
+    publish(
+        &producer,
+        "emporium.payments",
+        &sentinel,
+        &sentinel_event,
+        &sentinel_id.to_string(),
+        "payment_succeeded",
+    )
+    .await;
+    assert_eq!(app.final_status(&buyer, &sentinel).await, "COMPLETED");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = app.get(&buyer, &format!("/v1/orders/{order}")).await;
+        if body["payment"]["status"] == "refunded" {
+            assert_eq!(body["status"], "CANCELLED");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never refunded: {body}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    app.assert_consistent().await;
+    let store = app.app.settings.store_url();
+    let one = |sql: String| {
+        let store = store.clone();
+        async move { count(&store, &sql).await }
+    };
+    assert_eq!(
+        one(format!(
+            "SELECT COUNT(*) FROM outbox WHERE event_type = 'payment_refunded' AND aggregate_id = '{order}'"
+        ))
+        .await,
+        1,
+        "refunded once"
+    );
+    assert_eq!(
+        one(format!("SELECT COUNT(*) FROM refunds WHERE order_id = '{order}'")).await,
+        1
+    );
+    assert_eq!(
+        one(format!(
+            "SELECT COUNT(*) FROM processed_events WHERE event_id IN ('{first}', '{again}')"
+        ))
+        .await,
+        2,
+        "both payment events recorded as processed"
+    );
+    assert_eq!(app.inventory(sku).await, (4, 0), "only the sentinel sold");
+}

@@ -12,6 +12,11 @@ on_every_strategy!(
     unpaid_reservation_expires_and_releases_stock,
 );
 
+on_every_backend!(
+    a_charge_that_succeeds_after_a_cancel_is_refunded_exactly_once,
+    a_refund_that_keeps_failing_lands_in_failed_events_and_replay_refunds_it,
+);
+
 use common::{Backend, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -192,4 +197,106 @@ async fn unpaid_reservation_expires_and_releases_stock(backend: Backend) {
     assert_eq!(body["cancel_reason"], "expired");
     assert_eq!(app.inventory("EXPIRE").await, (4, 0));
     assert_eq!(app.metric("emporium_reservation_expirations_total").await, 1.0);
+}
+
+/// Polls the order until its `payment.status` is `want` (or fails after 20 s).
+async fn payment_status_becomes(app: &TestApp, token: &str, id: &str, want: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = app.get(token, &format!("/v1/orders/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if body["payment"]["status"] == want {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "payment of {id} never became {want}: {body}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// How many events of `event_type` the outbox holds for the order (published or not:
+/// published rows stay, marked).
+async fn events_of(app: &TestApp, id: &str, event_type: &str) -> i64 {
+    use sqlx::Row;
+    sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE aggregate_id = ? AND event_type = ?")
+        .bind(id.to_owned())
+        .bind(event_type.to_owned())
+        .fetch_one(app.app.store.pool())
+        .await
+        .expect("outbox count")
+        .try_get::<i64, _>("n")
+        .expect("count")
+}
+
+/// The gateway is still charging (`test_slow`) when the customer cancels: the cancel
+/// wins (200, stock back at once), the charge then succeeds after all, and the money is
+/// given back: the order stays CANCELLED, its payment reads `refunded`, and exactly one
+/// `payment_refunded` event leaves (no `payment_succeeded`, no completion).
+async fn a_charge_that_succeeds_after_a_cancel_is_refunded_exactly_once(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.payment.attempt_timeout_ms = 5_000;
+        s.payment.slow_ms = 400;
+    })
+    .await;
+    app.product(&[("LATE", 5)]).await;
+    let token = app.token("ivy");
+    let order = place(&app, "ivy", "LATE", 2, "test_slow").await;
+    let id = order["id"].as_str().unwrap();
+    let (status, body) = app.cancel(&token, id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["payment"]["status"], "not_charged", "{body}");
+    assert_eq!(app.inventory("LATE").await, (5, 0));
+
+    let body = payment_status_becomes(&app, &token, id, "refunded").await;
+    assert_eq!(body["status"], "CANCELLED");
+    assert_eq!(body["cancel_reason"], "customer");
+    app.assert_consistent().await;
+    assert_eq!(events_of(&app, id, "payment_refunded").await, 1);
+    assert_eq!(events_of(&app, id, "payment_succeeded").await, 0);
+    assert_eq!(events_of(&app, id, "order_completed").await, 0);
+    assert_eq!(app.metric("emporium_refunds_total{outcome=\"refunded\"}").await, 1.0);
+    assert_eq!(app.inventory("LATE").await, (5, 0));
+}
+
+/// The gateway refuses the refund (`test_slow_refund_flaky`: its first three refund
+/// calls fail) more often than `payment.refund_attempts` allows: the refund is given up
+/// with a `refund_failed` event and a `failed_events` row; the admin replay requests it
+/// again and it goes through, refunded once.
+async fn a_refund_that_keeps_failing_lands_in_failed_events_and_replay_refunds_it(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |s| {
+        s.payment.attempt_timeout_ms = 5_000;
+        s.payment.slow_ms = 300;
+        s.payment.refund_attempts = 2;
+        s.payment.refund_backoff_base_ms = 20;
+    })
+    .await;
+    app.product(&[("NOREFUND", 3)]).await;
+    let token = app.token("jun");
+    let order = place(&app, "jun", "NOREFUND", 1, "test_slow_refund_flaky").await;
+    let id = order["id"].as_str().unwrap();
+    let (status, body) = app.cancel(&token, id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    payment_status_becomes(&app, &token, id, "refund_failed").await;
+    assert_eq!(events_of(&app, id, "refund_failed").await, 1);
+    assert_eq!(events_of(&app, id, "payment_refunded").await, 0);
+    let sources = app.app.store.failed_event_sources().await.expect("failed events");
+    assert_eq!(sources, vec![("refund".to_owned(), "refund_failed".to_owned(), false)]);
+
+    let replay = app
+        .client
+        .post(app.url("/v1/admin/events/replay"))
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(replay.status(), StatusCode::OK);
+    let replayed: serde_json::Value = replay.json().await.expect("json");
+    assert_eq!(replayed["replayed"], 1, "{replayed}");
+
+    let body = payment_status_becomes(&app, &token, id, "refunded").await;
+    assert_eq!(body["status"], "CANCELLED");
+    assert_eq!(events_of(&app, id, "payment_refunded").await, 1);
+    let sources = app.app.store.failed_event_sources().await.expect("failed events");
+    assert_eq!(sources, vec![("refund".to_owned(), "refund_failed".to_owned(), true)]);
+    app.assert_consistent().await;
 }

@@ -7,4 +7,5 @@ pub mod order;
 pub mod outbox;
 pub mod payment;
 pub mod payment_outcomes;
+pub mod refunds;
 pub mod write_behind;

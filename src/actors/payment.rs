@@ -1,11 +1,15 @@
 //! The payment actor: talks to the (simulated) payment gateway.
 //!
-//! Owns: the gateway connection settings. Takes: [`Charge`]. Promises: one answer per
-//! attempt; the order saga decides about retries, timeouts and compensation.
+//! Owns: the gateway connection settings. Takes: [`Charge`], [`Refund`]. Promises: one
+//! answer per attempt; the order saga (charges) and the refunder (refunds) decide about
+//! retries, timeouts and compensation.
 //!
 //! The simulated gateway understands the test tokens of docs/design.md: `test_ok` (the
 //! default) succeeds, `test_decline` is declined, `test_flaky` fails its first two
-//! attempts and then succeeds, `test_down` never answers within the attempt timeout.
+//! attempts and then succeeds, `test_down` never answers within the attempt timeout,
+//! `test_slow` succeeds after `payment.slow_ms` (so a cancel can win meanwhile; its refund
+//! takes as long), `test_slow_refund_flaky` charges like `test_slow` and fails the first
+//! three refund calls of its order.
 
 use crate::domain::ids::OrderId;
 use crate::domain::money::Money;
@@ -13,7 +17,17 @@ use actix::prelude::*;
 use std::time::Duration;
 
 /// The payment tokens the simulated gateway knows.
-pub const TEST_TOKENS: [&str; 4] = ["test_ok", "test_decline", "test_flaky", "test_down"];
+pub const TEST_TOKENS: [&str; 6] = [
+    "test_ok",
+    "test_decline",
+    "test_flaky",
+    "test_down",
+    "test_slow",
+    "test_slow_refund_flaky",
+];
+
+/// Refund calls of a `test_slow_refund_flaky` order that fail before one succeeds.
+const FLAKY_REFUND_FAILURES: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PaymentError {
@@ -40,6 +54,27 @@ pub struct Charge {
     pub token: String,
     /// 1-based attempt number; the gateway sees the order id as its idempotency key.
     pub attempt: u32,
+}
+
+/// Gives back what a charge of `order` took. The gateway keys refunds by the order id,
+/// so asking twice (a retry, a restart between the gateway's answer and our commit)
+/// refunds once.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Result<(), PaymentError>")]
+pub struct Refund {
+    pub order: OrderId,
+    pub amount: Money,
+    /// The token the order was charged with.
+    pub token: String,
+}
+
+/// One refund call: the actor's answer, or `Timeout` when it does not come within `timeout`.
+pub async fn refund(payment: &Addr<PaymentActor>, request: Refund, timeout: Duration) -> Result<(), PaymentError> {
+    match tokio::time::timeout(timeout, payment.send(request)).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(mailbox)) => Err(PaymentError::Transient(mailbox.to_string())),
+        Err(_) => Err(PaymentError::Timeout),
+    }
 }
 
 /// One attempt: the actor's answer, or `Timeout` when it does not come within `timeout`.
@@ -93,13 +128,20 @@ pub struct PaymentActor {
     /// How long `test_down` hangs: longer than any attempt timeout, bounded so hung
     /// simulated calls do not pile up forever.
     hang: Duration,
+    /// How long the `test_slow*` tokens take.
+    slow: Duration,
+    /// Refund calls seen per order: the simulated gateway's memory, for
+    /// `test_slow_refund_flaky` (a real gateway keeps its own).
+    refund_calls: std::collections::HashMap<OrderId, u32>,
 }
 
 impl PaymentActor {
-    pub fn new(latency: Duration, attempt_timeout: Duration) -> Self {
+    pub fn new(latency: Duration, attempt_timeout: Duration, slow: Duration) -> Self {
         Self {
             latency,
             hang: attempt_timeout * 2,
+            slow,
+            refund_calls: Default::default(),
         }
     }
 }
@@ -112,7 +154,7 @@ impl Handler<Charge> for PaymentActor {
     type Result = ResponseFuture<Result<(), PaymentError>>;
 
     fn handle(&mut self, msg: Charge, _ctx: &mut Self::Context) -> Self::Result {
-        let (latency, hang) = (self.latency, self.hang);
+        let (latency, hang, slow) = (self.latency, self.hang, self.slow);
         let span = tracing::debug_span!("payment_charge", order_id = %msg.order, attempt = msg.attempt);
         Box::pin(tracing::Instrument::instrument(
             async move {
@@ -125,6 +167,38 @@ impl Handler<Charge> for PaymentActor {
                     "test_down" => {
                         tokio::time::sleep(hang).await;
                         Err(PaymentError::Timeout)
+                    }
+                    "test_slow" | "test_slow_refund_flaky" => {
+                        tokio::time::sleep(slow).await;
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                }
+            },
+            span,
+        ))
+    }
+}
+
+impl Handler<Refund> for PaymentActor {
+    type Result = ResponseFuture<Result<(), PaymentError>>;
+
+    fn handle(&mut self, msg: Refund, _ctx: &mut Self::Context) -> Self::Result {
+        let calls = self.refund_calls.entry(msg.order).or_insert(0);
+        *calls += 1;
+        let call = *calls;
+        let (latency, slow) = (self.latency, self.slow);
+        let span = tracing::debug_span!("payment_refund", order_id = %msg.order, call);
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                tokio::time::sleep(latency).await;
+                match msg.token.as_str() {
+                    "test_slow" => {
+                        tokio::time::sleep(slow).await;
+                        Ok(())
+                    }
+                    "test_slow_refund_flaky" if call <= FLAKY_REFUND_FAILURES => {
+                        Err(PaymentError::Transient("simulated refund failure".into()))
                     }
                     _ => Ok(()),
                 }

@@ -13,6 +13,7 @@ use crate::actors::order::{Orders, SagaOptions};
 use crate::actors::outbox::OutboxRelay;
 use crate::actors::payment::PaymentActor;
 use crate::actors::payment_outcomes::{self, PaymentOutcomes};
+use crate::actors::refunds::{RefundOptions, Refunder};
 use crate::actors::write_behind::WriteBehind;
 use crate::config::{BusKind, PaymentMode, Settings};
 use crate::domain::order::OrderLimits;
@@ -149,8 +150,22 @@ impl App {
         );
         let attempt_timeout = Duration::from_millis(settings.payment.attempt_timeout_ms);
         let latency = Duration::from_millis(settings.payment.gateway_latency_ms);
+        let slow = Duration::from_millis(settings.payment.slow_ms);
         let payment =
-            PaymentActor::start_in_arbiter(&arbiters[0], move |_| PaymentActor::new(latency, attempt_timeout));
+            PaymentActor::start_in_arbiter(&arbiters[0], move |_| PaymentActor::new(latency, attempt_timeout, slow));
+        let refunder = Refunder::new(
+            store.clone(),
+            payment.clone(),
+            RefundOptions {
+                attempts: settings.payment.refund_attempts.max(1),
+                backoff_base: Duration::from_millis(settings.payment.refund_backoff_base_ms),
+                call_timeout: attempt_timeout,
+                poll: Duration::from_millis(settings.outbox.poll_interval_ms.max(100)),
+            },
+            metrics.clone(),
+            committed.clone(),
+        );
+        refunder.run_in_background();
         let orders = Orders::new(
             inventory.clone(),
             write_behind.clone(),
@@ -169,6 +184,7 @@ impl App {
                 },
                 external_payment,
             },
+            refunder,
         );
         let bus = InProcessBus::default();
         // Search: the indexer follows product events on the in-process bus; in Kafka mode

@@ -194,7 +194,8 @@ impl PaymentService {
 
         let attempt_timeout = Duration::from_millis(settings.payment.attempt_timeout_ms);
         let latency = Duration::from_millis(settings.payment.gateway_latency_ms);
-        let payment = PaymentActor::new(latency, attempt_timeout).start();
+        let slow = Duration::from_millis(settings.payment.slow_ms);
+        let payment = PaymentActor::new(latency, attempt_timeout, slow).start();
         let handler = Arc::new(ChargeOrders {
             store: store.clone(),
             payment,

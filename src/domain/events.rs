@@ -16,6 +16,10 @@ pub enum EventType {
     OrderCreated,
     PaymentSucceeded,
     PaymentFailed,
+    /// A payment captured for an order cancelled meanwhile was given back.
+    PaymentRefunded,
+    /// Such a refund was given up on after its attempts (kept in `failed_events`).
+    RefundFailed,
     OrderCompleted,
     OrderCancelled,
     InventoryReserved,
@@ -31,6 +35,8 @@ impl EventType {
             Self::OrderCreated => "order_created",
             Self::PaymentSucceeded => "payment_succeeded",
             Self::PaymentFailed => "payment_failed",
+            Self::PaymentRefunded => "payment_refunded",
+            Self::RefundFailed => "refund_failed",
             Self::OrderCompleted => "order_completed",
             Self::OrderCancelled => "order_cancelled",
             Self::InventoryReserved => "inventory_reserved",
@@ -45,7 +51,9 @@ impl EventType {
     pub fn topic(self) -> &'static str {
         match self {
             Self::OrderCreated | Self::OrderCompleted | Self::OrderCancelled => "emporium.orders",
-            Self::PaymentSucceeded | Self::PaymentFailed => "emporium.payments",
+            Self::PaymentSucceeded | Self::PaymentFailed | Self::PaymentRefunded | Self::RefundFailed => {
+                "emporium.payments"
+            }
             Self::InventoryReserved | Self::InventoryConfirmed | Self::InventoryReleased => "emporium.inventory",
             Self::ProductUpserted | Self::ProductDeleted => "emporium.products",
         }

@@ -10,6 +10,7 @@ pub mod inventory;
 pub mod money;
 pub mod number;
 pub mod order;
+pub mod payment;
 pub mod search;
 pub mod user;
 

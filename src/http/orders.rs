@@ -8,6 +8,7 @@ use crate::actors::payment::TEST_TOKENS;
 use crate::domain::ids::{OrderId, Sku};
 use crate::domain::money::Money;
 use crate::domain::order::{quantities_by_sku, CancelReason, Order, OrderLimits, OrderLine, OrderStatus};
+use crate::domain::payment::{payment_status, PaymentStatus, RefundStatus};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -38,8 +39,10 @@ pub struct OrderItem {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentInput {
-    /// Simulated gateway token: `test_ok` (default), `test_decline`, `test_flaky`, `test_down`.
-    #[schema(value_type = String, pattern = "^test_(ok|decline|flaky|down)$")]
+    /// Simulated gateway token: `test_ok` (default), `test_decline`, `test_flaky`, `test_down`,
+    /// `test_slow` (succeeds after `payment.slow_ms`), `test_slow_refund_flaky` (like
+    /// `test_slow`; its refund fails three times before it succeeds).
+    #[schema(value_type = String, pattern = "^test_(ok|decline|flaky|down|slow|slow_refund_flaky)$")]
     pub token: String,
 }
 
@@ -56,10 +59,25 @@ pub struct OrderView {
     pub expires_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancel_reason: Option<CancelReason>,
+    pub payment: PaymentView,
+}
+
+/// What happened to the order's money.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PaymentView {
+    /// `pending`, `captured`, `failed`, `not_charged`; for a payment captured after the
+    /// order was cancelled: `refund_pending`, `refunded` or `refund_failed`.
+    pub status: PaymentStatus,
 }
 
 impl From<&Order> for OrderView {
     fn from(o: &Order) -> Self {
+        Self::new(o, None)
+    }
+}
+
+impl OrderView {
+    fn new(o: &Order, refund: Option<RefundStatus>) -> Self {
         Self {
             id: o.id.to_string(),
             user_id: o.user_id.to_string(),
@@ -70,6 +88,9 @@ impl From<&Order> for OrderView {
             updated_at: rfc3339(o.updated_at),
             expires_at: rfc3339(o.expires_at),
             cancel_reason: o.cancel_reason,
+            payment: PaymentView {
+                status: payment_status(o.status, o.cancel_reason, refund),
+            },
         }
     }
 }
@@ -231,7 +252,12 @@ pub async fn get_order(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let order = visible_order(&state, &caller, &id).await?;
-    Ok(HttpResponse::Ok().json(OrderView::from(&order)))
+    let refunds = state
+        .store
+        .refund_statuses(&[order.id])
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(OrderView::new(&order, refunds.get(&order.id).copied())))
 }
 
 async fn visible_order(state: &AppState, caller: &Caller, raw_id: &str) -> Result<Order, ApiError> {
@@ -272,8 +298,17 @@ pub async fn list_orders(
     let next_cursor = (orders.len() as i64 == limit)
         .then(|| orders.last().map(|o| o.id.to_string()))
         .flatten();
+    let ids: Vec<OrderId> = orders.iter().map(|o| o.id).collect();
+    let refunds = state
+        .store
+        .refund_statuses(&ids)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(HttpResponse::Ok().json(OrderPage {
-        items: orders.iter().map(OrderView::from).collect(),
+        items: orders
+            .iter()
+            .map(|o| OrderView::new(o, refunds.get(&o.id).copied()))
+            .collect(),
         next_cursor,
     }))
 }

@@ -270,6 +270,18 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn cancel(&self, token: &str, id: &str) -> (StatusCode, Value) {
+        let r = self
+            .client
+            .post(self.url(&format!("/v1/orders/{id}/cancel")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
         let r = self
             .client

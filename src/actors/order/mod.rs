@@ -14,6 +14,7 @@ mod write_sets;
 
 use crate::actors::inventory::{shard_of, Inventory, InventoryFailure};
 use crate::actors::payment::PaymentActor;
+use crate::actors::refunds::Refunder;
 use crate::actors::write_behind::{CommitError, WriteBehind};
 use crate::domain::ids::{OrderId, Sku, UserId};
 use crate::domain::inventory::{ChangeKind, InventoryError};
@@ -64,6 +65,8 @@ struct Deps {
     in_doubt: std::sync::atomic::AtomicUsize,
     /// The inventory strategy, chosen once at start.
     keeper: Box<dyn StockKeeper>,
+    /// Gives back payments captured for orders cancelled meanwhile.
+    refunder: Arc<Refunder>,
 }
 
 /// Why an order could not be placed.
@@ -161,6 +164,7 @@ impl Orders {
         metrics: Arc<Metrics>,
         arbiters: Arc<Vec<ArbiterHandle>>,
         options: SagaOptions,
+        refunder: Arc<Refunder>,
     ) -> Self {
         let keeper = <dyn StockKeeper>::of(inventory.strategy());
         Self {
@@ -176,6 +180,7 @@ impl Orders {
                 keys_in_flight: DashMap::new(),
                 in_doubt: Default::default(),
                 keeper,
+                refunder,
             }),
         }
     }
@@ -462,8 +467,9 @@ impl Orders {
     }
 
     /// A payment outcome for an order that already left PENDING_PAYMENT: recorded as
-    /// processed so redeliveries are skipped, and logged when money moved for an order
-    /// that was cancelled meanwhile (a real gateway would refund it here).
+    /// processed so redeliveries are skipped. When money moved for an order that was
+    /// cancelled meanwhile, a refund is requested in the same transaction (once per
+    /// order, however often the event is redelivered).
     async fn no_effect(
         &self,
         id: OrderId,
@@ -472,7 +478,15 @@ impl Orders {
         consumed: &Consumed,
     ) -> Result<(), ConsumeError> {
         if outcome.is_ok() && status == OrderStatus::Cancelled {
-            warn!(order_id = %id, "payment succeeded for a cancelled order; refund needed");
+            let order = match self.deps.store.get_order(id).await {
+                Ok(Some(order)) => order,
+                Ok(None) => return Err(ConsumeError::Failed(format!("order {id} does not exist"))),
+                Err(e) => return Err(ConsumeError::Unavailable(e.to_string())),
+            };
+            warn!(order_id = %id, "payment succeeded for a cancelled order; refund requested");
+            return request_refund(&self.deps, &order, Some(consumed))
+                .await
+                .map_err(|e| ConsumeError::Unavailable(e.to_string()));
         } else {
             info!(order_id = %id, status = status.as_str(), "payment outcome for a settled order ignored");
         }
@@ -540,4 +554,15 @@ impl Orders {
                 .inc();
         }
     }
+}
+
+/// Records that `order`'s captured payment must be given back (idempotent per order;
+/// with `consumed`, the payment event is marked processed in the same transaction) and
+/// wakes the refunder.
+async fn request_refund(deps: &Deps, order: &Order, consumed: Option<&Consumed>) -> Result<(), StoreError> {
+    deps.store
+        .request_refund(order.id, order.total, &order.payment_token, consumed, now_millis())
+        .await?;
+    deps.refunder.wake();
+    Ok(())
 }

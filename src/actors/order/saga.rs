@@ -92,6 +92,19 @@ impl Handler<PaymentReported> for OrderActor {
     }
 }
 
+/// The gateway's answer to one charge attempt, delivered to the saga that made it.
+/// Answers `true` when the saga took it (it was still waiting for a payment).
+#[derive(Message)]
+#[rtype(result = "bool")]
+struct ChargeAnswered(Result<(), PaymentError>);
+
+impl Handler<ChargeAnswered> for OrderActor {
+    type Result = bool;
+    fn handle(&mut self, msg: ChargeAnswered, ctx: &mut Self::Context) -> bool {
+        self.on_payment(msg.0, ctx)
+    }
+}
+
 impl OrderActor {
     /// A saga at its first step (payment attempt 0); `traceparent` is the placing request's.
     pub(super) fn new(order: Order, traceparent: Option<String>, deps: Arc<Deps>) -> Self {
@@ -155,15 +168,22 @@ impl OrderActor {
         let timeout = self.deps.options.attempt_timeout;
         let attempt = async move { payment::attempt(&payment, request, timeout).await };
         let attempt = tracing::Instrument::instrument(attempt, self.step_span("payment_attempt"));
-        // Spawned, not awaited: a cancel or the expiry may arrive while the gateway thinks.
-        ctx.spawn(
-            attempt
-                .into_actor(self)
-                .map(|outcome, act, ctx| act.on_payment(outcome, ctx)),
-        );
+        // A task of its own, not the actor's: a cancel or the expiry may win while the
+        // gateway thinks, and the saga then stops; the answer must still be heard. A
+        // charge that succeeds for an order the saga no longer waits on is refunded.
+        let (saga, deps, order) = (ctx.address(), self.deps.clone(), self.order.id);
+        actix::spawn(async move {
+            let outcome = attempt.await;
+            let taken = saga.send(ChargeAnswered(outcome.clone())).await.unwrap_or(false);
+            if !taken && outcome.is_ok() {
+                refund_if_cancelled(&deps, order).await;
+            }
+        });
     }
 
-    fn on_payment(&mut self, outcome: Result<(), PaymentError>, ctx: &mut Context<Self>) {
+    /// The gateway answered an attempt; false when the saga no longer waits for a
+    /// payment (it was cancelled meanwhile).
+    fn on_payment(&mut self, outcome: Result<(), PaymentError>, ctx: &mut Context<Self>) -> bool {
         let label = match &outcome {
             Ok(()) => "succeeded",
             Err(PaymentError::Declined) => "declined",
@@ -172,9 +192,8 @@ impl OrderActor {
         };
         self.deps.metrics.payment_attempts.with_label_values(&[label]).inc();
         if self.order.status != OrderStatus::PendingPayment {
-            // Cancelled while the gateway was answering: a real gateway call would be voided here.
-            info!(order_id = %self.order.id, "payment outcome after cancellation ignored");
-            return;
+            info!(order_id = %self.order.id, "payment outcome after cancellation");
+            return false;
         }
         let options = &self.deps.options;
         match outcome {
@@ -196,6 +215,7 @@ impl OrderActor {
                 }
             },
         }
+        true
     }
 
     /// Payment succeeded (locally, or on the payment service's word with the consumed
@@ -367,6 +387,30 @@ impl OrderActor {
             Ok(act.order.clone())
         })
     }
+}
+
+/// A charge succeeded after its saga stopped waiting: if the order was cancelled
+/// meanwhile (customer, expiry), its payment is refunded. An order still pending in the
+/// store (its cancel did not become durable) is left to the saga that resumes it, and
+/// a completed one keeps its payment.
+async fn refund_if_cancelled(deps: &Deps, id: OrderId) {
+    with_backoff(Duration::from_millis(50), Duration::from_secs(5), || async move {
+        match deps.store.get_order(id).await {
+            Ok(Some(order)) if order.status == OrderStatus::Cancelled => {
+                warn!(order_id = %id, "payment succeeded for a cancelled order; refund requested");
+                request_refund(deps, &order, None)
+                    .await
+                    .inspect_err(|e| warn!(order_id = %id, error = %e, "refund not recorded yet, retrying"))
+                    .ok()
+            }
+            Ok(_) => Some(()),
+            Err(e) => {
+                warn!(order_id = %id, error = %e, "cannot read the order of a late payment, retrying");
+                None
+            }
+        }
+    })
+    .await
 }
 
 /// Confirms or releases the order's reservation on every SKU, retrying an inventory

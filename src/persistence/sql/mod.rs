@@ -20,7 +20,10 @@ use sqlx::{Any, AnyPool, Executor, QueryBuilder, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+mod refunds;
 mod write_sets;
+
+pub use refunds::DueRefund;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mysql");
@@ -537,8 +540,10 @@ impl SqlStore {
             .collect()
     }
 
-    /// Puts failed events back into the outbox (with fresh attempts) and marks them replayed.
+    /// Puts failed events back into the outbox (with fresh attempts) and marks them
+    /// replayed; refunds given up on are requested again. Returns how many in all.
     pub async fn replay_failed(&self) -> Result<usize, StoreError> {
+        let refunds = self.replay_failed_refunds(crate::domain::now_millis()).await?;
         let failed = self.failed_events(10_000).await?;
         let mut tx = self.begin().await?;
         let events: Vec<&Event> = failed.iter().map(|f| &f.event).collect();
@@ -558,7 +563,7 @@ impl SqlStore {
                 .await?;
         }
         tx.commit().await?;
-        Ok(failed.len())
+        Ok(failed.len() + refunds)
     }
 
     /// Offline invariant check over inventory, reservations, journal and orders.

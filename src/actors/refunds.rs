@@ -1,0 +1,157 @@
+//! The refunder: gives back payments the gateway captured for orders that were
+//! cancelled meanwhile (a customer cancel or the expiry won while the charge was in
+//! flight; docs/design.md, "Refunds").
+//!
+//! Owns: nothing in memory: the `refunds` table is its whole state, so a restart (or a
+//! `kill -9`) continues where it stopped. Takes: a wake-up when a refund is requested
+//! ([`Refunder::wake`]); besides, it polls for refunds whose next attempt is due.
+//! Promises: each requested refund is asked of the gateway (keyed by the order id, so
+//! asking again refunds once) until it succeeds or `payment.refund_attempts` are spent;
+//! the outcome and its event (`payment_refunded` / `refund_failed`) commit together, and
+//! a refund given up on is kept in `failed_events` for `emporium replay`.
+
+use crate::actors::payment::{self, PaymentActor, Refund};
+use crate::domain::events::{Event, EventType};
+use crate::domain::now_millis;
+use crate::persistence::sql::DueRefund;
+use crate::persistence::SqlStore;
+use crate::telemetry::Metrics;
+use actix::Addr;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+/// Refunds handled per round.
+const ROUND: i64 = 32;
+
+#[derive(Debug, Clone)]
+pub struct RefundOptions {
+    pub attempts: u32,
+    pub backoff_base: Duration,
+    /// How long one gateway call may take.
+    pub call_timeout: Duration,
+    /// How often due refunds are looked for when nobody wakes the refunder.
+    pub poll: Duration,
+}
+
+pub struct Refunder {
+    store: SqlStore,
+    payment: Addr<PaymentActor>,
+    options: RefundOptions,
+    metrics: Arc<Metrics>,
+    /// The outbox relay's wake-up: a refund's event is in the outbox.
+    committed: Arc<Notify>,
+    wake: Notify,
+}
+
+impl Refunder {
+    pub fn new(
+        store: SqlStore,
+        payment: Addr<PaymentActor>,
+        options: RefundOptions,
+        metrics: Arc<Metrics>,
+        committed: Arc<Notify>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            payment,
+            options,
+            metrics,
+            committed,
+            wake: Notify::new(),
+        })
+    }
+
+    /// A refund was just requested: look at once instead of at the next poll.
+    pub fn wake(&self) {
+        self.metrics.refunds.with_label_values(&["requested"]).inc();
+        self.wake.notify_one();
+    }
+
+    pub fn run_in_background(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if !me.round().await {
+                    tokio::select! {
+                        () = me.wake.notified() => {}
+                        () = tokio::time::sleep(me.options.poll) => {}
+                    }
+                }
+            }
+        });
+    }
+
+    /// One pass over the due refunds; false when there was nothing to do (or the store
+    /// did not answer: the next poll tries again).
+    async fn round(&self) -> bool {
+        let due = match self.store.due_refunds(now_millis(), ROUND).await {
+            Ok(due) => due,
+            Err(e) => {
+                warn!(error = %e, "cannot read due refunds");
+                return false;
+            }
+        };
+        let worked = !due.is_empty();
+        for refund in due {
+            if let Err(e) = self.attempt(&refund).await {
+                // The gateway call is repeated on the next attempt; it refunds once.
+                warn!(order_id = %refund.order_id, error = %e, "refund outcome not recorded, retrying");
+                return false;
+            }
+        }
+        worked
+    }
+
+    async fn attempt(&self, refund: &DueRefund) -> Result<(), crate::persistence::StoreError> {
+        let attempt = refund.attempts + 1;
+        let request = Refund {
+            order: refund.order_id,
+            amount: refund.amount,
+            token: refund.token.clone(),
+        };
+        let outcome = payment::refund(&self.payment, request, self.options.call_timeout).await;
+        let now = now_millis();
+        let event = |event_type, data| Event::new(event_type, refund.order_id, now, None, data);
+        match outcome {
+            Ok(()) => {
+                let refunded = event(
+                    EventType::PaymentRefunded,
+                    json!({"order_id": refund.order_id, "amount": refund.amount, "attempts": attempt}),
+                );
+                if self.store.refund_succeeded(refund.order_id, &refunded, now).await? {
+                    info!(order_id = %refund.order_id, attempt, "payment refunded");
+                    self.metrics.refunds.with_label_values(&["refunded"]).inc();
+                    self.committed.notify_one();
+                }
+            }
+            Err(e) => match payment::retry_after(&e, attempt, self.options.attempts, self.options.backoff_base) {
+                Some(backoff) => {
+                    let next = now + i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX / 2);
+                    self.store
+                        .refund_retry_later(refund.order_id, &e.to_string(), next)
+                        .await?;
+                    self.metrics.refunds.with_label_values(&["retried"]).inc();
+                }
+                None => {
+                    let failed = event(
+                        EventType::RefundFailed,
+                        json!({"order_id": refund.order_id, "amount": refund.amount, "attempts": attempt, "error": e.to_string()}),
+                    );
+                    if self
+                        .store
+                        .refund_gave_up(refund.order_id, &e.to_string(), &failed, now)
+                        .await?
+                    {
+                        warn!(order_id = %refund.order_id, attempt, error = %e, "refund given up; kept in failed_events");
+                        self.metrics.refunds.with_label_values(&["failed"]).inc();
+                        self.committed.notify_one();
+                    }
+                }
+            },
+        }
+        Ok(())
+    }
+}

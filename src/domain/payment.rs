@@ -1,0 +1,112 @@
+//! What happened to an order's money: the payment outcome an order's view shows, and
+//! the states of a refund.
+//!
+//! A refund exists for exactly one situation: the gateway captured a payment for an
+//! order that was cancelled meanwhile (a customer cancel or the reservation expiry won
+//! while the charge was still in flight). The order stays `CANCELLED`; the money goes
+//! back (docs/design.md, "Refunds").
+
+use super::order::{CancelReason, OrderStatus};
+use serde::{Deserialize, Serialize};
+
+/// Where a refund stands. Stored as its snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundStatus {
+    /// Recorded; the refunder calls the gateway (again) when it is due.
+    Requested,
+    /// The gateway gave the money back (`payment_refunded` event).
+    Refunded,
+    /// Given up after `payment.refund_attempts` (`refund_failed` event, `failed_events`
+    /// row; `emporium replay` requests it again).
+    Failed,
+}
+
+impl RefundStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Refunded => "refunded",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "requested" => Some(Self::Requested),
+            "refunded" => Some(Self::Refunded),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// The payment outcome of an order, as its view shows it (`payment.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    /// No final answer from the gateway yet.
+    Pending,
+    /// Charged; the order completed.
+    Captured,
+    /// The gateway refused (or never answered within the attempts); nothing was taken.
+    Failed,
+    /// Cancelled before any charge succeeded; nothing was taken.
+    NotCharged,
+    /// Charged after the order was cancelled; the refund is under way.
+    RefundPending,
+    /// Charged after the order was cancelled, and given back.
+    Refunded,
+    /// Charged after the order was cancelled; the refund was given up on (operators
+    /// replay it from `failed_events`).
+    RefundFailed,
+}
+
+/// The rule: an order's payment status from its state and its refund, if it has one.
+pub fn payment_status(
+    status: OrderStatus,
+    cancel_reason: Option<CancelReason>,
+    refund: Option<RefundStatus>,
+) -> PaymentStatus {
+    match (refund, status) {
+        (Some(RefundStatus::Requested), _) => PaymentStatus::RefundPending,
+        (Some(RefundStatus::Refunded), _) => PaymentStatus::Refunded,
+        (Some(RefundStatus::Failed), _) => PaymentStatus::RefundFailed,
+        (None, OrderStatus::PendingPayment) => PaymentStatus::Pending,
+        (None, OrderStatus::Paid | OrderStatus::Completed) => PaymentStatus::Captured,
+        (None, OrderStatus::Cancelled) if cancel_reason == Some(CancelReason::PaymentFailed) => PaymentStatus::Failed,
+        (None, OrderStatus::Cancelled) => PaymentStatus::NotCharged,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refund_decides_the_payment_status_of_a_cancelled_order() {
+        use OrderStatus::*;
+        assert_eq!(payment_status(PendingPayment, None, None), PaymentStatus::Pending);
+        assert_eq!(payment_status(Completed, None, None), PaymentStatus::Captured);
+        assert_eq!(
+            payment_status(Cancelled, Some(CancelReason::PaymentFailed), None),
+            PaymentStatus::Failed
+        );
+        assert_eq!(
+            payment_status(Cancelled, Some(CancelReason::Customer), None),
+            PaymentStatus::NotCharged
+        );
+        let cases = [
+            (RefundStatus::Requested, PaymentStatus::RefundPending),
+            (RefundStatus::Refunded, PaymentStatus::Refunded),
+            (RefundStatus::Failed, PaymentStatus::RefundFailed),
+        ];
+        for (refund, shown) in cases {
+            assert_eq!(
+                payment_status(Cancelled, Some(CancelReason::Customer), Some(refund)),
+                shown
+            );
+            assert_eq!(RefundStatus::parse(refund.as_str()), Some(refund));
+        }
+    }
+}
