@@ -1,0 +1,60 @@
+//! The result cache: answers keyed by the normalised request, valid for one searcher
+//! generation of one index version.
+
+use super::*;
+
+/// A search request normalised to what its answer depends on: the words (lowercased,
+/// punctuation dropped), the filters, the order and the page.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct CacheKey {
+    pub(super) words: String,
+    pub(super) category: Option<String>,
+    pub(super) brand: Option<String>,
+    pub(super) min_price: Option<u64>,
+    pub(super) max_price: Option<u64>,
+    pub(super) sort: Sort,
+    pub(super) offset: usize,
+    pub(super) size: usize,
+}
+
+impl CacheKey {
+    pub(super) fn of(q: &SearchQuery) -> Self {
+        let words: Vec<String> = analysis::words(&q.text).into_iter().map(|w| w.text).collect();
+        Self {
+            words: words.join(" "),
+            category: q.category.as_ref().map(|c| c.trim_matches('/').to_owned()),
+            brand: q.brand.clone(),
+            min_price: q.min_price,
+            max_price: q.max_price,
+            sort: q.sort,
+            offset: q.offset,
+            size: q.size,
+        }
+    }
+}
+
+/// Answers of recent searches, valid for one searcher generation of one index version:
+/// every commit the index reloads (an event applied, a reindex switched) starts a new
+/// generation, and the first search that sees it empties the cache. So a cached answer
+/// is never older than what a fresh search would see.
+pub(super) struct ResultCache {
+    pub(super) generation: (String, u64),
+    pub(super) entries: lru::LruCache<CacheKey, Arc<SearchResults>>,
+}
+
+impl ResultCache {
+    pub(super) fn new(capacity: NonZeroUsize) -> Self {
+        Self {
+            generation: (String::new(), 0),
+            entries: lru::LruCache::new(capacity),
+        }
+    }
+
+    pub(super) fn at(&mut self, version: &str, generation: u64) -> &mut lru::LruCache<CacheKey, Arc<SearchResults>> {
+        if self.generation.1 != generation || self.generation.0 != version {
+            self.entries.clear();
+            self.generation = (version.to_owned(), generation);
+        }
+        &mut self.entries
+    }
+}
