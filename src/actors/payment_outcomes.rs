@@ -7,7 +7,7 @@
 //! Other event types on the topic are not ours to act on and are passed over.
 
 use crate::actors::order::Orders;
-use crate::domain::events::{Event, EventType};
+use crate::domain::events::{AboutOrder, Event, EventType, PaymentRefused};
 use crate::domain::ids::OrderId;
 use crate::persistence::bus::consumer::{ConsumeError, EventHandler};
 use crate::persistence::Consumed;
@@ -22,15 +22,12 @@ pub struct PaymentOutcomes {
 
 /// The order a payment event is about, from its `data.order_id`.
 fn order_of(event: &Event) -> Result<OrderId, ConsumeError> {
-    event.data["order_id"]
-        .as_str()
-        .and_then(|id| OrderId::parse(id).ok())
-        .ok_or_else(|| {
-            ConsumeError::Failed(format!(
-                "{} event without a valid data.order_id",
-                event.event_type.as_str()
-            ))
-        })
+    event.payload::<AboutOrder>().map(|about| about.order_id).map_err(|_| {
+        ConsumeError::Failed(format!(
+            "{} event without a valid data.order_id",
+            event.event_type.as_str()
+        ))
+    })
 }
 
 #[async_trait]
@@ -38,7 +35,11 @@ impl EventHandler for PaymentOutcomes {
     async fn apply(&self, event: &Event, consumed: Consumed) -> Result<(), ConsumeError> {
         let outcome = match event.event_type {
             EventType::PaymentSucceeded => Ok(()),
-            EventType::PaymentFailed => Err(event.data["error"].as_str().unwrap_or("payment failed").to_owned()),
+            EventType::PaymentFailed => Err(event
+                .payload::<PaymentRefused>()
+                .ok()
+                .and_then(|refused| refused.error)
+                .unwrap_or_else(|| "payment failed".to_owned())),
             _ => return Ok(()),
         };
         let order = order_of(event)?;

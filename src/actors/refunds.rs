@@ -11,13 +11,12 @@
 //! a refund given up on is kept in `failed_events` for `emporium replay`.
 
 use crate::actors::payment::{self, PaymentActor, Refund};
-use crate::domain::events::{Event, EventType};
+use crate::domain::events::{Event, EventType, PaymentMoved, PaymentRefused};
 use crate::domain::now_millis;
 use crate::persistence::sql::DueRefund;
 use crate::persistence::SqlStore;
 use crate::telemetry::Metrics;
 use actix::Addr;
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -114,12 +113,18 @@ impl Refunder {
         };
         let outcome = payment::refund(&self.payment, request, self.options.call_timeout).await;
         let now = now_millis();
-        let event = |event_type, data| Event::new(event_type, refund.order_id, now, None, data);
         match outcome {
             Ok(()) => {
-                let refunded = event(
+                let refunded = Event::of(
                     EventType::PaymentRefunded,
-                    json!({"order_id": refund.order_id, "amount": refund.amount, "attempts": attempt}),
+                    refund.order_id,
+                    now,
+                    None,
+                    &PaymentMoved {
+                        order_id: refund.order_id,
+                        amount: refund.amount,
+                        attempts: attempt,
+                    },
                 );
                 if self.store.refund_succeeded(refund.order_id, &refunded, now).await? {
                     info!(order_id = %refund.order_id, attempt, "payment refunded");
@@ -136,9 +141,17 @@ impl Refunder {
                     self.metrics.refunds.with_label_values(&["retried"]).inc();
                 }
                 None => {
-                    let failed = event(
+                    let failed = Event::of(
                         EventType::RefundFailed,
-                        json!({"order_id": refund.order_id, "amount": refund.amount, "attempts": attempt, "error": e.to_string()}),
+                        refund.order_id,
+                        now,
+                        None,
+                        &PaymentRefused {
+                            order_id: refund.order_id,
+                            error: Some(e.to_string()),
+                            amount: Some(refund.amount),
+                            attempts: Some(attempt),
+                        },
                     );
                     if self
                         .store

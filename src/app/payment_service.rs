@@ -20,9 +20,7 @@
 use crate::actors::outbox::OutboxRelay;
 use crate::actors::payment::{self, PaymentActor};
 use crate::config::Settings;
-use crate::domain::events::{Event, EventType};
-use crate::domain::ids::OrderId;
-use crate::domain::money::Money;
+use crate::domain::events::{Event, EventType, OrderCreated, PaymentMoved, PaymentRefused};
 use crate::domain::now_millis;
 use crate::persistence::bus::consumer::{self, ConsumeError, ConsumerSpec, EventHandler};
 use crate::persistence::bus::kafka::KafkaBus;
@@ -53,25 +51,16 @@ struct ChargeOrders {
     committed: Arc<Notify>,
 }
 
-fn field<T: serde::de::DeserializeOwned>(event: &Event, pointer: &str) -> Result<T, ConsumeError> {
-    event
-        .data
-        .pointer(pointer)
-        .cloned()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .ok_or_else(|| ConsumeError::Failed(format!("order_created without a valid {pointer}")))
-}
-
 #[async_trait]
 impl EventHandler for ChargeOrders {
     async fn apply(&self, event: &Event, consumed: Consumed) -> Result<(), ConsumeError> {
         if event.event_type != EventType::OrderCreated {
             return Ok(());
         }
-        let order: String = field(event, "/order_id")?;
-        let order = OrderId::parse(&order).map_err(|e| ConsumeError::Failed(e.to_string()))?;
-        let amount: Money = field(event, "/total")?;
-        let token: String = field(event, "/payment/token")?;
+        let created: OrderCreated = event
+            .payload()
+            .map_err(|e| ConsumeError::Failed(format!("order_created without a valid payload: {e}")))?;
+        let (order, amount, token) = (created.order_id, created.total, created.payment.token);
         let (outcome, attempts) = payment::charge_until_final(
             &self.payment,
             order,
@@ -82,17 +71,33 @@ impl EventHandler for ChargeOrders {
             self.backoff_base,
         )
         .await;
-        let (event_type, data) = match &outcome {
-            Ok(()) => (
+        let traceparent = event.traceparent.clone();
+        let mut outcome_event = match &outcome {
+            Ok(()) => Event::of(
                 EventType::PaymentSucceeded,
-                json!({"order_id": order, "amount": amount, "attempts": attempts}),
+                order,
+                now_millis(),
+                traceparent,
+                &PaymentMoved {
+                    order_id: order,
+                    amount,
+                    attempts,
+                },
             ),
-            Err(e) => (
+            Err(e) => Event::of(
                 EventType::PaymentFailed,
-                json!({"order_id": order, "error": e.to_string(), "attempts": attempts}),
+                order,
+                now_millis(),
+                traceparent,
+                &PaymentRefused {
+                    order_id: order,
+                    error: Some(e.to_string()),
+                    amount: None,
+                    attempts: Some(attempts),
+                },
             ),
         };
-        let mut outcome_event = Event::new(event_type, order, now_millis(), event.traceparent.clone(), data);
+        let event_type = outcome_event.event_type;
         outcome_event.tracestate = event.tracestate.clone();
         info!(order_id = %order, outcome = event_type.as_str(), attempts, "order charged");
         let set = WriteSet {

@@ -4,6 +4,9 @@
 //! (the Kafka key, so one order's events stay in order), a timestamp, a schema
 //! version and the W3C `traceparent` of the request that caused it.
 
+use super::ids::{OrderId, Sku, UserId};
+use super::money::Money;
+use super::order::{CancelReason, OrderLine};
 use super::Millis;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -97,6 +100,92 @@ impl Event {
     }
 }
 
+impl Event {
+    /// An event whose `data` is one of the payload types below.
+    pub fn of(
+        event_type: EventType,
+        aggregate_id: impl ToString,
+        occurred_at: Millis,
+        traceparent: Option<String>,
+        payload: &impl Serialize,
+    ) -> Self {
+        // The payloads are plain structs of strings and numbers: serializing them to a
+        // JSON value cannot fail (only maps with non-string keys can).
+        let data = serde_json::to_value(payload).unwrap_or(serde_json::Value::Null);
+        Self::new(event_type, aggregate_id, occurred_at, traceparent, data)
+    }
+
+    /// The event's `data` read as payload `T` (consumers name what they need).
+    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        T::deserialize(&self.data)
+    }
+}
+
+// The payloads: one type per shape of `data`, written by the producer and read by the
+// consumer through the same definition. Readers ignore fields they do not know, so a
+// payload may grow.
+
+/// `order_created`: everything a payment service needs to charge the order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderCreated {
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub items: Vec<OrderLine>,
+    pub total: Money,
+    /// The payment token travels with the order: an external payment service charges it.
+    pub payment: PaymentRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRef {
+    pub token: String,
+}
+
+/// `payment_succeeded`, `payment_refunded`: money moved (in, or back out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentMoved {
+    pub order_id: OrderId,
+    pub amount: Money,
+    pub attempts: u32,
+}
+
+/// `payment_failed`, `refund_failed`: the gateway refused or never answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefused {
+    pub order_id: OrderId,
+    /// Why, when known.
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+}
+
+/// What a consumer of payment outcomes needs: whose order (any payment event).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AboutOrder {
+    pub order_id: OrderId,
+}
+
+/// `order_completed`, `order_cancelled` (with its reason).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderFinished {
+    pub order_id: OrderId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<CancelReason>,
+}
+
+/// `inventory_reserved` (with the reservation's deadline), `inventory_confirmed`,
+/// `inventory_released`: one SKU's units for one order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryChanged {
+    pub sku: Sku,
+    pub order_id: OrderId,
+    pub qty: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Millis>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +203,51 @@ mod tests {
         assert_eq!(json["type"], "order_created");
         assert_eq!(serde_json::from_value::<Event>(json).unwrap(), e);
         assert_eq!(EventType::PaymentFailed.topic(), "emporium.payments");
+    }
+
+    #[test]
+    fn payloads_write_the_documented_shapes_and_read_back() {
+        let order = OrderId::parse("01a24db4-145d-73cf-ad91-664ce0acc9f0").unwrap();
+        let completed = Event::of(
+            EventType::OrderCompleted,
+            order,
+            1,
+            None,
+            &OrderFinished {
+                order_id: order,
+                reason: None,
+            },
+        );
+        assert_eq!(completed.data, serde_json::json!({"order_id": order}));
+        let failed = Event::of(
+            EventType::PaymentFailed,
+            order,
+            1,
+            None,
+            &PaymentRefused {
+                order_id: order,
+                error: None,
+                amount: None,
+                attempts: None,
+            },
+        );
+        assert_eq!(failed.data, serde_json::json!({"order_id": order, "error": null}));
+        assert_eq!(failed.payload::<AboutOrder>().unwrap().order_id, order);
+        let cancelled = OrderFinished {
+            order_id: order,
+            reason: Some(CancelReason::Customer),
+        };
+        let event = Event::of(EventType::OrderCancelled, order, 1, None, &cancelled);
+        assert_eq!(event.data["reason"], "customer");
+        assert_eq!(event.payload::<OrderFinished>().unwrap(), cancelled);
+        // A payment event from elsewhere may carry more than we read.
+        let foreign = Event::new(
+            EventType::PaymentSucceeded,
+            order,
+            1,
+            None,
+            serde_json::json!({"order_id": order, "amount": {"amount": 5, "currency": "KRW"}, "attempts": 2, "gateway": "x"}),
+        );
+        assert_eq!(foreign.payload::<PaymentMoved>().unwrap().attempts, 2);
     }
 }

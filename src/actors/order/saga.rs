@@ -15,14 +15,13 @@
 //! reservation deadline --release inventory--> CANCELLED.
 
 use crate::actors::payment::{self, Charge, PaymentError};
-use crate::domain::events::{Event, EventType};
+use crate::domain::events::{Event, EventType, PaymentMoved, PaymentRefused};
 use crate::domain::ids::{OrderId, Sku};
 use crate::domain::inventory::ChangeKind;
 use crate::domain::now_millis;
 use crate::domain::order::{next_status, CancelReason, Order, OrderStatus, Transition};
 use crate::persistence::{Consumed, JournalEntry, StatusChange, StoreError, WriteSet};
 use actix::prelude::*;
-use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,10 +123,6 @@ impl OrderActor {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect()
-    }
-
-    fn event(&self, event_type: EventType, aggregate: impl ToString, data: serde_json::Value) -> Event {
-        Event::new(event_type, aggregate, now_millis(), self.traceparent.clone(), data)
     }
 
     fn status_change(&self, transition: Transition) -> Option<StatusChange> {
@@ -245,10 +240,16 @@ impl OrderActor {
         let prefix = if self.deps.options.external_payment {
             Vec::new()
         } else {
-            vec![self.event(
+            vec![Event::of(
                 EventType::PaymentSucceeded,
                 self.order.id,
-                json!({"order_id": self.order.id, "amount": self.order.total, "attempts": self.attempt}),
+                now_millis(),
+                self.traceparent.clone(),
+                &PaymentMoved {
+                    order_id: self.order.id,
+                    amount: self.order.total,
+                    attempts: self.attempt,
+                },
             )]
         };
         let (deps, skus, id) = (self.deps.clone(), self.skus(), self.order.id);
@@ -353,12 +354,17 @@ impl OrderActor {
                 let change = change?;
                 let mut prefix = Vec::new();
                 if announce_failure {
-                    prefix.push(Event::new(
+                    prefix.push(Event::of(
                         EventType::PaymentFailed,
                         id,
                         now_millis(),
                         traceparent.clone(),
-                        json!({"order_id": id, "error": failure}),
+                        &PaymentRefused {
+                            order_id: id,
+                            error: failure,
+                            amount: None,
+                            attempts: None,
+                        },
                     ));
                 }
                 settle_and_commit(

@@ -2,12 +2,11 @@
 //! step commit (rows, journal entries, events in their order). No I/O: the caller hands
 //! the result to the write-behind (or to the row-lock transaction).
 
-use crate::domain::events::{Event, EventType};
+use crate::domain::events::{Event, EventType, InventoryChanged, OrderCreated, OrderFinished, PaymentRef};
 use crate::domain::ids::{OrderId, Sku};
 use crate::domain::inventory::ChangeKind;
 use crate::domain::order::{total, Order, OrderLine, OrderRequestError, OrderStatus};
 use crate::persistence::{IdempotencyRecord, JournalEntry, StatusChange, WriteSet};
-use serde_json::json;
 use std::collections::HashMap;
 
 use super::*;
@@ -31,28 +30,39 @@ pub(super) fn settle_set(
     };
     let mut events = prefix.to_vec();
     events.extend(journal.iter().map(|e| {
-        Event::new(
+        Event::of(
             inventory_event,
             &e.sku,
             e.at,
             tp(),
-            json!({"sku": e.sku, "order_id": order, "qty": e.change.qty}),
+            &InventoryChanged {
+                sku: e.sku.clone(),
+                order_id: order,
+                qty: e.change.qty,
+                expires_at: None,
+            },
         )
     }));
     events.push(match change.to {
-        OrderStatus::Completed => Event::new(
+        OrderStatus::Completed => Event::of(
             EventType::OrderCompleted,
             order,
             change.at,
             tp(),
-            json!({"order_id": order}),
+            &OrderFinished {
+                order_id: order,
+                reason: None,
+            },
         ),
-        _ => Event::new(
+        _ => Event::of(
             EventType::OrderCancelled,
             order,
             change.at,
             tp(),
-            json!({"order_id": order, "reason": change.cancel_reason}),
+            &OrderFinished {
+                order_id: order,
+                reason: change.cancel_reason,
+            },
         ),
     });
     WriteSet {
@@ -76,22 +86,33 @@ pub(super) fn order_write_set(
 ) -> Result<WriteSet, PlaceError> {
     let order = build_order(request, id, prices, now, expires_at)?;
     let tp = || request.traceparent.clone();
-    let mut events = vec![Event::new(
+    let mut events = vec![Event::of(
         EventType::OrderCreated,
         id,
         now,
         tp(),
-        // The payment token travels with the order: an external payment service charges it.
-        json!({"order_id": id, "user_id": order.user_id, "items": order.lines, "total": order.total,
-               "payment": {"token": order.payment_token}}),
+        &OrderCreated {
+            order_id: id,
+            user_id: order.user_id.clone(),
+            items: order.lines.clone(),
+            total: order.total,
+            payment: PaymentRef {
+                token: order.payment_token.clone(),
+            },
+        },
     )];
     events.extend(journal.iter().map(|e| {
-        Event::new(
+        Event::of(
             EventType::InventoryReserved,
             &e.sku,
             now,
             tp(),
-            json!({"sku": e.sku, "order_id": id, "qty": e.change.qty, "expires_at": expires_at}),
+            &InventoryChanged {
+                sku: e.sku.clone(),
+                order_id: id,
+                qty: e.change.qty,
+                expires_at: Some(expires_at),
+            },
         )
     }));
     for event in &mut events {
