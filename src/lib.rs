@@ -11,7 +11,8 @@
 //! - [`actors`]: the owners of live state. `inventory` (one actor per SKU), `order` (one
 //!   saga per open order, and the `Orders` directory), `payment`, `write_behind` (group
 //!   commit, the only path to the database for orders), `outbox` (relay), `indexer`
-//!   (search), `payment_outcomes` (Kafka-driven saga steps).
+//!   (search), `payment_outcomes` (Kafka-driven saga steps), `refunds` (gives back
+//!   payments captured for orders cancelled meanwhile).
 //! - [`services`]: business operations without actors: `catalog` (product and category
 //!   changes end to end) and `accounts` (sign-up, login, dormancy, argon2id passwords, JWT).
 //! - [`http`]: actix-web handlers (thin: extract, call, map), problem+json, OpenAPI.
