@@ -287,6 +287,11 @@ impl Metrics {
             self.actor_mailbox_depth.raw().with_label_values(&[actor]);
             self.actor_handle_duration.raw().with_label_values(&[actor]);
         }
+        // Refunds are rare: without their series at zero, a rate over them is "no data"
+        // rather than 0, and the failed-refund alert has nothing to compare.
+        for outcome in ["requested", "refunded", "retried", "failed"] {
+            self.refunds.raw().with_label_values(&[outcome]);
+        }
         self
     }
 
