@@ -119,6 +119,7 @@ fn idempotency_key(data: &[u8]) {
         return;
     };
     if let Ok(Some(key)) = orders::idempotency_key(Some(&value)) {
+        let key = key.as_str();
         assert!((1..=255).contains(&key.len()));
         assert!(key.bytes().all(|b| b.is_ascii_graphic()), "{key:?}");
     }

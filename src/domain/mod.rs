@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod events;
+pub mod idempotency;
 pub mod ids;
 pub mod inventory;
 pub mod money;

@@ -5,13 +5,13 @@ use super::problem::ApiError;
 use super::{rfc3339, AppState, TraceParent};
 use crate::actors::order::{CancelRefused, PlaceError, PlaceOrder};
 use crate::actors::payment::TEST_TOKENS;
+use crate::domain::idempotency::{IdempotencyKey, RequestHash};
 use crate::domain::ids::{OrderId, Sku};
 use crate::domain::money::Money;
 use crate::domain::order::{quantities_by_sku, CancelReason, Order, OrderLimits, OrderLine, OrderStatus};
 use crate::domain::payment::{payment_status, PaymentStatus, RefundStatus};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 
@@ -136,20 +136,19 @@ impl From<CancelRefused> for ApiError {
     }
 }
 
-/// The `Idempotency-Key` header: absent, or 1-255 visible ASCII characters.
-pub fn idempotency_key(value: Option<&actix_web::http::header::HeaderValue>) -> Result<Option<String>, ApiError> {
+/// The `Idempotency-Key` header: absent, or a valid [`IdempotencyKey`].
+pub fn idempotency_key(
+    value: Option<&actix_web::http::header::HeaderValue>,
+) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(value) = value else {
         return Ok(None);
     };
     let key = value
         .to_str()
         .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::bad_request(
-            "Idempotency-Key must be 1-255 visible ASCII characters",
-        ));
-    }
-    Ok(Some(key.to_owned()))
+    IdempotencyKey::parse(key)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 fn parse_order_id(raw: &str) -> Result<OrderId, ApiError> {
@@ -189,11 +188,7 @@ pub async fn create_order(
             "unknown payment token; use one of {TEST_TOKENS:?}"
         )));
     }
-    let idempotency = key.map(|key| {
-        // Hash the parsed request, so formatting differences are still "the same body".
-        let canonical = serde_json::to_vec(&body).unwrap_or_default();
-        (key, hex::encode(Sha256::digest(canonical)))
-    });
+    let idempotency = key.map(|key| (key, RequestHash::of(&body)));
     let items: Vec<(Sku, i64)> = body.items.into_iter().map(|i| (i.sku, i.qty)).collect();
     // Sold out as far as memory knows: answered here, on this worker, without a hop to the
     // SKU's actor. Not for a keyed request: a retry of one that was accepted must replay

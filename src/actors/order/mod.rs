@@ -16,6 +16,7 @@ use crate::actors::inventory::{shard_of, Inventory, InventoryFailure};
 use crate::actors::payment::PaymentActor;
 use crate::actors::refunds::Refunder;
 use crate::actors::write_behind::{CommitError, WriteBehind};
+use crate::domain::idempotency::{replay, IdempotencyKey, Replay, RequestHash};
 use crate::domain::ids::{OrderId, Sku, UserId};
 use crate::domain::inventory::{ChangeKind, InventoryError};
 use crate::domain::now_millis;
@@ -59,7 +60,7 @@ struct Deps {
     actors: DashMap<OrderId, Addr<OrderActor>>,
     arbiters: Arc<Vec<ArbiterHandle>>,
     options: SagaOptions,
-    keys_in_flight: DashMap<(UserId, String), ()>,
+    keys_in_flight: DashMap<(UserId, IdempotencyKey), ()>,
     /// Orders whose accept commit ended in an outage and is being resolved (their
     /// reservations are held until the store says whether the commit happened).
     in_doubt: std::sync::atomic::AtomicUsize,
@@ -104,7 +105,7 @@ pub struct PlaceOrder {
     pub items: Vec<(Sku, i64)>,
     pub payment_token: String,
     /// `(key, hash of the request body)` when the client sent an `Idempotency-Key`.
-    pub idempotency: Option<(String, String)>,
+    pub idempotency: Option<(IdempotencyKey, RequestHash)>,
     pub traceparent: Option<String>,
     /// The request's W3C `tracestate`, carried on the events the placement commits.
     pub tracestate: Option<String>,
@@ -246,17 +247,24 @@ impl Orders {
         result
     }
 
-    async fn stored_answer(&self, user: &UserId, key: &str, hash: &str) -> Result<Option<Placed>, PlaceError> {
+    async fn stored_answer(
+        &self,
+        user: &UserId,
+        key: &IdempotencyKey,
+        hash: &RequestHash,
+    ) -> Result<Option<Placed>, PlaceError> {
         let stored = self
             .deps
             .store
-            .find_idempotency(user, key)
+            .find_idempotency(user, key.as_str())
             .await
             .map_err(|e| PlaceError::Unavailable(e.to_string()))?;
-        match stored {
-            None => Ok(None),
-            Some(record) if record.request_hash != hash => Err(PlaceError::IdempotencyMismatch),
-            Some(record) => {
+        let Some(record) = stored else {
+            return Ok(None);
+        };
+        match replay(&RequestHash::stored(record.request_hash), hash) {
+            Replay::Mismatch => Err(PlaceError::IdempotencyMismatch),
+            Replay::StoredAnswer => {
                 let order =
                     serde_json::from_str(&record.response).map_err(|e| PlaceError::Unavailable(e.to_string()))?;
                 Ok(Some(Placed { order, replayed: true }))

@@ -121,8 +121,8 @@ pub(super) fn order_write_set(
     let idempotency = match &request.idempotency {
         Some((key, hash)) => Some(IdempotencyRecord {
             user_id: request.user.clone(),
-            key: key.clone(),
-            request_hash: hash.clone(),
+            key: key.as_str().to_owned(),
+            request_hash: hash.as_str().to_owned(),
             order_id: id,
             response: serde_json::to_string(&order).map_err(|e| PlaceError::Unavailable(e.to_string()))?,
         }),
