@@ -602,5 +602,10 @@ async fn a_payment_that_lands_after_a_cancel_is_refunded_once_however_often_it_a
         2,
         "both payment events recorded as processed"
     );
+    assert_eq!(
+        app.metric("emporium_refunds_total{outcome=\"requested\"}").await,
+        1.0,
+        "three deliveries, one refund requested"
+    );
     assert_eq!(app.inventory(sku).await, (4, 0), "only the sentinel sold");
 }

@@ -254,6 +254,7 @@ async fn a_charge_that_succeeds_after_a_cancel_is_refunded_exactly_once(backend:
     assert_eq!(events_of(&app, id, "payment_succeeded").await, 0);
     assert_eq!(events_of(&app, id, "order_completed").await, 0);
     assert_eq!(app.metric("emporium_refunds_total{outcome=\"refunded\"}").await, 1.0);
+    assert_eq!(app.metric("emporium_refunds_total{outcome=\"requested\"}").await, 1.0);
     assert_eq!(app.inventory("LATE").await, (5, 0));
 }
 

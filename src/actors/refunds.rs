@@ -63,8 +63,8 @@ impl Refunder {
         })
     }
 
-    /// A refund was just requested: look at once instead of at the next poll.
-    pub fn wake(&self) {
+    /// A refund was just recorded: count it and look at once instead of at the next poll.
+    pub fn requested(&self) {
         self.metrics.refunds.with_label_values(&["requested"]).inc();
         self.wake.notify_one();
     }

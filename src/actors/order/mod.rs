@@ -565,12 +565,15 @@ impl Orders {
 }
 
 /// Records that `order`'s captured payment must be given back (idempotent per order;
-/// with `consumed`, the payment event is marked processed in the same transaction) and
-/// wakes the refunder.
+/// with `consumed`, the payment event is marked processed in the same transaction) and,
+/// the first time, wakes the refunder.
 async fn request_refund(deps: &Deps, order: &Order, consumed: Option<&Consumed>) -> Result<(), StoreError> {
-    deps.store
+    let recorded = deps
+        .store
         .request_refund(order.id, order.total, &order.payment_token, consumed, now_millis())
         .await?;
-    deps.refunder.wake();
+    if recorded {
+        deps.refunder.requested();
+    }
     Ok(())
 }

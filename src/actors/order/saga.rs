@@ -2,12 +2,14 @@
 //!
 //! Owns: one order's state and saga progress (payment attempt, expiry timer).
 //! Takes: [`Cancel`](super::Cancel), [`PaymentReported`](super::PaymentReported);
-//! internally, payment outcomes and the expiry timer.
+//! internally, the gateway's answers (`ChargeAnswered`, from a task per attempt) and the
+//! expiry timer.
 //! Promises: the order moves only along the state machine of `domain::order`; each
 //! step (settle = PAID+COMPLETED in one commit, or CANCELLED) is committed with its
 //! inventory journal entries and outbox events before the actor takes its next message,
 //! so a customer cancel and a payment outcome can never both win. On payment failure,
-//! customer cancel or expiry, the compensation releases every reservation.
+//! customer cancel or expiry, the compensation releases every reservation; a charge that
+//! succeeds after the cancel won is refunded (`refund_if_cancelled`, `actors::refunds`).
 //!
 //! Saga: PENDING_PAYMENT --charge (attempts with exponential backoff)--> PAID
 //! --confirm inventory--> COMPLETED, the two arrows committed together (a happy order is

@@ -35,7 +35,8 @@ impl SqlStore {
     /// Records that `order`'s payment of `amount` must be given back, once: a second
     /// request for the same order (a redelivered payment event, a retry after an outage)
     /// finds the row and changes nothing. With `consumed`, the payment event that
-    /// reported the capture is marked processed in the same transaction.
+    /// reported the capture is marked processed in the same transaction. True when this
+    /// call recorded the refund (false: it was requested before).
     pub async fn request_refund(
         &self,
         order: OrderId,
@@ -43,9 +44,9 @@ impl SqlStore {
         token: &str,
         consumed: Option<&Consumed>,
         now: Millis,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query(&format!(
+        let recorded = sqlx::query(&format!(
             "{} INTO refunds (order_id, amount, currency, payment_token, status, attempts, next_attempt_at, requested_at) \
              VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
             self.dialect.insert_ignore()
@@ -58,7 +59,9 @@ impl SqlStore {
         .bind(now)
         .bind(now)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected()
+            > 0;
         if let Some(consumed) = consumed {
             sqlx::query(&format!(
                 "{} INTO processed_events (consumer, event_id, processed_at) VALUES (?, ?, ?)",
@@ -71,7 +74,7 @@ impl SqlStore {
             .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(recorded)
     }
 
     /// Refunds still requested whose next attempt is due at `now`, oldest first.
