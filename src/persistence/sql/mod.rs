@@ -59,6 +59,13 @@ impl Dialect {
             None
         }
     }
+    /// An INSERT that skips rows whose key exists (instead of failing).
+    fn insert_ignore(self) -> &'static str {
+        match self {
+            Self::Sqlite => "INSERT OR IGNORE",
+            Self::MySql => "INSERT IGNORE",
+        }
+    }
     /// SUM() is DECIMAL on MySQL, which the Any driver cannot decode: cast to a 64-bit integer.
     fn int(self, expr: &str) -> String {
         match self {

@@ -2,7 +2,7 @@
 //! where giving each back stands (docs/design.md, "Refunds"). The refunder
 //! (`actors::refunds`) is the only writer after the request.
 
-use super::{corrupt, insert_outbox, text, Dialect, SqlStore};
+use super::{corrupt, insert_outbox, text, SqlStore};
 use crate::domain::events::Event;
 use crate::domain::ids::OrderId;
 use crate::domain::money::{Currency, Money};
@@ -20,15 +20,6 @@ pub struct DueRefund {
     pub token: String,
     /// Attempts made so far.
     pub attempts: u32,
-}
-
-impl Dialect {
-    fn insert_ignore(self) -> &'static str {
-        match self {
-            Self::Sqlite => "INSERT OR IGNORE",
-            Self::MySql => "INSERT IGNORE",
-        }
-    }
 }
 
 impl SqlStore {
