@@ -87,6 +87,45 @@ fn token(data_dir: &Path, sub: &str, admin: bool) -> String {
         .to_owned()
 }
 
+/// `emporium reconcile` on the dead server's store must exit 0.
+fn assert_reconciles(data_dir: &Path, env: &[(&str, &str)]) {
+    let reconcile = Command::new(BIN)
+        .args(["reconcile", "--data-dir"])
+        .arg(data_dir)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&reconcile.stdout),
+        String::from_utf8_lossy(&reconcile.stderr)
+    );
+    assert!(reconcile.status.success(), "reconcile: {report}");
+}
+
+/// The store of a dead server, opened directly (SQLite read-only).
+async fn open_store(data_dir: &Path, url: Option<&str>) -> sqlx::AnyConnection {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let url = match url {
+        Some(url) => url.to_owned(),
+        None => format!("sqlite:{}?mode=ro", data_dir.join("emporium.db").display()),
+    };
+    sqlx::AnyConnection::connect(&url).await.expect("store opens")
+}
+
+/// Creates a product with one SKU of `stock` units.
+async fn create_product(client: &reqwest::Client, base: &str, admin: &str, sku: &str, stock: i64) {
+    let r = client
+        .post(format!("{base}/v1/products"))
+        .bearer_auth(admin)
+        .json(&json!({"name": sku.to_lowercase(), "price": {"amount": 10, "currency": "KRW"}, "variants": [{"sku": sku, "stock": stock}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
 async fn kill_9_during_orders_loses_no_acknowledged_order(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let url = store_env(&backend).await;
@@ -97,14 +136,7 @@ async fn kill_9_during_orders_loses_no_acknowledged_order(backend: Backend) {
     let admin = token(dir.path(), "admin", true);
     let user = token(dir.path(), "crash-buyer", false);
     let stock = 400;
-    let r = client
-        .post(format!("{}/v1/products", server.base))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "crash", "price": {"amount": 10, "currency": "KRW"}, "variants": [{"sku": "CRASH", "stock": stock}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    create_product(&client, &server.base, &admin, "CRASH", stock).await;
 
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -199,18 +231,7 @@ async fn kill_9_during_orders_loses_no_acknowledged_order(backend: Backend) {
 
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let reconcile = Command::new(BIN)
-        .args(["reconcile", "--data-dir"])
-        .arg(dir.path())
-        .envs(store.iter().copied())
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&reconcile.stdout),
-        String::from_utf8_lossy(&reconcile.stderr)
-    );
-    assert!(reconcile.status.success(), "reconcile: {report}");
+    assert_reconciles(dir.path(), &store);
     if let Some(url) = &url {
         common::drop_database(url).await;
     }
@@ -232,14 +253,7 @@ async fn expiries_due_during_downtime_are_swept_at_start(backend: Backend) {
     wait_ready(&client, &server.base).await;
     let admin = token(dir.path(), "admin", true);
     let user = token(dir.path(), "sleeper", false);
-    let r = client
-        .post(format!("{}/v1/products", server.base))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "sweep", "price": {"amount": 10, "currency": "KRW"}, "variants": [{"sku": "SWEEP", "stock": 100}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    create_product(&client, &server.base, &admin, "SWEEP", 100).await;
     let placing: Vec<_> = (0..60)
         .map(|_| {
             let (client, base, user) = (client.clone(), server.base.clone(), user.clone());
@@ -316,13 +330,8 @@ async fn expiries_due_during_downtime_are_swept_at_start(backend: Backend) {
 /// How many orders the store holds between their two commits (accepted, not settled),
 /// read straight from the database while the server is dead.
 async fn between_commits(data_dir: &Path, url: Option<&str>) -> i64 {
-    use sqlx::{Connection, Row};
-    sqlx::any::install_default_drivers();
-    let url = match url {
-        Some(url) => url.to_owned(),
-        None => format!("sqlite:{}?mode=ro", data_dir.join("emporium.db").display()),
-    };
-    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("store opens");
+    use sqlx::Row;
+    let mut conn = open_store(data_dir, url).await;
     let row = sqlx::query("SELECT COUNT(*) AS n FROM orders WHERE status = 'PENDING_PAYMENT'")
         .fetch_one(&mut conn)
         .await
@@ -374,14 +383,7 @@ async fn kill_9_between_accept_and_settle_at_many_points(backend: Backend) {
     let admin = token(dir.path(), "admin", true);
     let user = token(dir.path(), "settle-buyer", false);
     let stock: i64 = 100_000;
-    let r = client
-        .post(format!("{}/v1/products", server.base))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "settle", "price": {"amount": 10, "currency": "KRW"}, "variants": [{"sku": "SETTLE", "stock": stock}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    create_product(&client, &server.base, &admin, "SETTLE", stock).await;
 
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut caught_between = 0;
@@ -501,18 +503,7 @@ async fn kill_9_between_accept_and_settle_at_many_points(backend: Backend) {
 
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let reconcile = Command::new(BIN)
-        .args(["reconcile", "--data-dir"])
-        .arg(dir.path())
-        .envs(store.iter().copied())
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&reconcile.stdout),
-        String::from_utf8_lossy(&reconcile.stderr)
-    );
-    assert!(reconcile.status.success(), "reconcile: {report}");
+    assert_reconciles(dir.path(), &store);
     eprintln!(
         "{} acknowledged over {} kills, {caught_between} found between accept and settle",
         acknowledged.len(),
@@ -526,13 +517,8 @@ async fn kill_9_between_accept_and_settle_at_many_points(backend: Backend) {
 /// Rows of `refunds` by status and `payment_refunded` events of the order, read
 /// straight from the database while the server is dead.
 async fn refund_rows(data_dir: &Path, url: Option<&str>, order: &str) -> (Vec<String>, i64) {
-    use sqlx::{Connection, Row};
-    sqlx::any::install_default_drivers();
-    let url = match url {
-        Some(url) => url.to_owned(),
-        None => format!("sqlite:{}?mode=ro", data_dir.join("emporium.db").display()),
-    };
-    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("store opens");
+    use sqlx::Row;
+    let mut conn = open_store(data_dir, url).await;
     let statuses = sqlx::query("SELECT status FROM refunds WHERE order_id = ?")
         .bind(order.to_owned())
         .fetch_all(&mut conn)
@@ -590,14 +576,7 @@ async fn a_refund_in_flight_at_kill_9_is_finished_once_after_restart(backend: Ba
     wait_ready(&client, &server.base).await;
     let admin = token(dir.path(), "admin", true);
     let user = token(dir.path(), "refund-buyer", false);
-    let r = client
-        .post(format!("{}/v1/products", server.base))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "refund", "price": {"amount": 10, "currency": "KRW"}, "variants": [{"sku": "REFUND", "stock": 3}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    create_product(&client, &server.base, &admin, "REFUND", 3).await;
     let placed: Value = client
         .post(format!("{}/v1/orders", server.base))
         .bearer_auth(&user)
@@ -637,18 +616,7 @@ async fn a_refund_in_flight_at_kill_9_is_finished_once_after_restart(backend: Ba
         (vec!["refunded".to_owned()], 1),
         "refunded once"
     );
-    let reconcile = Command::new(BIN)
-        .args(["reconcile", "--data-dir"])
-        .arg(dir.path())
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        reconcile.status.success(),
-        "reconcile: {}{}",
-        String::from_utf8_lossy(&reconcile.stdout),
-        String::from_utf8_lossy(&reconcile.stderr)
-    );
+    assert_reconciles(dir.path(), &env);
     if let Some(url) = &url {
         common::drop_database(url).await;
     }

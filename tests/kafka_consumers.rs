@@ -155,6 +155,20 @@ fn payment_event(id: uuid::Uuid, event_type: &str, order: &str) -> Vec<u8> {
     .expect("json")
 }
 
+/// Publishes a `payment_succeeded` for `order` with event id `id`, as the payment service would.
+async fn publish_payment_succeeded(producer: &FutureProducer, id: uuid::Uuid, order: &str) {
+    let event = payment_event(id, "payment_succeeded", order);
+    publish(
+        producer,
+        "emporium.payments",
+        order,
+        &event,
+        &id.to_string(),
+        "payment_succeeded",
+    )
+    .await;
+}
+
 #[derive(Debug)]
 struct Received {
     key: String,
@@ -313,17 +327,8 @@ async fn orders_in_flight_at_a_restart_still_finish() {
         // joining to its successor within 30 s; a real restart stops a joined member.)
         let before = place(&app, &buyer, sku, "test_ok").await;
         let event_id = uuid::Uuid::now_v7();
-        let event = payment_event(event_id, "payment_succeeded", &before);
         let producer = producer(&broker.brokers);
-        publish(
-            &producer,
-            "emporium.payments",
-            &before,
-            &event,
-            &event_id.to_string(),
-            "payment_succeeded",
-        )
-        .await;
+        publish_payment_succeeded(&producer, event_id, &before).await;
         assert_eq!(app.final_status(&buyer, &before).await, "COMPLETED");
         let mut ids = Vec::new();
         for _ in 0..3 {
@@ -359,29 +364,11 @@ async fn a_redelivered_payment_event_has_no_second_effect() {
 
     let producer = producer(&broker.brokers);
     let event_id = uuid::Uuid::now_v7();
-    let event = payment_event(event_id, "payment_succeeded", &order);
     for _ in 0..2 {
-        publish(
-            &producer,
-            "emporium.payments",
-            &order,
-            &event,
-            &event_id.to_string(),
-            "payment_succeeded",
-        )
-        .await;
+        publish_payment_succeeded(&producer, event_id, &order).await;
     }
     let sentinel_id = uuid::Uuid::now_v7();
-    let sentinel_event = payment_event(sentinel_id, "payment_succeeded", &sentinel);
-    publish(
-        &producer,
-        "emporium.payments",
-        &sentinel,
-        &sentinel_event,
-        &sentinel_id.to_string(),
-        "payment_succeeded",
-    )
-    .await;
+    publish_payment_succeeded(&producer, sentinel_id, &sentinel).await;
 
     assert_eq!(app.final_status(&buyer, &order).await, "COMPLETED");
     assert_eq!(app.final_status(&buyer, &sentinel).await, "COMPLETED");
@@ -438,16 +425,7 @@ async fn a_poison_message_lands_in_the_dlq_and_failed_events_and_replay_publishe
     .await;
     let unknown_order = uuid::Uuid::now_v7().to_string();
     let poison_id = uuid::Uuid::now_v7();
-    let poison = payment_event(poison_id, "payment_succeeded", &unknown_order);
-    publish(
-        &producer,
-        "emporium.payments",
-        &unknown_order,
-        &poison,
-        &poison_id.to_string(),
-        "payment_succeeded",
-    )
-    .await;
+    publish_payment_succeeded(&producer, poison_id, &unknown_order).await;
 
     let dlq = consume_until(&broker.brokers, "emporium.dlq", |r| r.len() >= 2).await;
     let by_id: HashMap<&str, &Received> = dlq.iter().map(|r| (r.headers["event_id"].as_str(), r)).collect();
@@ -542,28 +520,10 @@ async fn a_payment_that_lands_after_a_cancel_is_refunded_once_however_often_it_a
     let first = uuid::Uuid::now_v7();
     let again = uuid::Uuid::now_v7();
     for id in [first, first, again] {
-        let event = payment_event(id, "payment_succeeded", &order);
-        publish(
-            &producer,
-            "emporium.payments",
-            &order,
-            &event,
-            &id.to_string(),
-            "payment_succeeded",
-        )
-        .await;
+        publish_payment_succeeded(&producer, id, &order).await;
     }
     let sentinel_id = uuid::Uuid::now_v7();
-    let sentinel_event = payment_event(sentinel_id, "payment_succeeded", &sentinel);
-    publish(
-        &producer,
-        "emporium.payments",
-        &sentinel,
-        &sentinel_event,
-        &sentinel_id.to_string(),
-        "payment_succeeded",
-    )
-    .await;
+    publish_payment_succeeded(&producer, sentinel_id, &sentinel).await;
     assert_eq!(app.final_status(&buyer, &sentinel).await, "COMPLETED");
 
     let deadline = Instant::now() + Duration::from_secs(20);
