@@ -68,18 +68,14 @@ pub struct Refund {
     pub token: String,
 }
 
-/// One refund call: the actor's answer, or `Timeout` when it does not come within `timeout`.
-pub async fn refund(payment: &Addr<PaymentActor>, request: Refund, timeout: Duration) -> Result<(), PaymentError> {
+/// One gateway call (a charge attempt or a refund): the actor's answer, or `Timeout`
+/// when it does not come within `timeout`.
+pub async fn call<M>(payment: &Addr<PaymentActor>, request: M, timeout: Duration) -> Result<(), PaymentError>
+where
+    M: Message<Result = Result<(), PaymentError>> + Send + 'static,
+    PaymentActor: Handler<M>,
+{
     match tokio::time::timeout(timeout, payment.send(request)).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(mailbox)) => Err(PaymentError::Transient(mailbox.to_string())),
-        Err(_) => Err(PaymentError::Timeout),
-    }
-}
-
-/// One attempt: the actor's answer, or `Timeout` when it does not come within `timeout`.
-pub async fn attempt(payment: &Addr<PaymentActor>, charge: Charge, timeout: Duration) -> Result<(), PaymentError> {
-    match tokio::time::timeout(timeout, payment.send(charge)).await {
         Ok(Ok(outcome)) => outcome,
         Ok(Err(mailbox)) => Err(PaymentError::Transient(mailbox.to_string())),
         Err(_) => Err(PaymentError::Timeout),
@@ -113,7 +109,7 @@ pub async fn charge_until_final(
             token: token.to_owned(),
             attempt: n,
         };
-        match attempt(payment, charge, attempt_timeout).await {
+        match call(payment, charge, attempt_timeout).await {
             Ok(()) => return (Ok(()), n),
             Err(e) => match retry_after(&e, n, attempts, backoff_base) {
                 Some(backoff) => tokio::time::sleep(backoff).await,

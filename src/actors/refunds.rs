@@ -111,7 +111,7 @@ impl Refunder {
             amount: refund.amount,
             token: refund.token.clone(),
         };
-        let outcome = payment::refund(&self.payment, request, self.options.call_timeout).await;
+        let outcome = payment::call(&self.payment, request, self.options.call_timeout).await;
         let now = now_millis();
         match outcome {
             Ok(()) => {

@@ -163,7 +163,7 @@ impl OrderActor {
         };
         let payment = self.deps.payment.clone();
         let timeout = self.deps.options.attempt_timeout;
-        let attempt = async move { payment::attempt(&payment, request, timeout).await };
+        let attempt = async move { payment::call(&payment, request, timeout).await };
         let attempt = tracing::Instrument::instrument(attempt, self.step_span("payment_attempt"));
         // A task of its own, not the actor's: a cancel or the expiry may win while the
         // gateway thinks, and the saga then stops; the answer must still be heard. A
