@@ -425,6 +425,7 @@ async fn a_poison_message_lands_in_the_dlq_and_failed_events_and_replay_publishe
     .await;
     let unknown_order = uuid::Uuid::now_v7().to_string();
     let poison_id = uuid::Uuid::now_v7();
+    let poison = payment_event(poison_id, "payment_succeeded", &unknown_order);
     publish_payment_succeeded(&producer, poison_id, &unknown_order).await;
 
     let dlq = consume_until(&broker.brokers, "emporium.dlq", |r| r.len() >= 2).await;
