@@ -29,6 +29,7 @@ pub struct Settings {
     pub consumer: ConsumerSettings,
     pub payment_service: PaymentServiceSettings,
     pub catalog: CatalogSettings,
+    pub cluster: ClusterSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +222,23 @@ pub struct CatalogSettings {
     pub url: String,
     /// How often a MongoDB catalog retries changes it could not apply yet.
     pub catch_up_interval_ms: u64,
+}
+
+/// Cluster mode (docs/cluster.md): several nodes on one MySQL/MariaDB store, SKUs split
+/// over virtual shards by leases with fencing.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterSettings {
+    pub enabled: bool,
+    /// Empty: the host name and a random suffix (a restarted node is a new member).
+    pub node_id: String,
+    /// How peers reach this node's HTTP API. Empty: `http://` + the bound listen address.
+    pub advertise_url: String,
+    /// Virtual shards (SKU hash modulo this). Every node of a cluster must agree.
+    pub shards: u32,
+    /// A lease not renewed for this long may be taken by another node.
+    pub lease_ttl_ms: u64,
+    /// Shared secret of peer-to-peer calls. Empty: derived from the JWT secret.
+    pub peer_secret: String,
 }
 
 impl Settings {

@@ -73,6 +73,24 @@ pub struct Metrics {
     pub consumer_lag_seconds: GaugeVec,
     /// Partition assignments the group's consumer received (a rebalance each).
     pub consumer_rebalances: IntCounterVec,
+    // ---- Cluster mode (actors/cluster.rs; docs/cluster.md) ----
+    /// Shards this node holds a lease on (0 outside cluster mode).
+    pub cluster_shards_owned: IntGauge,
+    /// Live members as this node last read the membership table.
+    pub cluster_members: IntGauge,
+    /// Lease renewal rounds by outcome (ok, failed).
+    pub cluster_lease_renewals: IntCounterVec,
+    /// Leases this node held and lost (taken over after a pause, or expired unrenewed).
+    pub cluster_leases_lost: IntCounter,
+    /// Shards this node claimed (a new epoch each: a takeover or a first claim).
+    pub cluster_takeovers: IntCounter,
+    /// Shards this node handed over (released: rebalance or shutdown).
+    pub cluster_handovers: IntCounter,
+    /// Requests forwarded to the owning node, by outcome (ok, failed).
+    pub cluster_forwarded: IntCounterVec,
+    pub cluster_forward_duration: Histogram,
+    /// Write-sets refused by the fence: their shard had passed to another node.
+    pub cluster_fenced_commits: IntCounter,
 }
 
 /// How many SKUs `emporium_inventory_available_units` shows: the busiest active ones,
@@ -200,7 +218,7 @@ impl Metrics {
                     "emporium_outbox_publish_duration_seconds",
                     "Latency of one relay publish round"
                 )
-                .buckets(latency_buckets)
+                .buckets(latency_buckets.clone())
             )?),
             db_pool_connections: reg!(IntGaugeVec::new(
                 Opts::new(
@@ -274,6 +292,45 @@ impl Metrics {
                 ),
                 &["group"]
             )?),
+            cluster_shards_owned: reg!(IntGauge::new(
+                "emporium_cluster_shards_owned",
+                "Shards this node holds a lease on"
+            )?),
+            cluster_members: reg!(IntGauge::new(
+                "emporium_cluster_members",
+                "Live cluster members as last read from the membership table"
+            )?),
+            cluster_lease_renewals: reg!(IntCounterVec::new(
+                Opts::new("emporium_cluster_lease_renewals_total", "Lease renewal rounds by outcome"),
+                &["outcome"]
+            )?),
+            cluster_leases_lost: reg!(IntCounter::new(
+                "emporium_cluster_leases_lost_total",
+                "Shard leases this node held and lost to expiry or another node"
+            )?),
+            cluster_takeovers: reg!(IntCounter::new(
+                "emporium_cluster_takeovers_total",
+                "Shards claimed by this node (each a new epoch)"
+            )?),
+            cluster_handovers: reg!(IntCounter::new(
+                "emporium_cluster_handovers_total",
+                "Shards this node released to others (rebalance, shutdown)"
+            )?),
+            cluster_forwarded: reg!(IntCounterVec::new(
+                Opts::new("emporium_cluster_forwarded_total", "Requests forwarded to the owning node, by outcome"),
+                &["outcome"]
+            )?),
+            cluster_forward_duration: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "emporium_cluster_forward_duration_seconds",
+                    "Round trip of a request forwarded to the owning node"
+                )
+                .buckets(latency_buckets.clone())
+            )?),
+            cluster_fenced_commits: reg!(IntCounter::new(
+                "emporium_cluster_fenced_commits_total",
+                "Write-sets refused because their shard had passed to another node"
+            )?),
             registry,
         }
         .with_actor_series())
@@ -291,6 +348,10 @@ impl Metrics {
         // rather than 0, and the failed-refund alert has nothing to compare.
         for outcome in ["requested", "refunded", "retried", "failed"] {
             self.refunds.raw().with_label_values(&[outcome]);
+        }
+        for outcome in ["ok", "failed"] {
+            self.cluster_lease_renewals.with_label_values(&[outcome]);
+            self.cluster_forwarded.with_label_values(&[outcome]);
         }
         self
     }

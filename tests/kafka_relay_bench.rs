@@ -133,7 +133,13 @@ async fn relay_throughput_and_commit_to_ack_latency() {
 
     // Latency: events committed one write-set at a time while the relay runs as in the server.
     let committed = Arc::new(tokio::sync::Notify::new());
-    let (write_behind, _) = WriteBehind::start(store.clone(), &settings.write_behind, metrics, committed.clone());
+    let (write_behind, _) = WriteBehind::start(
+        store.clone(),
+        &settings.write_behind,
+        metrics,
+        committed.clone(),
+        emporium::actors::cluster::Ownership::single(),
+    );
     relay.relay_in_background(committed);
     const EVENTS: usize = 5_000;
     let commits: Arc<DashMap<uuid::Uuid, Instant>> = Arc::new(DashMap::new());

@@ -20,6 +20,7 @@
 //! one arbiter (thread) per core; the registry is a sharded concurrent map, so looking
 //! an actor up never takes a global lock.
 
+use crate::actors::cluster::Ownership;
 use crate::actors::write_behind::{CommitError, WriteBehind};
 use crate::domain::ids::{OrderId, Sku};
 use crate::domain::inventory::{Change, InventoryError, Outcome, SkuInventory};
@@ -56,6 +57,9 @@ pub enum InventoryFailure {
     Rule(#[from] InventoryError),
     #[error("inventory unavailable: {0}")]
     Unavailable(String),
+    /// Cluster mode: another node owns this SKU's shard (or nobody does right now).
+    #[error("this node does not own sku {0}")]
+    NotOwner(Sku),
 }
 
 impl From<StoreError> for InventoryFailure {
@@ -119,6 +123,12 @@ pub struct GetView;
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 struct Evict;
+
+/// Cluster mode: this SKU's shard is no longer this node's. Stop now; whatever is held
+/// in memory and not durable was never acknowledged, and the new owner loads the rest.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+struct Relinquish;
 
 /// How long an evicted actor waits before it looks again whether its last settle is
 /// durable (see [`SkuActor::last_settle_seq`]).
@@ -309,6 +319,15 @@ impl Handler<Evict> for SkuActor {
     }
 }
 
+impl Handler<Relinquish> for SkuActor {
+    type Result = ();
+    fn handle(&mut self, _msg: Relinquish, ctx: &mut Self::Context) {
+        let me = ctx.address();
+        self.shared.actors.remove_if(&self.sku, |_, live| live.addr == me);
+        ctx.stop();
+    }
+}
+
 impl Handler<Forget> for SkuActor {
     type Result = ();
     fn handle(&mut self, msg: Forget, _ctx: &mut Self::Context) {
@@ -437,6 +456,8 @@ struct Shared {
     /// Live SKUs in activation order, the eviction clock's hand at the front. May hold
     /// SKUs that have since idled out (skipped when met, compacted when it grows).
     clock: std::sync::Mutex<std::collections::VecDeque<Sku>>,
+    /// Which SKUs this node may activate (all of them outside cluster mode).
+    ownership: Arc<Ownership>,
 }
 
 impl Shared {
@@ -539,6 +560,7 @@ impl Inventory {
         metrics: Arc<Metrics>,
         arbiters: Arc<Vec<ArbiterHandle>>,
         options: InventoryOptions,
+        ownership: Arc<Ownership>,
     ) -> Self {
         let counter = |label: &str| CachedCounter(metrics.reservations.with_label_values(&[label]).into_inner());
         let counters = Counters {
@@ -558,6 +580,7 @@ impl Inventory {
                 mailbox_capacity: options.mailbox_capacity.max(16),
                 max_live: options.max_live_actors,
                 clock: std::sync::Mutex::default(),
+                ownership,
             }),
             arbiters,
             strategy: options.strategy,
@@ -601,6 +624,22 @@ impl Inventory {
             .collect()
     }
 
+    /// Cluster mode: stops the actors of every SKU `lost` says this node no longer
+    /// owns; a later request for one activates it again only if its shard came back.
+    pub fn relinquish(&self, lost: impl Fn(&Sku) -> bool) {
+        let going: Vec<Live> = self
+            .shared
+            .actors
+            .iter()
+            .filter(|e| lost(e.key()))
+            .map(|e| e.value().clone())
+            .collect();
+        for live in going {
+            live.addr.do_send(Relinquish);
+        }
+        self.shared.actors.retain(|sku, _| !lost(sku));
+    }
+
     pub fn active_count(&self) -> usize {
         self.shared.actors.len()
     }
@@ -632,6 +671,9 @@ impl Inventory {
         if let Some(live) = self.shared.actors.get(sku) {
             mark_used(&live.stats);
             return Ok(live.addr.clone());
+        }
+        if !self.shared.ownership.holds_sku(sku) {
+            return Err(InventoryFailure::NotOwner(sku.clone()));
         }
         let record = self
             .shared

@@ -1,6 +1,7 @@
 //! The actors of the runtime. Each file starts with what its actor owns, which
 //! messages it takes and what it promises.
 
+pub mod cluster;
 pub mod indexer;
 pub mod inventory;
 pub mod order;

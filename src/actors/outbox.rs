@@ -29,6 +29,9 @@ pub struct OutboxRelay {
     metrics: Arc<Metrics>,
     /// False from a publish that found the bus unavailable until one that succeeds.
     bus_reachable: AtomicBool,
+    /// Cluster mode: only the leading node relays (one reader of the outbox keeps each
+    /// aggregate's events in order).
+    ownership: Arc<crate::actors::cluster::Ownership>,
 }
 
 /// The longest wait between two attempts of one event.
@@ -42,7 +45,14 @@ impl OutboxRelay {
             settings,
             metrics,
             bus_reachable: AtomicBool::new(true),
+            ownership: crate::actors::cluster::Ownership::single(),
         }
+    }
+
+    /// Cluster mode: relays only while this node leads (`Ownership::leads`).
+    pub fn in_cluster(mut self, ownership: Arc<crate::actors::cluster::Ownership>) -> Self {
+        self.ownership = ownership;
+        self
     }
 
     /// Whether the last publish reached the bus (shown by `/health/ready`).
@@ -68,6 +78,9 @@ impl OutboxRelay {
                 tokio::select! {
                     _ = committed.notified() => {}
                     _ = tokio::time::sleep(poll) => {}
+                }
+                if !relay.ownership.leads() {
+                    continue;
                 }
                 if let Err(e) = relay.drain().await {
                     warn!(error = %e, "outbox relay could not read the outbox");

@@ -43,6 +43,8 @@ pub struct Refunder {
     /// The outbox relay's wake-up: a refund's event is in the outbox.
     committed: Arc<Notify>,
     wake: Notify,
+    /// Cluster mode: only the leading node gives refunds back (one caller per refund).
+    ownership: Arc<crate::actors::cluster::Ownership>,
 }
 
 impl Refunder {
@@ -52,6 +54,7 @@ impl Refunder {
         options: RefundOptions,
         metrics: Arc<Metrics>,
         committed: Arc<Notify>,
+        ownership: Arc<crate::actors::cluster::Ownership>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -60,6 +63,7 @@ impl Refunder {
             metrics,
             committed,
             wake: Notify::new(),
+            ownership,
         })
     }
 
@@ -73,7 +77,7 @@ impl Refunder {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
-                if !me.round().await {
+                if !me.ownership.leads() || !me.round().await {
                     tokio::select! {
                         () = me.wake.notified() => {}
                         () = tokio::time::sleep(me.options.poll) => {}

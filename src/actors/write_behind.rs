@@ -19,7 +19,9 @@
 //! It is a tokio task rather than an actix actor because it must keep accepting work
 //! while it awaits the database; `recv_many` on a channel is exactly that.
 
+use crate::actors::cluster::Ownership;
 use crate::config::WriteBehindSettings;
+use crate::domain::cluster::Shard;
 use crate::persistence::{SqlStore, StoreError, WriteSet};
 use crate::telemetry::Metrics;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -36,6 +38,14 @@ pub enum CommitError {
     QueueFull,
     #[error("the write-behind has stopped")]
     Stopped,
+}
+
+/// What one commit attempt did.
+enum Committed {
+    Done,
+    /// Cluster mode: nothing written; this node no longer holds these shards.
+    Fenced(Vec<Shard>),
+    Failed(StoreError),
 }
 
 impl From<CommitError> for StoreError {
@@ -56,6 +66,9 @@ struct Pending {
     set: WriteSet,
     /// Times this write-set was refused by the inventory bounds and put back.
     deferrals: u32,
+    /// Cluster mode: the shards it writes under, with the epochs this node held them at
+    /// when it was queued (empty outside cluster mode).
+    fences: Vec<(Shard, i64)>,
     reply: oneshot::Sender<Result<(), StoreError>>,
     /// The caller's wait for durability: the group commit that takes this write-set
     /// is traced as its child (or linked to it, when the batch began with another).
@@ -67,6 +80,7 @@ pub struct WriteBehind {
     sender: mpsc::Sender<Pending>,
     queued: Arc<AtomicUsize>,
     healthy: Arc<AtomicBool>,
+    ownership: Arc<Ownership>,
 }
 
 impl WriteBehind {
@@ -77,12 +91,14 @@ impl WriteBehind {
         settings: &WriteBehindSettings,
         metrics: Arc<Metrics>,
         committed: Arc<Notify>,
+        ownership: Arc<Ownership>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
         let handle = Self {
             sender,
             queued: Arc::default(),
             healthy: Arc::new(AtomicBool::new(true)),
+            ownership: ownership.clone(),
         };
         let worker = CommitLoop {
             receiver,
@@ -94,18 +110,23 @@ impl WriteBehind {
             queued: handle.queued.clone(),
             healthy: handle.healthy.clone(),
             deferred: Vec::new(),
+            ownership,
         };
         (handle, tokio::spawn(worker.run()))
     }
 
     /// Makes `set` durable and returns once it is committed (or definitely not).
     pub async fn commit(&self, set: WriteSet) -> Result<(), CommitError> {
+        // Cluster mode: stamped now with the epochs it is decided under; a shard this
+        // node does not hold is refused before anything is queued.
+        let fences = self.ownership.fences(&set).map_err(|_| StoreError::NotOwner)?;
         let (reply, answer) = oneshot::channel();
         let span = tracing::debug_span!("write_behind.commit", events = set.events.len());
         self.queued.fetch_add(1, Ordering::SeqCst);
         let pending = Pending {
             set,
             deferrals: 0,
+            fences,
             reply,
             span: span.clone(),
         };
@@ -155,6 +176,7 @@ struct CommitLoop {
     healthy: Arc<AtomicBool>,
     /// Write-sets refused by the inventory bounds, to be retried with the next batch.
     deferred: Vec<Pending>,
+    ownership: Arc<Ownership>,
 }
 
 impl CommitLoop {
@@ -192,17 +214,60 @@ impl CommitLoop {
         }
     }
 
+    /// One commit attempt of `batch`: fenced in cluster mode (the lease epochs are
+    /// checked in the commit's own transaction), a plain group commit otherwise.
+    async fn attempt(&self, batch: &[Pending]) -> Committed {
+        let sets: Vec<&WriteSet> = batch.iter().map(|p| &p.set).collect();
+        if !self.ownership.enabled() {
+            return match self.store.commit(&sets).await {
+                Ok(()) => Committed::Done,
+                Err(e) => Committed::Failed(e),
+            };
+        }
+        let mut fences: Vec<(Shard, i64)> = batch.iter().flat_map(|p| p.fences.iter().copied()).collect();
+        fences.sort_unstable();
+        fences.dedup();
+        match self.store.commit_fenced(&sets, self.ownership.node_id(), &fences).await {
+            Ok(Ok(())) => Committed::Done,
+            Ok(Err(lost)) => Committed::Fenced(lost),
+            Err(e) => Committed::Failed(e),
+        }
+    }
+
+    /// Commits `batch`, answering `NotOwner` to every write-set the fence refuses (and
+    /// committing the others): a paused or partitioned ex-owner makes nothing durable.
+    async fn commit_unfenced_part(&mut self, mut batch: Vec<Pending>) -> (Vec<Pending>, Result<(), StoreError>) {
+        loop {
+            match self.attempt(&batch).await {
+                Committed::Done => return (batch, Ok(())),
+                Committed::Failed(e) => return (batch, Err(e)),
+                Committed::Fenced(lost) => {
+                    warn!(shards = ?lost, "commit fenced: these shards belong to another node now");
+                    self.ownership.fenced(&lost);
+                    let (refused, rest): (Vec<Pending>, Vec<Pending>) = batch
+                        .into_iter()
+                        .partition(|p| p.fences.iter().any(|(s, _)| lost.contains(s)));
+                    self.metrics.cluster_fenced_commits.inc_by(refused.len() as u64);
+                    for p in refused {
+                        let _ = p.reply.send(Err(StoreError::NotOwner));
+                    }
+                    if rest.is_empty() {
+                        return (rest, Ok(()));
+                    }
+                    batch = rest;
+                }
+            }
+        }
+    }
+
     async fn commit_batch(&mut self, batch: Vec<Pending>) {
         let started = Instant::now();
-        let result = {
-            let sets: Vec<&WriteSet> = batch.iter().map(|p| &p.set).collect();
-            let first = batch.first().map_or(tracing::Span::none(), |p| p.span.clone());
-            let span = tracing::debug_span!(parent: &first, "db.group_commit", size = sets.len());
-            for p in batch.iter().skip(1) {
-                span.follows_from(&p.span);
-            }
-            tracing::Instrument::instrument(self.store.commit(&sets), span).await
-        };
+        let first = batch.first().map_or(tracing::Span::none(), |p| p.span.clone());
+        let span = tracing::debug_span!(parent: &first, "db.group_commit", size = batch.len());
+        for p in batch.iter().skip(1) {
+            span.follows_from(&p.span);
+        }
+        let (batch, result) = tracing::Instrument::instrument(self.commit_unfenced_part(batch), span).await;
         self.metrics.commit_duration.observe(started.elapsed().as_secs_f64());
         self.metrics.commit_batch_size.observe(batch.len() as f64);
         match result {
@@ -224,11 +289,14 @@ impl CommitLoop {
                 let mut first = Some(Err(e));
                 let alone_in_batch = batch.len() == 1;
                 for p in batch {
-                    let alone = match first.take() {
-                        Some(result) if alone_in_batch => result,
-                        _ => self.store.commit(&[&p.set]).await,
+                    let (mut left, alone) = match first.take() {
+                        Some(result) if alone_in_batch => (vec![p], result),
+                        _ => self.commit_unfenced_part(vec![p]).await,
                     };
-                    self.settle_alone(p, alone);
+                    // Empty when the fence refused it (already answered NotOwner).
+                    if let Some(p) = left.pop() {
+                        self.settle_alone(p, alone);
+                    }
                 }
                 self.committed.notify_one();
             }

@@ -8,6 +8,7 @@
 
 pub mod payment_service;
 
+use crate::actors::cluster::{self, LeaseKeeper, Ownership, ShardHolders};
 use crate::actors::inventory::{Inventory, InventoryOptions, Strategy};
 use crate::actors::order::{Orders, SagaOptions};
 use crate::actors::outbox::OutboxRelay;
@@ -16,6 +17,7 @@ use crate::actors::payment_outcomes::{self, PaymentOutcomes};
 use crate::actors::refunds::{RefundOptions, Refunder};
 use crate::actors::write_behind::WriteBehind;
 use crate::config::{BusKind, PaymentMode, Settings};
+use crate::domain::cluster::Shard;
 use crate::domain::order::OrderLimits;
 use crate::http::{self, AppState, Lifecycle};
 use crate::persistence::bus::consumer::{self, ConsumerSpec};
@@ -54,6 +56,91 @@ pub struct App {
     pub consumers: Arc<tokio::sync::watch::Sender<bool>>,
     /// Products and categories (embedded or MongoDB, from `catalog.url`).
     pub catalog: Arc<crate::services::catalog::CatalogService>,
+    /// Which shards this node owns (everything, outside cluster mode).
+    pub ownership: Arc<Ownership>,
+}
+
+/// Cluster mode's refusals, checked before anything starts: what cluster mode cannot
+/// run with is named, instead of a cluster that quietly misbehaves.
+fn check_cluster_settings(settings: &Settings) -> anyhow::Result<()> {
+    let cluster = &settings.cluster;
+    if !cluster.enabled {
+        return Ok(());
+    }
+    let store = settings.store_url();
+    anyhow::ensure!(
+        crate::persistence::sql::Dialect::of_url(&store) == Some(crate::persistence::sql::Dialect::MySql),
+        "cluster.enabled = true needs a MySQL/MariaDB store (store.url = mysql://...): the nodes share \
+         the store's lease table; the SQLite file of one node cannot be shared"
+    );
+    anyhow::ensure!(
+        settings.inventory.strategy == "actor",
+        "cluster.enabled = true needs inventory.strategy = \"actor\""
+    );
+    anyhow::ensure!(
+        settings.payment.mode == PaymentMode::Local,
+        "cluster.enabled = true needs payment.mode = \"local\" (payment outcomes from Kafka are not routed to the owning node yet)"
+    );
+    anyhow::ensure!(
+        !settings.auth.jwt_secret.is_empty() || !settings.auth.jwt_secret_file.is_empty(),
+        "cluster.enabled = true needs auth.jwt_secret or auth.jwt_secret_file: every node must accept the same tokens"
+    );
+    anyhow::ensure!(cluster.shards >= 1, "cluster.shards must be at least 1");
+    Ok(())
+}
+
+/// What follows shard ownership in memory: the SKU actors and the sagas.
+struct Holders {
+    inventory: Inventory,
+    orders: Orders,
+    write_behind: WriteBehind,
+    ownership: Arc<Ownership>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait::async_trait]
+impl ShardHolders for Holders {
+    async fn lost(&self, shards: &[Shard]) {
+        if shards.is_empty() {
+            return;
+        }
+        let ownership = self.ownership.clone();
+        self.inventory
+            .relinquish(|sku| shards.contains(&ownership.shard_of(sku)));
+        self.orders.relinquish(shards);
+        // What was decided under these shards reaches the store before the lease is
+        // released (it would be fenced after): a hand-over drops no acknowledged work.
+        self.write_behind.drain(Duration::from_secs(2)).await;
+    }
+
+    async fn gained(&self, shards: &[Shard]) {
+        // The dead or departed owner's in-flight orders resume here; retried until the
+        // store answers, since nothing else would resume them.
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.orders.recover_shards(shards).await {
+                Ok(report) => {
+                    self.metrics
+                        .actor_restarts
+                        .with_label_values(&["order"])
+                        .inc_by(report.resumed as u64);
+                    if report.resumed + report.expired > 0 {
+                        info!(
+                            resumed = report.resumed,
+                            expired = report.expired,
+                            "took over in-flight orders"
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot resume the orders of claimed shards yet");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
 }
 
 pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
@@ -110,6 +197,17 @@ impl App {
             "payment.mode = \"kafka\" needs bus.kind = \"kafka\""
         );
 
+        check_cluster_settings(&settings)?;
+        let ownership = if settings.cluster.enabled {
+            let node_id = if settings.cluster.node_id.is_empty() {
+                cluster::default_node_id()
+            } else {
+                settings.cluster.node_id.clone()
+            };
+            Ownership::clustered(node_id, settings.cluster.shards)
+        } else {
+            Ownership::single()
+        };
         let store = connect_store(&settings).await?;
         if settings.store.migrate_on_start {
             store.migrate().await?;
@@ -129,6 +227,7 @@ impl App {
             &settings.write_behind,
             metrics.clone(),
             committed.clone(),
+            ownership.clone(),
         );
 
         let arbiters: Arc<Vec<_>> = Arc::new(
@@ -147,6 +246,7 @@ impl App {
                 strategy,
                 max_live_actors: settings.inventory.max_live_actors,
             },
+            ownership.clone(),
         );
         let attempt_timeout = Duration::from_millis(settings.payment.attempt_timeout_ms);
         let latency = Duration::from_millis(settings.payment.gateway_latency_ms);
@@ -164,6 +264,7 @@ impl App {
             },
             metrics.clone(),
             committed.clone(),
+            ownership.clone(),
         );
         refunder.run_in_background();
         let orders = Orders::new(
@@ -185,6 +286,7 @@ impl App {
                 external_payment,
             },
             refunder,
+            ownership.clone(),
         );
         let bus = InProcessBus::default();
         // Search: the indexer follows product events on the in-process bus; in Kafka mode
@@ -202,12 +304,10 @@ impl App {
                 local: bus.clone(),
             })
         };
-        let relay = Arc::new(OutboxRelay::new(
-            store.clone(),
-            relayed,
-            settings.outbox.clone(),
-            metrics.clone(),
-        ));
+        let relay = Arc::new(
+            OutboxRelay::new(store.clone(), relayed, settings.outbox.clone(), metrics.clone())
+                .in_cluster(ownership.clone()),
+        );
         relay.relay_in_background(committed);
         Ok(Self {
             settings: Arc::new(settings),
@@ -225,6 +325,7 @@ impl App {
             // No receiver until a consumer starts: `stop_all` then has nothing to wait for.
             consumers: Arc::new(tokio::sync::watch::channel(false).0),
             catalog,
+            ownership,
         })
     }
 
@@ -259,6 +360,17 @@ impl App {
         let listener = TcpListener::bind(&self.settings.server.listen)
             .with_context(|| format!("cannot listen on {}", self.settings.server.listen))?;
         let addr = listener.local_addr()?;
+        let keeper = self.join_cluster(addr).await?;
+        let peer_secret = if self.settings.cluster.peer_secret.is_empty() {
+            self.keys.derived_peer_secret().to_owned()
+        } else {
+            self.settings.cluster.peer_secret.clone()
+        };
+        let peers = Arc::new(http::cluster::Peers::new(
+            self.ownership.clone(),
+            peer_secret,
+            Duration::from_millis(self.settings.server.request_timeout_ms),
+        ));
         let state = web::Data::new(AppState {
             settings: self.settings.clone(),
             store: self.store.clone(),
@@ -271,6 +383,7 @@ impl App {
             limits: http::limits::RateLimits::new(&self.settings.limits),
             search: self.search.clone(),
             catalog: self.catalog.clone(),
+            peers,
         });
         let keys = web::Data::from(self.keys.clone());
         let accounts = web::Data::from(self.accounts.clone());
@@ -303,6 +416,11 @@ impl App {
 
         let app = self.clone();
         tokio::spawn(async move {
+            if app.ownership.enabled() {
+                // Cluster mode: each shard's orders are recovered when this node claims it.
+                app.lifecycle.mark_recovered();
+                return;
+            }
             match app.orders.recover().await {
                 Ok(report) => {
                     app.start_consumers();
@@ -324,7 +442,43 @@ impl App {
             app: self,
             handle,
             server_task,
+            keeper,
         })
+    }
+
+    fn holders(&self) -> Holders {
+        Holders {
+            inventory: self.inventory.clone(),
+            orders: self.orders.clone(),
+            write_behind: self.write_behind.clone(),
+            ownership: self.ownership.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Cluster mode: advertises this node and starts keeping its leases.
+    async fn join_cluster(&self, addr: SocketAddr) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+        if !self.ownership.enabled() {
+            return Ok(None);
+        }
+        let settings = &self.settings.cluster;
+        let url = if settings.advertise_url.is_empty() {
+            format!("http://{addr}")
+        } else {
+            settings.advertise_url.clone()
+        };
+        info!(node = self.ownership.node_id(), %url, shards = settings.shards, "joining the cluster");
+        self.ownership.advertise(url);
+        let keeper = LeaseKeeper::start(
+            self.store.clone(),
+            settings,
+            self.ownership.clone(),
+            Arc::new(self.holders()),
+            self.metrics.clone(),
+        )
+        .await
+        .context("cannot join the cluster (lease table)")?;
+        Ok(Some(keeper))
     }
 }
 
@@ -334,6 +488,8 @@ pub struct Running {
     pub app: App,
     handle: ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Cluster mode: the lease keeper, stopped before the shards are handed over.
+    keeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -349,8 +505,16 @@ impl Running {
         if !self.app.write_behind.drain(grace).await {
             warn!("write-behind not drained within the grace period");
         }
-        if let Err(e) = self.app.relay.drain().await {
-            warn!(error = %e, "outbox not flushed");
+        // In cluster mode only the leading node relays; the others' events are in the
+        // shared outbox and leave through it.
+        if self.app.ownership.leads() {
+            if let Err(e) = self.app.relay.drain().await {
+                warn!(error = %e, "outbox not flushed");
+            }
+        }
+        if let Some(keeper) = self.keeper {
+            keeper.abort();
+            cluster::leave(&self.app.store, &self.app.ownership, &self.app.holders()).await;
         }
         info!("stopped");
         Ok(())

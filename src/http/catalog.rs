@@ -2,6 +2,7 @@
 //! ([`crate::services::catalog`]) and the live inventory of each SKU as its actor sees it.
 
 use super::auth::Admin;
+use super::cluster::{json_body, Route};
 use super::problem::ApiError;
 use super::{AppState, TraceParent};
 use crate::actors::inventory::{InventoryFailure, InventoryView};
@@ -11,12 +12,12 @@ use crate::domain::inventory::InventoryError;
 use crate::persistence::catalog::PageRequest;
 use crate::services::catalog::CatalogFailure;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 pub use crate::domain::catalog::{Category, Product, Variant};
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetStockBody {
     #[schema(minimum = 0, maximum = 1_000_000_000_i64)]
@@ -253,7 +254,7 @@ impl From<InventoryFailure> for ApiError {
             InventoryFailure::UnknownSku(_) => ApiError::NotFound(e.to_string()),
             InventoryFailure::Rule(InventoryError::BelowReserved { .. }) => ApiError::Conflict(e.to_string()),
             InventoryFailure::Rule(_) => ApiError::unprocessable(e.to_string()),
-            InventoryFailure::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            InventoryFailure::Unavailable(_) | InventoryFailure::NotOwner(_) => ApiError::Unavailable(e.to_string()),
         }
     }
 }
@@ -261,8 +262,15 @@ impl From<InventoryFailure> for ApiError {
 /// Live stock of a SKU: `available = stock - reserved`.
 #[utoipa::path(get, path = "/v1/inventory/{sku}", tag = "inventory", params(("sku" = String, Path)),
     responses((status = 200, body = InventoryView), (status = 404, body = super::problem::Problem)))]
-pub async fn get_inventory(state: web::Data<AppState>, sku: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn get_inventory(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    sku: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let sku = parse_sku(&sku)?;
+    if let Route::Peer(owner) = state.peers.route(&req, [&sku])? {
+        return state.peers.forward(&state, &req, &owner, None).await;
+    }
     Ok(HttpResponse::Ok().json(state.inventory.view(&sku).await?))
 }
 
@@ -274,6 +282,7 @@ pub async fn get_inventory(state: web::Data<AppState>, sku: web::Path<String>) -
 pub async fn set_inventory(
     state: web::Data<AppState>,
     _admin: Admin,
+    req: HttpRequest,
     sku: web::Path<String>,
     body: web::Json<SetStockBody>,
 ) -> Result<HttpResponse, ApiError> {
@@ -282,6 +291,12 @@ pub async fn set_inventory(
         return Err(ApiError::unprocessable(format!(
             "stock must be between 0 and {MAX_STOCK}"
         )));
+    }
+    if let Route::Peer(owner) = state.peers.route(&req, [&sku])? {
+        return state
+            .peers
+            .forward(&state, &req, &owner, Some(json_body(&*body)?))
+            .await;
     }
     Ok(HttpResponse::Ok().json(state.inventory.set_stock(&sku, body.stock).await?))
 }

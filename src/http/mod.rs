@@ -5,6 +5,7 @@ pub mod admin_events;
 pub mod auth;
 pub mod catalog;
 pub mod categories;
+pub mod cluster;
 pub mod limits;
 pub mod openapi;
 pub mod ops;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub search: Arc<dyn crate::persistence::search::SearchIndex>,
     /// Products and categories.
     pub catalog: Arc<crate::services::catalog::CatalogService>,
+    /// Cluster mode: ownership and forwarding to the owning node.
+    pub peers: Arc<cluster::Peers>,
 }
 
 impl AppState {
@@ -119,6 +122,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .route("/health/live", web::get().to(ops::live))
     .route("/health/ready", web::get().to(ops::ready))
+    .route("/health/cluster", web::get().to(cluster::health))
     .route("/metrics", web::get().to(ops::metrics))
     .route("/openapi.json", web::get().to(ops::openapi))
     .route("/dashboard", web::get().to(ops::dashboard))

@@ -39,6 +39,7 @@ use utoipa::{Modify, OpenApi};
         super::orders::cancel_order,
         super::ops::live,
         super::ops::ready,
+        super::cluster::health,
         super::users::sign_up,
         super::users::login,
         super::users::me,

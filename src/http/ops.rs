@@ -12,7 +12,8 @@ pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "live"}))
 }
 
-/// Ready for traffic: recovery finished, the store answers, not shutting down.
+/// Ready for traffic: recovery finished (in cluster mode: this node holds its share of
+/// the shards or knows every owner), the store answers, not shutting down.
 /// The event bus is reported but does not decide readiness: while it is down, orders
 /// are still taken and their events wait in the outbox (`outbox_backlog`).
 #[utoipa::path(get, path = "/health/ready", tag = "health",
@@ -23,9 +24,12 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let store = state.write_behind.is_healthy() && state.store.ping().await.is_ok();
     let catalog = state.catalog.ping().await.is_ok();
     let store = store && catalog;
+    // Cluster mode: this node holds its share of the shards or knows every owner.
+    let cluster = state.peers.ownership().is_settled();
+    let recovered = recovered && cluster;
     let body = json!({
         "status": if recovered && !draining && store { "ready" } else { "not_ready" },
-        "checks": {"recovered": recovered, "draining": draining, "store": store, "catalog": catalog},
+        "checks": {"recovered": recovered, "draining": draining, "store": store, "catalog": catalog, "cluster": cluster},
         "bus": {"kind": state.outbox.bus_kind(), "reachable": state.outbox.bus_reachable()},
         "outbox_backlog": state.metrics.outbox_backlog.get(),
     });
@@ -38,7 +42,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-async fn introspection_allowed(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+pub(super) async fn introspection_allowed(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     if state.settings.server.public_introspection {
         return Ok(());
     }

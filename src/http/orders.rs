@@ -1,6 +1,7 @@
 //! `/v1/orders`: place, read, list and cancel orders.
 
 use super::auth::Caller;
+use super::cluster::{json_body, Route};
 use super::problem::ApiError;
 use super::{rfc3339, AppState, TraceParent};
 use crate::actors::order::{CancelRefused, PlaceError, PlaceOrder};
@@ -175,6 +176,14 @@ pub async fn create_order(
     body: web::Json<CreateOrder>,
 ) -> Result<HttpResponse, ApiError> {
     state.accepting_orders()?;
+    // Cluster mode: the node owning the order's SKUs places it (its actors hold their
+    // stock); it checks the rate limits and answers, this node passes the answer on.
+    if let Route::Peer(owner) = state.peers.route(&req, body.items.iter().map(|i| &i.sku))? {
+        return state
+            .peers
+            .forward(&state, &req, &owner, Some(json_body(&*body)?))
+            .await;
+    }
     // Before anything is reserved or written: a refused request changes nothing. The
     // address is the TCP peer; X-Forwarded-For is not trusted, any client can forge it.
     state
@@ -316,9 +325,16 @@ pub async fn list_orders(
 pub async fn cancel_order(
     state: web::Data<AppState>,
     caller: Caller,
+    req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let order = visible_order(&state, &caller, &id).await?;
+    // Cluster mode: the saga runs on the node owning the order's shard (its first SKU's).
+    if let Some(first) = order.lines.iter().map(|l| &l.sku).min() {
+        if let Route::Peer(owner) = state.peers.route(&req, [first])? {
+            return state.peers.forward(&state, &req, &owner, None).await;
+        }
+    }
     let wait = Duration::from_millis(state.settings.server.request_timeout_ms);
     let cancelled = tokio::time::timeout(wait, state.orders.cancel(order.id))
         .await

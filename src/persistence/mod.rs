@@ -30,6 +30,10 @@ pub enum StoreError {
     /// A constraint refused the write: a bug upstream, never retried as is.
     #[error("rejected by the store: {0}")]
     Rejected(String),
+    /// Cluster mode: this node does not own (any more) a shard the write is for;
+    /// nothing was written, and the shard's new owner carries on.
+    #[error("this node does not own the shard any more")]
+    NotOwner,
     /// Stored data that does not parse back into domain types.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),

@@ -12,10 +12,12 @@ mod saga;
 mod stock_keeper;
 mod write_sets;
 
+use crate::actors::cluster::Ownership;
 use crate::actors::inventory::{shard_of, Inventory, InventoryFailure};
 use crate::actors::payment::PaymentActor;
 use crate::actors::refunds::Refunder;
 use crate::actors::write_behind::{CommitError, WriteBehind};
+use crate::domain::cluster::Shard;
 use crate::domain::idempotency::{replay, IdempotencyKey, Replay, RequestHash};
 use crate::domain::ids::{OrderId, Sku, UserId};
 use crate::domain::inventory::{ChangeKind, InventoryError};
@@ -68,6 +70,8 @@ struct Deps {
     keeper: Box<dyn StockKeeper>,
     /// Gives back payments captured for orders cancelled meanwhile.
     refunder: Arc<Refunder>,
+    /// Cluster mode: which orders' sagas run on this node (those of its shards).
+    ownership: Arc<Ownership>,
 }
 
 /// Why an order could not be placed.
@@ -166,6 +170,7 @@ impl Orders {
         arbiters: Arc<Vec<ArbiterHandle>>,
         options: SagaOptions,
         refunder: Arc<Refunder>,
+        ownership: Arc<Ownership>,
     ) -> Self {
         let keeper = <dyn StockKeeper>::of(inventory.strategy());
         Self {
@@ -182,6 +187,7 @@ impl Orders {
                 in_doubt: Default::default(),
                 keeper,
                 refunder,
+                ownership,
             }),
         }
     }
@@ -509,7 +515,32 @@ impl Orders {
     /// server was down are cancelled in one coalesced sweep (their write-sets share
     /// group commits); the others resume where they stopped.
     pub async fn recover(&self) -> Result<RecoveryReport, StoreError> {
-        let in_flight = self.deps.store.orders_in_flight().await?;
+        self.recover_where(|_| true).await
+    }
+
+    /// Cluster mode: this node now owns `shards`; the in-flight orders of those shards
+    /// (a dead or departed owner's) resume here, their due expiries swept.
+    pub async fn recover_shards(&self, shards: &[Shard]) -> Result<RecoveryReport, StoreError> {
+        let deps = self.deps.clone();
+        self.recover_where(move |order| {
+            shards.contains(&order_shard(&deps.ownership, order)) && !deps.actors.contains_key(&order.id)
+        })
+        .await
+    }
+
+    /// Cluster mode: the sagas of orders in `shards` stop here (another node owns them
+    /// now and resumes them from the store). A saga in the middle of a step finishes
+    /// the step first; the fence refuses it if the shard has passed on.
+    pub fn relinquish(&self, shards: &[Shard]) {
+        let shards: Arc<[Shard]> = shards.into();
+        for entry in self.deps.actors.iter() {
+            entry.value().do_send(Relinquish(shards.clone()));
+        }
+    }
+
+    async fn recover_where(&self, mine: impl Fn(&Order) -> bool) -> Result<RecoveryReport, StoreError> {
+        let mut in_flight = self.deps.store.orders_in_flight().await?;
+        in_flight.retain(|o| mine(o));
         let now = now_millis();
         let (expired, live): (Vec<Order>, Vec<Order>) = in_flight
             .into_iter()
@@ -562,6 +593,17 @@ impl Orders {
                 .inc();
         }
     }
+}
+
+/// The shard an order belongs to: its first SKU's (an order is placed only where
+/// every SKU of it is owned, so this is the node that placed it).
+pub fn order_shard(ownership: &Ownership, order: &Order) -> Shard {
+    order
+        .lines
+        .iter()
+        .map(|l| &l.sku)
+        .min()
+        .map_or(0, |sku| ownership.shard_of(sku))
 }
 
 /// Records that `order`'s captured payment must be given back (idempotent per order;

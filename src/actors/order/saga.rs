@@ -93,6 +93,20 @@ impl Handler<PaymentReported> for OrderActor {
     }
 }
 
+/// Cluster mode: these shards are no longer this node's; a saga of one of them stops.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct Relinquish(pub Arc<[crate::domain::cluster::Shard]>);
+
+impl Handler<Relinquish> for OrderActor {
+    type Result = ();
+    fn handle(&mut self, msg: Relinquish, ctx: &mut Self::Context) {
+        if msg.0.contains(&order_shard(&self.deps.ownership, &self.order)) {
+            ctx.stop();
+        }
+    }
+}
+
 /// The gateway's answer to one charge attempt, delivered to the saga that made it.
 /// Answers `true` when the saga took it (it was still waiting for a payment).
 #[derive(Message)]
@@ -422,8 +436,15 @@ async fn refund_if_cancelled(deps: &Deps, id: OrderId) {
 }
 
 /// Confirms or releases the order's reservation on every SKU, retrying an inventory
-/// actor that is briefly unavailable (a saga step must finish, not give up).
-pub(super) async fn settle_each(deps: &Deps, skus: &[Sku], order: OrderId, how: ChangeKind) -> Vec<JournalEntry> {
+/// actor that is briefly unavailable (a saga step must finish, not give up). `None` in
+/// cluster mode when a SKU's shard is no longer this node's: the step stops here and the
+/// new owner resumes the order from the store.
+pub(super) async fn settle_each(
+    deps: &Deps,
+    skus: &[Sku],
+    order: OrderId,
+    how: ChangeKind,
+) -> Option<Vec<JournalEntry>> {
     let mut journal = Vec::new();
     for sku in skus {
         let entry = with_backoff(Duration::from_millis(20), Duration::from_secs(2), || async move {
@@ -431,14 +452,19 @@ pub(super) async fn settle_each(deps: &Deps, skus: &[Sku], order: OrderId, how: 
                 ChangeKind::Confirm => deps.inventory.confirm(sku, order).await,
                 _ => deps.inventory.release(sku, order).await,
             };
-            result
-                .inspect_err(|e| warn!(%sku, order_id = %order, error = %e, "inventory not answering, retrying"))
-                .ok()
+            match result {
+                Ok(entry) => Some(Some(entry)),
+                Err(InventoryFailure::NotOwner(_)) => Some(None),
+                Err(e) => {
+                    warn!(%sku, order_id = %order, error = %e, "inventory not answering, retrying");
+                    None
+                }
+            }
         })
         .await;
-        journal.extend(entry);
+        journal.extend(entry?);
     }
-    journal
+    Some(journal)
 }
 
 /// Confirms (towards COMPLETED) or releases (towards CANCELLED) every reservation of
@@ -487,6 +513,10 @@ where
         async move {
             match tried.await {
                 Ok(()) => Some(true),
+                Err(StoreError::NotOwner) => {
+                    info!(order_id = %order, "the order's shard moved to another node; it resumes there");
+                    Some(false)
+                }
                 Err(StoreError::Rejected(e) | StoreError::Conflict(e) | StoreError::Corrupt(e)) => {
                     if let Ok(Some(stored)) = deps.store.get_order(order).await {
                         if stored.status == target {

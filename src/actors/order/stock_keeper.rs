@@ -75,8 +75,10 @@ impl StockKeeper for InMemory {
         target: OrderStatus,
         build: &(dyn Fn(Vec<JournalEntry>) -> WriteSet + Send + Sync),
     ) -> bool {
-        let set = build(settle_each(deps, skus, order, how).await);
-        commit_step(deps, set, order, target).await
+        let Some(journal) = settle_each(deps, skus, order, how).await else {
+            return false;
+        };
+        commit_step(deps, build(journal), order, target).await
     }
 }
 

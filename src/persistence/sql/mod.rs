@@ -25,6 +25,7 @@ use sqlx::{Any, AnyPool, Executor, QueryBuilder, Row};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+mod cluster;
 mod consumers;
 mod inventory;
 mod orders;
@@ -35,6 +36,7 @@ mod write_sets;
 
 pub(in crate::persistence) use outbox::insert_outbox;
 
+pub use cluster::{LeaseRow, MemberRow};
 pub use refunds::DueRefund;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");

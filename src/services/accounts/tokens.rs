@@ -30,6 +30,9 @@ pub struct Keys {
     decoding: DecodingKey,
     validation: Validation,
     ttl_secs: u64,
+    /// The secret of peer-to-peer calls in cluster mode, derived from the JWT secret
+    /// (so every node that accepts the same tokens also trusts the same peers).
+    peer_secret: String,
 }
 
 impl Keys {
@@ -37,6 +40,14 @@ impl Keys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         Self {
+            peer_secret: {
+                use sha2::Digest;
+                hex::encode(
+                    sha2::Sha256::new_with_prefix(b"emporium peer v1\0")
+                        .chain_update(secret)
+                        .finalize(),
+                )
+            },
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
@@ -69,6 +80,11 @@ impl Keys {
             exp: now + self.ttl_secs,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+    }
+
+    /// The peer-to-peer secret derived from the JWT secret (`cluster.peer_secret` empty).
+    pub fn derived_peer_secret(&self) -> &str {
+        &self.peer_secret
     }
 
     /// How long an issued token is valid.

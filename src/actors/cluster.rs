@@ -1,0 +1,455 @@
+//! Cluster mode: which shards this node owns ([`Ownership`]) and the lease keeper that
+//! keeps that true ([`LeaseKeeper`]). docs/cluster.md has the whole picture.
+//!
+//! Owns: this node's epoch per virtual shard (0 = not held) and the last view of the
+//! membership and lease tables (who owns what, at which URL).
+//! Promises: a shard is held here only between a successful claim (a new epoch) and
+//! the moment its loss is noticed (renewal found it gone, the lease ran out without a
+//! renewal, or it was handed over); while it is held, the SKU actors of its SKUs and the
+//! sagas of its orders run here and nowhere else. Safety does not rest on noticing in
+//! time: every group commit checks the epochs it writes under in its own transaction
+//! (`SqlStore::commit_fenced`), so a paused ex-owner can make nothing durable.
+//!
+//! Outside cluster mode [`Ownership::single`] owns every SKU at epoch 0 and costs one
+//! branch per question.
+//!
+//! The keeper is a tokio task: every third of the lease TTL it heartbeats, renews its
+//! leases, reads the tables (database clock), and claims or releases shards towards a
+//! fair share (`domain::cluster::rebalance`).
+
+use crate::config::ClusterSettings;
+use crate::domain::cluster::{fair_share, rebalance, shard_of, LeaseView, Shard};
+use crate::domain::ids::Sku;
+use crate::persistence::{SqlStore, WriteSet};
+use crate::telemetry::Metrics;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// A member as `GET /health/cluster` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MemberView {
+    pub node: String,
+    pub url: String,
+    pub shards: usize,
+}
+
+/// Who to ask about a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This node holds the shard.
+    Me,
+    /// Another node holds it; its advertised URL.
+    Peer(String),
+    /// Nobody holds it right now (between an owner's death and a claim).
+    Nobody,
+}
+
+#[derive(Default)]
+struct View {
+    /// Owner node id per shard, as last read (None: free or expired).
+    owners: Vec<Option<String>>,
+    /// Live members with their URLs, by node id.
+    members: Vec<(String, String)>,
+}
+
+/// Which shards this node owns, and who owns the others.
+pub struct Ownership {
+    enabled: bool,
+    node_id: String,
+    /// How peers reach this node; set once the listener is bound.
+    url: std::sync::OnceLock<String>,
+    shards: u32,
+    /// Epoch per shard while this node holds it; 0 when it does not.
+    epochs: Vec<AtomicI64>,
+    view: RwLock<View>,
+    /// The keeper has finished a round in which this node held its fair share or every
+    /// shard had an owner: requests can be placed (`/health/ready`).
+    settled: AtomicBool,
+    /// Shards the fence took away, for the keeper to drop from memory on its next round.
+    fenced: std::sync::Mutex<Vec<Shard>>,
+}
+
+impl Ownership {
+    /// One node owning everything (cluster mode off).
+    pub fn single() -> Arc<Self> {
+        Arc::new(Self {
+            enabled: false,
+            node_id: String::new(),
+            url: std::sync::OnceLock::new(),
+            shards: 1,
+            epochs: Vec::new(),
+            view: RwLock::default(),
+            settled: AtomicBool::new(true),
+            fenced: Default::default(),
+        })
+    }
+
+    pub fn clustered(node_id: String, shards: u32) -> Arc<Self> {
+        let shards = shards.max(1);
+        Arc::new(Self {
+            enabled: true,
+            node_id,
+            url: std::sync::OnceLock::new(),
+            shards,
+            epochs: (0..shards).map(|_| AtomicI64::new(0)).collect(),
+            view: RwLock::default(),
+            settled: AtomicBool::new(false),
+            fenced: Default::default(),
+        })
+    }
+
+    /// Sets the URL peers reach this node at (once, when the listener is bound).
+    pub fn advertise(&self, url: String) {
+        let _ = self.url.set(url);
+    }
+
+    fn url(&self) -> &str {
+        self.url.get().map_or("", String::as_str)
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::SeqCst)
+    }
+
+    pub fn shard_of(&self, sku: &Sku) -> Shard {
+        if self.enabled {
+            shard_of(sku.as_str(), self.shards)
+        } else {
+            0
+        }
+    }
+
+    /// The epoch under which this node holds `shard`, if it does (always 0 outside
+    /// cluster mode).
+    pub fn epoch(&self, shard: Shard) -> Option<i64> {
+        if !self.enabled {
+            return Some(0);
+        }
+        let epoch = self.epochs.get(shard as usize)?.load(Ordering::SeqCst);
+        (epoch > 0).then_some(epoch)
+    }
+
+    /// Whether this node runs the cluster's singletons (the outbox relay, the refunder):
+    /// the holder of shard 0 does, so exactly one node does while leases hold, and a
+    /// new one takes over with the shard. Always true outside cluster mode.
+    pub fn leads(&self) -> bool {
+        self.epoch(0).is_some()
+    }
+
+    pub fn holds_sku(&self, sku: &Sku) -> bool {
+        self.epoch(self.shard_of(sku)).is_some()
+    }
+
+    /// Who owns `sku`'s shard.
+    pub fn owner_of(&self, sku: &Sku) -> Owner {
+        let shard = self.shard_of(sku);
+        if self.epoch(shard).is_some() {
+            return Owner::Me;
+        }
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        let node = view.owners.get(shard as usize).cloned().flatten();
+        match node.and_then(|n| view.members.iter().find(|(id, _)| *id == n).map(|(_, url)| url.clone())) {
+            Some(url) if url != self.url() => Owner::Peer(url),
+            _ => Owner::Nobody,
+        }
+    }
+
+    /// The shards a write-set writes under, with the epochs this node holds them at:
+    /// `Err` names the shards it does not hold (the write-set must not be committed).
+    pub fn fences(&self, set: &WriteSet) -> Result<Vec<(Shard, i64)>, Vec<Shard>> {
+        if !self.enabled {
+            return Ok(Vec::new());
+        }
+        let shards: BTreeSet<Shard> = set.journal.iter().map(|e| self.shard_of(&e.sku)).collect();
+        let mut fences = Vec::with_capacity(shards.len());
+        let mut missing = Vec::new();
+        for shard in shards {
+            match self.epoch(shard) {
+                Some(epoch) => fences.push((shard, epoch)),
+                None => missing.push(shard),
+            }
+        }
+        if missing.is_empty() {
+            Ok(fences)
+        } else {
+            Err(missing)
+        }
+    }
+
+    /// Forgets `shards` (lost or handed over); true for each one that was held.
+    fn drop_shards(&self, shards: &[Shard]) -> Vec<Shard> {
+        shards
+            .iter()
+            .copied()
+            .filter(|s| {
+                self.epochs
+                    .get(*s as usize)
+                    .is_some_and(|e| e.swap(0, Ordering::SeqCst) > 0)
+            })
+            .collect()
+    }
+
+    /// The fence refused a commit for `shards`: they are no longer this node's. Their
+    /// actors are dropped by the keeper's next round.
+    pub fn fenced(&self, shards: &[Shard]) {
+        let dropped = self.drop_shards(shards);
+        self.fenced.lock().unwrap_or_else(|e| e.into_inner()).extend(dropped);
+    }
+
+    fn held(&self) -> Vec<(Shard, i64)> {
+        self.epochs
+            .iter()
+            .enumerate()
+            .filter_map(|(s, e)| {
+                let epoch = e.load(Ordering::SeqCst);
+                (epoch > 0).then_some((s as Shard, epoch))
+            })
+            .collect()
+    }
+
+    /// `GET /health/cluster`: this node, the live members and how many shards each holds.
+    pub fn report(&self) -> serde_json::Value {
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        let members: Vec<MemberView> = view
+            .members
+            .iter()
+            .map(|(node, url)| MemberView {
+                node: node.clone(),
+                url: url.clone(),
+                shards: view.owners.iter().filter(|o| o.as_deref() == Some(node)).count(),
+            })
+            .collect();
+        serde_json::json!({
+            "node": self.node_id,
+            "members": members,
+            "shards_owned": self.held().len(),
+            "shards_total": self.shards,
+        })
+    }
+}
+
+/// What holds state per shard and must follow its ownership: the SKU actors and the
+/// sagas (wired in `app`).
+#[async_trait::async_trait]
+pub trait ShardHolders: Send + Sync {
+    /// Drops everything held in memory for these shards (another node owns them now).
+    async fn lost(&self, shards: &[Shard]);
+    /// This node now owns these shards: resume their in-flight orders from the store.
+    async fn gained(&self, shards: &[Shard]);
+}
+
+/// Keeps this node's leases: heartbeat, renew, rebalance, every third of the TTL.
+pub struct LeaseKeeper {
+    store: SqlStore,
+    ownership: Arc<Ownership>,
+    holders: Arc<dyn ShardHolders>,
+    metrics: Arc<Metrics>,
+    ttl: Duration,
+    /// When the last successful renewal was sent: past the TTL without one, this node
+    /// assumes it lost everything (others may have taken its shards).
+    renewed_at: Instant,
+}
+
+impl LeaseKeeper {
+    /// Starts the keeper; refuses to start when the store is not MySQL/MariaDB.
+    pub async fn start(
+        store: SqlStore,
+        settings: &ClusterSettings,
+        ownership: Arc<Ownership>,
+        holders: Arc<dyn ShardHolders>,
+        metrics: Arc<Metrics>,
+    ) -> Result<tokio::task::JoinHandle<()>, crate::persistence::StoreError> {
+        store.ensure_shards(ownership.shards()).await?;
+        let keeper = Self {
+            store,
+            ownership,
+            holders,
+            metrics,
+            ttl: Duration::from_millis(settings.lease_ttl_ms.max(300)),
+            renewed_at: Instant::now(),
+        };
+        Ok(tokio::spawn(keeper.run()))
+    }
+
+    async fn run(mut self) {
+        let tick = self.ttl / 3;
+        loop {
+            if let Err(e) = self.round().await {
+                self.metrics.cluster_lease_renewals.with_label_values(&["failed"]).inc();
+                warn!(error = %e, "lease round failed");
+            }
+            if self.renewed_at.elapsed() >= self.ttl {
+                // The store has not heard from this node for a whole TTL: another node may
+                // own these shards now. Stop acting on them (the fence would refuse anyway).
+                let lost = self
+                    .ownership
+                    .drop_shards(&(0..self.ownership.shards()).collect::<Vec<_>>());
+                if !lost.is_empty() {
+                    warn!(
+                        shards = lost.len(),
+                        "leases not renewed within their TTL; dropping them"
+                    );
+                    self.metrics.cluster_leases_lost.inc_by(lost.len() as u64);
+                    self.holders.lost(&lost).await;
+                }
+            }
+            self.metrics
+                .cluster_shards_owned
+                .set(self.ownership.held().len() as i64);
+            tokio::time::sleep(tick).await;
+        }
+    }
+
+    async fn round(&mut self) -> Result<(), crate::persistence::StoreError> {
+        let ttl_ms = self.ttl.as_millis() as i64;
+        let own = &self.ownership;
+        let sent = Instant::now();
+        self.store.heartbeat(&own.node_id, own.url()).await?;
+        let held = own.held();
+        let shards: Vec<Shard> = held.iter().map(|(s, _)| *s).collect();
+        let renewed = self.store.renew_leases(&own.node_id, &shards, ttl_ms).await?;
+        self.renewed_at = sent;
+        self.metrics.cluster_lease_renewals.with_label_values(&["ok"]).inc();
+        // Held here but not (at this epoch) in the table: taken over while we were away.
+        let gone: Vec<Shard> = held.iter().filter(|h| !renewed.contains(h)).map(|(s, _)| *s).collect();
+        let mut lost = own.drop_shards(&gone);
+        lost.append(&mut own.fenced.lock().unwrap_or_else(|e| e.into_inner()));
+        if !lost.is_empty() {
+            warn!(shards = ?lost, "leases taken over by another node");
+            self.metrics.cluster_leases_lost.inc_by(lost.len() as u64);
+            self.holders.lost(&lost).await;
+        }
+
+        let (members, leases) = self.store.cluster_view(ttl_ms).await?;
+        let live: Vec<String> = members.iter().filter(|m| m.live).map(|m| m.node_id.clone()).collect();
+        {
+            let mut view = own.view.write().unwrap_or_else(|e| e.into_inner());
+            view.owners = leases.iter().map(|l| l.owner.clone()).collect();
+            view.members = members
+                .iter()
+                .filter(|m| m.live)
+                .map(|m| (m.node_id.clone(), m.url.clone()))
+                .collect();
+        }
+        self.metrics.cluster_members.set(live.len() as i64);
+        let table: Vec<LeaseView> = leases
+            .iter()
+            .map(|l| LeaseView {
+                shard: l.shard,
+                owner: l.owner.clone(),
+            })
+            .collect();
+        let plan = rebalance(&own.node_id, &live, &table);
+
+        if !plan.release.is_empty() {
+            // Hand-over: stop acting on the shards first, let what was decided under them
+            // reach the store, then free the leases at once for the node that is short.
+            let epochs: Vec<(Shard, i64)> = plan
+                .release
+                .iter()
+                .filter_map(|s| own.epoch(*s).map(|e| (*s, e)))
+                .collect();
+            let released = own.drop_shards(&plan.release);
+            self.holders.lost(&released).await;
+            for (shard, epoch) in epochs {
+                self.store.release_lease(shard, &own.node_id, epoch).await?;
+                self.metrics.cluster_handovers.inc();
+            }
+            info!(shards = released.len(), "shards handed over");
+        }
+
+        let mut gained = Vec::new();
+        for shard in plan.claim {
+            if let Some(epoch) = self.store.claim_lease(shard, &own.node_id, ttl_ms).await? {
+                gained.push((shard, epoch));
+            }
+        }
+        if !gained.is_empty() {
+            let shards: Vec<Shard> = gained.iter().map(|(s, _)| *s).collect();
+            // Anything left in memory from an earlier ownership goes before the shard is
+            // served again: its actors load what the store holds now.
+            self.holders.lost(&shards).await;
+            for (shard, epoch) in &gained {
+                if let Some(slot) = own.epochs.get(*shard as usize) {
+                    slot.store(*epoch, Ordering::SeqCst);
+                }
+            }
+            let gained = shards;
+            info!(shards = gained.len(), "shards claimed");
+            self.metrics.cluster_takeovers.inc_by(gained.len() as u64);
+            self.holders.gained(&gained).await;
+            let mut view = own.view.write().unwrap_or_else(|e| e.into_inner());
+            for shard in &gained {
+                if let Some(slot) = view.owners.get_mut(*shard as usize) {
+                    *slot = Some(own.node_id.clone());
+                }
+            }
+        }
+
+        // Ready once this node holds its share, or every shard has an owner to forward to.
+        let rank = {
+            let mut sorted = live.clone();
+            if !sorted.contains(&own.node_id) {
+                sorted.push(own.node_id.clone());
+            }
+            sorted.sort_unstable();
+            (sorted.iter().position(|n| *n == own.node_id).unwrap_or(0), sorted.len())
+        };
+        let share = fair_share(own.shards, rank.1, rank.0);
+        let everything_owned = own
+            .view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .owners
+            .iter()
+            .all(Option::is_some);
+        if own.held().len() >= share || everything_owned {
+            own.settled.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// Leaves the cluster on shutdown: drops every shard and releases the leases at once,
+/// so the other nodes claim them on their next round instead of after the TTL.
+pub async fn leave(store: &SqlStore, ownership: &Ownership, holders: &dyn ShardHolders) {
+    if !ownership.enabled() {
+        return;
+    }
+    let all: Vec<Shard> = (0..ownership.shards()).collect();
+    let dropped = ownership.drop_shards(&all);
+    holders.lost(&dropped).await;
+    match store.leave_cluster(&ownership.node_id).await {
+        Ok(()) => info!(shards = dropped.len(), "left the cluster; shards handed over"),
+        Err(e) => warn!(error = %e, "could not hand the shards over; they pass on after the lease TTL"),
+    }
+}
+
+/// A node id for `cluster.node_id = ""`: the host name and a random suffix, so a
+/// restarted process is a new member (its old leases expire or were released).
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "node".to_owned());
+    let suffix: u32 = rand::random();
+    format!("{host}-{suffix:08x}")
+}

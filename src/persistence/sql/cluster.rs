@@ -1,0 +1,235 @@
+//! Cluster mode's tables (migrations/mysql/0007_cluster.sql): members with their
+//! heartbeats, shard leases with their epochs, and the fence a group commit checks.
+//! MySQL/MariaDB only (the server refuses cluster mode on SQLite). Every time is the
+//! database's clock ([`DB_NOW`]), so a node whose clock is off cannot stretch a lease.
+
+use super::{text, SqlStore};
+use crate::domain::cluster::Shard;
+use crate::persistence::{StoreError, WriteSet};
+use sqlx::Row;
+
+/// The database's clock in milliseconds.
+const DB_NOW: &str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
+
+/// A member as the table has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    pub node_id: String,
+    pub url: String,
+    /// Its last heartbeat is younger than the lease TTL.
+    pub live: bool,
+}
+
+/// A lease as the table has it; `owner` is `None` when free or expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRow {
+    pub shard: Shard,
+    pub owner: Option<String>,
+    pub epoch: i64,
+}
+
+impl SqlStore {
+    /// Creates the lease rows `0..shards` that do not exist yet (every node at start;
+    /// the first one creates them).
+    pub async fn ensure_shards(&self, shards: u32) -> Result<(), StoreError> {
+        let rows: Vec<String> = (0..shards).map(|s| format!("({s})")).collect();
+        for chunk in rows.chunks(1000) {
+            sqlx::query(&format!(
+                "INSERT IGNORE INTO shard_leases (shard) VALUES {}",
+                chunk.join(",")
+            ))
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// I-am-alive: records (or refreshes) this node's row.
+    pub async fn heartbeat(&self, node: &str, url: &str) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "INSERT INTO cluster_members (node_id, url, heartbeat_at, started_at) VALUES (?, ?, {DB_NOW}, {DB_NOW}) \
+             ON DUPLICATE KEY UPDATE url = VALUES(url), heartbeat_at = VALUES(heartbeat_at)"
+        ))
+        .bind(node.to_owned())
+        .bind(url.to_owned())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The members and the leases as the database sees them now: a member is live while
+    /// its heartbeat is younger than `ttl_ms`, a lease is held while it has not expired.
+    pub async fn cluster_view(&self, ttl_ms: i64) -> Result<(Vec<MemberRow>, Vec<LeaseRow>), StoreError> {
+        let members = sqlx::query(&format!(
+            "SELECT node_id, url, CAST(heartbeat_at > {DB_NOW} - ? AS SIGNED) AS live FROM cluster_members ORDER BY node_id"
+        ))
+        .bind(ttl_ms)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(MemberRow {
+                node_id: text(row, "node_id")?,
+                url: text(row, "url")?,
+                live: row.try_get::<i64, _>("live")? == 1,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        let leases = sqlx::query(&format!(
+            "SELECT shard, CASE WHEN expires_at > {DB_NOW} THEN owner END AS owner, epoch FROM shard_leases ORDER BY shard"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(LeaseRow {
+                shard: row.try_get::<i32, _>("shard")? as Shard,
+                owner: row.try_get::<Option<String>, _>("owner")?,
+                epoch: row.try_get("epoch")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((members, leases))
+    }
+
+    /// Extends this node's leases on `shards` by `ttl_ms` from now; returns the shards it
+    /// still holds with their epochs (a shard another node took is missing). A lease that
+    /// expired without anybody taking it is renewed: nobody acted on it meanwhile.
+    pub async fn renew_leases(
+        &self,
+        node: &str,
+        shards: &[Shard],
+        ttl_ms: i64,
+    ) -> Result<Vec<(Shard, i64)>, StoreError> {
+        if shards.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = in_list(shards);
+        let mut tx = self.begin().await?;
+        sqlx::query(&format!(
+            "UPDATE shard_leases SET expires_at = {DB_NOW} + ? WHERE shard IN ({list}) AND owner = ?"
+        ))
+        .bind(ttl_ms)
+        .bind(node.to_owned())
+        .execute(&mut *tx)
+        .await?;
+        let held = sqlx::query(&format!(
+            "SELECT shard, epoch FROM shard_leases WHERE shard IN ({list}) AND owner = ? ORDER BY shard"
+        ))
+        .bind(node.to_owned())
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get::<i32, _>("shard")? as Shard, row.try_get("epoch")?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    /// Takes `shard` if it is free or its lease has expired: a new epoch (the fence
+    /// against the previous owner). Returns the epoch, or `None` if another node holds it.
+    pub async fn claim_lease(&self, shard: Shard, node: &str, ttl_ms: i64) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.begin().await?;
+        let taken = sqlx::query(&format!(
+            "UPDATE shard_leases SET owner = ?, epoch = epoch + 1, expires_at = {DB_NOW} + ? \
+             WHERE shard = ? AND (owner IS NULL OR expires_at <= {DB_NOW})"
+        ))
+        .bind(node.to_owned())
+        .bind(ttl_ms)
+        .bind(shard as i32)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let epoch = if taken {
+            let row = sqlx::query("SELECT epoch FROM shard_leases WHERE shard = ?")
+                .bind(shard as i32)
+                .fetch_one(&mut *tx)
+                .await?;
+            Some(row.try_get("epoch")?)
+        } else {
+            None
+        };
+        tx.commit().await?;
+        Ok(epoch)
+    }
+
+    /// Gives `shard` back at once (a hand-over), if this node still holds it at `epoch`.
+    pub async fn release_lease(&self, shard: Shard, node: &str, epoch: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE shard_leases SET owner = NULL, expires_at = 0 WHERE shard = ? AND owner = ? AND epoch = ?")
+            .bind(shard as i32)
+            .bind(node.to_owned())
+            .bind(epoch)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Leaves the cluster: every lease of this node is released and its member row goes.
+    pub async fn leave_cluster(&self, node: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE shard_leases SET owner = NULL, expires_at = 0 WHERE owner = ?")
+            .bind(node.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM cluster_members WHERE node_id = ?")
+            .bind(node.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The fenced group commit: inside the commit's own transaction, every shard in
+    /// `fences` must still be held by `node` at the given epoch. The lease rows are read
+    /// with a shared lock, so a node taking one of them over waits until this
+    /// transaction ends and then loads what it committed. `Ok(Err(shards))`: nothing was
+    /// written, this node no longer holds `shards` at those epochs.
+    pub async fn commit_fenced(
+        &self,
+        sets: &[&WriteSet],
+        node: &str,
+        fences: &[(Shard, i64)],
+    ) -> Result<Result<(), Vec<Shard>>, StoreError> {
+        let mut tx = self.begin().await?;
+        if !fences.is_empty() {
+            let shards: Vec<Shard> = fences.iter().map(|(s, _)| *s).collect();
+            let held: Vec<(Shard, Option<String>, i64)> = sqlx::query(&format!(
+                "SELECT shard, owner, epoch FROM shard_leases WHERE shard IN ({}) ORDER BY shard LOCK IN SHARE MODE",
+                in_list(&shards)
+            ))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<i32, _>("shard")? as Shard,
+                    row.try_get::<Option<String>, _>("owner")?,
+                    row.try_get::<i64, _>("epoch")?,
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+            let lost: Vec<Shard> = fences
+                .iter()
+                .filter(|(shard, epoch)| {
+                    !held
+                        .iter()
+                        .any(|(s, owner, e)| s == shard && owner.as_deref() == Some(node) && e == epoch)
+                })
+                .map(|(s, _)| *s)
+                .collect();
+            if !lost.is_empty() {
+                tx.rollback().await?;
+                return Ok(Err(lost));
+            }
+        }
+        self.write_sets(&mut tx, sets).await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+}
+
+/// `1,2,3`: shard numbers are integers this process computed, safe to inline.
+fn in_list(shards: &[Shard]) -> String {
+    shards.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")
+}
