@@ -1,0 +1,617 @@
+//! Cluster mode (docs/cluster.md): several real `emporium` processes on loopback, one
+//! real MariaDB. Shards split fairly; a flash sale through every node sells exactly the
+//! stock; `kill -9` of a node loses no acknowledged order and its SKUs sell again
+//! through every survivor within the lease TTL + 2 s; a paused owner (SIGSTOP past its
+//! lease) is fenced: nothing it held becomes durable twice, nothing is oversold.
+//!
+//! Under `CI=true` an unreachable MariaDB fails these tests; elsewhere they skip.
+
+mod common;
+
+use common::Backend;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_emporium");
+const SHARDS: u32 = 32;
+const LEASE_TTL: Duration = Duration::from_millis(2000);
+const SECRET: &str = "cluster-test-secret-0123456789abcdef";
+
+struct Node {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(store: &str, name: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("EMPORIUM__STORE__URL", store)
+            .env("EMPORIUM__CLUSTER__ENABLED", "true")
+            .env("EMPORIUM__CLUSTER__NODE_ID", name)
+            .env("EMPORIUM__CLUSTER__SHARDS", SHARDS.to_string())
+            .env("EMPORIUM__CLUSTER__LEASE_TTL_MS", LEASE_TTL.as_millis().to_string())
+            .env("EMPORIUM__AUTH__JWT_SECRET", SECRET)
+            .env("EMPORIUM__PAYMENT__BACKOFF_BASE_MS", "10")
+            .env("EMPORIUM__LIMITS__ORDERS_PER_USER_PER_SEC", "0")
+            .env("EMPORIUM__STORE__MAX_CONNECTIONS", "4")
+            .env("EMPORIUM__SERVER__WORKERS", "2")
+            .env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("emporium starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("listening line");
+        let base = line.trim().rsplit(' ').next().expect("address").to_owned();
+        assert!(base.starts_with("http://"), "unexpected first line {line:?}");
+        Self { child, base, _dir: dir }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.pid()]).status().unwrap();
+        assert!(status.success(), "kill {signal}");
+    }
+
+    fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait: the node drains and hands its shards over.
+    fn stop(&mut self) {
+        self.signal("-TERM");
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token(sub: &str, admin: bool) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
+        .env("EMPORIUM__AUTH__JWT_SECRET", SECRET)
+        .args(["token", "--sub", sub, "--data-dir"])
+        .arg(dir.path());
+    if admin {
+        cmd.arg("--admin");
+    }
+    String::from_utf8(cmd.output().expect("token").stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
+/// A fresh database on the test MariaDB, or `None` (skipped outside CI).
+async fn fresh_store() -> Option<String> {
+    let backend = Backend::mysql().await?;
+    backend.store_url().await
+}
+
+async fn cluster_health(client: &reqwest::Client, node: &Node) -> Option<Value> {
+    let r = client.get(format!("{}/health/cluster", node.base)).send().await.ok()?;
+    r.json().await.ok()
+}
+
+/// Waits until every node is ready and the nodes hold a fair split of all shards.
+async fn wait_fair_split(client: &reqwest::Client, nodes: &[&Node], within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut owned = Vec::new();
+        let mut ready = true;
+        for node in nodes {
+            let r = client.get(format!("{}/health/ready", node.base)).send().await;
+            ready &= r.map(|r| r.status() == StatusCode::OK).unwrap_or(false);
+            owned.push(
+                cluster_health(client, node)
+                    .await
+                    .and_then(|h| h["shards_owned"].as_u64())
+                    .unwrap_or(0),
+            );
+        }
+        let fair_low = u64::from(SHARDS) / nodes.len() as u64;
+        let fair = owned.iter().all(|o| *o == fair_low || *o == fair_low + 1);
+        if ready && fair && owned.iter().sum::<u64>() == u64::from(SHARDS) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "no fair split of {SHARDS} shards over {} nodes within {within:?}: {owned:?}",
+            nodes.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn create_product(client: &reqwest::Client, node: &Node, admin: &str, skus: &[(&str, i64)]) {
+    let variants: Vec<Value> = skus.iter().map(|(sku, stock)| json!({"sku": sku, "stock": stock})).collect();
+    let r = client
+        .post(format!("{}/v1/products", node.base))
+        .bearer_auth(admin)
+        .json(&json!({"name": skus[0].0.to_lowercase(), "price": {"amount": 10, "currency": "KRW"}, "variants": variants}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{:?}", r.text().await);
+}
+
+/// One order of one unit; the status and the order id of a 201.
+async fn order(client: &reqwest::Client, base: &str, user: &str, sku: &str) -> (StatusCode, Option<String>) {
+    match client
+        .post(format!("{base}/v1/orders"))
+        .bearer_auth(user)
+        .json(&json!({"items": [{"sku": sku, "qty": 1}]}))
+        .send()
+        .await
+    {
+        Ok(r) => {
+            let status = r.status();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, body["id"].as_str().map(str::to_owned))
+        }
+        // The node died under the request: the same as a 503 for the client.
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
+    }
+}
+
+/// Every order of `user`, all pages.
+async fn all_orders(client: &reqwest::Client, base: &str, user: &str) -> Vec<Value> {
+    let mut orders = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/orders?limit=1000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = client.get(url).bearer_auth(user).send().await.unwrap().json().await.unwrap();
+        orders.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return orders,
+        }
+    }
+}
+
+/// Waits until every order of `user` is COMPLETED; returns them.
+async fn all_completed(client: &reqwest::Client, base: &str, user: &str, within: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let orders = all_orders(client, base, user).await;
+        let open: Vec<&Value> = orders.iter().filter(|o| o["status"] != "COMPLETED").collect();
+        if open.is_empty() {
+            return orders;
+        }
+        assert!(Instant::now() < deadline, "orders not finished: {open:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn inventory(client: &reqwest::Client, base: &str, sku: &str) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client.get(format!("{base}/v1/inventory/{sku}")).send().await.unwrap();
+        if r.status() == StatusCode::OK {
+            let v: Value = r.json().await.unwrap();
+            return (v["stock"].as_i64().unwrap(), v["reserved"].as_i64().unwrap());
+        }
+        assert!(Instant::now() < deadline, "inventory of {sku} not answered: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn assert_reconciles(store: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let reconcile = Command::new(BIN)
+        .args(["reconcile", "--data-dir"])
+        .arg(dir.path())
+        .env("EMPORIUM__STORE__URL", store)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&reconcile.stdout),
+        String::from_utf8_lossy(&reconcile.stderr)
+    );
+    assert!(reconcile.status.success(), "reconcile: {report}");
+}
+
+/// The node id owning `sku`'s shard, from the lease table.
+async fn owner_of(store: &str, sku: &str) -> String {
+    use sqlx::{Connection, Row};
+    let shard = emporium::domain::cluster::shard_of(sku, SHARDS);
+    let mut conn = sqlx::MySqlConnection::connect(store).await.unwrap();
+    let row = sqlx::query("SELECT owner FROM shard_leases WHERE shard = ?")
+        .bind(shard as i32)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    row.try_get::<Option<String>, _>("owner").unwrap().unwrap_or_default()
+}
+
+/// Only answers a client may see in cluster mode during faults: a result, or 503.
+fn assert_expected(status: StatusCode) {
+    assert!(
+        [StatusCode::CREATED, StatusCode::CONFLICT, StatusCode::SERVICE_UNAVAILABLE].contains(&status),
+        "unexpected status {status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_split_fairly_sell_exactly_the_stock_and_a_fourth_joins() {
+    let Some(store) = fresh_store().await else { return };
+    let client = reqwest::Client::new();
+    let nodes = [
+        Node::start(&store, "node-a"),
+        Node::start(&store, "node-b"),
+        Node::start(&store, "node-c"),
+    ];
+    let took = wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
+    eprintln!("3 nodes split {SHARDS} shards fairly in {took:?}");
+    let health = cluster_health(&client, &nodes[0]).await.unwrap();
+    assert_eq!(health["node"], "node-a");
+    assert_eq!(health["shards_total"], SHARDS);
+    assert_eq!(health["members"].as_array().unwrap().len(), 3, "{health}");
+
+    // Peers only: a wrong peer secret is refused, whatever the route.
+    let admin = token("admin", true);
+    let r = client
+        .get(format!("{}/v1/inventory/ANY", nodes[0].base))
+        .header("emporium-peer", "guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // A flash sale of 300 units, 90 clients spread over the three nodes, 600 attempts.
+    create_product(&client, &nodes[0], &admin, &[("FLASH", 300)]).await;
+    let user = token("buyer", false);
+    let created = Arc::new(Mutex::new(Vec::<String>::new()));
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let clients: Vec<_> = (0..90)
+        .map(|i| {
+            let (client, base, user) = (client.clone(), bases[i % 3].clone(), user.clone());
+            let (created, attempts) = (created.clone(), attempts.clone());
+            tokio::spawn(async move {
+                while attempts.fetch_add(1, Ordering::SeqCst) < 600 {
+                    let (status, id) = order(&client, &base, &user, "FLASH").await;
+                    assert_expected(status);
+                    if let Some(id) = id.filter(|_| status == StatusCode::CREATED) {
+                        created.lock().unwrap().push(id);
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let created = created.lock().unwrap().clone();
+    assert_eq!(created.len(), 300, "exactly the stock is sold");
+    assert_eq!(created.iter().collect::<HashSet<_>>().len(), 300);
+    let orders = all_completed(&client, &nodes[1].base, &user, Duration::from_secs(30)).await;
+    assert_eq!(orders.len(), 300);
+    for node in &nodes {
+        assert_eq!(inventory(&client, &node.base, "FLASH").await, (0, 0), "through {}", node.base);
+    }
+
+    // A fourth node joins while orders keep flowing: it gets a fair share, selling
+    // never stops (answers stay 201/409/503), and nothing is oversold.
+    create_product(&client, &nodes[0], &admin, &[("JOIN-1", 1000), ("JOIN-2", 1000), ("JOIN-3", 1000)]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sold = Arc::new(Mutex::new(BTreeMap::<String, i64>::new()));
+    let sellers: Vec<_> = (0..12)
+        .map(|i| {
+            let (client, base, user) = (client.clone(), bases[i % 3].clone(), user.clone());
+            let (stop, sold) = (stop.clone(), sold.clone());
+            tokio::spawn(async move {
+                let sku = format!("JOIN-{}", i % 3 + 1);
+                while !stop.load(Ordering::SeqCst) {
+                    let (status, _) = order(&client, &base, &user, &sku).await;
+                    assert_expected(status);
+                    if status == StatusCode::CREATED {
+                        *sold.lock().unwrap().entry(sku.clone()).or_default() += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fourth = Node::start(&store, "node-d");
+    let all: Vec<&Node> = nodes.iter().chain([&fourth]).collect();
+    let took = wait_fair_split(&client, &all, Duration::from_secs(15)).await;
+    eprintln!("a fourth node took its fair share in {took:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for s in sellers {
+        s.await.unwrap();
+    }
+    let sold = sold.lock().unwrap().clone();
+    assert_eq!(sold.len(), 3, "every SKU sold during the join: {sold:?}");
+    all_completed(&client, &fourth.base, &user, Duration::from_secs(30)).await;
+    for (sku, n) in &sold {
+        assert_eq!(inventory(&client, &fourth.base, sku).await, (1000 - n, 0), "{sku}");
+    }
+    assert_reconciles(&store);
+    drop((nodes, fourth));
+    common::drop_database(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_node_loses_no_order_and_its_skus_sell_again_within_the_ttl() {
+    let Some(store) = fresh_store().await else { return };
+    let client = reqwest::Client::new();
+    let mut nodes = vec![
+        Node::start(&store, "node-a"),
+        Node::start(&store, "node-b"),
+        Node::start(&store, "node-c"),
+    ];
+    wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
+    let admin = token("admin", true);
+    let user = token("buyer", false);
+    let skus: Vec<String> = (0..12).map(|i| format!("MIX-{i}")).collect();
+    let stocked: Vec<(&str, i64)> = skus.iter().map(|s| (s.as_str(), 500)).collect();
+    create_product(&client, &nodes[0], &admin, &stocked).await;
+
+    // The victim owns some SKUs for sure: pick the owner of the first.
+    let victim_id = owner_of(&store, &skus[0]).await;
+    let victim = ["node-a", "node-b", "node-c"].iter().position(|n| *n == victim_id).unwrap();
+    let mut victims_skus = Vec::new();
+    for sku in &skus {
+        if owner_of(&store, sku).await == victim_id {
+            victims_skus.push(sku.clone());
+        }
+    }
+
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let clients: Vec<_> = (0..24)
+        .map(|i| {
+            let (client, base, user) = (client.clone(), bases[i % 3].clone(), user.clone());
+            let (acknowledged, stop, skus) = (acknowledged.clone(), stop.clone(), skus.clone());
+            tokio::spawn(async move {
+                let mut n = i;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let (status, id) = order(&client, &base, &user, &skus[n % skus.len()]).await;
+                    assert_expected(status);
+                    if let Some(id) = id.filter(|_| status == StatusCode::CREATED) {
+                        acknowledged.lock().unwrap().push(id);
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acknowledged.lock().unwrap().len() < 200 {
+        assert!(Instant::now() < deadline, "orders are not flowing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    nodes[victim].kill_9();
+    let killed_at = Instant::now();
+
+    // Every SKU of the dead node sells again through every survivor within TTL + 2 s.
+    let survivors: Vec<String> = (0..3).filter(|i| *i != victim).map(|i| bases[i].clone()).collect();
+    let mut takeover = Duration::ZERO;
+    for sku in &victims_skus {
+        for base in &survivors {
+            loop {
+                let (status, id) = order(&client, base, &user, sku).await;
+                if status == StatusCode::CREATED {
+                    acknowledged.lock().unwrap().push(id.unwrap());
+                    break;
+                }
+                assert_expected(status);
+                assert!(
+                    killed_at.elapsed() < LEASE_TTL + Duration::from_secs(2),
+                    "{sku} does not sell through {base} {:?} after the kill",
+                    killed_at.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        takeover = takeover.max(killed_at.elapsed());
+    }
+    eprintln!(
+        "takeover: {} SKUs of the killed node sold again through both survivors after {takeover:?}",
+        victims_skus.len()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    // Every 201 survived; the dead node's in-flight sagas finished on the new owners.
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let orders = all_completed(&client, &survivors[0], &user, Duration::from_secs(30)).await;
+    let stored: HashSet<&str> = orders.iter().map(|o| o["id"].as_str().unwrap()).collect();
+    for id in &acknowledged {
+        assert!(stored.contains(id.as_str()), "acknowledged order {id} lost");
+    }
+    // Inventory equals completed orders, SKU by SKU.
+    let mut per_sku: BTreeMap<String, i64> = BTreeMap::new();
+    for o in &orders {
+        for line in o["items"].as_array().unwrap() {
+            *per_sku.entry(line["sku"].as_str().unwrap().to_owned()).or_default() += line["qty"].as_i64().unwrap();
+        }
+    }
+    for sku in &skus {
+        let (stock, reserved) = inventory(&client, &survivors[1], sku).await;
+        assert_eq!(reserved, 0, "{sku}");
+        assert_eq!(stock, 500 - per_sku.get(sku).copied().unwrap_or(0), "{sku}");
+    }
+    drop(nodes);
+    assert_reconciles(&store);
+    common::drop_database(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_owner_is_fenced_and_nothing_is_oversold() {
+    let Some(store) = fresh_store().await else { return };
+    let client = reqwest::Client::new();
+    let nodes = [
+        Node::start(&store, "node-a"),
+        Node::start(&store, "node-b"),
+        Node::start(&store, "node-c"),
+    ];
+    wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
+    let admin = token("admin", true);
+    let user = token("buyer", false);
+    let stock = 150;
+    create_product(&client, &nodes[0], &admin, &[("HOT", stock)]).await;
+    let owner_id = owner_of(&store, "HOT").await;
+    let owner = ["node-a", "node-b", "node-c"].iter().position(|n| *n == owner_id).unwrap();
+    let others: Vec<String> = (0..3).filter(|i| *i != owner).map(|i| nodes[i].base.clone()).collect();
+
+    // Some units sell through the owner; then it is paused with requests in flight.
+    let created = Arc::new(Mutex::new(Vec::<String>::new()));
+    for _ in 0..20 {
+        let (status, id) = order(&client, &nodes[owner].base, &user, "HOT").await;
+        assert_eq!(status, StatusCode::CREATED);
+        created.lock().unwrap().push(id.unwrap());
+    }
+    nodes[owner].signal("-STOP");
+    let paused: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, base, user, created) = (client.clone(), nodes[owner].base.clone(), user.clone(), created.clone());
+            tokio::spawn(async move {
+                let (status, id) = order(&client, &base, &user, "HOT").await;
+                assert_expected(status);
+                if let Some(id) = id.filter(|_| status == StatusCode::CREATED) {
+                    created.lock().unwrap().push(id);
+                }
+                status
+            })
+        })
+        .collect();
+
+    // The others take the shard over and sell the rest while the owner sleeps.
+    let paused_at = Instant::now();
+    let mut statuses = BTreeMap::<u16, usize>::new();
+    while paused_at.elapsed() < 2 * LEASE_TTL + Duration::from_secs(2) {
+        for base in &others {
+            let (status, id) = order(&client, base, &user, "HOT").await;
+            assert_expected(status);
+            *statuses.entry(status.as_u16()).or_default() += 1;
+            if let Some(id) = id.filter(|_| status == StatusCode::CREATED) {
+                created.lock().unwrap().push(id);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(statuses.get(&201).copied().unwrap_or(0) > 0, "the others sold while the owner slept: {statuses:?}");
+    nodes[owner].signal("-CONT");
+    for p in paused {
+        let status = p.await.unwrap();
+        eprintln!("request held by the paused owner answered {status}");
+    }
+    // Sell out through every node.
+    for node in &nodes {
+        loop {
+            let (status, id) = order(&client, &node.base, &user, "HOT").await;
+            assert_expected(status);
+            if let Some(id) = id.filter(|_| status == StatusCode::CREATED) {
+                created.lock().unwrap().push(id);
+            } else if status == StatusCode::CONFLICT {
+                break;
+            } else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let created = created.lock().unwrap().clone();
+    assert_eq!(created.len() as i64, stock, "exactly the stock was acknowledged");
+    let orders = all_completed(&client, &others[0], &user, Duration::from_secs(30)).await;
+    assert_eq!(orders.len() as i64, stock, "0 oversold: one order per unit");
+    let stored: HashSet<&str> = orders.iter().map(|o| o["id"].as_str().unwrap()).collect();
+    for id in &created {
+        assert!(stored.contains(id.as_str()), "acknowledged order {id} lost");
+    }
+    for node in &nodes {
+        assert_eq!(inventory(&client, &node.base, "HOT").await, (0, 0));
+    }
+    drop(nodes);
+    assert_reconciles(&store);
+    common::drop_database(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_under_load_loses_no_order() {
+    let Some(store) = fresh_store().await else { return };
+    let client = reqwest::Client::new();
+    let names = ["node-a", "node-b", "node-c"];
+    let mut nodes: Vec<Node> = names.iter().map(|n| Node::start(&store, n)).collect();
+    wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
+    let admin = token("admin", true);
+    let user = token("buyer", false);
+    let skus: Vec<String> = (0..6).map(|i| format!("ROLL-{i}")).collect();
+    let stocked: Vec<(&str, i64)> = skus.iter().map(|s| (s.as_str(), 5000)).collect();
+    create_product(&client, &nodes[0], &admin, &stocked).await;
+
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let bases = Arc::new(Mutex::new(nodes.iter().map(|n| n.base.clone()).collect::<Vec<_>>()));
+    let clients: Vec<_> = (0..12)
+        .map(|i| {
+            let (client, bases, user) = (client.clone(), bases.clone(), user.clone());
+            let (acknowledged, stop, skus) = (acknowledged.clone(), stop.clone(), skus.clone());
+            tokio::spawn(async move {
+                let mut n = i;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let base = bases.lock().unwrap()[n % 3].clone();
+                    let (status, id) = order(&client, &base, &user, &skus[n % skus.len()]).await;
+                    assert_expected(status);
+                    if let Some(id) = id.filter(|_| status == StatusCode::CREATED) {
+                        acknowledged.lock().unwrap().push(id);
+                    }
+                }
+            })
+        })
+        .collect();
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        nodes[i].stop();
+        let replacement = Node::start(&store, &format!("{}-2", names[i]));
+        bases.lock().unwrap()[i] = replacement.base.clone();
+        nodes[i] = replacement;
+        wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() > 100, "orders flowed: {}", acknowledged.len());
+    let orders = all_completed(&client, &nodes[0].base, &user, Duration::from_secs(30)).await;
+    let stored: HashSet<&str> = orders.iter().map(|o| o["id"].as_str().unwrap()).collect();
+    for id in &acknowledged {
+        assert!(stored.contains(id.as_str()), "acknowledged order {id} lost");
+    }
+    drop(nodes);
+    assert_reconciles(&store);
+    common::drop_database(&store).await;
+}
