@@ -369,7 +369,14 @@ impl App {
         let peers = Arc::new(http::cluster::Peers::new(
             self.ownership.clone(),
             peer_secret,
-            Duration::from_millis(self.settings.server.request_timeout_ms),
+            // An owner that does not answer within a lease TTL may be paused or gone; by
+            // the client's retry, its shards may have a new owner.
+            Duration::from_millis(
+                self.settings
+                    .server
+                    .request_timeout_ms
+                    .min(self.settings.cluster.lease_ttl_ms.max(300)),
+            ),
         ));
         let state = web::Data::new(AppState {
             settings: self.settings.clone(),
