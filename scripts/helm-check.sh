@@ -56,11 +56,19 @@ step "alert rules (promtool check + unit tests) and dashboard"
 # see the script for the dashboard checks.
 "$ROOT/scripts/observability-check.sh"
 
-for sc in default production full; do
+# Three replicas in cluster mode on MySQL (docs/cluster.md).
+CLUSTER_SET=(
+    --set auth.jwtSecret=cluster-scenario-jwt-secret-0123456789abcdef
+    --set mysql.enabled=true --set mysql.url=mysql://emporium:s3cret-pw@mysql.test:3306/shop
+    --set replicaCount=3 --set cluster.enabled=true
+)
+
+for sc in default production full cluster; do
     case "$sc" in
         default) args=() ;;
         production) args=(-f "$CHART/values-production.yaml") ;;
         full) args=("${FULL_SET[@]}") ;;
+        cluster) args=("${CLUSTER_SET[@]}") ;;
     esac
 
     step "helm lint ($sc)"
@@ -120,11 +128,9 @@ must_fail() {
 }
 
 step "refused values"
-# The schema (maximum 1) catches it first...
-must_fail "replicaCount=2 (schema)" "replicaCount" --set replicaCount=2
-# ...and the template's fail() when the schema is skipped.
-must_fail "replicaCount=2 (template guard)" "exactly one owner" \
-    --set replicaCount=2 --skip-schema-validation
+must_fail "replicaCount=2 without cluster mode" "needs cluster.enabled=true" --set replicaCount=2
+must_fail "cluster mode on the embedded SQLite store" "cluster.enabled=true needs mysql.enabled=true" \
+    --set replicaCount=3 --set cluster.enabled=true
 must_fail "grace period not above shutdown drain" "terminationGracePeriodSeconds" \
     --set terminationGracePeriodSeconds=20
 must_fail "mysql enabled without url or existingSecret" "mysql.enabled is true" \
@@ -142,6 +148,7 @@ must_fail "unknown payment mode" "mode" --set payment.mode=remote
 
 step "helm_assert.py"
 "$PY" "$ROOT/scripts/helm_assert.py" check \
-    "default=$OUT/default.yaml" "production=$OUT/production.yaml" "full=$OUT/full.yaml"
+    "default=$OUT/default.yaml" "production=$OUT/production.yaml" "full=$OUT/full.yaml" \
+    "cluster=$OUT/cluster.yaml"
 
 printf '\nhelm-check: all checks passed\n'

@@ -139,9 +139,10 @@ def selects(selector, labels):
 # ---------------------------------------------------------------- checks (all scenarios)
 
 
-def check_replicas_one(docs, _):
+def check_replicas_one(docs, scenario):
     sts = one(docs, "StatefulSet")
-    assert sts["spec"]["replicas"] == 1, f"replicas = {sts['spec']['replicas']}"
+    if scenario != "cluster":
+        assert sts["spec"]["replicas"] == 1, f"replicas = {sts['spec']['replicas']}"
     # The only Deployment allowed is the payment service: a Deployment running the server
     # would run two owners of every SKU during a rollout.
     for d in by_kind(docs, "Deployment"):
@@ -418,12 +419,33 @@ COMMON = [
     check_grace_period,
     check_migration_job_pod_not_selected,
 ]
+def check_cluster_mode(docs, _):
+    """Three replicas, each a member named after its pod and advertised at its headless
+    DNS name; readiness (ownership) gates traffic; a PDB limits voluntary disruption."""
+    sts = one(docs, "StatefulSet")
+    assert sts["spec"]["replicas"] == 3
+    c = sts["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["EMPORIUM__CLUSTER__ENABLED"]["value"] == "true"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["EMPORIUM__CLUSTER__NODE_ID"]["value"] == "$(POD_NAME)"
+    headless = [s for s in by_kind(docs, "Service") if s["spec"].get("clusterIP") == "None"]
+    assert len(headless) == 1 and headless[0]["spec"]["publishNotReadyAddresses"] is True
+    url = env["EMPORIUM__CLUSTER__ADVERTISE_URL"]["value"]
+    assert url.startswith(f"http://$(POD_NAME).{headless[0]['metadata']['name']}."), url
+    assert sts["spec"]["serviceName"] == headless[0]["metadata"]["name"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"].get("maxUnavailable") == 1
+
+
 SCENARIOS = {
     "default": COMMON + [check_default_is_embedded],
     "production": COMMON
     + [check_backends_from_secret, check_migration_job, check_monitoring, check_ingress, check_payment_service],
     "full": COMMON
     + [check_backends_from_secret, check_migration_job, check_monitoring, check_ingress, check_payment_service],
+    "cluster": COMMON + [check_cluster_mode],
 }
 
 

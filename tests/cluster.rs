@@ -278,6 +278,22 @@ fn assert_expected(status: StatusCode) {
     );
 }
 
+#[test]
+fn cluster_mode_on_the_embedded_sqlite_store_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("EMPORIUM__CLUSTER__ENABLED", "true")
+        .env("EMPORIUM__AUTH__JWT_SECRET", SECRET)
+        .env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(!run.status.success(), "a cluster on SQLite must not start");
+    let said = String::from_utf8_lossy(&run.stderr);
+    assert!(said.contains("needs a MySQL/MariaDB store"), "{said}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_split_fairly_sell_exactly_the_stock_and_a_fourth_joins() {
     let Some(store) = fresh_store().await else { return };

@@ -276,6 +276,10 @@ impl LeaseKeeper {
         metrics: Arc<Metrics>,
     ) -> Result<tokio::task::JoinHandle<()>, crate::persistence::StoreError> {
         store.ensure_shards(ownership.shards()).await?;
+        // A node id is unique among live processes (a StatefulSet pod name, or a random
+        // suffix): leases still under it are a dead earlier incarnation's. Released now,
+        // they are claimable at once instead of after their TTL.
+        store.leave_cluster(ownership.node_id()).await?;
         let keeper = Self {
             store,
             ownership,

@@ -155,6 +155,23 @@ Argument: dict "ctx" $ "secret" <secret name>.
 - name: EMPORIUM__PAYMENT__MODE
   value: kafka
 {{- end }}
+{{- if $v.cluster.enabled }}
+# Cluster mode: the pod's name is its member id, its headless DNS name its peer URL.
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: EMPORIUM__CLUSTER__ENABLED
+  value: "true"
+- name: EMPORIUM__CLUSTER__NODE_ID
+  value: "$(POD_NAME)"
+- name: EMPORIUM__CLUSTER__ADVERTISE_URL
+  value: "http://$(POD_NAME).{{ include "emporium.headlessServiceName" .ctx }}.{{ .ctx.Release.Namespace }}.svc:{{ $v.containerPort }}"
+- name: EMPORIUM__CLUSTER__SHARDS
+  value: {{ $v.cluster.shards | quote }}
+- name: EMPORIUM__CLUSTER__LEASE_TTL_MS
+  value: {{ $v.cluster.leaseTtlMs | quote }}
+{{- end }}
 {{- if $v.telemetry.otlpEndpoint }}
 - name: EMPORIUM__TELEMETRY__OTLP_ENDPOINT
   value: {{ $v.telemetry.otlpEndpoint | quote }}
@@ -166,8 +183,14 @@ Checks that the schema cannot express (or that must hold even with
 --skip-schema-validation). Included from the StatefulSet so they run on every render.
 */}}
 {{- define "emporium.validate" -}}
-{{- if gt (int .Values.replicaCount) 1 }}
-{{- fail (printf "replicaCount=%d is not supported: each SKU's inventory actor must have exactly one owner, and this release has no way to share ownership between replicas (two pods would both reserve the same stock and oversell). Keep replicaCount at 1 until ownership comes from Kafka partition assignment or leases with fencing tokens." (int .Values.replicaCount)) }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.cluster.enabled) }}
+{{- fail (printf "replicaCount=%d needs cluster.enabled=true: each SKU's inventory actor must have exactly one owner, and without cluster mode two pods would both reserve the same stock and oversell. Turn cluster mode on (MySQL store) or keep replicaCount at 1." (int .Values.replicaCount)) }}
+{{- end }}
+{{- if and .Values.cluster.enabled (not .Values.mysql.enabled) }}
+{{- fail "cluster.enabled=true needs mysql.enabled=true: the replicas share the store's lease table; the embedded SQLite file lives on one pod's volume and cannot be shared." }}
+{{- end }}
+{{- if and .Values.cluster.enabled (eq .Values.payment.mode "kafka") }}
+{{- fail "cluster.enabled=true needs payment.mode=local: payment outcomes from Kafka are not routed to the owning pod yet (docs/cluster.md, Limits)." }}
 {{- end }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (int .Values.shutdownGraceSecs) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than shutdownGraceSecs (%d), or the kubelet kills the server while it drains orders." (int .Values.terminationGracePeriodSeconds) (int .Values.shutdownGraceSecs)) }}
