@@ -65,7 +65,7 @@ impl Peers {
     }
 
     /// Whether `req` comes from a peer; a wrong secret is refused outright.
-    fn from_peer(&self, req: &HttpRequest) -> Result<bool, ApiError> {
+    fn is_peer_call(&self, req: &HttpRequest) -> Result<bool, ApiError> {
         let Some(given) = req.headers().get(PEER_HEADER) else {
             return Ok(false);
         };
@@ -86,7 +86,7 @@ impl Peers {
         if !self.ownership.enabled() {
             return Ok(Route::Here);
         }
-        let from_peer = self.from_peer(req)?;
+        let from_peer = self.is_peer_call(req)?;
         let mut owner = None;
         for sku in skus {
             let this = self.ownership.owner_of(sku);
