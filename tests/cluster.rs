@@ -693,3 +693,133 @@ async fn a_rolling_restart_under_load_loses_no_order() {
     assert_reconciles(&store);
     common::drop_database(&store).await;
 }
+
+/// SKU names whose shards have owners `a` and `b` (different nodes), from the lease table.
+async fn skus_owned_by_two(store: &str, prefix: &str) -> (String, String) {
+    let mut by_owner: BTreeMap<String, String> = BTreeMap::new();
+    for i in 0..200 {
+        let sku = format!("{prefix}-{i}");
+        by_owner.entry(owner_of(store, &sku).await).or_insert(sku);
+        if by_owner.len() >= 2 {
+            break;
+        }
+    }
+    let mut skus = by_owner.into_values();
+    (skus.next().unwrap(), skus.next().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
+    let Some(store) = fresh_store().await else { return };
+    let client = reqwest::Client::new();
+    let nodes = [
+        Node::start(&store, "node-a"),
+        Node::start(&store, "node-b"),
+        Node::start(&store, "node-c"),
+    ];
+    wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
+    let admin = token("admin", true);
+    let user = token("buyer", false);
+    let (x, y) = skus_owned_by_two(&store, "SPAN").await;
+    assert_ne!(owner_of(&store, &x).await, owner_of(&store, &y).await);
+    create_product(&client, &nodes[0], &admin, &[(&x, 40), (&y, 40), ("SPAN-EMPTY", 0)]).await;
+    let both = json!({"items": [{"sku": x, "qty": 1}, {"sku": y, "qty": 1}]});
+
+    // A flash sale of two-SKU orders through every node: exactly the stock, both SKUs
+    // always together.
+    let created = Arc::new(Mutex::new(Vec::<String>::new()));
+    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let clients: Vec<_> = (0..30)
+        .map(|i| {
+            let (client, base, user, body) = (client.clone(), bases[i % 3].clone(), user.clone(), both.clone());
+            let created = created.clone();
+            tokio::spawn(async move {
+                for _ in 0..3 {
+                    let r = client
+                        .post(format!("{base}/v1/orders"))
+                        .bearer_auth(&user)
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = r.status();
+                    assert_expected(status);
+                    if status == StatusCode::CREATED {
+                        let v: Value = r.json().await.unwrap();
+                        created.lock().unwrap().push(v["id"].as_str().unwrap().to_owned());
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let created = created.lock().unwrap().clone();
+    assert_eq!(created.len(), 40, "exactly the stock of two-SKU orders is sold");
+    all_completed(&client, &nodes[2].base, &user, Duration::from_secs(30)).await;
+    for node in &nodes {
+        assert_eq!(inventory(&client, &node.base, &x).await, (0, 0));
+        assert_eq!(inventory(&client, &node.base, &y).await, (0, 0));
+    }
+
+    // All or nothing: one SKU sold out refuses the order and holds nothing elsewhere.
+    let admin_put = |sku: String, stock: i64| {
+        let (client, base, admin) = (client.clone(), nodes[1].base.clone(), admin.clone());
+        async move {
+            let r = client
+                .put(format!("{base}/v1/inventory/{sku}"))
+                .bearer_auth(&admin)
+                .json(&json!({"stock": stock}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{sku}");
+        }
+    };
+    admin_put(x.clone(), 5).await;
+    let (low, high) = if x < y { (&x, &y) } else { (&y, &x) };
+    let r = client
+        .post(format!("{}/v1/orders", nodes[0].base))
+        .bearer_auth(&user)
+        .json(&json!({"items": [{"sku": low, "qty": 1}, {"sku": high, "qty": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CONFLICT,
+        "the sold-out SKU refuses the whole order"
+    );
+    assert_eq!(
+        inventory(&client, &nodes[2].base, &x).await,
+        (5, 0),
+        "nothing held on the other SKU"
+    );
+
+    // A cross-owner order that is cancelled gives every SKU back.
+    admin_put(y.clone(), 5).await;
+    let r = client
+        .post(format!("{}/v1/orders", nodes[1].base))
+        .bearer_auth(&user)
+        .json(&json!({"items": [{"sku": x, "qty": 2}, {"sku": y, "qty": 3}], "payment": {"token": "test_slow"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    assert_eq!(inventory(&client, &nodes[0].base, &x).await, (5, 2));
+    assert_eq!(inventory(&client, &nodes[0].base, &y).await, (5, 3));
+    let r = client
+        .post(format!("{}/v1/orders/{id}/cancel", nodes[2].base))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(inventory(&client, &nodes[0].base, &x).await, (5, 0));
+    assert_eq!(inventory(&client, &nodes[0].base, &y).await, (5, 0));
+    drop(nodes);
+    assert_reconciles(&store);
+    common::drop_database(&store).await;
+}

@@ -21,3 +21,13 @@ CREATE TABLE shard_leases (
     epoch       BIGINT NOT NULL DEFAULT 0,
     expires_at  BIGINT NOT NULL DEFAULT 0
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- The decision of each placement whose SKUs have different owners: the placing node
+-- inserts "committed" in the commit that stores the order; an owner that reserved
+-- stock for it and never heard back inserts "aborted" if nothing is there. The primary
+-- key makes the first one the decision (docs/cluster.md, "Orders that span owners").
+CREATE TABLE placement_outcomes (
+    order_id    VARCHAR(36) PRIMARY KEY,
+    outcome     VARCHAR(16) NOT NULL,
+    decided_at  BIGINT NOT NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

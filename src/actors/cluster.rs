@@ -18,7 +18,7 @@
 //! fair share (`domain::cluster::rebalance`).
 
 use crate::config::ClusterSettings;
-use crate::domain::cluster::{fair_share, rebalance, shard_of, LeaseView, Shard};
+use crate::domain::cluster::{fair_share, rebalance, shard_of, Fence, LeaseView, Shard};
 use crate::domain::ids::Sku;
 use crate::persistence::{SqlStore, WriteSet};
 use crate::telemetry::Metrics;
@@ -170,9 +170,12 @@ impl Ownership {
         }
     }
 
-    /// The shards a write-set writes under, with the epochs this node holds them at:
-    /// `Err` names the shards it does not hold (the write-set must not be committed).
-    pub fn fences(&self, set: &WriteSet) -> Result<Vec<(Shard, i64)>, Vec<Shard>> {
+    /// The fences of a write-set: per shard it writes (its journal entries' SKUs), the
+    /// node that decided those entries and the epoch it held the shard at. Entries this
+    /// node decided use its own epochs now; entries another node decided come with their
+    /// fences (`remote_fences`). `Err` names the shards nobody vouches for: the write-set
+    /// must not be committed.
+    pub fn fences(&self, set: &WriteSet) -> Result<Vec<Fence>, Vec<Shard>> {
         if !self.enabled {
             return Ok(Vec::new());
         }
@@ -180,8 +183,16 @@ impl Ownership {
         let mut fences = Vec::with_capacity(shards.len());
         let mut missing = Vec::new();
         for shard in shards {
+            if let Some(remote) = set.remote_fences.iter().find(|f| f.shard == shard) {
+                fences.push(remote.clone());
+                continue;
+            }
             match self.epoch(shard) {
-                Some(epoch) => fences.push((shard, epoch)),
+                Some(epoch) => fences.push(Fence {
+                    shard,
+                    node: self.node_id.clone(),
+                    epoch,
+                }),
                 None => missing.push(shard),
             }
         }
@@ -189,6 +200,24 @@ impl Ownership {
             Ok(fences)
         } else {
             Err(missing)
+        }
+    }
+
+    /// This node's fence for `sku`'s shard, if it holds it.
+    pub fn fence_of(&self, sku: &Sku) -> Option<Fence> {
+        let shard = self.shard_of(sku);
+        self.epoch(shard).map(|epoch| Fence {
+            shard,
+            node: self.node_id.clone(),
+            epoch,
+        })
+    }
+
+    /// The URL of `sku`'s owner when that is another node.
+    pub fn peer_of(&self, sku: &Sku) -> Option<String> {
+        match self.owner_of(sku) {
+            Owner::Peer(url) => Some(url),
+            _ => None,
         }
     }
 
@@ -456,4 +485,146 @@ pub fn default_node_id() -> String {
         .unwrap_or_else(|| "node".to_owned());
     let suffix: u32 = rand::random();
     format!("{host}-{suffix:08x}")
+}
+
+/// The header a peer call carries: the cluster's shared secret.
+pub const PEER_HEADER: &str = "emporium-peer";
+
+/// `POST /internal/v1/reservations`: reserve on the owner's SKU actor for an order
+/// another node places (an order spanning owners).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RemoteReserve {
+    pub order: crate::domain::ids::OrderId,
+    pub sku: Sku,
+    pub qty: i64,
+    pub expires_at: crate::domain::Millis,
+}
+
+/// The owner's answer: the journal entry it decided (none when the reservation existed
+/// already), the unit price, and the fence the placing node's commit must check.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RemoteReserved {
+    pub entry: Option<crate::persistence::JournalEntry>,
+    pub unit_price: crate::domain::money::Money,
+    pub fence: Fence,
+}
+
+/// A refusal of a remote reservation as the owner gave it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RemoteRefusal {
+    /// `out_of_stock`, `unknown_sku` or `unavailable`.
+    pub reason: String,
+    pub requested: i64,
+    pub available: i64,
+}
+
+/// `POST /internal/v1/reservations/settle`: confirm or release on the owner's actor; the
+/// entry comes back to the node committing the saga step, with the owner's fence.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RemoteSettle {
+    pub order: crate::domain::ids::OrderId,
+    pub sku: Sku,
+    pub confirm: bool,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RemoteSettled {
+    pub entry: Option<crate::persistence::JournalEntry>,
+    pub fence: Fence,
+}
+
+/// Why a remote inventory call failed.
+#[derive(Debug, Clone)]
+pub enum RemoteFailure {
+    Refused(RemoteRefusal),
+    /// The owner did not answer, or no longer owns the SKU: retry (maybe elsewhere).
+    Unavailable(String),
+}
+
+/// Calls other nodes' SKU actors (orders spanning owners). One pooled HTTP client.
+pub struct PeerClient {
+    ownership: Arc<Ownership>,
+    client: reqwest::Client,
+    secret: String,
+}
+
+impl PeerClient {
+    pub fn new(ownership: Arc<Ownership>, secret: String, timeout: Duration) -> Arc<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap_or_default();
+        Arc::new(Self {
+            ownership,
+            client,
+            secret,
+        })
+    }
+
+    pub fn ownership(&self) -> &Arc<Ownership> {
+        &self.ownership
+    }
+
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    async fn call<B: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        sku: &Sku,
+        path: &str,
+        body: &B,
+    ) -> Result<T, RemoteFailure> {
+        let Some(base) = self.ownership.peer_of(sku) else {
+            return Err(RemoteFailure::Unavailable(format!("no live owner of {sku}")));
+        };
+        let answer = self
+            .client
+            .post(format!("{}{path}", base.trim_end_matches('/')))
+            .header(PEER_HEADER, &self.secret)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| RemoteFailure::Unavailable(e.to_string()))?;
+        let status = answer.status();
+        if status.is_success() {
+            return answer
+                .json()
+                .await
+                .map_err(|e| RemoteFailure::Unavailable(e.to_string()));
+        }
+        if status.as_u16() == 409 || status.as_u16() == 404 {
+            if let Ok(refusal) = answer.json::<RemoteRefusal>().await {
+                return Err(RemoteFailure::Refused(refusal));
+            }
+        }
+        Err(RemoteFailure::Unavailable(format!("{base}{path} answered {status}")))
+    }
+
+    pub async fn reserve(&self, request: &RemoteReserve) -> Result<RemoteReserved, RemoteFailure> {
+        self.call(&request.sku, "/internal/v1/reservations", request).await
+    }
+
+    /// Drops a reservation the placing node will not commit (a later resolution from the
+    /// store would drop it too; this is sooner).
+    pub async fn forget(&self, sku: &Sku, order: crate::domain::ids::OrderId) -> Result<(), RemoteFailure> {
+        let request = RemoteSettle {
+            order,
+            sku: sku.clone(),
+            confirm: false,
+        };
+        self.call::<_, serde_json::Value>(sku, "/internal/v1/reservations/forget", &request)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn settle(&self, request: &RemoteSettle) -> Result<RemoteSettled, RemoteFailure> {
+        self.call(&request.sku, "/internal/v1/reservations/settle", request)
+            .await
+    }
 }

@@ -21,7 +21,7 @@
 
 use crate::actors::cluster::Ownership;
 use crate::config::WriteBehindSettings;
-use crate::domain::cluster::Shard;
+use crate::domain::cluster::{Fence, Shard};
 use crate::persistence::{SqlStore, StoreError, WriteSet};
 use crate::telemetry::Metrics;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,8 +43,8 @@ pub enum CommitError {
 /// What one commit attempt did.
 enum Committed {
     Done,
-    /// Cluster mode: nothing written; this node no longer holds these shards.
-    Fenced(Vec<Shard>),
+    /// Cluster mode: nothing written; these fences no longer hold.
+    Fenced(Vec<Fence>),
     Failed(StoreError),
 }
 
@@ -68,7 +68,7 @@ struct Pending {
     deferrals: u32,
     /// Cluster mode: the shards it writes under, with the epochs this node held them at
     /// when it was queued (empty outside cluster mode).
-    fences: Vec<(Shard, i64)>,
+    fences: Vec<Fence>,
     reply: oneshot::Sender<Result<(), StoreError>>,
     /// The caller's wait for durability: the group commit that takes this write-set
     /// is traced as its child (or linked to it, when the batch began with another).
@@ -224,10 +224,10 @@ impl CommitLoop {
                 Err(e) => Committed::Failed(e),
             };
         }
-        let mut fences: Vec<(Shard, i64)> = batch.iter().flat_map(|p| p.fences.iter().copied()).collect();
+        let mut fences: Vec<Fence> = batch.iter().flat_map(|p| p.fences.iter().cloned()).collect();
         fences.sort_unstable();
         fences.dedup();
-        match self.store.commit_fenced(&sets, self.ownership.node_id(), &fences).await {
+        match self.store.commit_fenced(&sets, &fences).await {
             Ok(Ok(())) => Committed::Done,
             Ok(Err(lost)) => Committed::Fenced(lost),
             Err(e) => Committed::Failed(e),
@@ -242,11 +242,16 @@ impl CommitLoop {
                 Committed::Done => return (batch, Ok(())),
                 Committed::Failed(e) => return (batch, Err(e)),
                 Committed::Fenced(lost) => {
-                    warn!(shards = ?lost, "commit fenced: these shards belong to another node now");
-                    self.ownership.fenced(&lost);
+                    warn!(fences = ?lost, "commit fenced: these shards belong to another node now");
+                    let mine: Vec<Shard> = lost
+                        .iter()
+                        .filter(|f| f.node == self.ownership.node_id())
+                        .map(|f| f.shard)
+                        .collect();
+                    self.ownership.fenced(&mine);
                     let (refused, rest): (Vec<Pending>, Vec<Pending>) = batch
                         .into_iter()
-                        .partition(|p| p.fences.iter().any(|(s, _)| lost.contains(s)));
+                        .partition(|p| p.fences.iter().any(|f| lost.contains(f)));
                     self.metrics.cluster_fenced_commits.inc_by(refused.len() as u64);
                     for p in refused {
                         let _ = p.reply.send(Err(StoreError::NotOwner));

@@ -8,7 +8,7 @@
 
 pub mod payment_service;
 
-use crate::actors::cluster::{self, LeaseKeeper, Ownership, ShardHolders};
+use crate::actors::cluster::{self, LeaseKeeper, Ownership, PeerClient, ShardHolders};
 use crate::actors::inventory::{Inventory, InventoryOptions, Strategy};
 use crate::actors::order::{Orders, SagaOptions};
 use crate::actors::outbox::OutboxRelay;
@@ -58,6 +58,8 @@ pub struct App {
     pub catalog: Arc<crate::services::catalog::CatalogService>,
     /// Which shards this node owns (everything, outside cluster mode).
     pub ownership: Arc<Ownership>,
+    /// Cluster mode: calls to the other nodes.
+    pub peers: Arc<PeerClient>,
 }
 
 /// Cluster mode's refusals, checked before anything starts: what cluster mode cannot
@@ -219,6 +221,18 @@ impl App {
         );
         catalog.spawn_catch_up(Duration::from_millis(settings.catalog.catch_up_interval_ms.max(100)));
         let keys = Arc::new(Keys::load(&settings)?);
+        let peer_secret = if settings.cluster.peer_secret.is_empty() {
+            keys.derived_peer_secret().to_owned()
+        } else {
+            settings.cluster.peer_secret.clone()
+        };
+        // An owner that does not answer within a lease TTL may be paused or gone; by the
+        // client's retry, its shards may have a new owner.
+        let peer_timeout = settings
+            .server
+            .request_timeout_ms
+            .min(settings.cluster.lease_ttl_ms.max(300));
+        let peers = PeerClient::new(ownership.clone(), peer_secret, Duration::from_millis(peer_timeout));
         let accounts = Arc::new(Accounts::new(store.clone(), keys.clone(), &settings.users)?);
         let metrics = Arc::new(Metrics::with_recording(settings.telemetry.metrics)?);
         let committed = Arc::new(tokio::sync::Notify::new());
@@ -286,7 +300,7 @@ impl App {
                 external_payment,
             },
             refunder,
-            ownership.clone(),
+            peers.clone(),
         );
         let bus = InProcessBus::default();
         // Search: the indexer follows product events on the in-process bus; in Kafka mode
@@ -326,6 +340,7 @@ impl App {
             consumers: Arc::new(tokio::sync::watch::channel(false).0),
             catalog,
             ownership,
+            peers,
         })
     }
 
@@ -361,23 +376,7 @@ impl App {
             .with_context(|| format!("cannot listen on {}", self.settings.server.listen))?;
         let addr = listener.local_addr()?;
         let keeper = self.join_cluster(addr).await?;
-        let peer_secret = if self.settings.cluster.peer_secret.is_empty() {
-            self.keys.derived_peer_secret().to_owned()
-        } else {
-            self.settings.cluster.peer_secret.clone()
-        };
-        let peers = Arc::new(http::cluster::Peers::new(
-            self.ownership.clone(),
-            peer_secret,
-            // An owner that does not answer within a lease TTL may be paused or gone; by
-            // the client's retry, its shards may have a new owner.
-            Duration::from_millis(
-                self.settings
-                    .server
-                    .request_timeout_ms
-                    .min(self.settings.cluster.lease_ttl_ms.max(300)),
-            ),
-        ));
+        let peers = Arc::new(http::cluster::Peers::new(self.peers.clone()));
         let state = web::Data::new(AppState {
             settings: self.settings.clone(),
             store: self.store.clone(),

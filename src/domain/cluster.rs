@@ -17,6 +17,15 @@ pub fn shard_of(key: &str, shards: u32) -> Shard {
     (hash % u64::from(shards.max(1))) as Shard
 }
 
+/// "This write is valid only while `node` holds `shard` at `epoch`": checked by the
+/// group commit in its own transaction. A write-set carries one per shard it writes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Fence {
+    pub shard: Shard,
+    pub node: String,
+    pub epoch: i64,
+}
+
 /// How many shards the member at `rank` (0-based, in node-id order) should hold when
 /// `members` live nodes share `shards`: an even split, the first `shards % members`
 /// members taking one more.

@@ -10,15 +10,18 @@
 
 use super::problem::ApiError;
 use super::AppState;
-use crate::actors::cluster::{Owner, Ownership};
+use crate::actors::cluster::{
+    Owner, Ownership, PeerClient, RemoteRefusal, RemoteReserve, RemoteReserved, RemoteSettle, RemoteSettled,
+    PEER_HEADER,
+};
+use crate::actors::inventory::InventoryFailure;
 use crate::domain::ids::Sku;
+use crate::domain::inventory::InventoryError;
+use crate::persistence::WriteSet;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The header a forwarding node adds: the cluster's peer secret.
-pub const PEER_HEADER: &str = "emporium-peer";
 
 /// Request headers passed on to the owner (everything the handlers read).
 const PASSED_ON: [&str; 6] = [
@@ -39,29 +42,19 @@ pub enum Route {
     Peer(String),
 }
 
-/// The forwarding side of cluster mode: ownership, the peer secret and one pooled client.
+/// The forwarding side of cluster mode: ownership, the peer secret and one pooled client
+/// (the same [`PeerClient`] the order side uses for remote reservations).
 pub struct Peers {
-    ownership: Arc<Ownership>,
-    secret: String,
-    client: reqwest::Client,
+    peer: Arc<PeerClient>,
 }
 
 impl Peers {
-    pub fn new(ownership: Arc<Ownership>, secret: String, timeout: Duration) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .pool_max_idle_per_host(64)
-            .build()
-            .unwrap_or_default();
-        Self {
-            ownership,
-            secret,
-            client,
-        }
+    pub fn new(peer: Arc<PeerClient>) -> Self {
+        Self { peer }
     }
 
     pub fn ownership(&self) -> &Arc<Ownership> {
-        &self.ownership
+        self.peer.ownership()
     }
 
     /// Whether `req` comes from a peer; a wrong secret is refused outright.
@@ -72,38 +65,42 @@ impl Peers {
         use sha2::Digest;
         // Compared as digests: equal length, no early exit on the first differing byte.
         let digest = |b: &[u8]| sha2::Sha256::digest(b);
-        if digest(given.as_bytes()) == digest(self.secret.as_bytes()) {
+        if digest(given.as_bytes()) == digest(self.peer.secret().as_bytes()) {
             Ok(true)
         } else {
             Err(ApiError::Unauthorized("invalid peer credentials".into()))
         }
     }
 
-    /// Where a request about `skus` is served: here when this node owns them (always,
-    /// outside cluster mode), at their owner otherwise. Every SKU of one request must
-    /// have the same owner (see docs/cluster.md, "Limits").
-    pub fn route<'a>(&self, req: &HttpRequest, skus: impl IntoIterator<Item = &'a Sku>) -> Result<Route, ApiError> {
-        if !self.ownership.enabled() {
+    /// Where a request about `sku` is served: here when this node owns it (always,
+    /// outside cluster mode), at its owner otherwise. An order is routed by its smallest
+    /// SKU: that SKU's owner places it (reserving at the other SKUs' owners) and runs its
+    /// saga.
+    pub fn route(&self, req: &HttpRequest, sku: Option<&Sku>) -> Result<Route, ApiError> {
+        if !self.ownership().enabled() {
             return Ok(Route::Here);
         }
         let from_peer = self.is_peer_call(req)?;
-        let mut owner = None;
-        for sku in skus {
-            let this = self.ownership.owner_of(sku);
-            match &owner {
-                None => owner = Some(this),
-                Some(first) if *first != this => return Err(ApiError::SpansOwners),
-                Some(_) => {}
-            }
-        }
-        match owner {
-            None | Some(Owner::Me) => Ok(Route::Here),
-            Some(Owner::Peer(url)) if !from_peer => Ok(Route::Peer(url)),
+        let Some(sku) = sku else {
+            return Ok(Route::Here);
+        };
+        match self.ownership().owner_of(sku) {
+            Owner::Me => Ok(Route::Here),
+            Owner::Peer(url) if !from_peer => Ok(Route::Peer(url)),
             // Forwarded here but moved on meanwhile, or nobody owns it right now (an owner
             // died and its lease has not been claimed yet): the client retries shortly.
             _ => Err(ApiError::UnavailableFor(
                 "this product's shard is changing owner; retry after Retry-After",
             )),
+        }
+    }
+
+    /// Refuses a call to the peer-only API that does not carry the peer secret.
+    pub fn require_peer(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        if self.is_peer_call(req)? {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound("no such route".into()))
         }
     }
 
@@ -119,7 +116,11 @@ impl Peers {
         let url = format!("{}{}", base.trim_end_matches('/'), req.uri());
         let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        let mut outgoing = self.client.request(method, url).header(PEER_HEADER, &self.secret);
+        let mut outgoing = self
+            .peer
+            .client()
+            .request(method, url)
+            .header(PEER_HEADER, self.peer.secret());
         for name in PASSED_ON {
             if let Some(value) = req.headers().get(name).and_then(|v| v.to_str().ok()) {
                 outgoing = outgoing.header(name, value);
@@ -188,4 +189,138 @@ pub async fn health(state: web::Data<AppState>, req: HttpRequest) -> Result<Http
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(ownership.report()))
+}
+
+// ---- The peer-only API: orders that span owners (docs/cluster.md) ----
+
+fn refusal(reason: &str, requested: i64, available: i64) -> RemoteRefusal {
+    RemoteRefusal {
+        reason: reason.to_owned(),
+        requested,
+        available,
+    }
+}
+
+/// Peer only: reserve on this node's SKU actor for an order another node places. The
+/// reservation is tentative: the placing node commits its journal entry under this
+/// node's fence, or tells this node to forget it. If neither is heard, this node asks
+/// the store after a while (`SqlStore::resolve_placement`) and forgets it unless the
+/// order was committed.
+pub async fn remote_reserve(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<RemoteReserve>,
+) -> Result<HttpResponse, ApiError> {
+    state.peers.require_peer(&req)?;
+    let request = body.into_inner();
+    // Taken before the decision: if the shard changes hands meanwhile, the epoch no
+    // longer matches and the placing node's commit is refused.
+    let fence = state
+        .peers
+        .ownership()
+        .fence_of(&request.sku)
+        .ok_or(ApiError::UnavailableFor("this node no longer owns the SKU"))?;
+    let reserved = state
+        .inventory
+        .reserve(&request.sku, request.order, request.qty, request.expires_at)
+        .await;
+    match reserved {
+        Ok(reserved) => {
+            if reserved.entry.is_some() {
+                resolve_later(&state, &request);
+            }
+            Ok(HttpResponse::Ok().json(RemoteReserved {
+                entry: reserved.entry,
+                unit_price: reserved.unit_price,
+                fence,
+            }))
+        }
+        Err(InventoryFailure::Rule(InventoryError::OutOfStock { requested, available })) => {
+            Ok(HttpResponse::Conflict().json(refusal("out_of_stock", requested, available)))
+        }
+        Err(InventoryFailure::UnknownSku(_)) => Ok(HttpResponse::NotFound().json(refusal("unknown_sku", 0, 0))),
+        Err(other) => Err(ApiError::Unavailable(other.to_string())),
+    }
+}
+
+/// After the placing node had every chance to commit, asks the store for the decision
+/// and drops the reservation if the order was not committed (and now never will be).
+fn resolve_later(state: &AppState, request: &RemoteReserve) {
+    let (store, inventory) = (state.store.clone(), state.inventory.clone());
+    let (order, sku) = (request.order, request.sku.clone());
+    let wait = Duration::from_millis(2 * state.settings.server.request_timeout_ms);
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match store.resolve_placement(&order.to_string()).await {
+                Ok(true) => return,
+                Ok(false) => {
+                    let _ = inventory.forget(&sku, order).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(order_id = %order, error = %e, "cannot resolve a remote reservation yet");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    });
+}
+
+/// Peer only: the placing node will not commit this reservation.
+pub async fn remote_forget(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<RemoteSettle>,
+) -> Result<HttpResponse, ApiError> {
+    state.peers.require_peer(&req)?;
+    state.inventory.forget(&body.sku, body.order).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({})))
+}
+
+/// Peer only: confirm or release an order's reservation on this node's SKU, made
+/// durable here (under this node's fence) before the answer; the saga's node then
+/// commits the order's step. Repeated, it finds nothing to do and answers the same.
+pub async fn remote_settle(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<RemoteSettle>,
+) -> Result<HttpResponse, ApiError> {
+    state.peers.require_peer(&req)?;
+    let request = body.into_inner();
+    let fence = state
+        .peers
+        .ownership()
+        .fence_of(&request.sku)
+        .ok_or(ApiError::UnavailableFor("this node no longer owns the SKU"))?;
+    let entry = if request.confirm {
+        state.inventory.confirm(&request.sku, request.order).await?
+    } else {
+        state.inventory.release(&request.sku, request.order).await?
+    };
+    if let Some(entry) = &entry {
+        let set = WriteSet {
+            journal: vec![entry.clone()],
+            ..WriteSet::default()
+        };
+        // Like a saga step: retried while the store is down, given up when the shard
+        // moved (its new owner loads the reservation from the store and settles it then).
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match state.write_behind.commit(set.clone()).await {
+                Ok(()) => break,
+                Err(crate::actors::write_behind::CommitError::Store(crate::persistence::StoreError::NotOwner)) => {
+                    return Err(ApiError::UnavailableFor("this node no longer owns the SKU"));
+                }
+                Err(e) => {
+                    tracing::warn!(sku = %request.sku, error = %e, "remote settle not durable yet, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+    Ok(HttpResponse::Ok().json(RemoteSettled { entry, fence }))
 }

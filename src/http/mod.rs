@@ -120,6 +120,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 web::post().to(admin_events::replay_failed_events),
             ),
     )
+    .service(
+        web::scope("/internal/v1")
+            .route("/reservations", web::post().to(cluster::remote_reserve))
+            .route("/reservations/forget", web::post().to(cluster::remote_forget))
+            .route("/reservations/settle", web::post().to(cluster::remote_settle)),
+    )
     .route("/health/live", web::get().to(ops::live))
     .route("/health/ready", web::get().to(ops::ready))
     .route("/health/cluster", web::get().to(cluster::health))

@@ -176,9 +176,10 @@ pub async fn create_order(
     body: web::Json<CreateOrder>,
 ) -> Result<HttpResponse, ApiError> {
     state.accepting_orders()?;
-    // Cluster mode: the node owning the order's SKUs places it (its actors hold their
-    // stock); it checks the rate limits and answers, this node passes the answer on.
-    if let Route::Peer(owner) = state.peers.route(&req, body.items.iter().map(|i| &i.sku))? {
+    // Cluster mode: the owner of the order's smallest SKU places it (reserving at the
+    // other SKUs' owners) and runs its saga; it checks the rate limits and answers, this
+    // node passes the answer on.
+    if let Route::Peer(owner) = state.peers.route(&req, body.items.iter().map(|i| &i.sku).min())? {
         return state
             .peers
             .forward(&state, &req, &owner, Some(json_body(&*body)?))
@@ -330,10 +331,8 @@ pub async fn cancel_order(
 ) -> Result<HttpResponse, ApiError> {
     let order = visible_order(&state, &caller, &id).await?;
     // Cluster mode: the saga runs on the node owning the order's shard (its first SKU's).
-    if let Some(first) = order.lines.iter().map(|l| &l.sku).min() {
-        if let Route::Peer(owner) = state.peers.route(&req, [first])? {
-            return state.peers.forward(&state, &req, &owner, None).await;
-        }
+    if let Route::Peer(owner) = state.peers.route(&req, order.lines.iter().map(|l| &l.sku).min())? {
+        return state.peers.forward(&state, &req, &owner, None).await;
     }
     let wait = Duration::from_millis(state.settings.server.request_timeout_ms);
     let cancelled = tokio::time::timeout(wait, state.orders.cancel(order.id))

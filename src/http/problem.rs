@@ -37,9 +37,6 @@ pub enum ApiError {
     /// Unavailable for a reason the client may read (a fixed sentence).
     #[error("{0}")]
     UnavailableFor(&'static str),
-    /// Cluster mode: the order's SKUs are owned by different nodes (docs/cluster.md).
-    #[error("the SKUs of this order are owned by different cluster nodes; cluster mode places an order only when one node owns all of its SKUs")]
-    SpansOwners,
     /// The route exists, the method does not (405 with `Allow`).
     #[error("{detail}")]
     MethodNotAllowed { detail: String, allow: Vec<&'static str> },
@@ -74,7 +71,6 @@ impl ApiError {
             Self::RateLimited { .. } => ("/problems/rate-limited", "Too many requests"),
             Self::Unavailable(_) | Self::UnavailableFor(_) => ("/problems/unavailable", "Service unavailable"),
             Self::MethodNotAllowed { .. } => ("/problems/method-not-allowed", "Method not allowed"),
-            Self::SpansOwners => ("/problems/order-spans-owners", "Order spans cluster nodes"),
         }
     }
 
@@ -112,7 +108,7 @@ impl ResponseError for ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::IdempotencyMismatch(_) | Self::SpansOwners => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::IdempotencyMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::UnavailableFor(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,

@@ -40,7 +40,9 @@ pub enum StoreError {
 }
 
 /// One accepted inventory operation with the SKU and sequence number its actor gave it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serializable: in cluster mode a SKU's owner hands entries to the node placing or
+/// settling an order that spans owners.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JournalEntry {
     pub sku: Sku,
     pub seq: i64,
@@ -80,6 +82,9 @@ pub struct WriteSet {
     /// The consumed event this write-set is the effect of: recorded in
     /// `processed_events` in the same transaction, so a redelivery has no second effect.
     pub consumed: Option<Consumed>,
+    /// Cluster mode: journal entries decided by other nodes (an order spanning owners),
+    /// valid only while those nodes hold their shards at these epochs.
+    pub remote_fences: Vec<crate::domain::cluster::Fence>,
 }
 
 /// "Consumer `consumer` has applied event `event_id`" (a row of `processed_events`).

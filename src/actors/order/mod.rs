@@ -12,7 +12,7 @@ mod saga;
 mod stock_keeper;
 mod write_sets;
 
-use crate::actors::cluster::Ownership;
+use crate::actors::cluster::{Ownership, PeerClient, RemoteFailure, RemoteReserve};
 use crate::actors::inventory::{shard_of, Inventory, InventoryFailure};
 use crate::actors::payment::PaymentActor;
 use crate::actors::refunds::Refunder;
@@ -24,7 +24,7 @@ use crate::domain::inventory::{ChangeKind, InventoryError};
 use crate::domain::now_millis;
 use crate::domain::order::{quantities_by_sku, CancelReason, Order, OrderLimits, OrderRequestError, OrderStatus};
 use crate::persistence::bus::consumer::ConsumeError;
-use crate::persistence::{Consumed, SqlStore, StatusChange, StoreError};
+use crate::persistence::{Consumed, SqlStore, StatusChange, StoreError, WriteSet};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use actix::ArbiterHandle;
@@ -72,6 +72,8 @@ struct Deps {
     refunder: Arc<Refunder>,
     /// Cluster mode: which orders' sagas run on this node (those of its shards).
     ownership: Arc<Ownership>,
+    /// Cluster mode: the other owners' SKU actors, for orders spanning owners.
+    peers: Arc<PeerClient>,
 }
 
 /// Why an order could not be placed.
@@ -170,8 +172,9 @@ impl Orders {
         arbiters: Arc<Vec<ArbiterHandle>>,
         options: SagaOptions,
         refunder: Arc<Refunder>,
-        ownership: Arc<Ownership>,
+        peers: Arc<PeerClient>,
     ) -> Self {
+        let ownership = peers.ownership().clone();
         let keeper = <dyn StockKeeper>::of(inventory.strategy());
         Self {
             deps: Arc::new(Deps {
@@ -188,6 +191,7 @@ impl Orders {
                 keeper,
                 refunder,
                 ownership,
+                peers,
             }),
         }
     }
@@ -300,8 +304,40 @@ impl Orders {
         let deps = &self.deps;
         let mut journal = Vec::with_capacity(wanted.len());
         let mut prices = HashMap::with_capacity(wanted.len());
+        // Cluster mode: SKUs another node owns are reserved there (in SKU order like the
+        // rest); their entries are committed here under those nodes' fences.
+        let mut remote_fences = Vec::new();
         let mut failure = None;
         for (sku, qty) in &wanted {
+            if !deps.ownership.holds_sku(sku) {
+                let request = RemoteReserve {
+                    order: id,
+                    sku: sku.clone(),
+                    qty: *qty,
+                    expires_at,
+                };
+                match deps.peers.reserve(&request).await {
+                    Ok(reserved) => {
+                        prices.insert(sku.clone(), reserved.unit_price);
+                        journal.extend(reserved.entry);
+                        remote_fences.push(reserved.fence);
+                        continue;
+                    }
+                    Err(RemoteFailure::Refused(refusal)) => {
+                        failure = Some(match refusal.reason.as_str() {
+                            "out_of_stock" => PlaceError::OutOfStock {
+                                sku: sku.clone(),
+                                requested: refusal.requested,
+                                available: refusal.available,
+                            },
+                            "unknown_sku" => PlaceError::UnknownSku(sku.clone()),
+                            other => PlaceError::Unavailable(format!("{sku}: {other}")),
+                        });
+                    }
+                    Err(RemoteFailure::Unavailable(e)) => failure = Some(PlaceError::Unavailable(e)),
+                }
+                break;
+            }
             match deps.inventory.reserve(sku, id, *qty, expires_at).await {
                 Ok(reserved) => {
                     prices.insert(sku.clone(), reserved.unit_price);
@@ -325,7 +361,7 @@ impl Orders {
         }
         let set = failure.map_or_else(|| order_write_set(&request, id, &prices, journal, now, expires_at), Err);
         let set = match set {
-            Ok(set) => set,
+            Ok(set) => WriteSet { remote_fences, ..set },
             Err(e) => {
                 self.forget_all(prices.keys(), id).await;
                 return Err(e);
@@ -418,6 +454,14 @@ impl Orders {
 
     async fn forget_all(&self, skus: impl Iterator<Item = &Sku>, order: OrderId) {
         for sku in skus {
+            if !self.deps.ownership.holds_sku(sku) {
+                // Its owner also drops it on its own once the store says the order was
+                // never committed; this is only sooner.
+                if let Err(e) = self.deps.peers.forget(sku, order).await {
+                    warn!(%sku, order_id = %order, error = ?e, "could not tell the owner to forget a reservation");
+                }
+                continue;
+            }
             if let Err(e) = self.deps.inventory.forget(sku, order).await {
                 // The actor is gone, and with it the in-memory reservation.
                 warn!(%sku, order_id = %order, error = %e, "could not forget reservation");

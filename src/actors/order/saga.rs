@@ -16,6 +16,7 @@
 //! two commits: accept, settle); a decline, the last failed attempt, a cancel or the
 //! reservation deadline --release inventory--> CANCELLED.
 
+use crate::actors::cluster::RemoteSettle;
 use crate::actors::payment::{self, Charge, PaymentError};
 use crate::domain::events::{Event, EventType, PaymentMoved, PaymentRefused};
 use crate::domain::ids::{OrderId, Sku};
@@ -436,25 +437,45 @@ async fn refund_if_cancelled(deps: &Deps, id: OrderId) {
 }
 
 /// Confirms or releases the order's reservation on every SKU, retrying an inventory
-/// actor that is briefly unavailable (a saga step must finish, not give up). `None` in
-/// cluster mode when a SKU's shard is no longer this node's: the step stops here and the
-/// new owner resumes the order from the store.
+/// actor that is briefly unavailable (a saga step must finish, not give up). In cluster
+/// mode a SKU another node owns is settled there and made durable by that node first
+/// (its entry is not in this step's write-set). `None` when the order's own shard is no
+/// longer this node's: the step stops and the new owner resumes the order.
 pub(super) async fn settle_each(
     deps: &Deps,
     skus: &[Sku],
     order: OrderId,
     how: ChangeKind,
 ) -> Option<Vec<JournalEntry>> {
+    let order_shard = skus.first().map(|sku| deps.ownership.shard_of(sku));
     let mut journal = Vec::new();
     for sku in skus {
         let entry = with_backoff(Duration::from_millis(20), Duration::from_secs(2), || async move {
+            if order_shard.is_some_and(|shard| deps.ownership.epoch(shard).is_none()) {
+                return Some(None);
+            }
+            if !deps.ownership.holds_sku(sku) {
+                let request = RemoteSettle {
+                    order,
+                    sku: sku.clone(),
+                    confirm: how == ChangeKind::Confirm,
+                };
+                return match deps.peers.settle(&request).await {
+                    Ok(_) => Some(Some(None)),
+                    Err(e) => {
+                        warn!(%sku, order_id = %order, error = ?e, "owner of the SKU not answering, retrying");
+                        None
+                    }
+                };
+            }
             let result = match how {
                 ChangeKind::Confirm => deps.inventory.confirm(sku, order).await,
                 _ => deps.inventory.release(sku, order).await,
             };
             match result {
                 Ok(entry) => Some(Some(entry)),
-                Err(InventoryFailure::NotOwner(_)) => Some(None),
+                // Lost just now: the next try asks its new owner.
+                Err(InventoryFailure::NotOwner(_)) => None,
                 Err(e) => {
                     warn!(%sku, order_id = %order, error = %e, "inventory not answering, retrying");
                     None

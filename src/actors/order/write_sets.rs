@@ -135,6 +135,7 @@ pub(super) fn order_write_set(
         events,
         idempotency,
         consumed: None,
+        remote_fences: Vec::new(),
     })
 }
 

@@ -4,7 +4,7 @@
 //! database's clock ([`DB_NOW`]), so a node whose clock is off cannot stretch a lease.
 
 use super::{text, SqlStore};
-use crate::domain::cluster::Shard;
+use crate::domain::cluster::{Fence, Shard};
 use crate::persistence::{StoreError, WriteSet};
 use sqlx::Row;
 
@@ -180,20 +180,23 @@ impl SqlStore {
         Ok(())
     }
 
-    /// The fenced group commit: inside the commit's own transaction, every shard in
-    /// `fences` must still be held by `node` at the given epoch. The lease rows are read
-    /// with a shared lock, so a node taking one of them over waits until this
-    /// transaction ends and then loads what it committed. `Ok(Err(shards))`: nothing was
-    /// written, this node no longer holds `shards` at those epochs.
+    /// The fenced group commit: inside the commit's own transaction, every fence must
+    /// still hold (its node owns its shard at its epoch). The lease rows are read with a
+    /// shared lock, so a node taking one of them over waits until this transaction ends
+    /// and then loads what it committed. `Ok(Err(fences))`: nothing was written, these
+    /// fences no longer hold.
+    ///
+    /// An order spanning owners also records its placement's decision here
+    /// (`placement_outcomes`, "committed"): an owner that reserved for it and never heard
+    /// the outcome resolves it from that row ([`Self::resolve_placement`]).
     pub async fn commit_fenced(
         &self,
         sets: &[&WriteSet],
-        node: &str,
-        fences: &[(Shard, i64)],
-    ) -> Result<Result<(), Vec<Shard>>, StoreError> {
+        fences: &[Fence],
+    ) -> Result<Result<(), Vec<Fence>>, StoreError> {
         let mut tx = self.begin().await?;
         if !fences.is_empty() {
-            let shards: Vec<Shard> = fences.iter().map(|(s, _)| *s).collect();
+            let shards: Vec<Shard> = fences.iter().map(|f| f.shard).collect();
             let held: Vec<(Shard, Option<String>, i64)> = sqlx::query(&format!(
                 "SELECT shard, owner, epoch FROM shard_leases WHERE shard IN ({}) ORDER BY shard LOCK IN SHARE MODE",
                 in_list(&shards)
@@ -209,23 +212,55 @@ impl SqlStore {
                 ))
             })
             .collect::<Result<_, StoreError>>()?;
-            let lost: Vec<Shard> = fences
+            let lost: Vec<Fence> = fences
                 .iter()
-                .filter(|(shard, epoch)| {
-                    !held
-                        .iter()
-                        .any(|(s, owner, e)| s == shard && owner.as_deref() == Some(node) && e == epoch)
+                .filter(|f| {
+                    !held.iter().any(|(s, owner, e)| {
+                        *s == f.shard && owner.as_deref() == Some(f.node.as_str()) && *e == f.epoch
+                    })
                 })
-                .map(|(s, _)| *s)
+                .cloned()
                 .collect();
             if !lost.is_empty() {
                 tx.rollback().await?;
                 return Ok(Err(lost));
             }
         }
+        for set in sets {
+            if let (Some(order), false) = (&set.new_order, set.remote_fences.is_empty()) {
+                sqlx::query(&format!(
+                    "INSERT INTO placement_outcomes (order_id, outcome, decided_at) VALUES (?, 'committed', {DB_NOW})"
+                ))
+                .bind(order.id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         self.write_sets(&mut tx, sets).await?;
         tx.commit().await?;
         Ok(Ok(()))
+    }
+
+    /// Resolves the placement of `order` for an owner that reserved stock for it on
+    /// another node's behalf and did not hear the outcome: records "aborted" unless the
+    /// placing node recorded "committed" first (a placement still committing is waited
+    /// for: the insert meets its row lock). True when the order was committed (the
+    /// reservation stays), false when it never will be (forget it).
+    pub async fn resolve_placement(&self, order: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(&format!(
+            "INSERT IGNORE INTO placement_outcomes (order_id, outcome, decided_at) VALUES (?, 'aborted', {DB_NOW})"
+        ))
+        .bind(order.to_owned())
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query("SELECT outcome FROM placement_outcomes WHERE order_id = ?")
+            .bind(order.to_owned())
+            .fetch_one(&mut *tx)
+            .await?;
+        let outcome = text(&row, "outcome")?;
+        tx.commit().await?;
+        Ok(outcome == "committed")
     }
 }
 
