@@ -23,6 +23,10 @@ const SHARDS: u32 = 32;
 const LEASE_TTL: Duration = Duration::from_millis(2000);
 const SECRET: &str = "cluster-test-secret-0123456789abcdef";
 
+/// One cluster at a time: each test runs three or four servers on a machine of two
+/// cores, and the takeover and fencing tests measure time against the lease TTL.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Node {
     child: Child,
     base: String,
@@ -45,7 +49,11 @@ impl Node {
             .env("EMPORIUM__LIMITS__ORDERS_PER_USER_PER_SEC", "0")
             .env("EMPORIUM__STORE__MAX_CONNECTIONS", "4")
             .env("EMPORIUM__SERVER__WORKERS", "2")
-            .env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
+            .env(
+                "EMPORIUM__TELEMETRY__LOG_LEVEL",
+                std::env::var("CLUSTER_TEST_LOG").unwrap_or("warn".into()),
+            )
+            .env("EMPORIUM__TELEMETRY__LOG_FORMAT", "json")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -296,6 +304,7 @@ fn cluster_mode_on_the_embedded_sqlite_store_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_split_fairly_sell_exactly_the_stock_and_a_fourth_joins() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(store) = fresh_store().await else { return };
     let client = reqwest::Client::new();
     let nodes = [
@@ -408,6 +417,7 @@ async fn three_nodes_split_fairly_sell_exactly_the_stock_and_a_fourth_joins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_a_node_loses_no_order_and_its_skus_sell_again_within_the_ttl() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(store) = fresh_store().await else { return };
     let client = reqwest::Client::new();
     let mut nodes = vec![
@@ -521,6 +531,7 @@ async fn kill_9_of_a_node_loses_no_order_and_its_skus_sell_again_within_the_ttl(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_owner_is_fenced_and_nothing_is_oversold() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(store) = fresh_store().await else { return };
     let client = reqwest::Client::new();
     let nodes = [
@@ -567,23 +578,40 @@ async fn a_paused_owner_is_fenced_and_nothing_is_oversold() {
         })
         .collect();
 
-    // The others take the shard over and sell the rest while the owner sleeps.
+    // The others take the shard over and sell while the owner sleeps: six clients on
+    // the two other nodes, until the owner has slept 2 x TTL and the others have sold
+    // (a forward to the sleeping owner waits up to a TTL before its 503).
     let paused_at = Instant::now();
-    let mut statuses = BTreeMap::<u16, usize>::new();
-    while paused_at.elapsed() < 2 * LEASE_TTL + Duration::from_secs(2) {
-        for base in &others {
-            let (status, id) = order(&client, base, &user, "HOT").await;
-            assert_expected(status);
-            *statuses.entry(status.as_u16()).or_default() += 1;
-            if let Some(id) = id.filter(|_| status == StatusCode::CREATED) {
-                created.lock().unwrap().push(id);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let statuses = Arc::new(Mutex::new(BTreeMap::<u16, usize>::new()));
+    let sellers: Vec<_> = (0..6)
+        .map(|i| {
+            let (client, base, user) = (client.clone(), others[i % 2].clone(), user.clone());
+            let (created, statuses) = (created.clone(), statuses.clone());
+            tokio::spawn(async move {
+                let sold = || statuses.lock().unwrap().get(&201).copied().unwrap_or(0) > 0;
+                while paused_at.elapsed() < 2 * LEASE_TTL || !sold() {
+                    assert!(
+                        paused_at.elapsed() < Duration::from_secs(30),
+                        "the others never sold while the owner slept"
+                    );
+                    let (status, id) = order(&client, &base, &user, "HOT").await;
+                    assert_expected(status);
+                    *statuses.lock().unwrap().entry(status.as_u16()).or_default() += 1;
+                    if let Some(id) = id.filter(|_| status == StatusCode::CREATED) {
+                        created.lock().unwrap().push(id);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect();
+    for s in sellers {
+        s.await.unwrap();
     }
-    assert!(
-        statuses.get(&201).copied().unwrap_or(0) > 0,
-        "the others sold while the owner slept: {statuses:?}"
+    eprintln!(
+        "answers while the owner slept {:?}: {:?}",
+        paused_at.elapsed(),
+        statuses.lock().unwrap()
     );
     nodes[owner].signal("-CONT");
     for p in paused {
@@ -637,6 +665,7 @@ async fn a_paused_owner_is_fenced_and_nothing_is_oversold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_restart_under_load_loses_no_order() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(store) = fresh_store().await else { return };
     let client = reqwest::Client::new();
     let names = ["node-a", "node-b", "node-c"];
@@ -710,6 +739,7 @@ async fn skus_owned_by_two(store: &str, prefix: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let Some(store) = fresh_store().await else { return };
     let client = reqwest::Client::new();
     let nodes = [
@@ -729,12 +759,14 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
     // always together.
     let created = Arc::new(Mutex::new(Vec::<String>::new()));
     let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let answers = Arc::new(Mutex::new(BTreeMap::<u16, usize>::new()));
     let clients: Vec<_> = (0..30)
         .map(|i| {
             let (client, base, user, body) = (client.clone(), bases[i % 3].clone(), user.clone(), both.clone());
-            let created = created.clone();
+            let (created, answers) = (created.clone(), answers.clone());
             tokio::spawn(async move {
-                for _ in 0..3 {
+                // Each client buys until the sale is over (409), retrying a 503.
+                loop {
                     let r = client
                         .post(format!("{base}/v1/orders"))
                         .bearer_auth(&user)
@@ -744,9 +776,17 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
                         .unwrap();
                     let status = r.status();
                     assert_expected(status);
-                    if status == StatusCode::CREATED {
-                        let v: Value = r.json().await.unwrap();
-                        created.lock().unwrap().push(v["id"].as_str().unwrap().to_owned());
+                    *answers.lock().unwrap().entry(status.as_u16()).or_default() += 1;
+                    match status {
+                        StatusCode::CREATED => {
+                            let v: Value = r.json().await.unwrap();
+                            created.lock().unwrap().push(v["id"].as_str().unwrap().to_owned());
+                        }
+                        StatusCode::CONFLICT => return,
+                        _ => {
+                            eprintln!("DEBUG503 {base} {}", r.text().await.unwrap_or_default());
+                            tokio::time::sleep(Duration::from_millis(50)).await
+                        }
                     }
                 }
             })
@@ -755,6 +795,7 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
     for c in clients {
         c.await.unwrap();
     }
+    eprintln!("two-SKU sale across owners: {:?}", answers.lock().unwrap());
     let created = created.lock().unwrap().clone();
     assert_eq!(created.len(), 40, "exactly the stock of two-SKU orders is sold");
     all_completed(&client, &nodes[2].base, &user, Duration::from_secs(30)).await;

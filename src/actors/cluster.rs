@@ -69,6 +69,8 @@ pub struct Ownership {
     /// The keeper has finished a round in which this node held its fair share or every
     /// shard had an owner: requests can be placed (`/health/ready`).
     settled: AtomicBool,
+    /// A lease round (a third of the TTL): how long a shard can be between owners.
+    round: Duration,
     /// Shards the fence took away, for the keeper to drop from memory on its next round.
     fenced: std::sync::Mutex<Vec<Shard>>,
 }
@@ -84,11 +86,12 @@ impl Ownership {
             epochs: Vec::new(),
             view: RwLock::default(),
             settled: AtomicBool::new(true),
+            round: Duration::ZERO,
             fenced: Default::default(),
         })
     }
 
-    pub fn clustered(node_id: String, shards: u32) -> Arc<Self> {
+    pub fn clustered(node_id: String, shards: u32, lease_ttl: Duration) -> Arc<Self> {
         let shards = shards.max(1);
         Arc::new(Self {
             enabled: true,
@@ -98,6 +101,7 @@ impl Ownership {
             epochs: (0..shards).map(|_| AtomicI64::new(0)).collect(),
             view: RwLock::default(),
             settled: AtomicBool::new(false),
+            round: lease_ttl / 3,
             fenced: Default::default(),
         })
     }
@@ -167,6 +171,19 @@ impl Ownership {
         match node.and_then(|n| view.members.iter().find(|(id, _)| *id == n).map(|(_, url)| url.clone())) {
             Some(url) if url != self.url() => Owner::Peer(url),
             _ => Owner::Nobody,
+        }
+    }
+
+    /// Who owns `sku`'s shard, waiting up to a lease round and a half while nobody does
+    /// (a shard handed over is claimed by its next owner on that node's next round).
+    pub async fn await_owner(&self, sku: &Sku) -> Owner {
+        let deadline = Instant::now() + self.round * 3 / 2;
+        loop {
+            let owner = self.owner_of(sku);
+            if owner != Owner::Nobody || Instant::now() >= deadline {
+                return owner;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -403,6 +420,10 @@ impl LeaseKeeper {
             for (shard, epoch) in epochs {
                 self.store.release_lease(shard, &own.node_id, epoch).await?;
                 self.metrics.cluster_handovers.inc();
+                let mut view = own.view.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(slot) = view.owners.get_mut(shard as usize) {
+                    *slot = None;
+                }
             }
             info!(shards = released.len(), "shards handed over");
         }

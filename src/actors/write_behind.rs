@@ -217,6 +217,21 @@ impl CommitLoop {
     /// One commit attempt of `batch`: fenced in cluster mode (the lease epochs are
     /// checked in the commit's own transaction), a plain group commit otherwise.
     async fn attempt(&self, batch: &[Pending]) -> Committed {
+        // A deadlock victim was rolled back whole (its outcome is known: nothing written),
+        // so it is committed again at once rather than failed as an outage.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.attempt_once(batch).await {
+                Committed::Failed(e) if tries < 5 && crate::persistence::sql::lost_a_lock_conflict(&e) => {
+                    debug!(error = %e, tries, "group commit lost a lock conflict, committing again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn attempt_once(&self, batch: &[Pending]) -> Committed {
         let sets: Vec<&WriteSet> = batch.iter().map(|p| &p.set).collect();
         if !self.ownership.enabled() {
             return match self.store.commit(&sets).await {

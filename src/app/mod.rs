@@ -159,6 +159,23 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
         .with_context(|| format!("cannot open the store at {}", crate::persistence::sql::redact(&url)))
 }
 
+/// Runs the migrations, retrying a few times: nodes of a cluster starting together on a
+/// fresh database race for the first migration, and the loser finds it applied.
+async fn migrate(store: &SqlStore) -> anyhow::Result<()> {
+    let mut attempt = 1;
+    loop {
+        match store.migrate().await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 5 => {
+                warn!(error = %e, attempt, "migration failed, retrying");
+                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// The bus the outbox relays to, chosen by `bus.kind`.
 fn event_bus(settings: &Settings, embedded: &InProcessBus) -> anyhow::Result<Arc<dyn EventBus>> {
     match settings.bus.kind {
@@ -206,13 +223,17 @@ impl App {
             } else {
                 settings.cluster.node_id.clone()
             };
-            Ownership::clustered(node_id, settings.cluster.shards)
+            Ownership::clustered(
+                node_id,
+                settings.cluster.shards,
+                Duration::from_millis(settings.cluster.lease_ttl_ms.max(300)),
+            )
         } else {
             Ownership::single()
         };
         let store = connect_store(&settings).await?;
         if settings.store.migrate_on_start {
-            store.migrate().await?;
+            migrate(&store).await?;
         }
         let catalog = Arc::new(
             crate::services::catalog::CatalogService::open(&settings, store.clone())

@@ -268,7 +268,7 @@ pub async fn get_inventory(
     sku: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let sku = parse_sku(&sku)?;
-    if let Route::Peer(owner) = state.peers.route(&req, Some(&sku))? {
+    if let Route::Peer(owner) = state.peers.route(&req, Some(&sku)).await? {
         return state.peers.forward(&state, &req, &owner, None).await;
     }
     Ok(HttpResponse::Ok().json(state.inventory.view(&sku).await?))
@@ -292,7 +292,7 @@ pub async fn set_inventory(
             "stock must be between 0 and {MAX_STOCK}"
         )));
     }
-    if let Route::Peer(owner) = state.peers.route(&req, Some(&sku))? {
+    if let Route::Peer(owner) = state.peers.route(&req, Some(&sku)).await? {
         return state
             .peers
             .forward(&state, &req, &owner, Some(json_body(&*body)?))

@@ -4,9 +4,11 @@
 //! what. docs/cluster.md.
 //!
 //! Peer calls carry [`PEER_HEADER`] with the cluster's shared secret (`cluster.peer_secret`,
-//! or one derived from the JWT secret). A request that carries it is never forwarded
-//! again: if its SKUs moved on meanwhile, it is answered 503 + Retry-After. A request
-//! carrying a wrong secret is refused (401): clients cannot pose as peers.
+//! or one derived from the JWT secret) and a hop count. A node's view of the owners can
+//! be a lease round behind, so a request that reaches a node that just handed its shard
+//! on is forwarded again, at most [`MAX_HOPS`] times in all; after that (or when nobody
+//! owns the shard right now) it is answered 503 + Retry-After. A request carrying a
+//! wrong secret is refused (401): clients cannot pose as peers.
 
 use super::problem::ApiError;
 use super::AppState;
@@ -22,6 +24,12 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How many times a request was forwarded (a node's view of the owners can be a lease
+/// round behind: the node a request was sent to may have just handed the shard on).
+const HOPS_HEADER: &str = "emporium-hops";
+/// Forwards one request may take before it is answered 503 + Retry-After.
+const MAX_HOPS: u32 = 3;
 
 /// Request headers passed on to the owner (everything the handlers read).
 const PASSED_ON: [&str; 6] = [
@@ -76,19 +84,21 @@ impl Peers {
     /// outside cluster mode), at its owner otherwise. An order is routed by its smallest
     /// SKU: that SKU's owner places it (reserving at the other SKUs' owners) and runs its
     /// saga.
-    pub fn route(&self, req: &HttpRequest, sku: Option<&Sku>) -> Result<Route, ApiError> {
+    pub async fn route(&self, req: &HttpRequest, sku: Option<&Sku>) -> Result<Route, ApiError> {
         if !self.ownership().enabled() {
             return Ok(Route::Here);
         }
-        let from_peer = self.is_peer_call(req)?;
+        let hops = if self.is_peer_call(req)? { hops_of(req) } else { 0 };
         let Some(sku) = sku else {
             return Ok(Route::Here);
         };
-        match self.ownership().owner_of(sku) {
+        // Between a hand-over and the claim (a lease round), nobody owns the shard: wait
+        // for the next owner rather than answer 503 at once.
+        match self.ownership().await_owner(sku).await {
             Owner::Me => Ok(Route::Here),
-            Owner::Peer(url) if !from_peer => Ok(Route::Peer(url)),
-            // Forwarded here but moved on meanwhile, or nobody owns it right now (an owner
-            // died and its lease has not been claimed yet): the client retries shortly.
+            Owner::Peer(url) if hops < MAX_HOPS => Ok(Route::Peer(url)),
+            // Moving on too long, or nobody owns it right now (an owner died and its lease
+            // has not been claimed yet): the client retries shortly.
             _ => Err(ApiError::UnavailableFor(
                 "this product's shard is changing owner; retry after Retry-After",
             )),
@@ -168,6 +178,15 @@ impl Peers {
             }
         }
     }
+}
+
+/// The hop count a peer put on a forwarded request.
+fn hops_of(req: &HttpRequest) -> u32 {
+    req.headers()
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MAX_HOPS)
 }
 
 /// The owner of a request body's SKUs answers; the JSON is re-encoded from the parsed

@@ -179,7 +179,7 @@ pub async fn create_order(
     // Cluster mode: the owner of the order's smallest SKU places it (reserving at the
     // other SKUs' owners) and runs its saga; it checks the rate limits and answers, this
     // node passes the answer on.
-    if let Route::Peer(owner) = state.peers.route(&req, body.items.iter().map(|i| &i.sku).min())? {
+    if let Route::Peer(owner) = state.peers.route(&req, body.items.iter().map(|i| &i.sku).min()).await? {
         return state
             .peers
             .forward(&state, &req, &owner, Some(json_body(&*body)?))
@@ -331,7 +331,11 @@ pub async fn cancel_order(
 ) -> Result<HttpResponse, ApiError> {
     let order = visible_order(&state, &caller, &id).await?;
     // Cluster mode: the saga runs on the node owning the order's shard (its first SKU's).
-    if let Route::Peer(owner) = state.peers.route(&req, order.lines.iter().map(|l| &l.sku).min())? {
+    if let Route::Peer(owner) = state
+        .peers
+        .route(&req, order.lines.iter().map(|l| &l.sku).min())
+        .await?
+    {
         return state.peers.forward(&state, &req, &owner, None).await;
     }
     let wait = Duration::from_millis(state.settings.server.request_timeout_ms);

@@ -455,10 +455,13 @@ impl Orders {
     async fn forget_all(&self, skus: impl Iterator<Item = &Sku>, order: OrderId) {
         for sku in skus {
             if !self.deps.ownership.holds_sku(sku) {
-                // Its owner also drops it on its own once the store says the order was
-                // never committed; this is only sooner.
-                if let Err(e) = self.deps.peers.forget(sku, order).await {
-                    warn!(%sku, order_id = %order, error = ?e, "could not tell the owner to forget a reservation");
+                // Reserved at another owner: it also drops the reservation on its own once
+                // the store says the order was never committed; this is only sooner. (A
+                // SKU of this node's that nobody owns right now was dropped with its shard.)
+                if self.deps.ownership.peer_of(sku).is_some() {
+                    if let Err(e) = self.deps.peers.forget(sku, order).await {
+                        warn!(%sku, order_id = %order, error = ?e, "could not tell the owner to forget a reservation");
+                    }
                 }
                 continue;
             }

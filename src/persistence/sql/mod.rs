@@ -99,8 +99,15 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(db.message().to_owned()),
             sqlx::Error::Database(db) => {
                 // SQLite reports a locked or busy database as a database error: that is an outage, not a bad write.
+                // A deadlock victim (MySQL 1213) or a lock wait timeout (1205) was rolled back
+                // whole: nothing was written, and trying again is right.
                 let msg = db.message().to_owned();
-                if msg.contains("locked") || msg.contains("busy") || msg.contains("disk") || msg.contains("readonly") {
+                if msg.contains("locked")
+                    || msg.contains("busy")
+                    || msg.contains("disk")
+                    || msg.contains("readonly")
+                    || is_lock_conflict(&msg)
+                {
                     StoreError::Unavailable(msg)
                 } else {
                     StoreError::Rejected(msg)
@@ -113,6 +120,18 @@ impl From<sqlx::Error> for StoreError {
             _ => StoreError::Unavailable(err.to_string()),
         }
     }
+}
+
+/// MySQL's words for a transaction it rolled back to break a lock conflict: a deadlock
+/// victim or a lock wait timeout.
+fn is_lock_conflict(message: &str) -> bool {
+    message.contains("Deadlock found") || message.contains("Lock wait timeout")
+}
+
+/// The store rolled a transaction back whole to break a lock conflict (several nodes
+/// commit to the same tables in cluster mode): nothing was written; retry at once.
+pub fn lost_a_lock_conflict(err: &StoreError) -> bool {
+    matches!(err, StoreError::Unavailable(msg) if is_lock_conflict(msg))
 }
 
 /// The store refused a write because an inventory snapshot would leave
