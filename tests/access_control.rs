@@ -36,6 +36,7 @@ enum Role {
 const ROLES: &[(&str, &str, Role)] = &[
     ("GET", "/health/live", Role::Public),
     ("GET", "/health/ready", Role::Public),
+    ("GET", "/health/cluster", Role::Public),
     ("GET", "/metrics", Role::Public),
     ("GET", "/openapi.json", Role::Public),
     ("GET", "/dashboard", Role::Public),

@@ -286,6 +286,7 @@ impl Ownership {
             "members": members,
             "shards_owned": self.held().len(),
             "shards_total": self.shards,
+            "cluster": true,
         })
     }
 }

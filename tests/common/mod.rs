@@ -20,6 +20,9 @@ pub enum Backend {
     MySql(String),
     /// MySQL with `inventory.strategy = "sql_row_lock"`: the prototype's row-lock design.
     MySqlRowLock(String),
+    /// Three cluster-mode nodes on one MySQL database (docs/cluster.md); the harness
+    /// sends each request to the next node in turn, so every suite runs "through any node".
+    MySqlCluster(String),
 }
 
 impl Backend {
@@ -46,7 +49,7 @@ impl Backend {
     pub async fn store_url(&self) -> Option<String> {
         match self {
             Self::Sqlite => None,
-            Self::MySql(server) | Self::MySqlRowLock(server) => {
+            Self::MySql(server) | Self::MySqlRowLock(server) | Self::MySqlCluster(server) => {
                 let name = format!("emporium_t_{}", uuid::Uuid::new_v4().simple());
                 mysql_exec(server, &format!("CREATE DATABASE {name} CHARACTER SET utf8mb4")).await;
                 Some(format!("{server}/{name}"))
@@ -99,6 +102,12 @@ macro_rules! on_every_strategy {
                     super::$name($crate::common::Backend::MySqlRowLock(url)).await
                 }
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql_cluster() {
+                if let Some($crate::common::Backend::MySql(url)) = $crate::common::Backend::mysql().await {
+                    super::$name($crate::common::Backend::MySqlCluster(url)).await
+                }
+            }
         }
     )*};
 }
@@ -134,9 +143,54 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub app: App,
     pub admin: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: Option<std::thread::JoinHandle<()>>,
+    /// Every node's base URL and app (one, or three for the cluster backend); requests
+    /// made through [`Self::url`] go to each in turn.
+    nodes: Vec<(String, App)>,
+    next: std::sync::atomic::AtomicUsize,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    servers: Vec<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
+}
+
+/// A server started in a thread of its own; dropping the database (if given) after it stopped.
+struct Started {
+    addr: std::net::SocketAddr,
+    app: App,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: std::thread::JoinHandle<()>,
+}
+
+fn start_server(settings: Settings, drop_after: Option<String>) -> Started {
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let running = App::build(settings)
+                .await
+                .expect("app builds")
+                .start()
+                .await
+                .expect("server starts");
+            started_tx
+                .send((running.addr, running.app.clone()))
+                .expect("test alive");
+            let _ = stop_rx.await;
+            running.shutdown().await.expect("clean shutdown");
+            if let Some(url) = drop_after {
+                drop_database(&url).await;
+            }
+            actix_rt::System::current().stop();
+        })
+    });
+    let (addr, app) = started_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server started");
+    Started {
+        addr,
+        app,
+        stop: stop_tx,
+        server,
+    }
 }
 
 /// Settings every test starts from: fast payment retries, a fresh data dir.
@@ -175,64 +229,100 @@ impl TestApp {
         if matches!(backend, Backend::MySqlRowLock(_)) {
             settings.inventory.strategy = "sql_row_lock".into();
         }
+        let cluster = matches!(backend, Backend::MySqlCluster(_));
+        if cluster {
+            settings.cluster.enabled = true;
+            settings.cluster.shards = 32;
+            settings.cluster.lease_ttl_ms = 2000;
+            settings.auth.jwt_secret = "cluster-suite-secret-0123456789abcdef".into();
+        }
         tweak(&mut settings);
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = std::thread::spawn(move || {
-            actix_rt::System::new().block_on(async move {
-                let running = App::build(settings)
-                    .await
-                    .expect("app builds")
-                    .start()
-                    .await
-                    .expect("server starts");
-                started_tx
-                    .send((running.addr, running.app.clone()))
-                    .expect("test alive");
-                let _ = stop_rx.await;
-                running.shutdown().await.expect("clean shutdown");
-                if let Some(url) = store_url {
-                    drop_database(&url).await;
-                }
-                actix_rt::System::current().stop();
-            })
-        });
-        let (addr, app) = started_rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("server started");
+        let count = if cluster { 3 } else { 1 };
+        let mut started = Vec::with_capacity(count);
+        for i in 0..count {
+            let mut node = settings.clone();
+            if cluster {
+                node.cluster.node_id = format!("node-{i}");
+                node.server.data_dir = dir.path().join(format!("node-{i}"));
+            }
+            // The first node drops the database; it is stopped last.
+            let drop_after = if i == 0 { store_url.clone() } else { None };
+            started.push(start_server(node, drop_after));
+        }
+        let app = started[0].app.clone();
         let admin = app.keys.issue("admin", true).expect("token");
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()
             .expect("client");
+        let nodes: Vec<(String, App)> = started
+            .iter()
+            .map(|s| (format!("http://{}", s.addr), s.app.clone()))
+            .collect();
+        let (stops, servers) = started.into_iter().map(|s| (s.stop, s.server)).unzip();
         let test = Self {
-            base: format!("http://{addr}"),
+            base: nodes[0].0.clone(),
             client,
             app,
             admin,
-            stop: Some(stop_tx),
-            server: Some(server),
+            nodes,
+            next: Default::default(),
+            stops,
+            servers,
             _dir: dir,
         };
         test.wait_ready().await;
         test
     }
 
+    /// Every node ready (in a cluster: each holds its share of the shards).
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = self.client.get(self.url("/health/ready")).send().await {
-                if r.status() == StatusCode::OK {
-                    return;
+        for (base, _) in &self.nodes {
+            loop {
+                if let Ok(r) = self.client.get(format!("{base}/health/ready")).send().await {
+                    if r.status() == StatusCode::OK {
+                        break;
+                    }
                 }
+                assert!(Instant::now() < deadline, "server never became ready");
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(Instant::now() < deadline, "server never became ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.nodes.len() > 1 {
+            self.wait_fair_split(deadline).await;
         }
     }
 
+    async fn wait_fair_split(&self, deadline: Instant) {
+        loop {
+            let mut owned = Vec::new();
+            for (base, _) in &self.nodes {
+                let health: Value = self
+                    .client
+                    .get(format!("{base}/health/cluster"))
+                    .send()
+                    .await
+                    .expect("cluster health")
+                    .json()
+                    .await
+                    .expect("json");
+                owned.push(health["shards_owned"].as_u64().unwrap_or(0));
+            }
+            let total = u64::from(self.app.settings.cluster.shards);
+            let low = total / self.nodes.len() as u64;
+            if owned.iter().sum::<u64>() == total && owned.iter().all(|o| *o == low || *o == low + 1) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no fair split: {owned:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `path` on the next node (always the same one outside the cluster backend).
     pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.nodes.len();
+        format!("{}{}", self.nodes[i].0, path)
     }
 
     pub fn token(&self, user: &str) -> String {
@@ -321,7 +411,8 @@ impl TestApp {
     pub async fn assert_consistent(&self) {
         // Let in-flight saga steps land first: consistency is checked at rest.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !(self.app.write_behind.is_drained() && self.app.orders.live_sagas() == 0) {
+        let at_rest = |app: &App| app.write_behind.is_drained() && app.orders.live_sagas() == 0;
+        while !self.nodes.iter().all(|(_, app)| at_rest(app)) {
             assert!(Instant::now() < deadline, "sagas never settled");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -329,30 +420,37 @@ impl TestApp {
         assert!(problems.is_empty(), "inconsistencies: {problems:#?}");
     }
 
+    /// A metric's value summed over its series and over every node (the cluster's total).
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
-        let text = self
-            .client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .filter(|l| l.starts_with(name_and_labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        let mut sum = 0.0;
+        for (base, _) in &self.nodes {
+            let text = self
+                .client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            sum += text
+                .lines()
+                .filter(|l| l.starts_with(name_and_labels))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        sum
     }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
+        // The first node drops the database: the others stop before it.
+        while let Some(stop) = self.stops.pop() {
             let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            let _ = server.join();
+            if let Some(server) = self.servers.pop() {
+                let _ = server.join();
+            }
         }
     }
 }
