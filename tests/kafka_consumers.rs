@@ -28,19 +28,24 @@ async fn kafka_app(
     let brokers = brokers.to_owned();
     let data_dir = data_dir.map(Path::to_path_buf);
     TestApp::spawn_with(Backend::Sqlite, move |s| {
-        s.bus.kind = emporium::config::BusKind::Kafka;
-        s.bus.brokers = brokers;
-        s.bus.partitions = 2;
-        s.payment.mode = emporium::config::PaymentMode::Kafka;
-        s.consumer.backoff_base_ms = 10;
-        s.consumer.max_attempts = 3;
-        s.outbox.poll_interval_ms = 20;
+        kafka_settings(s, brokers);
         if let Some(dir) = data_dir {
             s.server.data_dir = dir;
         }
         tweak(s);
     })
     .await
+}
+
+/// `payment.mode = "kafka"` on the broker at `brokers`, with fast retries.
+fn kafka_settings(s: &mut emporium::config::Settings, brokers: String) {
+    s.bus.kind = emporium::config::BusKind::Kafka;
+    s.bus.brokers = brokers;
+    s.bus.partitions = 2;
+    s.payment.mode = emporium::config::PaymentMode::Kafka;
+    s.consumer.backoff_base_ms = 10;
+    s.consumer.max_attempts = 3;
+    s.outbox.poll_interval_ms = 20;
 }
 
 /// The payment service on its own actix system and data dir, as its own process would run.
@@ -305,6 +310,57 @@ async fn orders_complete_end_to_end_through_the_payment_service() {
         )
         .await,
         4
+    );
+}
+
+/// Cluster mode (docs/cluster.md) on one MariaDB: three nodes share the saga's consumer
+/// group over two partitions, so at least one node consumes no payment event at all and
+/// the nodes that do receive outcomes for orders whose sagas run elsewhere; they hand each
+/// to the node running the saga, which applies it with the consumed event's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_payment_outcomes_reach_the_node_running_the_saga() {
+    let Some(tansu) = required_env("EMPORIUM_TEST_TANSU") else {
+        return;
+    };
+    let Some(Backend::MySql(mysql)) = Backend::mysql().await else {
+        return;
+    };
+    let broker = Tansu::start(&tansu).await;
+    let _service = PaymentServiceProcess::start(&broker.brokers);
+    let brokers = broker.brokers.clone();
+    let app = TestApp::spawn_with(Backend::MySqlCluster(mysql), move |s| kafka_settings(s, brokers)).await;
+    let skus: Vec<String> = (0..12).map(|i| format!("KCLUSTER-{i}")).collect();
+    let stocked: Vec<(&str, i64)> = skus.iter().map(|s| (s.as_str(), 5)).collect();
+    app.product(&stocked).await;
+    let buyer = app.token("kafka-cluster-payer");
+    let mut ids = Vec::new();
+    for sku in &skus {
+        ids.push(place(&app, &buyer, sku, "test_ok").await);
+    }
+    ids.push(place(&app, &buyer, &skus[0], "test_decline").await);
+    let mut finals = Vec::new();
+    for id in &ids {
+        finals.push(app.final_status(&buyer, id).await);
+    }
+    let mut expected = vec!["COMPLETED"; skus.len()];
+    expected.push("CANCELLED");
+    assert_eq!(finals, expected);
+    app.assert_consistent().await;
+    for sku in &skus[1..] {
+        assert_eq!(app.inventory(sku).await, (4, 0), "{sku}");
+    }
+    let mut conn = sqlx::MySqlConnection::connect(&app.app.settings.store_url())
+        .await
+        .expect("mysql");
+    let processed: i64 = sqlx::query("SELECT COUNT(*) FROM processed_events WHERE consumer = 'saga-payments'")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(
+        processed,
+        ids.len() as i64,
+        "each outcome applied once, wherever it was consumed"
     );
 }
 

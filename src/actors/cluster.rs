@@ -555,6 +555,18 @@ pub struct RemoteSettled {
     pub fence: Fence,
 }
 
+/// `POST /internal/v1/payments`: a payment outcome consumed by a node that does not own
+/// the order, for the node that runs its saga (`payment.mode = "kafka"`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RemotePayment {
+    pub order: crate::domain::ids::OrderId,
+    /// The order's smallest SKU: its owner runs the saga.
+    pub sku: Sku,
+    /// `None` when the payment succeeded, else why it failed.
+    pub failure: Option<String>,
+    pub consumed: crate::persistence::Consumed,
+}
+
 /// Why a remote inventory call failed.
 #[derive(Debug, Clone)]
 pub enum RemoteFailure {
@@ -620,7 +632,7 @@ impl PeerClient {
                 .await
                 .map_err(|e| RemoteFailure::Unavailable(e.to_string()));
         }
-        if status.as_u16() == 409 || status.as_u16() == 404 {
+        if matches!(status.as_u16(), 404 | 409 | 422) {
             if let Ok(refusal) = answer.json::<RemoteRefusal>().await {
                 return Err(RemoteFailure::Refused(refusal));
             }
@@ -648,5 +660,13 @@ impl PeerClient {
     pub async fn settle(&self, request: &RemoteSettle) -> Result<RemoteSettled, RemoteFailure> {
         self.call(&request.sku, "/internal/v1/reservations/settle", request)
             .await
+    }
+
+    /// Hands a consumed payment outcome to the node running the order's saga; it
+    /// applies it with the consumed event's id, as a local consumer would.
+    pub async fn payment(&self, request: &RemotePayment) -> Result<(), RemoteFailure> {
+        self.call::<_, serde_json::Value>(&request.sku, "/internal/v1/payments", request)
+            .await
+            .map(|_| ())
     }
 }

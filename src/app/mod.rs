@@ -80,10 +80,6 @@ fn check_cluster_settings(settings: &Settings) -> anyhow::Result<()> {
         "cluster.enabled = true needs inventory.strategy = \"actor\""
     );
     anyhow::ensure!(
-        settings.payment.mode == PaymentMode::Local,
-        "cluster.enabled = true needs payment.mode = \"local\" (payment outcomes from Kafka are not routed to the owning node yet)"
-    );
-    anyhow::ensure!(
         !settings.auth.jwt_secret.is_empty() || !settings.auth.jwt_secret_file.is_empty(),
         "cluster.enabled = true needs auth.jwt_secret or auth.jwt_secret_file: every node must accept the same tokens"
     );
@@ -444,7 +440,9 @@ impl App {
         let app = self.clone();
         tokio::spawn(async move {
             if app.ownership.enabled() {
-                // Cluster mode: each shard's orders are recovered when this node claims it.
+                // Cluster mode: each shard's orders are recovered when this node claims it;
+                // a payment outcome for an order owned elsewhere is handed to its owner.
+                app.start_consumers();
                 app.lifecycle.mark_recovered();
                 return;
             }

@@ -13,8 +13,8 @@
 use super::problem::ApiError;
 use super::AppState;
 use crate::actors::cluster::{
-    Owner, Ownership, PeerClient, RemoteRefusal, RemoteReserve, RemoteReserved, RemoteSettle, RemoteSettled,
-    PEER_HEADER,
+    Owner, Ownership, PeerClient, RemotePayment, RemoteRefusal, RemoteReserve, RemoteReserved, RemoteSettle,
+    RemoteSettled, PEER_HEADER,
 };
 use crate::actors::inventory::InventoryFailure;
 use crate::domain::ids::Sku;
@@ -343,4 +343,34 @@ pub async fn remote_settle(
         }
     }
     Ok(HttpResponse::Ok().json(RemoteSettled { entry, fence }))
+}
+
+/// Peer only: a payment outcome another node consumed for an order whose saga runs here
+/// (`payment.mode = "kafka"`), applied with the consumed event's id as a local consumer
+/// would. 503 tells the consumer to try again (not the owner, saga not running yet); 422
+/// that the event cannot be applied (it is dead-lettered there).
+pub async fn remote_payment(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<RemotePayment>,
+) -> Result<HttpResponse, ApiError> {
+    use crate::persistence::bus::consumer::ConsumeError;
+    state.peers.require_peer(&req)?;
+    let request = body.into_inner();
+    if !state.peers.ownership().holds_sku(&request.sku) {
+        return Err(ApiError::UnavailableFor("this node no longer owns the order"));
+    }
+    let outcome = match request.failure {
+        None => Ok(()),
+        Some(reason) => Err(reason),
+    };
+    match state
+        .orders
+        .payment_reported_here(request.order, outcome, request.consumed)
+        .await
+    {
+        Ok(()) => Ok(HttpResponse::Ok().json(serde_json::json!({}))),
+        Err(ConsumeError::Failed(reason)) => Ok(HttpResponse::UnprocessableEntity().json(refusal(&reason, 0, 0))),
+        Err(ConsumeError::Unavailable(cause)) => Err(ApiError::Unavailable(cause)),
+    }
 }

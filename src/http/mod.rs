@@ -124,7 +124,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/internal/v1")
             .route("/reservations", web::post().to(cluster::remote_reserve))
             .route("/reservations/forget", web::post().to(cluster::remote_forget))
-            .route("/reservations/settle", web::post().to(cluster::remote_settle)),
+            .route("/reservations/settle", web::post().to(cluster::remote_settle))
+            .route("/payments", web::post().to(cluster::remote_payment)),
     )
     .route("/health/live", web::get().to(ops::live))
     .route("/health/ready", web::get().to(ops::ready))

@@ -88,7 +88,7 @@ pub struct WriteSet {
 }
 
 /// "Consumer `consumer` has applied event `event_id`" (a row of `processed_events`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Consumed {
     pub consumer: String,
     pub event_id: uuid::Uuid,

@@ -189,9 +189,6 @@ Checks that the schema cannot express (or that must hold even with
 {{- if and .Values.cluster.enabled (not .Values.mysql.enabled) }}
 {{- fail "cluster.enabled=true needs mysql.enabled=true: the replicas share the store's lease table; the embedded SQLite file lives on one pod's volume and cannot be shared." }}
 {{- end }}
-{{- if and .Values.cluster.enabled (eq .Values.payment.mode "kafka") }}
-{{- fail "cluster.enabled=true needs payment.mode=local: payment outcomes from Kafka are not routed to the owning pod yet (docs/cluster.md, Limits)." }}
-{{- end }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (int .Values.shutdownGraceSecs) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must be greater than shutdownGraceSecs (%d), or the kubelet kills the server while it drains orders." (int .Values.terminationGracePeriodSeconds) (int .Values.shutdownGraceSecs)) }}
 {{- end }}

@@ -12,7 +12,7 @@ mod saga;
 mod stock_keeper;
 mod write_sets;
 
-use crate::actors::cluster::{Ownership, PeerClient, RemoteFailure, RemoteReserve};
+use crate::actors::cluster::{Ownership, PeerClient, RemoteFailure, RemotePayment, RemoteReserve};
 use crate::actors::inventory::{shard_of, Inventory, InventoryFailure};
 use crate::actors::payment::PaymentActor;
 use crate::actors::refunds::Refunder;
@@ -498,6 +498,42 @@ impl Orders {
     /// the consumed event's id. `Unavailable` while the order's saga is not running yet
     /// (recovery) or its step is not durable; `Failed` for an order that does not exist.
     pub async fn payment_reported(
+        &self,
+        id: OrderId,
+        outcome: Result<(), String>,
+        consumed: Consumed,
+    ) -> Result<(), ConsumeError> {
+        if self.deps.ownership.enabled() && !self.deps.actors.contains_key(&id) {
+            // Cluster mode: the consumer that got the event may not run the order's saga.
+            let order = match self.deps.store.get_order(id).await {
+                Ok(Some(order)) => order,
+                Ok(None) => return Err(ConsumeError::Failed(format!("order {id} does not exist"))),
+                Err(e) => return Err(ConsumeError::Unavailable(e.to_string())),
+            };
+            let shard = order_shard(&self.deps.ownership, &order);
+            if self.deps.ownership.epoch(shard).is_none() {
+                let Some(sku) = order.lines.iter().map(|l| l.sku.clone()).min() else {
+                    return Err(ConsumeError::Failed(format!("order {id} has no lines")));
+                };
+                let request = RemotePayment {
+                    order: id,
+                    sku,
+                    failure: outcome.err(),
+                    consumed,
+                };
+                return match self.deps.peers.payment(&request).await {
+                    Ok(()) => Ok(()),
+                    Err(RemoteFailure::Refused(refusal)) => Err(ConsumeError::Failed(refusal.reason)),
+                    Err(RemoteFailure::Unavailable(e)) => Err(ConsumeError::Unavailable(e)),
+                };
+            }
+        }
+        self.payment_reported_here(id, outcome, consumed).await
+    }
+
+    /// Applies a payment outcome on this node (its saga, or the store when the saga
+    /// finished); in cluster mode `Unavailable` while this node does not own the order.
+    pub async fn payment_reported_here(
         &self,
         id: OrderId,
         outcome: Result<(), String>,
