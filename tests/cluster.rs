@@ -8,17 +8,16 @@
 
 mod common;
 
+use common::process::{self, all_orders, Process, BIN};
 use common::Backend;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_emporium");
 const SHARDS: u32 = 32;
 const LEASE_TTL: Duration = Duration::from_millis(2000);
 const SECRET: &str = "cluster-test-secret-0123456789abcdef";
@@ -28,86 +27,68 @@ const SECRET: &str = "cluster-test-secret-0123456789abcdef";
 static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Node {
-    child: Child,
-    base: String,
+    process: Process,
     _dir: tempfile::TempDir,
 }
 
 impl Node {
     fn start(store: &str, name: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .env("EMPORIUM__STORE__URL", store)
-            .env("EMPORIUM__CLUSTER__ENABLED", "true")
-            .env("EMPORIUM__CLUSTER__NODE_ID", name)
-            .env("EMPORIUM__CLUSTER__SHARDS", SHARDS.to_string())
-            .env("EMPORIUM__CLUSTER__LEASE_TTL_MS", LEASE_TTL.as_millis().to_string())
-            .env("EMPORIUM__AUTH__JWT_SECRET", SECRET)
-            .env("EMPORIUM__PAYMENT__BACKOFF_BASE_MS", "10")
-            .env("EMPORIUM__LIMITS__ORDERS_PER_USER_PER_SEC", "0")
-            .env("EMPORIUM__STORE__MAX_CONNECTIONS", "4")
-            .env("EMPORIUM__SERVER__WORKERS", "2")
-            .env(
-                "EMPORIUM__TELEMETRY__LOG_LEVEL",
-                std::env::var("CLUSTER_TEST_LOG").unwrap_or("warn".into()),
-            )
-            .env("EMPORIUM__TELEMETRY__LOG_FORMAT", "json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("emporium starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("listening line");
-        let base = line.trim().rsplit(' ').next().expect("address").to_owned();
-        assert!(base.starts_with("http://"), "unexpected first line {line:?}");
-        Self { child, base, _dir: dir }
+        let ttl = LEASE_TTL.as_millis().to_string();
+        let shards = SHARDS.to_string();
+        let log = std::env::var("CLUSTER_TEST_LOG").unwrap_or("warn".into());
+        let process = Process::serve(
+            dir.path(),
+            &[
+                ("EMPORIUM__STORE__URL", store),
+                ("EMPORIUM__CLUSTER__ENABLED", "true"),
+                ("EMPORIUM__CLUSTER__NODE_ID", name),
+                ("EMPORIUM__CLUSTER__SHARDS", &shards),
+                ("EMPORIUM__CLUSTER__LEASE_TTL_MS", &ttl),
+                ("EMPORIUM__AUTH__JWT_SECRET", SECRET),
+                ("EMPORIUM__PAYMENT__BACKOFF_BASE_MS", "10"),
+                ("EMPORIUM__LIMITS__ORDERS_PER_USER_PER_SEC", "0"),
+                ("EMPORIUM__STORE__MAX_CONNECTIONS", "4"),
+                ("EMPORIUM__SERVER__WORKERS", "2"),
+                ("EMPORIUM__TELEMETRY__LOG_LEVEL", &log),
+                ("EMPORIUM__TELEMETRY__LOG_FORMAT", "json"),
+            ],
+        );
+        Self { process, _dir: dir }
     }
 
-    fn pid(&self) -> String {
-        self.child.id().to_string()
+    fn base(&self) -> &str {
+        &self.process.base
     }
 
     fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([signal, &self.pid()]).status().unwrap();
+        let pid = self.process.child.id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
         assert!(status.success(), "kill {signal}");
     }
 
     fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().unwrap();
+        self.process.child.kill().expect("SIGKILL");
+        self.process.child.wait().unwrap();
     }
 
     /// SIGTERM and wait: the node drains and hands its shards over.
     fn stop(&mut self) {
         self.signal("-TERM");
-        self.child.wait().unwrap();
+        self.process.child.wait().unwrap();
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
     }
 }
 
 fn token(sub: &str, admin: bool) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
-        .env("EMPORIUM__AUTH__JWT_SECRET", SECRET)
-        .args(["token", "--sub", sub, "--data-dir"])
-        .arg(dir.path());
-    if admin {
-        cmd.arg("--admin");
-    }
-    String::from_utf8(cmd.output().expect("token").stdout)
-        .expect("utf8")
-        .trim()
-        .to_owned()
+    process::token(dir.path(), &[("EMPORIUM__AUTH__JWT_SECRET", SECRET)], sub, admin)
 }
 
 /// A fresh database on the test MariaDB, or `None` (skipped outside CI).
@@ -117,7 +98,11 @@ async fn fresh_store() -> Option<String> {
 }
 
 async fn cluster_health(client: &reqwest::Client, node: &Node) -> Option<Value> {
-    let r = client.get(format!("{}/health/cluster", node.base)).send().await.ok()?;
+    let r = client
+        .get(format!("{}/health/cluster", node.base()))
+        .send()
+        .await
+        .ok()?;
     r.json().await.ok()
 }
 
@@ -128,7 +113,7 @@ async fn wait_fair_split(client: &reqwest::Client, nodes: &[&Node], within: Dura
         let mut owned = Vec::new();
         let mut ready = true;
         for node in nodes {
-            let r = client.get(format!("{}/health/ready", node.base)).send().await;
+            let r = client.get(format!("{}/health/ready", node.base())).send().await;
             ready &= r.map(|r| r.status() == StatusCode::OK).unwrap_or(false);
             owned.push(
                 cluster_health(client, node)
@@ -157,7 +142,7 @@ async fn create_product(client: &reqwest::Client, node: &Node, admin: &str, skus
         .map(|(sku, stock)| json!({"sku": sku, "stock": stock}))
         .collect();
     let r = client
-        .post(format!("{}/v1/products", node.base))
+        .post(format!("{}/v1/products", node.base()))
         .bearer_auth(admin)
         .json(&json!({"name": skus[0].0.to_lowercase(), "price": {"amount": 10, "currency": "KRW"}, "variants": variants}))
         .send()
@@ -182,32 +167,6 @@ async fn order(client: &reqwest::Client, base: &str, user: &str, sku: &str) -> (
         }
         // The node died under the request: the same as a 503 for the client.
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, None),
-    }
-}
-
-/// Every order of `user`, all pages.
-async fn all_orders(client: &reqwest::Client, base: &str, user: &str) -> Vec<Value> {
-    let mut orders = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!("{base}/v1/orders?limit=1000");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let page: Value = client
-            .get(url)
-            .bearer_auth(user)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        orders.extend(page["items"].as_array().unwrap().iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => return orders,
-        }
     }
 }
 
@@ -244,18 +203,7 @@ async fn inventory(client: &reqwest::Client, base: &str, sku: &str) -> (i64, i64
 
 fn assert_reconciles(store: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let reconcile = Command::new(BIN)
-        .args(["reconcile", "--data-dir"])
-        .arg(dir.path())
-        .env("EMPORIUM__STORE__URL", store)
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&reconcile.stdout),
-        String::from_utf8_lossy(&reconcile.stderr)
-    );
-    assert!(reconcile.status.success(), "reconcile: {report}");
+    process::assert_reconciles(dir.path(), &[("EMPORIUM__STORE__URL", store)]);
 }
 
 /// The node id owning `sku`'s shard, from the lease table.
@@ -322,7 +270,7 @@ async fn three_nodes_split_fairly_sell_exactly_the_stock_and_a_fourth_joins() {
     // Peers only: a wrong peer secret is refused, whatever the route.
     let admin = token("admin", true);
     let r = client
-        .get(format!("{}/v1/inventory/ANY", nodes[0].base))
+        .get(format!("{}/v1/inventory/ANY", nodes[0].base()))
         .header("emporium-peer", "guess")
         .send()
         .await
@@ -334,7 +282,7 @@ async fn three_nodes_split_fairly_sell_exactly_the_stock_and_a_fourth_joins() {
     let user = token("buyer", false);
     let created = Arc::new(Mutex::new(Vec::<String>::new()));
     let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let bases: Vec<String> = nodes.iter().map(|n| n.base().to_owned()).collect();
     let clients: Vec<_> = (0..90)
         .map(|i| {
             let (client, base, user) = (client.clone(), bases[i % 3].clone(), user.clone());
@@ -356,14 +304,14 @@ async fn three_nodes_split_fairly_sell_exactly_the_stock_and_a_fourth_joins() {
     let created = created.lock().unwrap().clone();
     assert_eq!(created.len(), 300, "exactly the stock is sold");
     assert_eq!(created.iter().collect::<HashSet<_>>().len(), 300);
-    let orders = all_completed(&client, &nodes[1].base, &user, Duration::from_secs(30)).await;
+    let orders = all_completed(&client, nodes[1].base(), &user, Duration::from_secs(30)).await;
     assert_eq!(orders.len(), 300);
     for node in &nodes {
         assert_eq!(
-            inventory(&client, &node.base, "FLASH").await,
+            inventory(&client, node.base(), "FLASH").await,
             (0, 0),
             "through {}",
-            node.base
+            node.base()
         );
     }
 
@@ -406,9 +354,9 @@ async fn three_nodes_split_fairly_sell_exactly_the_stock_and_a_fourth_joins() {
     }
     let sold = sold.lock().unwrap().clone();
     assert_eq!(sold.len(), 3, "every SKU sold during the join: {sold:?}");
-    all_completed(&client, &fourth.base, &user, Duration::from_secs(30)).await;
+    all_completed(&client, fourth.base(), &user, Duration::from_secs(30)).await;
     for (sku, n) in &sold {
-        assert_eq!(inventory(&client, &fourth.base, sku).await, (1000 - n, 0), "{sku}");
+        assert_eq!(inventory(&client, fourth.base(), sku).await, (1000 - n, 0), "{sku}");
     }
     assert_reconciles(&store);
     drop((nodes, fourth));
@@ -447,7 +395,7 @@ async fn kill_9_of_a_node_loses_no_order_and_its_skus_sell_again_within_the_ttl(
 
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let bases: Vec<String> = nodes.iter().map(|n| n.base().to_owned()).collect();
     let clients: Vec<_> = (0..24)
         .map(|i| {
             let (client, base, user) = (client.clone(), bases[i % 3].clone(), user.clone());
@@ -549,20 +497,27 @@ async fn a_paused_owner_is_fenced_and_nothing_is_oversold() {
         .iter()
         .position(|n| *n == owner_id)
         .unwrap();
-    let others: Vec<String> = (0..3).filter(|i| *i != owner).map(|i| nodes[i].base.clone()).collect();
+    let others: Vec<String> = (0..3)
+        .filter(|i| *i != owner)
+        .map(|i| nodes[i].base().to_owned())
+        .collect();
 
     // Some units sell through the owner; then it is paused with requests in flight.
     let created = Arc::new(Mutex::new(Vec::<String>::new()));
     for _ in 0..20 {
-        let (status, id) = order(&client, &nodes[owner].base, &user, "HOT").await;
+        let (status, id) = order(&client, nodes[owner].base(), &user, "HOT").await;
         assert_eq!(status, StatusCode::CREATED);
         created.lock().unwrap().push(id.unwrap());
     }
     nodes[owner].signal("-STOP");
     let paused: Vec<_> = (0..8)
         .map(|_| {
-            let (client, base, user, created) =
-                (client.clone(), nodes[owner].base.clone(), user.clone(), created.clone());
+            let (client, base, user, created) = (
+                client.clone(),
+                nodes[owner].base().to_owned(),
+                user.clone(),
+                created.clone(),
+            );
             tokio::spawn(async move {
                 let (status, id) = order(&client, &base, &user, "HOT").await;
                 // A request that waited in the paused process's socket longer than the
@@ -620,7 +575,7 @@ async fn a_paused_owner_is_fenced_and_nothing_is_oversold() {
     }
     // The paused owner learnt that its leases went to another node.
     let metrics = client
-        .get(format!("{}/metrics", nodes[owner].base))
+        .get(format!("{}/metrics", nodes[owner].base()))
         .send()
         .await
         .unwrap()
@@ -636,7 +591,7 @@ async fn a_paused_owner_is_fenced_and_nothing_is_oversold() {
     // Sell out through every node.
     for node in &nodes {
         loop {
-            let (status, id) = order(&client, &node.base, &user, "HOT").await;
+            let (status, id) = order(&client, node.base(), &user, "HOT").await;
             assert_expected(status);
             if let Some(id) = id.filter(|_| status == StatusCode::CREATED) {
                 created.lock().unwrap().push(id);
@@ -656,7 +611,7 @@ async fn a_paused_owner_is_fenced_and_nothing_is_oversold() {
         assert!(stored.contains(id.as_str()), "acknowledged order {id} lost");
     }
     for node in &nodes {
-        assert_eq!(inventory(&client, &node.base, "HOT").await, (0, 0));
+        assert_eq!(inventory(&client, node.base(), "HOT").await, (0, 0));
     }
     drop(nodes);
     assert_reconciles(&store);
@@ -679,7 +634,9 @@ async fn a_rolling_restart_under_load_loses_no_order() {
 
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let bases = Arc::new(Mutex::new(nodes.iter().map(|n| n.base.clone()).collect::<Vec<_>>()));
+    let bases = Arc::new(Mutex::new(
+        nodes.iter().map(|n| n.base().to_owned()).collect::<Vec<_>>(),
+    ));
     let clients: Vec<_> = (0..12)
         .map(|i| {
             let (client, bases, user) = (client.clone(), bases.clone(), user.clone());
@@ -702,7 +659,7 @@ async fn a_rolling_restart_under_load_loses_no_order() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         nodes[i].stop();
         let replacement = Node::start(&store, &format!("{}-2", names[i]));
-        bases.lock().unwrap()[i] = replacement.base.clone();
+        bases.lock().unwrap()[i] = replacement.base().to_owned();
         nodes[i] = replacement;
         wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
     }
@@ -713,7 +670,7 @@ async fn a_rolling_restart_under_load_loses_no_order() {
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(acknowledged.len() > 100, "orders flowed: {}", acknowledged.len());
-    let orders = all_completed(&client, &nodes[0].base, &user, Duration::from_secs(30)).await;
+    let orders = all_completed(&client, nodes[0].base(), &user, Duration::from_secs(30)).await;
     let stored: HashSet<&str> = orders.iter().map(|o| o["id"].as_str().unwrap()).collect();
     for id in &acknowledged {
         assert!(stored.contains(id.as_str()), "acknowledged order {id} lost");
@@ -758,7 +715,7 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
     // A flash sale of two-SKU orders through every node: exactly the stock, both SKUs
     // always together.
     let created = Arc::new(Mutex::new(Vec::<String>::new()));
-    let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+    let bases: Vec<String> = nodes.iter().map(|n| n.base().to_owned()).collect();
     let answers = Arc::new(Mutex::new(BTreeMap::<u16, usize>::new()));
     let clients: Vec<_> = (0..30)
         .map(|i| {
@@ -798,15 +755,15 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
     eprintln!("two-SKU sale across owners: {:?}", answers.lock().unwrap());
     let created = created.lock().unwrap().clone();
     assert_eq!(created.len(), 40, "exactly the stock of two-SKU orders is sold");
-    all_completed(&client, &nodes[2].base, &user, Duration::from_secs(30)).await;
+    all_completed(&client, nodes[2].base(), &user, Duration::from_secs(30)).await;
     for node in &nodes {
-        assert_eq!(inventory(&client, &node.base, &x).await, (0, 0));
-        assert_eq!(inventory(&client, &node.base, &y).await, (0, 0));
+        assert_eq!(inventory(&client, node.base(), &x).await, (0, 0));
+        assert_eq!(inventory(&client, node.base(), &y).await, (0, 0));
     }
 
     // All or nothing: one SKU sold out refuses the order and holds nothing elsewhere.
     let admin_put = |sku: String, stock: i64| {
-        let (client, base, admin) = (client.clone(), nodes[1].base.clone(), admin.clone());
+        let (client, base, admin) = (client.clone(), nodes[1].base().to_owned(), admin.clone());
         async move {
             let r = client
                 .put(format!("{base}/v1/inventory/{sku}"))
@@ -821,7 +778,7 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
     admin_put(x.clone(), 5).await;
     let (low, high) = if x < y { (&x, &y) } else { (&y, &x) };
     let r = client
-        .post(format!("{}/v1/orders", nodes[0].base))
+        .post(format!("{}/v1/orders", nodes[0].base()))
         .bearer_auth(&user)
         .json(&json!({"items": [{"sku": low, "qty": 1}, {"sku": high, "qty": 1}]}))
         .send()
@@ -833,7 +790,7 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
         "the sold-out SKU refuses the whole order"
     );
     assert_eq!(
-        inventory(&client, &nodes[2].base, &x).await,
+        inventory(&client, nodes[2].base(), &x).await,
         (5, 0),
         "nothing held on the other SKU"
     );
@@ -841,7 +798,7 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
     // A cross-owner order that is cancelled gives every SKU back.
     admin_put(y.clone(), 5).await;
     let r = client
-        .post(format!("{}/v1/orders", nodes[1].base))
+        .post(format!("{}/v1/orders", nodes[1].base()))
         .bearer_auth(&user)
         .json(&json!({"items": [{"sku": x, "qty": 2}, {"sku": y, "qty": 3}], "payment": {"token": "test_slow"}}))
         .send()
@@ -849,17 +806,17 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    assert_eq!(inventory(&client, &nodes[0].base, &x).await, (5, 2));
-    assert_eq!(inventory(&client, &nodes[0].base, &y).await, (5, 3));
+    assert_eq!(inventory(&client, nodes[0].base(), &x).await, (5, 2));
+    assert_eq!(inventory(&client, nodes[0].base(), &y).await, (5, 3));
     let r = client
-        .post(format!("{}/v1/orders/{id}/cancel", nodes[2].base))
+        .post(format!("{}/v1/orders/{id}/cancel", nodes[2].base()))
         .bearer_auth(&user)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(inventory(&client, &nodes[0].base, &x).await, (5, 0));
-    assert_eq!(inventory(&client, &nodes[0].base, &y).await, (5, 0));
+    assert_eq!(inventory(&client, nodes[0].base(), &x).await, (5, 0));
+    assert_eq!(inventory(&client, nodes[0].base(), &y).await, (5, 0));
     drop(nodes);
     assert_reconciles(&store);
     common::drop_database(&store).await;

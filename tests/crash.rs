@@ -5,17 +5,14 @@
 
 mod common;
 
+use common::process::{self, all_orders, assert_reconciles, wait_ready, Process};
 use common::Backend;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_emporium");
 
 on_every_backend!(
     kill_9_during_orders_loses_no_acknowledged_order,
@@ -24,12 +21,16 @@ on_every_backend!(
     a_refund_in_flight_at_kill_9_is_finished_once_after_restart
 );
 
-struct Server {
-    child: Child,
-    base: String,
+/// The crash suites' server: one user places every order (the rate limits are tested in
+/// access_control.rs) and payment retries are fast.
+fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Process {
+    let mut env = env.to_vec();
+    env.push(("EMPORIUM__PAYMENT__BACKOFF_BASE_MS", "10"));
+    env.push(("EMPORIUM__LIMITS__ORDERS_PER_USER_PER_SEC", "0"));
+    Process::serve(data_dir, &env)
 }
 
-fn start(data_dir: &Path, store: &[(&str, &str)]) -> Server {
+fn start(data_dir: &Path, store: &[(&str, &str)]) -> Process {
     start_with(data_dir, store)
 }
 
@@ -38,69 +39,8 @@ async fn store_env(backend: &Backend) -> Option<String> {
     backend.store_url().await
 }
 
-fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .envs(env.iter().copied())
-        .env("EMPORIUM__PAYMENT__BACKOFF_BASE_MS", "10")
-        // One user places every order here; the rate limits are tested in access_control.rs.
-        .env("EMPORIUM__LIMITS__ORDERS_PER_USER_PER_SEC", "0")
-        .env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("emporium starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("listening line");
-    let base = line.trim().rsplit(' ').next().expect("address").to_owned();
-    assert!(base.starts_with("http://"), "unexpected first line {line:?}");
-    Server { child, base }
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .get(format!("{base}/health/ready"))
-        .send()
-        .await
-        .map(|r| r.status())
-        .ok()
-        != Some(StatusCode::OK)
-    {
-        assert!(Instant::now() < deadline, "not ready after restart");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn token(data_dir: &Path, sub: &str, admin: bool) -> String {
-    let mut cmd = Command::new(BIN);
-    cmd.env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn");
-    cmd.args(["token", "--sub", sub, "--data-dir"]).arg(data_dir);
-    if admin {
-        cmd.arg("--admin");
-    }
-    String::from_utf8(cmd.output().expect("token").stdout)
-        .expect("utf8")
-        .trim()
-        .to_owned()
-}
-
-/// `emporium reconcile` on the dead server's store must exit 0.
-fn assert_reconciles(data_dir: &Path, env: &[(&str, &str)]) {
-    let reconcile = Command::new(BIN)
-        .args(["reconcile", "--data-dir"])
-        .arg(data_dir)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&reconcile.stdout),
-        String::from_utf8_lossy(&reconcile.stderr)
-    );
-    assert!(reconcile.status.success(), "reconcile: {report}");
+    process::token(data_dir, &[], sub, admin)
 }
 
 /// The store of a dead server, opened directly (SQLite read-only).
@@ -337,32 +277,6 @@ async fn between_commits(data_dir: &Path, url: Option<&str>) -> i64 {
         .await
         .expect("count");
     row.try_get::<i64, _>("n").expect("n")
-}
-
-/// Every order of `user`, following the cursor.
-async fn all_orders(client: &reqwest::Client, base: &str, user: &str) -> Vec<Value> {
-    let mut orders = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!("{base}/v1/orders?limit=1000");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let page: Value = client
-            .get(url)
-            .bearer_auth(user)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        orders.extend(page["items"].as_array().unwrap().iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => return orders,
-        }
-    }
 }
 
 /// A happy order is two commits (accept, then settle = PAID+COMPLETED together). The

@@ -8,6 +8,7 @@
 //! server it skips with a printed reason, except under `CI=true`, where it fails.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod proxy;
 pub mod services;
 pub mod tansu;

@@ -1,0 +1,298 @@
+//! Cluster mode: which shards this node owns ([`Ownership`]) and the lease keeper that
+//! keeps that true ([`LeaseKeeper`]). docs/cluster.md has the whole picture.
+//!
+//! Owns: this node's epoch per virtual shard (0 = not held) and the last view of the
+//! membership and lease tables (who owns what, at which URL).
+//! Promises: a shard is held here only between a successful claim (a new epoch) and
+//! the moment its loss is noticed (renewal found it gone, the lease ran out without a
+//! renewal, or it was handed over); while it is held, the SKU actors of its SKUs and the
+//! sagas of its orders run here and nowhere else. Safety does not rest on noticing in
+//! time: every group commit checks the epochs it writes under in its own transaction
+//! (`SqlStore::commit_fenced`), so a paused ex-owner can make nothing durable.
+//!
+//! Outside cluster mode [`Ownership::single`] owns every SKU at epoch 0 and costs one
+//! branch per question.
+//!
+//! The keeper is a tokio task: every third of the lease TTL it heartbeats, renews its
+//! leases, reads the tables (database clock), and claims or releases shards towards a
+//! fair share (`domain::cluster::rebalance`).
+//!
+//! Files: this one ([`Ownership`]: who owns what), `keeper.rs` (the lease keeper and
+//! what follows ownership in memory), `peers.rs` (calls to the other nodes).
+
+mod keeper;
+mod peers;
+
+pub use keeper::{default_node_id, leave, LeaseKeeper, ShardHolders};
+pub use peers::*;
+
+use crate::domain::cluster::{shard_of, Fence, Shard};
+use crate::domain::ids::Sku;
+use crate::persistence::WriteSet;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// A member as `GET /health/cluster` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MemberView {
+    pub node: String,
+    pub url: String,
+    pub shards: usize,
+}
+
+/// Who to ask about a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This node holds the shard.
+    Me,
+    /// Another node holds it; its advertised URL.
+    Peer(String),
+    /// Nobody holds it right now (between an owner's death and a claim).
+    Nobody,
+}
+
+#[derive(Default)]
+struct View {
+    /// Owner node id per shard, as last read (None: free or expired).
+    owners: Vec<Option<String>>,
+    /// Live members with their URLs, by node id.
+    members: Vec<(String, String)>,
+}
+
+/// Which shards this node owns, and who owns the others.
+pub struct Ownership {
+    enabled: bool,
+    node_id: String,
+    /// How peers reach this node; set once the listener is bound.
+    url: std::sync::OnceLock<String>,
+    shards: u32,
+    /// Epoch per shard while this node holds it; 0 when it does not.
+    epochs: Vec<AtomicI64>,
+    view: RwLock<View>,
+    /// The keeper has finished a round in which this node held its fair share or every
+    /// shard had an owner: requests can be placed (`/health/ready`).
+    settled: AtomicBool,
+    /// A lease round (a third of the TTL): how long a shard can be between owners.
+    round: Duration,
+    /// Shards the fence took away, for the keeper to drop from memory on its next round.
+    fenced: std::sync::Mutex<Vec<Shard>>,
+}
+
+impl Ownership {
+    /// One node owning everything (cluster mode off).
+    pub fn single() -> Arc<Self> {
+        Arc::new(Self {
+            enabled: false,
+            node_id: String::new(),
+            url: std::sync::OnceLock::new(),
+            shards: 1,
+            epochs: Vec::new(),
+            view: RwLock::default(),
+            settled: AtomicBool::new(true),
+            round: Duration::ZERO,
+            fenced: Default::default(),
+        })
+    }
+
+    pub fn clustered(node_id: String, shards: u32, lease_ttl: Duration) -> Arc<Self> {
+        let shards = shards.max(1);
+        Arc::new(Self {
+            enabled: true,
+            node_id,
+            url: std::sync::OnceLock::new(),
+            shards,
+            epochs: (0..shards).map(|_| AtomicI64::new(0)).collect(),
+            view: RwLock::default(),
+            settled: AtomicBool::new(false),
+            round: lease_ttl / 3,
+            fenced: Default::default(),
+        })
+    }
+
+    /// Sets the URL peers reach this node at (once, when the listener is bound).
+    pub fn advertise(&self, url: String) {
+        let _ = self.url.set(url);
+    }
+
+    fn url(&self) -> &str {
+        self.url.get().map_or("", String::as_str)
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::SeqCst)
+    }
+
+    pub fn shard_of(&self, sku: &Sku) -> Shard {
+        if self.enabled {
+            shard_of(sku.as_str(), self.shards)
+        } else {
+            0
+        }
+    }
+
+    /// The epoch under which this node holds `shard`, if it does (always 0 outside
+    /// cluster mode).
+    pub fn epoch(&self, shard: Shard) -> Option<i64> {
+        if !self.enabled {
+            return Some(0);
+        }
+        let epoch = self.epochs.get(shard as usize)?.load(Ordering::SeqCst);
+        (epoch > 0).then_some(epoch)
+    }
+
+    /// Whether this node runs the cluster's singletons (the outbox relay, the refunder):
+    /// the holder of shard 0 does, so exactly one node does while leases hold, and a
+    /// new one takes over with the shard. Always true outside cluster mode.
+    pub fn leads(&self) -> bool {
+        self.epoch(0).is_some()
+    }
+
+    pub fn holds_sku(&self, sku: &Sku) -> bool {
+        self.epoch(self.shard_of(sku)).is_some()
+    }
+
+    /// Who owns `sku`'s shard.
+    pub fn owner_of(&self, sku: &Sku) -> Owner {
+        let shard = self.shard_of(sku);
+        if self.epoch(shard).is_some() {
+            return Owner::Me;
+        }
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        let node = view.owners.get(shard as usize).cloned().flatten();
+        match node.and_then(|n| view.members.iter().find(|(id, _)| *id == n).map(|(_, url)| url.clone())) {
+            Some(url) if url != self.url() => Owner::Peer(url),
+            _ => Owner::Nobody,
+        }
+    }
+
+    /// Who owns `sku`'s shard, waiting up to a lease round and a half while nobody does
+    /// (a shard handed over is claimed by its next owner on that node's next round).
+    pub async fn await_owner(&self, sku: &Sku) -> Owner {
+        let deadline = Instant::now() + self.round * 3 / 2;
+        loop {
+            let owner = self.owner_of(sku);
+            if owner != Owner::Nobody || Instant::now() >= deadline {
+                return owner;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The fences of a write-set: per shard it writes (its journal entries' SKUs), the
+    /// node that decided those entries and the epoch it held the shard at. Entries this
+    /// node decided use its own epochs now; entries another node decided come with their
+    /// fences (`remote_fences`). `Err` names the shards nobody vouches for: the write-set
+    /// must not be committed.
+    pub fn fences(&self, set: &WriteSet) -> Result<Vec<Fence>, Vec<Shard>> {
+        if !self.enabled {
+            return Ok(Vec::new());
+        }
+        let shards: BTreeSet<Shard> = set.journal.iter().map(|e| self.shard_of(&e.sku)).collect();
+        let mut fences = Vec::with_capacity(shards.len());
+        let mut missing = Vec::new();
+        for shard in shards {
+            if let Some(remote) = set.remote_fences.iter().find(|f| f.shard == shard) {
+                fences.push(remote.clone());
+                continue;
+            }
+            match self.epoch(shard) {
+                Some(epoch) => fences.push(Fence {
+                    shard,
+                    node: self.node_id.clone(),
+                    epoch,
+                }),
+                None => missing.push(shard),
+            }
+        }
+        if missing.is_empty() {
+            Ok(fences)
+        } else {
+            Err(missing)
+        }
+    }
+
+    /// This node's fence for `sku`'s shard, if it holds it.
+    pub fn fence_of(&self, sku: &Sku) -> Option<Fence> {
+        let shard = self.shard_of(sku);
+        self.epoch(shard).map(|epoch| Fence {
+            shard,
+            node: self.node_id.clone(),
+            epoch,
+        })
+    }
+
+    /// The URL of `sku`'s owner when that is another node.
+    pub fn peer_of(&self, sku: &Sku) -> Option<String> {
+        match self.owner_of(sku) {
+            Owner::Peer(url) => Some(url),
+            _ => None,
+        }
+    }
+
+    /// Forgets `shards` (lost or handed over); true for each one that was held.
+    fn drop_shards(&self, shards: &[Shard]) -> Vec<Shard> {
+        shards
+            .iter()
+            .copied()
+            .filter(|s| {
+                self.epochs
+                    .get(*s as usize)
+                    .is_some_and(|e| e.swap(0, Ordering::SeqCst) > 0)
+            })
+            .collect()
+    }
+
+    /// The fence refused a commit for `shards`: they are no longer this node's. Their
+    /// actors are dropped by the keeper's next round.
+    pub fn fenced(&self, shards: &[Shard]) {
+        let dropped = self.drop_shards(shards);
+        self.fenced.lock().unwrap_or_else(|e| e.into_inner()).extend(dropped);
+    }
+
+    fn held(&self) -> Vec<(Shard, i64)> {
+        self.epochs
+            .iter()
+            .enumerate()
+            .filter_map(|(s, e)| {
+                let epoch = e.load(Ordering::SeqCst);
+                (epoch > 0).then_some((s as Shard, epoch))
+            })
+            .collect()
+    }
+
+    /// `GET /health/cluster`: this node, the live members and how many shards each holds.
+    pub fn report(&self) -> serde_json::Value {
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        let members: Vec<MemberView> = view
+            .members
+            .iter()
+            .map(|(node, url)| MemberView {
+                node: node.clone(),
+                url: url.clone(),
+                shards: view.owners.iter().filter(|o| o.as_deref() == Some(node)).count(),
+            })
+            .collect();
+        serde_json::json!({
+            "node": self.node_id,
+            "members": members,
+            "shards_owned": self.held().len(),
+            "shards_total": self.shards,
+            "cluster": true,
+        })
+    }
+}

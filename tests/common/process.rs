@@ -1,0 +1,115 @@
+//! The real `emporium` binary as a child process, for the suites that kill, pause or
+//! restart it (`crash.rs`, `cluster.rs`): start it, mint a token, wait until it is ready,
+//! read every order back, and run `emporium reconcile` on its store.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_emporium");
+
+/// A running `emporium serve`; `base` is the address it printed first.
+pub struct Process {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Process {
+    /// `emporium serve` on a free loopback port with `data_dir` and `env` (logging at
+    /// `warn` unless `env` says otherwise).
+    pub fn serve(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("emporium starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("listening line");
+        let base = line.trim().rsplit(' ').next().expect("address").to_owned();
+        assert!(base.starts_with("http://"), "unexpected first line {line:?}");
+        Self { child, base }
+    }
+}
+
+/// `emporium token` for `sub`: signed with the secret `env` configures, or the one
+/// generated in `data_dir`.
+pub fn token(data_dir: &Path, env: &[(&str, &str)], sub: &str, admin: bool) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
+        .envs(env.iter().copied())
+        .args(["token", "--sub", sub, "--data-dir"])
+        .arg(data_dir);
+    if admin {
+        cmd.arg("--admin");
+    }
+    String::from_utf8(cmd.output().expect("token").stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
+/// Waits (up to 30 s) until `base` answers `/health/ready` with 200.
+pub async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .map(|r| r.status())
+        .ok()
+        != Some(StatusCode::OK)
+    {
+        assert!(Instant::now() < deadline, "{base} not ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `emporium reconcile` on the store `env` names (or the one in `data_dir`) must exit 0.
+pub fn assert_reconciles(data_dir: &Path, env: &[(&str, &str)]) {
+    let reconcile = Command::new(BIN)
+        .args(["reconcile", "--data-dir"])
+        .arg(data_dir)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&reconcile.stdout),
+        String::from_utf8_lossy(&reconcile.stderr)
+    );
+    assert!(reconcile.status.success(), "reconcile: {report}");
+}
+
+/// Every order of `user`, following the cursor.
+pub async fn all_orders(client: &reqwest::Client, base: &str, user: &str) -> Vec<Value> {
+    let mut orders = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/orders?limit=1000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = client
+            .get(url)
+            .bearer_auth(user)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        orders.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return orders,
+        }
+    }
+}
