@@ -73,7 +73,7 @@ pub struct Metrics {
     pub consumer_lag_seconds: GaugeVec,
     /// Partition assignments the group's consumer received (a rebalance each).
     pub consumer_rebalances: IntCounterVec,
-    // ---- Cluster mode (actors/cluster.rs; docs/cluster.md) ----
+    // ---- Cluster mode (actors/cluster/; docs/cluster.md) ----
     /// Shards this node holds a lease on (0 outside cluster mode).
     pub cluster_shards_owned: IntGauge,
     /// Live members as this node last read the membership table.

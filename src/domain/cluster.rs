@@ -1,6 +1,6 @@
 //! Cluster mode's rules: which virtual shard a SKU belongs to, what a fair share of the
 //! shards is, and which leases a node should claim or give back after reading the lease
-//! table. Pure functions; the lease keeper (`actors/cluster.rs`) runs them and the SQL
+//! table. Pure functions; the lease keeper (`actors/cluster/keeper.rs`) runs them and the SQL
 //! store (`persistence/sql/cluster.rs`) applies their decisions.
 
 /// A virtual shard: SKU hash modulo the configured shard count.
