@@ -115,12 +115,9 @@ async fn wait_fair_split(client: &reqwest::Client, nodes: &[&Node], within: Dura
         for node in nodes {
             let r = client.get(format!("{}/health/ready", node.base())).send().await;
             ready &= r.map(|r| r.status() == StatusCode::OK).unwrap_or(false);
-            owned.push(
-                cluster_health(client, node)
-                    .await
-                    .and_then(|h| h["shards_owned"].as_u64())
-                    .unwrap_or(0),
-            );
+            let health = cluster_health(client, node).await.unwrap_or(Value::Null);
+            owned.push(health["shards_owned"].as_u64().unwrap_or(0));
+            ready &= common::knows_every_owner(&health, u64::from(SHARDS));
         }
         let fair_low = u64::from(SHARDS) / nodes.len() as u64;
         let fair = owned.iter().all(|o| *o == fair_low || *o == fair_low + 1);

@@ -92,8 +92,9 @@ impl Peers {
         let Some(sku) = sku else {
             return Ok(Route::Here);
         };
-        // Between a hand-over and the claim (a lease round), nobody owns the shard: wait
-        // for the next owner rather than answer 503 at once.
+        // Between a hand-over and the claim becoming known (up to two lease rounds),
+        // nobody owns the shard as far as this node knows: wait for the next owner rather
+        // than answer 503 at once.
         match self.ownership().await_owner(sku).await {
             Owner::Me => Ok(Route::Here),
             Owner::Peer(url) if hops < MAX_HOPS => Ok(Route::Peer(url)),

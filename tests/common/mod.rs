@@ -194,6 +194,15 @@ fn start_server(settings: Settings, drop_after: Option<String>) -> Started {
     }
 }
 
+/// A node's `/health/cluster` names an owner for every shard: requests it takes are
+/// routed at once (a view is refreshed every lease round).
+pub fn knows_every_owner(health: &Value, total: u64) -> bool {
+    health["members"]
+        .as_array()
+        .map(|members| members.iter().filter_map(|m| m["shards"].as_u64()).sum::<u64>() == total)
+        .unwrap_or(false)
+}
+
 /// Settings every test starts from: fast payment retries, a fresh data dir.
 pub fn test_settings(dir: &std::path::Path) -> Settings {
     let mut s = Settings::load(None).expect("default settings load");
@@ -296,8 +305,10 @@ impl TestApp {
     }
 
     async fn wait_fair_split(&self, deadline: Instant) {
+        let total = u64::from(self.app.settings.cluster.shards);
         loop {
             let mut owned = Vec::new();
+            let mut views_complete = true;
             for (base, _) in &self.nodes {
                 let health: Value = self
                     .client
@@ -309,10 +320,11 @@ impl TestApp {
                     .await
                     .expect("json");
                 owned.push(health["shards_owned"].as_u64().unwrap_or(0));
+                views_complete &= knows_every_owner(&health, total);
             }
-            let total = u64::from(self.app.settings.cluster.shards);
             let low = total / self.nodes.len() as u64;
-            if owned.iter().sum::<u64>() == total && owned.iter().all(|o| *o == low || *o == low + 1) {
+            if views_complete && owned.iter().sum::<u64>() == total && owned.iter().all(|o| *o == low || *o == low + 1)
+            {
                 return;
             }
             assert!(Instant::now() < deadline, "no fair split: {owned:?}");

@@ -180,10 +180,11 @@ impl Ownership {
         }
     }
 
-    /// Who owns `sku`'s shard, waiting up to a lease round and a half while nobody does
-    /// (a shard handed over is claimed by its next owner on that node's next round).
+    /// Who owns `sku`'s shard, waiting up to two and a half lease rounds while nobody
+    /// does: a shard handed over is claimed on its next owner's next round, and the other
+    /// nodes see the claim on their own next round.
     pub async fn await_owner(&self, sku: &Sku) -> Owner {
-        let deadline = Instant::now() + self.round * 3 / 2;
+        let deadline = Instant::now() + self.round * 5 / 2;
         loop {
             let owner = self.owner_of(sku);
             if owner != Owner::Nobody || Instant::now() >= deadline {
