@@ -487,7 +487,7 @@ async fn a_paused_owner_is_fenced_and_nothing_is_oversold() {
     wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
     let admin = token("admin", true);
     let user = token("buyer", false);
-    let stock = 150;
+    let stock = 400;
     create_product(&client, &nodes[0], &admin, &[("HOT", stock)]).await;
     let owner_id = owner_of(&store, "HOT").await;
     let owner = ["node-a", "node-b", "node-c"]
@@ -499,36 +499,40 @@ async fn a_paused_owner_is_fenced_and_nothing_is_oversold() {
         .map(|i| nodes[i].base().to_owned())
         .collect();
 
-    // Some units sell through the owner; then it is paused with requests in flight.
+    // Units sell through the owner from eight clients; it is frozen while they do, so
+    // requests, saga steps and a group commit are in flight (a frozen transaction keeps
+    // its row locks until the database ends it, see docs/cluster.md).
     let created = Arc::new(Mutex::new(Vec::<String>::new()));
-    for _ in 0..20 {
-        let (status, id) = order(&client, nodes[owner].base(), &user, "HOT").await;
-        assert_eq!(status, StatusCode::CREATED);
-        created.lock().unwrap().push(id.unwrap());
-    }
-    nodes[owner].signal("-STOP");
+    let frozen = Arc::new(AtomicBool::new(false));
     let paused: Vec<_> = (0..8)
         .map(|_| {
-            let (client, base, user, created) = (
-                client.clone(),
-                nodes[owner].base().to_owned(),
-                user.clone(),
-                created.clone(),
-            );
+            let (client, base, user) = (client.clone(), nodes[owner].base().to_owned(), user.clone());
+            let (created, frozen) = (created.clone(), frozen.clone());
             tokio::spawn(async move {
-                let (status, id) = order(&client, &base, &user, "HOT").await;
-                // A request that waited in the paused process's socket longer than the
-                // header timeout (5 s) is answered 408 when it wakes: nothing was done.
-                if status != StatusCode::REQUEST_TIMEOUT {
-                    assert_expected(status);
+                let mut answers = Vec::new();
+                while !frozen.load(Ordering::SeqCst) {
+                    let (status, id) = order(&client, &base, &user, "HOT").await;
+                    // A request that waited in the frozen process's socket longer than the
+                    // header timeout (5 s) is answered 408 when it wakes: nothing was done.
+                    if status != StatusCode::REQUEST_TIMEOUT {
+                        assert_expected(status);
+                    }
+                    if let Some(id) = id.filter(|_| status == StatusCode::CREATED) {
+                        created.lock().unwrap().push(id);
+                    }
+                    answers.push(status);
                 }
-                if let Some(id) = id.filter(|_| status == StatusCode::CREATED) {
-                    created.lock().unwrap().push(id);
-                }
-                status
+                answers
             })
         })
         .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while created.lock().unwrap().len() < 20 {
+        assert!(Instant::now() < deadline, "the owner does not sell");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    nodes[owner].signal("-STOP");
+    frozen.store(true, Ordering::SeqCst);
 
     // The others take the shard over and sell while the owner sleeps: six clients on
     // the two other nodes, until the owner has slept 2 x TTL and the others have sold
@@ -567,8 +571,11 @@ async fn a_paused_owner_is_fenced_and_nothing_is_oversold() {
     );
     nodes[owner].signal("-CONT");
     for p in paused {
-        let status = p.await.unwrap();
-        eprintln!("request held by the paused owner answered {status}");
+        let answers = p.await.unwrap();
+        eprintln!(
+            "the frozen owner's client, last answers: {:?}",
+            &answers[answers.len().saturating_sub(2)..]
+        );
     }
     // The paused owner learnt that its leases went to another node.
     let metrics = client

@@ -125,6 +125,7 @@ async fn start_consumer(brokers: &str, dir: &std::path::Path, name: &str) -> Con
         max_connections: 2,
         acquire_timeout: Duration::from_secs(5),
         sqlite_synchronous: settings.store.sqlite_synchronous.clone(),
+        lock_timeouts_secs: None,
     };
     let store = SqlStore::connect(&url, &options).await.expect("store");
     store.migrate().await.expect("migrated");

@@ -82,6 +82,7 @@ async fn relay_throughput_and_commit_to_ack_latency() {
             max_connections: 8,
             acquire_timeout: Duration::from_secs(3),
             sqlite_synchronous: "full".into(),
+            lock_timeouts_secs: None,
         },
     )
     .await

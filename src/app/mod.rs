@@ -106,38 +106,43 @@ impl ShardHolders for Holders {
         self.inventory
             .relinquish(|sku| shards.contains(&ownership.shard_of(sku)));
         self.orders.relinquish(shards);
-        // What was decided under these shards reaches the store before the lease is
-        // released (it would be fenced after): a hand-over drops no acknowledged work.
-        self.write_behind.drain(Duration::from_secs(2)).await;
+    }
+
+    async fn settle_writes(&self, within: Duration) {
+        self.write_behind.drain(within).await;
     }
 
     async fn gained(&self, shards: &[Shard]) {
         // The dead or departed owner's in-flight orders resume here; retried until the
-        // store answers, since nothing else would resume them.
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.orders.recover_shards(shards).await {
-                Ok(report) => {
-                    self.metrics
-                        .actor_restarts
-                        .with_label_values(&["order"])
-                        .inc_by(report.resumed as u64);
-                    if report.resumed + report.expired > 0 {
-                        info!(
-                            resumed = report.resumed,
-                            expired = report.expired,
-                            "took over in-flight orders"
-                        );
+        // store answers, since nothing else would resume them. On a task of its own: the
+        // lease keeper must go on renewing meanwhile.
+        let (orders, metrics, shards) = (self.orders.clone(), self.metrics.clone(), shards.to_vec());
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match orders.recover_shards(&shards).await {
+                    Ok(report) => {
+                        metrics
+                            .actor_restarts
+                            .with_label_values(&["order"])
+                            .inc_by(report.resumed as u64);
+                        if report.resumed + report.expired > 0 {
+                            info!(
+                                resumed = report.resumed,
+                                expired = report.expired,
+                                "took over in-flight orders"
+                            );
+                        }
+                        return;
                     }
-                    return;
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot resume the orders of claimed shards yet");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    Err(e) => {
+                        warn!(error = %e, "cannot resume the orders of claimed shards yet");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
                 }
             }
-        }
+        });
     }
 }
 
@@ -148,6 +153,10 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
         max_connections: settings.store.max_connections,
         acquire_timeout: Duration::from_millis(settings.store.acquire_timeout_ms),
         sqlite_synchronous: settings.store.sqlite_synchronous.clone(),
+        lock_timeouts_secs: settings
+            .cluster
+            .enabled
+            .then(|| settings.cluster.lease_ttl_ms.div_ceil(1000)),
     };
     let url = settings.store_url();
     SqlStore::connect(&url, &options)

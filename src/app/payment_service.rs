@@ -179,6 +179,7 @@ impl PaymentService {
             max_connections: settings.store.max_connections,
             acquire_timeout: Duration::from_millis(settings.store.acquire_timeout_ms),
             sqlite_synchronous: settings.store.sqlite_synchronous.clone(),
+            lock_timeouts_secs: None,
         };
         let store = SqlStore::connect(&url, &options)
             .await

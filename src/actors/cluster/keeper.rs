@@ -21,6 +21,8 @@ pub trait ShardHolders: Send + Sync {
     async fn lost(&self, shards: &[Shard]);
     /// This node now owns these shards: resume their in-flight orders from the store.
     async fn gained(&self, shards: &[Shard]);
+    /// Waits (at most `within`) until what was decided so far is committed or refused.
+    async fn settle_writes(&self, within: Duration);
 }
 
 /// Keeps this node's leases: heartbeat, renew, rebalance, every third of the TTL.
@@ -140,6 +142,10 @@ impl LeaseKeeper {
                 .collect();
             let released = own.drop_shards(&plan.release);
             self.holders.lost(&released).await;
+            // What was decided under these shards reaches the store before the leases go
+            // (it would be fenced after): a hand-over drops no acknowledged work. Bounded
+            // by a lease round, so the keeper's own renewals are never late for it.
+            self.holders.settle_writes(self.ttl / 3).await;
             for (shard, epoch) in epochs {
                 self.store.release_lease(shard, &own.node_id, epoch).await?;
                 self.metrics.cluster_handovers.inc();
@@ -212,6 +218,7 @@ pub async fn leave(store: &SqlStore, ownership: &Ownership, holders: &dyn ShardH
     let all: Vec<Shard> = (0..ownership.shards()).collect();
     let dropped = ownership.drop_shards(&all);
     holders.lost(&dropped).await;
+    holders.settle_writes(Duration::from_secs(2)).await;
     match store.leave_cluster(&ownership.node_id).await {
         Ok(()) => info!(shards = dropped.len(), "left the cluster; shards handed over"),
         Err(e) => warn!(error = %e, "could not hand the shards over; they pass on after the lease TTL"),

@@ -83,6 +83,13 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
     /// SQLite `PRAGMA synchronous`: "full" or "normal".
     pub sqlite_synchronous: String,
+    /// MySQL/MariaDB, cluster mode: how long a transaction may wait for a row lock, and
+    /// (MariaDB) how long one may sit idle before the server aborts it. A node frozen in
+    /// the middle of a group commit (SIGSTOP, a paused VM) keeps its connection and its
+    /// locks, which would block the node taking its shards over; the server ends that
+    /// transaction after this long, and the frozen node's commit then fails. `None`: the
+    /// server's defaults.
+    pub lock_timeouts_secs: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -167,11 +174,21 @@ impl SqlStore {
             "normal" => "NORMAL",
             _ => "FULL",
         };
+        let lock_timeouts = options.lock_timeouts_secs;
         let pool = AnyPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
+                    if let (Dialect::MySql, Some(secs)) = (dialect, lock_timeouts) {
+                        conn.execute(format!("SET SESSION innodb_lock_wait_timeout = {}", secs.max(1)).as_str())
+                            .await?;
+                        // MariaDB only; MySQL has no idle-transaction limit (it keeps the
+                        // server's lock wait timeout as the bound).
+                        let _ = conn
+                            .execute(format!("SET SESSION idle_transaction_timeout = {}", secs.max(1)).as_str())
+                            .await;
+                    }
                     if dialect == Dialect::Sqlite {
                         // WAL lets readers run beside the group-commit writer; the busy timeout
                         // makes the few other writers wait instead of failing.
