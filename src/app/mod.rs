@@ -497,6 +497,11 @@ impl App {
         }
         let settings = &self.settings.cluster;
         let url = if settings.advertise_url.is_empty() {
+            // Peers cannot reach "0.0.0.0": the address to give them must be said.
+            anyhow::ensure!(
+                !addr.ip().is_unspecified(),
+                "cluster mode listening on {addr} needs cluster.advertise_url (how the other nodes reach this one)"
+            );
             format!("http://{addr}")
         } else {
             settings.advertise_url.clone()
