@@ -235,6 +235,48 @@ fn assert_expected(status: StatusCode) {
     );
 }
 
+/// A cluster of real nodes on a fresh database, split fairly, with an admin's and a
+/// buyer's token; one at a time (see [`ONE_CLUSTER_AT_A_TIME`]).
+struct Cluster {
+    nodes: Vec<Node>,
+    store: String,
+    client: reqwest::Client,
+    admin: String,
+    user: String,
+    /// How long the fair split took.
+    split_in: Duration,
+    serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    async fn start(names: &[&str]) -> Option<Self> {
+        let serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+        let store = fresh_store().await?;
+        let client = reqwest::Client::new();
+        let nodes: Vec<Node> = names.iter().map(|name| Node::start(&store, name)).collect();
+        let split_in = wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
+        Some(Self {
+            nodes,
+            store,
+            client,
+            admin: token("admin", true),
+            user: token("buyer", false),
+            split_in,
+            serial,
+        })
+    }
+}
+
+/// Stops every node, then `emporium reconcile` must find the store consistent; the
+/// database goes.
+async fn finish(nodes: Vec<Node>, store: &str) {
+    drop(nodes);
+    assert_reconciles(store);
+    common::drop_database(store).await;
+}
+
+const THREE: [&str; 3] = ["node-a", "node-b", "node-c"];
+
 #[test]
 fn cluster_mode_on_the_embedded_sqlite_store_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -253,15 +295,18 @@ fn cluster_mode_on_the_embedded_sqlite_store_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_split_fairly_sell_exactly_the_stock_and_a_fourth_joins() {
-    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let Some(store) = fresh_store().await else { return };
-    let client = reqwest::Client::new();
-    let nodes = [
-        Node::start(&store, "node-a"),
-        Node::start(&store, "node-b"),
-        Node::start(&store, "node-c"),
-    ];
-    let took = wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
+    let Some(Cluster {
+        mut nodes,
+        store,
+        client,
+        admin,
+        user,
+        split_in: took,
+        serial: _serial,
+    }) = Cluster::start(&THREE).await
+    else {
+        return;
+    };
     eprintln!("3 nodes split {SHARDS} shards fairly in {took:?}");
     let health = cluster_health(&client, &nodes[0]).await.unwrap();
     assert_eq!(health["node"], "node-a");
@@ -269,7 +314,6 @@ async fn three_nodes_split_fairly_sell_exactly_the_stock_and_a_fourth_joins() {
     assert_eq!(health["members"].as_array().unwrap().len(), 3, "{health}");
 
     // Peers only: a wrong peer secret is refused, whatever the route.
-    let admin = token("admin", true);
     let r = client
         .get(format!("{}/v1/inventory/ANY", nodes[0].base()))
         .header("emporium-peer", "guess")
@@ -280,7 +324,6 @@ async fn three_nodes_split_fairly_sell_exactly_the_stock_and_a_fourth_joins() {
 
     // A flash sale of 300 units, 90 clients spread over the three nodes, 600 attempts.
     create_product(&client, &nodes[0], &admin, &[("FLASH", 300)]).await;
-    let user = token("buyer", false);
     let created = Arc::new(Mutex::new(Vec::<String>::new()));
     let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let bases: Vec<String> = nodes.iter().map(|n| n.base().to_owned()).collect();
@@ -359,24 +402,24 @@ async fn three_nodes_split_fairly_sell_exactly_the_stock_and_a_fourth_joins() {
     for (sku, n) in &sold {
         assert_eq!(inventory(&client, fourth.base(), sku).await, (1000 - n, 0), "{sku}");
     }
-    assert_reconciles(&store);
-    drop((nodes, fourth));
-    common::drop_database(&store).await;
+    nodes.push(fourth);
+    finish(nodes, &store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_a_node_loses_no_order_and_its_skus_sell_again_within_the_ttl() {
-    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let Some(store) = fresh_store().await else { return };
-    let client = reqwest::Client::new();
-    let mut nodes = vec![
-        Node::start(&store, "node-a"),
-        Node::start(&store, "node-b"),
-        Node::start(&store, "node-c"),
-    ];
-    wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
-    let admin = token("admin", true);
-    let user = token("buyer", false);
+    let Some(Cluster {
+        mut nodes,
+        store,
+        client,
+        admin,
+        user,
+        serial: _serial,
+        ..
+    }) = Cluster::start(&THREE).await
+    else {
+        return;
+    };
     let skus: Vec<String> = (0..12).map(|i| format!("MIX-{i}")).collect();
     let stocked: Vec<(&str, i64)> = skus.iter().map(|s| (s.as_str(), 500)).collect();
     create_product(&client, &nodes[0], &admin, &stocked).await;
@@ -473,24 +516,23 @@ async fn kill_9_of_a_node_loses_no_order_and_its_skus_sell_again_within_the_ttl(
         assert_eq!(reserved, 0, "{sku}");
         assert_eq!(stock, 500 - per_sku.get(sku).copied().unwrap_or(0), "{sku}");
     }
-    drop(nodes);
-    assert_reconciles(&store);
-    common::drop_database(&store).await;
+    finish(nodes, &store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_owner_is_fenced_and_nothing_is_oversold() {
-    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let Some(store) = fresh_store().await else { return };
-    let client = reqwest::Client::new();
-    let nodes = [
-        Node::start(&store, "node-a"),
-        Node::start(&store, "node-b"),
-        Node::start(&store, "node-c"),
-    ];
-    wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
-    let admin = token("admin", true);
-    let user = token("buyer", false);
+    let Some(Cluster {
+        nodes,
+        store,
+        client,
+        admin,
+        user,
+        serial: _serial,
+        ..
+    }) = Cluster::start(&THREE).await
+    else {
+        return;
+    };
     let stock = 400;
     create_product(&client, &nodes[0], &admin, &[("HOT", stock)]).await;
     let owner_id = owner_of(&store, "HOT").await;
@@ -632,21 +674,24 @@ async fn a_paused_owner_is_fenced_and_nothing_is_oversold() {
     for node in &nodes {
         assert_eq!(inventory(&client, node.base(), "HOT").await, (0, 0));
     }
-    drop(nodes);
-    assert_reconciles(&store);
-    common::drop_database(&store).await;
+    finish(nodes, &store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_restart_under_load_loses_no_order() {
-    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let Some(store) = fresh_store().await else { return };
-    let client = reqwest::Client::new();
-    let names = ["node-a", "node-b", "node-c"];
-    let mut nodes: Vec<Node> = names.iter().map(|n| Node::start(&store, n)).collect();
-    wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
-    let admin = token("admin", true);
-    let user = token("buyer", false);
+    let names = THREE;
+    let Some(Cluster {
+        mut nodes,
+        store,
+        client,
+        admin,
+        user,
+        serial: _serial,
+        ..
+    }) = Cluster::start(&names).await
+    else {
+        return;
+    };
     let skus: Vec<String> = (0..6).map(|i| format!("ROLL-{i}")).collect();
     let stocked: Vec<(&str, i64)> = skus.iter().map(|s| (s.as_str(), 5000)).collect();
     create_product(&client, &nodes[0], &admin, &stocked).await;
@@ -694,9 +739,7 @@ async fn a_rolling_restart_under_load_loses_no_order() {
     for id in &acknowledged {
         assert!(stored.contains(id.as_str()), "acknowledged order {id} lost");
     }
-    drop(nodes);
-    assert_reconciles(&store);
-    common::drop_database(&store).await;
+    finish(nodes, &store).await;
 }
 
 /// SKU names whose shards have owners `a` and `b` (different nodes), from the lease table.
@@ -715,17 +758,18 @@ async fn skus_owned_by_two(store: &str, prefix: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
-    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let Some(store) = fresh_store().await else { return };
-    let client = reqwest::Client::new();
-    let nodes = [
-        Node::start(&store, "node-a"),
-        Node::start(&store, "node-b"),
-        Node::start(&store, "node-c"),
-    ];
-    wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
-    let admin = token("admin", true);
-    let user = token("buyer", false);
+    let Some(Cluster {
+        nodes,
+        store,
+        client,
+        admin,
+        user,
+        serial: _serial,
+        ..
+    }) = Cluster::start(&THREE).await
+    else {
+        return;
+    };
     let (x, y) = skus_owned_by_two(&store, "SPAN").await;
     assert_ne!(owner_of(&store, &x).await, owner_of(&store, &y).await);
     create_product(&client, &nodes[0], &admin, &[(&x, 40), (&y, 40), ("SPAN-EMPTY", 0)]).await;
@@ -836,7 +880,5 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(inventory(&client, nodes[0].base(), &x).await, (5, 0));
     assert_eq!(inventory(&client, nodes[0].base(), &y).await, (5, 0));
-    drop(nodes);
-    assert_reconciles(&store);
-    common::drop_database(&store).await;
+    finish(nodes, &store).await;
 }

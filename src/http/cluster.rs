@@ -214,6 +214,15 @@ pub async fn health(state: web::Data<AppState>, req: HttpRequest) -> Result<Http
 
 // ---- The peer-only API: orders that span owners (docs/cluster.md) ----
 
+/// This node's fence for `sku`, or 503 when it does not own the SKU (any more).
+fn own_fence(state: &AppState, sku: &Sku) -> Result<crate::domain::cluster::Fence, ApiError> {
+    state
+        .peers
+        .ownership()
+        .fence_of(sku)
+        .ok_or(ApiError::UnavailableFor("this node no longer owns the SKU"))
+}
+
 fn refusal(reason: &str, requested: i64, available: i64) -> RemoteRefusal {
     RemoteRefusal {
         reason: reason.to_owned(),
@@ -236,11 +245,7 @@ pub async fn remote_reserve(
     let request = body.into_inner();
     // Taken before the decision: if the shard changes hands meanwhile, the epoch no
     // longer matches and the placing node's commit is refused.
-    let fence = state
-        .peers
-        .ownership()
-        .fence_of(&request.sku)
-        .ok_or(ApiError::UnavailableFor("this node no longer owns the SKU"))?;
+    let fence = own_fence(&state, &request.sku)?;
     let reserved = state
         .inventory
         .reserve(&request.sku, request.order, request.qty, request.expires_at)
@@ -311,11 +316,7 @@ pub async fn remote_settle(
 ) -> Result<HttpResponse, ApiError> {
     state.peers.require_peer(&req)?;
     let request = body.into_inner();
-    let fence = state
-        .peers
-        .ownership()
-        .fence_of(&request.sku)
-        .ok_or(ApiError::UnavailableFor("this node no longer owns the SKU"))?;
+    let fence = own_fence(&state, &request.sku)?;
     let entry = if request.confirm {
         state.inventory.confirm(&request.sku, request.order).await?
     } else {
