@@ -35,6 +35,22 @@ pub fn fair_share(shards: u32, members: usize, rank: usize) -> usize {
     shards / members + usize::from(rank < shards % members)
 }
 
+/// The live members and `me` in the order fair shares are handed out: by node id.
+fn ranked<'a>(me: &'a str, live_members: &'a [String]) -> Vec<&'a str> {
+    let mut members: Vec<&str> = live_members.iter().map(String::as_str).collect();
+    members.push(me);
+    members.sort_unstable();
+    members.dedup();
+    members
+}
+
+/// The fair share of `shards` that node `me` should hold among the live members.
+pub fn share_of(me: &str, live_members: &[String], shards: u32) -> usize {
+    let members = ranked(me, live_members);
+    let rank = members.iter().position(|m| *m == me).unwrap_or(0);
+    fair_share(shards, members.len(), rank)
+}
+
 /// One row of the lease table as read, with the database's verdict on its expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseView {
@@ -57,12 +73,7 @@ pub struct Rebalance {
 /// members (node ids). Deterministic, so every node reading the same table agrees on
 /// who should move: only nodes over their share release, only nodes under it claim.
 pub fn rebalance(me: &str, live_members: &[String], leases: &[LeaseView]) -> Rebalance {
-    let mut members: Vec<&str> = live_members.iter().map(String::as_str).collect();
-    if !members.contains(&me) {
-        members.push(me);
-    }
-    members.sort_unstable();
-    members.dedup();
+    let members = ranked(me, live_members);
     let shards = leases.len() as u32;
     let share_of = |node: &str| {
         members

@@ -19,7 +19,6 @@ use crate::actors::cluster::{
 use crate::actors::inventory::InventoryFailure;
 use crate::domain::ids::Sku;
 use crate::domain::inventory::InventoryError;
-use crate::persistence::WriteSet;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::Arc;
@@ -201,15 +200,9 @@ pub fn json_body<T: serde::Serialize>(body: &T) -> Result<Vec<u8>, ApiError> {
     responses((status = 200, description = "Cluster membership and shard ownership (outside cluster mode: one standalone node owning its one shard)")))]
 pub async fn health(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     super::ops::introspection_allowed(&state, &req).await?;
-    let ownership = state.peers.ownership();
-    if !ownership.enabled() {
-        return Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(
-            serde_json::json!({"node": "standalone", "members": [], "shards_owned": 1, "shards_total": 1, "cluster": false}),
-        ));
-    }
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(ownership.report()))
+        .json(state.peers.ownership().report()))
 }
 
 // ---- The peer-only API: orders that span owners (docs/cluster.md) ----
@@ -234,8 +227,7 @@ fn refusal(reason: &str, requested: i64, available: i64) -> RemoteRefusal {
 /// Peer only: reserve on this node's SKU actor for an order another node places. The
 /// reservation is tentative: the placing node commits its journal entry under this
 /// node's fence, or tells this node to forget it. If neither is heard, this node asks
-/// the store after a while (`SqlStore::resolve_placement`) and forgets it unless the
-/// order was committed.
+/// the store after a while (`Orders::resolve_remote_reservation`).
 pub async fn remote_reserve(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -253,7 +245,11 @@ pub async fn remote_reserve(
     match reserved {
         Ok(reserved) => {
             if reserved.entry.is_some() {
-                resolve_later(&state, &request);
+                // Twice the request timeout: the placing node has given up on it by then.
+                let after = Duration::from_millis(2 * state.settings.server.request_timeout_ms);
+                state
+                    .orders
+                    .resolve_remote_reservation(request.sku.clone(), request.order, after);
             }
             Ok(HttpResponse::Ok().json(RemoteReserved {
                 entry: reserved.entry,
@@ -267,32 +263,6 @@ pub async fn remote_reserve(
         Err(InventoryFailure::UnknownSku(_)) => Ok(HttpResponse::NotFound().json(refusal("unknown_sku", 0, 0))),
         Err(other) => Err(ApiError::Unavailable(other.to_string())),
     }
-}
-
-/// After the placing node had every chance to commit, asks the store for the decision
-/// and drops the reservation if the order was not committed (and now never will be).
-fn resolve_later(state: &AppState, request: &RemoteReserve) {
-    let (store, inventory) = (state.store.clone(), state.inventory.clone());
-    let (order, sku) = (request.order, request.sku.clone());
-    let wait = Duration::from_millis(2 * state.settings.server.request_timeout_ms);
-    tokio::spawn(async move {
-        tokio::time::sleep(wait).await;
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match store.resolve_placement(&order.to_string()).await {
-                Ok(true) => return,
-                Ok(false) => {
-                    let _ = inventory.forget(&sku, order).await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(order_id = %order, error = %e, "cannot resolve a remote reservation yet");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    });
 }
 
 /// Peer only: the placing node will not commit this reservation.
@@ -317,33 +287,10 @@ pub async fn remote_settle(
     state.peers.require_peer(&req)?;
     let request = body.into_inner();
     let fence = own_fence(&state, &request.sku)?;
-    let entry = if request.confirm {
-        state.inventory.confirm(&request.sku, request.order).await?
-    } else {
-        state.inventory.release(&request.sku, request.order).await?
-    };
-    if let Some(entry) = &entry {
-        let set = WriteSet {
-            journal: vec![entry.clone()],
-            ..WriteSet::default()
-        };
-        // Like a saga step: retried while the store is down, given up when the shard
-        // moved (its new owner loads the reservation from the store and settles it then).
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match state.write_behind.commit(set.clone()).await {
-                Ok(()) => break,
-                Err(crate::actors::write_behind::CommitError::Store(crate::persistence::StoreError::NotOwner)) => {
-                    return Err(ApiError::UnavailableFor("this node no longer owns the SKU"));
-                }
-                Err(e) => {
-                    tracing::warn!(sku = %request.sku, error = %e, "remote settle not durable yet, retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
-    }
+    let entry = state
+        .orders
+        .settle_for_peer(&request.sku, request.order, request.confirm)
+        .await?;
     Ok(HttpResponse::Ok().json(RemoteSettled { entry, fence }))
 }
 

@@ -5,7 +5,7 @@
 
 use super::Ownership;
 use crate::config::ClusterSettings;
-use crate::domain::cluster::{fair_share, rebalance, LeaseView, Shard};
+use crate::domain::cluster::{rebalance, share_of, LeaseView, Shard};
 use crate::persistence::SqlStore;
 use crate::telemetry::Metrics;
 use std::sync::atomic::Ordering;
@@ -186,15 +186,7 @@ impl LeaseKeeper {
         }
 
         // Ready once this node holds its share, or every shard has an owner to forward to.
-        let rank = {
-            let mut sorted = live.clone();
-            if !sorted.contains(&own.node_id) {
-                sorted.push(own.node_id.clone());
-            }
-            sorted.sort_unstable();
-            (sorted.iter().position(|n| *n == own.node_id).unwrap_or(0), sorted.len())
-        };
-        let share = fair_share(own.shards, rank.1, rank.0);
+        let share = share_of(&own.node_id, &live, own.shards);
         let everything_owned = own
             .view
             .read()

@@ -207,16 +207,9 @@ impl Ownership {
         let mut fences = Vec::with_capacity(shards.len());
         let mut missing = Vec::new();
         for shard in shards {
-            if let Some(remote) = set.remote_fences.iter().find(|f| f.shard == shard) {
-                fences.push(remote.clone());
-                continue;
-            }
-            match self.epoch(shard) {
-                Some(epoch) => fences.push(Fence {
-                    shard,
-                    node: self.node_id.clone(),
-                    epoch,
-                }),
+            let remote = set.remote_fences.iter().find(|f| f.shard == shard).cloned();
+            match remote.or_else(|| self.own_fence(shard)) {
+                Some(fence) => fences.push(fence),
                 None => missing.push(shard),
             }
         }
@@ -229,7 +222,10 @@ impl Ownership {
 
     /// This node's fence for `sku`'s shard, if it holds it.
     pub fn fence_of(&self, sku: &Sku) -> Option<Fence> {
-        let shard = self.shard_of(sku);
+        self.own_fence(self.shard_of(sku))
+    }
+
+    fn own_fence(&self, shard: Shard) -> Option<Fence> {
         self.epoch(shard).map(|epoch| Fence {
             shard,
             node: self.node_id.clone(),
@@ -276,8 +272,14 @@ impl Ownership {
             .collect()
     }
 
-    /// `GET /health/cluster`: this node, the live members and how many shards each holds.
+    /// `GET /health/cluster`: this node, the live members and how many shards each holds
+    /// (outside cluster mode: one standalone node owning its one shard).
     pub fn report(&self) -> serde_json::Value {
+        if !self.enabled {
+            return serde_json::json!({
+                "node": "standalone", "members": [], "shards_owned": 1, "shards_total": 1, "cluster": false,
+            });
+        }
         let view = self.view.read().unwrap_or_else(|e| e.into_inner());
         let members: Vec<MemberView> = view
             .members

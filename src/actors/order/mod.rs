@@ -24,7 +24,7 @@ use crate::domain::inventory::{ChangeKind, InventoryError};
 use crate::domain::now_millis;
 use crate::domain::order::{quantities_by_sku, CancelReason, Order, OrderLimits, OrderRequestError, OrderStatus};
 use crate::persistence::bus::consumer::ConsumeError;
-use crate::persistence::{Consumed, SqlStore, StatusChange, StoreError, WriteSet};
+use crate::persistence::{Consumed, JournalEntry, SqlStore, StatusChange, StoreError, WriteSet};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use actix::ArbiterHandle;
@@ -450,6 +450,68 @@ impl Orders {
             let skus: BTreeSet<&Sku> = order.lines.iter().map(|l| &l.sku).collect();
             self.forget_all(skus.into_iter(), order.id).await;
         }
+    }
+
+    /// Cluster mode: this node reserved `sku` for an order another node places. After
+    /// `after` (the placing node has had every chance to commit), the store decides
+    /// (`SqlStore::resolve_placement`): the reservation is dropped unless the order was
+    /// committed, and then never will be.
+    pub fn resolve_remote_reservation(&self, sku: Sku, order: OrderId, after: Duration) {
+        let deps = self.deps.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let id = order.to_string();
+            let committed = with_backoff(Duration::from_millis(200), Duration::from_secs(5), || async {
+                deps.store
+                    .resolve_placement(&id)
+                    .await
+                    .inspect_err(|e| warn!(order_id = %order, error = %e, "cannot resolve a remote reservation yet"))
+                    .ok()
+            })
+            .await;
+            if !committed {
+                let _ = deps.inventory.forget(&sku, order).await;
+            }
+        });
+    }
+
+    /// Cluster mode: confirms or releases `order`'s reservation on `sku` for the node
+    /// running its saga, made durable here under this node's fence before it returns.
+    /// Like a saga step it is retried while the store is down; `NotOwner` when the shard
+    /// moved (its new owner loads the reservation from the store and settles it then).
+    pub async fn settle_for_peer(
+        &self,
+        sku: &Sku,
+        order: OrderId,
+        confirm: bool,
+    ) -> Result<Option<JournalEntry>, InventoryFailure> {
+        let deps = &self.deps;
+        let entry = if confirm {
+            deps.inventory.confirm(sku, order).await?
+        } else {
+            deps.inventory.release(sku, order).await?
+        };
+        if let Some(entry) = &entry {
+            let set = WriteSet {
+                journal: vec![entry.clone()],
+                ..WriteSet::default()
+            };
+            let durable = with_backoff(Duration::from_millis(50), Duration::from_secs(2), || async {
+                match deps.write_behind.commit(set.clone()).await {
+                    Ok(()) => Some(true),
+                    Err(CommitError::Store(StoreError::NotOwner)) => Some(false),
+                    Err(e) => {
+                        warn!(%sku, order_id = %order, error = %e, "remote settle not durable yet, retrying");
+                        None
+                    }
+                }
+            })
+            .await;
+            if !durable {
+                return Err(InventoryFailure::NotOwner(sku.clone()));
+            }
+        }
+        Ok(entry)
     }
 
     async fn forget_all(&self, skus: impl Iterator<Item = &Sku>, order: OrderId) {
