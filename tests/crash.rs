@@ -30,6 +30,9 @@ fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Process {
     Process::serve(data_dir, &env)
 }
 
+/// How long a (re)started server may take to recover and become ready.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
 fn start(data_dir: &Path, store: &[(&str, &str)]) -> Process {
     start_with(data_dir, store)
 }
@@ -72,7 +75,7 @@ async fn kill_9_during_orders_loses_no_acknowledged_order(backend: Backend) {
     let store: Vec<(&str, &str)> = url.iter().map(|u| ("EMPORIUM__STORE__URL", u.as_str())).collect();
     let mut server = start(dir.path(), &store);
     let client = reqwest::Client::new();
-    wait_ready(&client, &server.base).await;
+    wait_ready(&client, &server.base, READY_WITHIN).await;
     let admin = token(dir.path(), "admin", true);
     let user = token(dir.path(), "crash-buyer", false);
     let stock = 400;
@@ -121,7 +124,7 @@ async fn kill_9_during_orders_loses_no_acknowledged_order(backend: Backend) {
     assert!(acknowledged.len() >= 100);
 
     let mut server = start(dir.path(), &store);
-    wait_ready(&client, &server.base).await;
+    wait_ready(&client, &server.base, READY_WITHIN).await;
     for id in &acknowledged {
         let r = client
             .get(format!("{}/v1/orders/{id}", server.base))
@@ -190,7 +193,7 @@ async fn expiries_due_during_downtime_are_swept_at_start(backend: Backend) {
     env.extend(url.iter().map(|u| ("EMPORIUM__STORE__URL", u.as_str())));
     let mut server = start_with(dir.path(), &env);
     let client = reqwest::Client::new();
-    wait_ready(&client, &server.base).await;
+    wait_ready(&client, &server.base, READY_WITHIN).await;
     let admin = token(dir.path(), "admin", true);
     let user = token(dir.path(), "sleeper", false);
     create_product(&client, &server.base, &admin, "SWEEP", 100).await;
@@ -218,7 +221,7 @@ async fn expiries_due_during_downtime_are_swept_at_start(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(1_200)).await; // let every reservation fall due while down
 
     let mut server = start_with(dir.path(), &env);
-    wait_ready(&client, &server.base).await;
+    wait_ready(&client, &server.base, READY_WITHIN).await;
     let inventory: Value = client
         .get(format!("{}/v1/inventory/SWEEP", server.base))
         .send()
@@ -293,7 +296,7 @@ async fn kill_9_between_accept_and_settle_at_many_points(backend: Backend) {
     let store: Vec<(&str, &str)> = url.iter().map(|u| ("EMPORIUM__STORE__URL", u.as_str())).collect();
     let client = reqwest::Client::new();
     let mut server = start(dir.path(), &store);
-    wait_ready(&client, &server.base).await;
+    wait_ready(&client, &server.base, READY_WITHIN).await;
     let admin = token(dir.path(), "admin", true);
     let user = token(dir.path(), "settle-buyer", false);
     let stock: i64 = 100_000;
@@ -307,7 +310,7 @@ async fn kill_9_between_accept_and_settle_at_many_points(backend: Backend) {
     for (round, &after) in kill_after.iter().enumerate() {
         if round > 0 {
             server = start(dir.path(), &store);
-            wait_ready(&client, &server.base).await;
+            wait_ready(&client, &server.base, READY_WITHIN).await;
         }
         let in_round = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let acked = Arc::new(tokio::sync::Notify::new());
@@ -372,7 +375,7 @@ async fn kill_9_between_accept_and_settle_at_many_points(backend: Backend) {
     );
 
     let mut server = start(dir.path(), &store);
-    wait_ready(&client, &server.base).await;
+    wait_ready(&client, &server.base, READY_WITHIN).await;
     let acknowledged = acknowledged.lock().unwrap().clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     let orders = loop {
@@ -487,7 +490,7 @@ async fn a_refund_in_flight_at_kill_9_is_finished_once_after_restart(backend: Ba
     env.extend(url.iter().map(|u| ("EMPORIUM__STORE__URL", u.as_str())));
     let mut server = start_with(dir.path(), &env);
     let client = reqwest::Client::new();
-    wait_ready(&client, &server.base).await;
+    wait_ready(&client, &server.base, READY_WITHIN).await;
     let admin = token(dir.path(), "admin", true);
     let user = token(dir.path(), "refund-buyer", false);
     create_product(&client, &server.base, &admin, "REFUND", 3).await;
@@ -521,7 +524,7 @@ async fn a_refund_in_flight_at_kill_9_is_finished_once_after_restart(backend: Ba
     );
 
     let mut server = start_with(dir.path(), &env);
-    wait_ready(&client, &server.base).await;
+    wait_ready(&client, &server.base, READY_WITHIN).await;
     payment_becomes(&client, &server.base, &user, &id, "refunded").await;
     server.child.kill().unwrap();
     server.child.wait().unwrap();

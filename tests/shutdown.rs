@@ -2,60 +2,30 @@
 //! finishes in-flight requests, flushes the write-behind queue and the outbox, and
 //! exits on its own within the grace period; nothing it acknowledged is lost.
 
+mod common;
+
+use common::process::{self, wait_ready, Process};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_emporium");
-
-fn token(dir: &std::path::Path, sub: &str, admin: bool) -> String {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["token", "--sub", sub, "--data-dir"]).arg(dir);
-    if admin {
-        cmd.arg("--admin");
-    }
-    String::from_utf8(cmd.output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_flash_sale_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
-        .env("EMPORIUM__SERVER__SHUTDOWN_GRACE_SECS", "10")
-        // One user places every order here; the rate limits are tested in access_control.rs.
-        .env("EMPORIUM__LIMITS__ORDERS_PER_USER_PER_SEC", "0")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let Process { mut child, base } = Process::serve(
+        dir.path(),
+        &[
+            ("EMPORIUM__SERVER__SHUTDOWN_GRACE_SECS", "10"),
+            // One user places every order here; the rate limits are tested in access_control.rs.
+            ("EMPORIUM__LIMITS__ORDERS_PER_USER_PER_SEC", "0"),
+        ],
+    );
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client
-        .get(format!("{base}/health/ready"))
-        .send()
-        .await
-        .map(|r| r.status())
-        .ok()
-        != Some(StatusCode::OK)
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let admin = token(dir.path(), "admin", true);
+    wait_ready(&client, &base, Duration::from_secs(20)).await;
+    let admin = process::token(dir.path(), &[], "admin", true);
     let r = client
         .post(format!("{base}/v1/products"))
         .bearer_auth(&admin)
@@ -68,7 +38,7 @@ async fn sigterm_during_a_flash_sale_loses_nothing_acknowledged() {
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let answers = Arc::new(Mutex::new(Vec::<StatusCode>::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let user = token(dir.path(), "term-buyer", false);
+    let user = process::token(dir.path(), &[], "term-buyer", false);
     let clients: Vec<_> = (0..32)
         .map(|_| {
             let (client, base, user) = (client.clone(), base.clone(), user.clone());
@@ -151,14 +121,5 @@ async fn sigterm_during_a_flash_sale_loses_nothing_acknowledged() {
         assert_eq!(found, 1, "acknowledged order {id} is durable");
     }
     pool.close().await;
-    let reconcile = Command::new(BIN)
-        .args(["reconcile", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        reconcile.status.success(),
-        "{}",
-        String::from_utf8_lossy(&reconcile.stdout)
-    );
+    process::assert_reconciles(dir.path(), &[]);
 }

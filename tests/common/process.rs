@@ -56,9 +56,9 @@ pub fn token(data_dir: &Path, env: &[(&str, &str)], sub: &str, admin: bool) -> S
         .to_owned()
 }
 
-/// Waits (up to 30 s) until `base` answers `/health/ready` with 200.
-pub async fn wait_ready(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Waits (up to `within`) until `base` answers `/health/ready` with 200.
+pub async fn wait_ready(client: &reqwest::Client, base: &str, within: Duration) {
+    let deadline = Instant::now() + within;
     while client
         .get(format!("{base}/health/ready"))
         .send()
