@@ -146,9 +146,14 @@ start_mysql() {
     # The socket/pid directory lives on a tmpfs on most machines and vanishes on reboot.
     as_root install -d -o mysql -g mysql /run/mysqld
     log "starting MariaDB (/usr/sbin/mariadbd, user from /etc/mysql config)"
+    # --user: mariadbd refuses to run as root, and Debian's config names no user for the
+    # server. Errors go to the datadir's log (the mysql user cannot write under .services).
+    # skip-name-resolve: a TCP client is root@127.0.0.1, not root@localhost (unix_socket).
+    # max_connections: the cluster suites run several nodes, each with its own pools.
     as_root start-stop-daemon --start --oknodo --background \
         --make-pidfile --pidfile "$(pidfile mysql)" \
-        --exec /usr/sbin/mariadbd 9>&-
+        --exec /usr/sbin/mariadbd -- --user=mysql --bind-address=127.0.0.1 --skip-name-resolve \
+        --max-connections=1000 --log-error=/var/lib/mysql/emporium-error.log 9>&-
     # Remember that we started it, so `stop` may stop it (and only then).
     touch "$SVC_DIR/mysql.started-by-us"
     wait_port mysql "$MYSQL_PORT" "" || return 1
