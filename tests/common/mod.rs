@@ -3,7 +3,7 @@
 //! plus an HTTP client speaking to it.
 //!
 //! Every contract suite runs over every backend through [`on_every_backend!`]. The MySQL
-//! variant uses `EMPORIUM_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`),
+//! variant uses `EMPORIUM_TEST_MYSQL_URL` (unset: `scripts/services.sh start mysql`),
 //! creates a database with a unique name and drops it afterwards. Without a reachable
 //! server it skips with a printed reason, except under `CI=true`, where it fails.
 #![allow(dead_code)]
@@ -30,7 +30,8 @@ impl Backend {
     /// The MySQL backend, or `None` (with the reason printed) when it cannot be reached
     /// outside CI. Under `CI=true` an unreachable server fails the test.
     pub async fn mysql() -> Option<Self> {
-        let url = std::env::var("EMPORIUM_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+        // Unset: scripts/services.sh starts MariaDB (installing it on a bare machine).
+        let url = services::test_env("EMPORIUM_TEST_MYSQL_URL")?;
         let reachable = tokio::time::timeout(Duration::from_secs(3), sqlx_mysql_ping(&url)).await;
         match reachable {
             Ok(Ok(())) => Some(Self::MySql(url.trim_end_matches('/').to_owned())),

@@ -1,4 +1,4 @@
-//! Test servers for a plain `cargo test` (issue 21): a suite that needs Kafka, MongoDB or
+//! Test servers for a plain `cargo test`: a suite that needs MariaDB, Kafka, MongoDB or
 //! Elasticsearch gets it whether or not anybody ran `scripts/services.sh start` first.
 //!
 //! Order of preference: the variable the suite reads (`EMPORIUM_TEST_KAFKA`, ...) when it
@@ -30,6 +30,7 @@ fn service_of(var: &str) -> Option<&'static str> {
         "EMPORIUM_TEST_KAFKA" | "EMPORIUM_TEST_TANSU" => Some("kafka"),
         "EMPORIUM_TEST_MONGO_URL" => Some("mongo"),
         "EMPORIUM_TEST_ES_URL" => Some("search"),
+        "EMPORIUM_TEST_MYSQL_URL" => Some("mysql"),
         _ => None,
     }
 }
