@@ -154,7 +154,8 @@ pub struct SkuActor {
 /// What the metrics scrape and the sold-out fast path read of a SKU actor without
 /// sending it a message. Kept a while after passivation: a passivated SKU's availability
 /// cannot change until it is activated again, so its last value stays true (see
-/// [`Inventory::hottest`]); the fast path reads it only while the actor is live.
+/// [`Inventory::hottest`]); the fast path reads it only while the actor is live. Dropped
+/// at once when the SKU's shard goes to another node ([`Inventory::relinquish`]).
 ///
 /// `available` is written only by the actor, after each change is applied (and, for a
 /// stock change, committed) and before the change is answered; it is set from the
@@ -638,6 +639,9 @@ impl Inventory {
             live.addr.do_send(Relinquish);
         }
         self.shared.actors.retain(|sku, _| !lost(sku));
+        // Their availability changes on the new owner from now on: this node stops
+        // exporting its last value (the new owner exports the true one).
+        self.shared.stats.retain(|sku, _| !lost(sku));
     }
 
     pub fn active_count(&self) -> usize {

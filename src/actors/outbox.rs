@@ -90,9 +90,14 @@ impl OutboxRelay {
     }
 
     /// Publishes everything that is due now. Returns how many events were published.
+    /// Stops between batches when this node no longer leads (cluster mode): a backlog
+    /// is drained by one relay, not by the old leader beside the new one.
     pub async fn drain(&self) -> Result<usize, StoreError> {
         let mut total = 0;
         loop {
+            if !self.ownership.leads() {
+                return Ok(total);
+            }
             let published = self.relay_once().await?;
             total += published;
             if published == 0 {

@@ -164,6 +164,27 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
         .with_context(|| format!("cannot open the store at {}", crate::persistence::sql::redact(&url)))
 }
 
+/// The lease keeper's own small pool: its statements never queue behind the group
+/// commit for a connection, and wait at most a second for a row lock (a frozen node's
+/// transaction holds its lease rows until the server ends it; the claim is tried again
+/// next round).
+async fn connect_keeper_store(settings: &Settings) -> anyhow::Result<SqlStore> {
+    let round = Duration::from_millis(settings.cluster.lease_ttl_ms.max(300) / 3);
+    let options = StoreOptions {
+        max_connections: 2,
+        acquire_timeout: round,
+        sqlite_synchronous: settings.store.sqlite_synchronous.clone(),
+        lock_timeouts_secs: Some(1),
+    };
+    let url = settings.store_url();
+    SqlStore::connect(&url, &options).await.with_context(|| {
+        format!(
+            "cannot open the lease keeper's pool at {}",
+            crate::persistence::sql::redact(&url)
+        )
+    })
+}
+
 /// Runs the migrations, retrying a few times: nodes of a cluster starting together on a
 /// fresh database race for the first migration, and the loser finds it applied.
 async fn migrate(store: &SqlStore) -> anyhow::Result<()> {
@@ -252,12 +273,10 @@ impl App {
         } else {
             settings.cluster.peer_secret.clone()
         };
-        // An owner that does not answer within a lease TTL may be paused or gone; by the
-        // client's retry, its shards may have a new owner.
-        let peer_timeout = settings
-            .server
-            .request_timeout_ms
-            .min(settings.cluster.lease_ttl_ms.max(300));
+        // At least the owner's own request timeout, plus a second for the way back: a
+        // forwarder that gave up earlier would answer 503 for an order the owner still
+        // commits (its placement runs on, detached from the request).
+        let peer_timeout = settings.server.request_timeout_ms + 1_000;
         let peers = PeerClient::new(ownership.clone(), peer_secret, Duration::from_millis(peer_timeout));
         let accounts = Arc::new(Accounts::new(store.clone(), keys.clone(), &settings.users)?);
         let metrics = Arc::new(Metrics::with_recording(settings.telemetry.metrics)?);
@@ -509,7 +528,7 @@ impl App {
         info!(node = self.ownership.node_id(), %url, shards = settings.shards, "joining the cluster");
         self.ownership.advertise(url);
         let keeper = LeaseKeeper::start(
-            self.store.clone(),
+            connect_keeper_store(&self.settings).await?,
             settings,
             self.ownership.clone(),
             Arc::new(self.holders()),

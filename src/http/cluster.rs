@@ -23,6 +23,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::warn;
 
 /// How many times a request was forwarded (a node's view of the owners can be a lease
 /// round behind: the node a request was sent to may have just handed the shard on).
@@ -126,11 +127,15 @@ impl Peers {
         let url = format!("{}{}", base.trim_end_matches('/'), req.uri());
         let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        // The owner may have handed the shard on meanwhile and forward once more: it
+        // learns how many hops this request has made so far.
+        let hops = if self.is_peer_call(req)? { hops_of(req) } else { 0 } + 1;
         let mut outgoing = self
             .peer
             .client()
             .request(method, url)
-            .header(PEER_HEADER, self.peer.secret());
+            .header(PEER_HEADER, self.peer.secret())
+            .header(HOPS_HEADER, hops.to_string());
         for name in PASSED_ON {
             if let Some(value) = req.headers().get(name).and_then(|v| v.to_str().ok()) {
                 outgoing = outgoing.header(name, value);
@@ -169,12 +174,15 @@ impl Peers {
                 Ok(response.body(bytes))
             }
             Err(e) => {
-                // The owner did not answer (it may just have died): the client retries,
-                // by then the shard has a live owner again. A request that reached it and
-                // was lost on the way back is the same as a 503 on a single node: retried
-                // with its Idempotency-Key, it is answered once.
+                // The owner did not answer (it may just have died, or be paused): the
+                // client retries, by then the shard has a live owner again. The request
+                // may have reached it and committed: only a retry with the same
+                // Idempotency-Key is answered once.
                 metrics.cluster_forwarded.with_label_values(&["failed"]).inc();
-                Err(ApiError::Unavailable(format!("forwarding to {base}: {e}")))
+                warn!(peer = %base, error = %e, "forwarding failed");
+                Err(ApiError::UnavailableFor(
+                    "the node owning this request did not answer; the outcome is unknown: retry with the same Idempotency-Key",
+                ))
             }
         }
     }

@@ -31,7 +31,7 @@ use crate::domain::ids::Sku;
 use crate::persistence::WriteSet;
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,11 @@ pub struct Ownership {
     shards: u32,
     /// Epoch per shard while this node holds it; 0 when it does not.
     epochs: Vec<AtomicI64>,
+    /// Per shard held, until when this node may act on it: milliseconds after `origin`
+    /// on the monotonic clock (last renewal or claim sent + TTL − a margin). The keeper's
+    /// watchdog drops a shard the moment its deadline passes, whatever else it is doing.
+    deadlines: Vec<AtomicU64>,
+    origin: Instant,
     view: RwLock<View>,
     /// The keeper has finished a round in which this node held its fair share or every
     /// shard had an owner: requests can be placed (`/health/ready`).
@@ -90,6 +95,8 @@ impl Ownership {
             url: std::sync::OnceLock::new(),
             shards: 1,
             epochs: Vec::new(),
+            deadlines: Vec::new(),
+            origin: Instant::now(),
             view: RwLock::default(),
             settled: AtomicBool::new(true),
             round: Duration::ZERO,
@@ -105,6 +112,8 @@ impl Ownership {
             url: std::sync::OnceLock::new(),
             shards,
             epochs: (0..shards).map(|_| AtomicI64::new(0)).collect(),
+            deadlines: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            origin: Instant::now(),
             view: RwLock::default(),
             settled: AtomicBool::new(false),
             round: lease_ttl / 3,
@@ -252,6 +261,51 @@ impl Ownership {
                     .is_some_and(|e| e.swap(0, Ordering::SeqCst) > 0)
             })
             .collect()
+    }
+
+    fn millis_since_origin(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.origin).as_millis() as u64
+    }
+
+    /// A claim of `shard` at `epoch` committed: this node may act on it until `until`.
+    /// The deadline is set before the epoch, so the watchdog never sees a held shard
+    /// with an old deadline.
+    fn hold(&self, shard: Shard, epoch: i64, until: Instant) {
+        if let (Some(deadline), Some(slot)) = (self.deadlines.get(shard as usize), self.epochs.get(shard as usize)) {
+            deadline.store(self.millis_since_origin(until), Ordering::SeqCst);
+            slot.store(epoch, Ordering::SeqCst);
+        }
+    }
+
+    /// A renewal of these (shard, epoch) leases committed: their deadline moves to
+    /// `until`, for each still held here at that epoch.
+    fn extend(&self, renewed: &[(Shard, i64)], until: Instant) {
+        let until = self.millis_since_origin(until);
+        for (shard, epoch) in renewed {
+            let held = self.epochs.get(*shard as usize).map(|e| e.load(Ordering::SeqCst));
+            if held == Some(*epoch) {
+                if let Some(deadline) = self.deadlines.get(*shard as usize) {
+                    deadline.fetch_max(until, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    /// Drops every held shard whose deadline is `now` or earlier: the store may already
+    /// let another node claim it. Returns the shards dropped.
+    fn drop_expired(&self, now: Instant) -> Vec<Shard> {
+        let now = self.millis_since_origin(now);
+        let expired: Vec<Shard> = self
+            .held()
+            .into_iter()
+            .filter(|(s, _)| {
+                self.deadlines
+                    .get(*s as usize)
+                    .is_some_and(|d| d.load(Ordering::SeqCst) <= now)
+            })
+            .map(|(s, _)| s)
+            .collect();
+        self.drop_shards(&expired)
     }
 
     /// The fence refused a commit for `shards`: they are no longer this node's. Their

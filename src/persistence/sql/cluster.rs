@@ -44,6 +44,22 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Cluster mode rests on the server ending the transaction of a frozen node (one
+    /// stopped in the middle of a commit keeps its connection and its locks, and every
+    /// claim of its shards would wait behind them): MariaDB's `idle_transaction_timeout`
+    /// does. MySQL has no such limit, so it is refused with the reason.
+    pub async fn require_idle_transaction_limit(&self) -> Result<(), StoreError> {
+        let row = sqlx::query("SELECT VERSION() AS version").fetch_one(&self.pool).await?;
+        let version = text(&row, "version")?;
+        if version.contains("MariaDB") {
+            return Ok(());
+        }
+        Err(StoreError::Rejected(format!(
+            "cluster mode needs MariaDB: this server ({version}) has no idle_transaction_timeout, so a frozen \
+             node's open transaction would hold its lease locks until its connection dies and stall the others"
+        )))
+    }
+
     /// I-am-alive: records (or refreshes) this node's row.
     pub async fn heartbeat(&self, node: &str, url: &str) -> Result<(), StoreError> {
         sqlx::query(&format!(
@@ -239,6 +255,19 @@ impl SqlStore {
         self.write_sets(&mut tx, sets).await?;
         tx.commit().await?;
         Ok(Ok(()))
+    }
+
+    /// Forgets placement decisions older than `age_ms` (database clock). A decision is
+    /// read only while an owner still holds a tentative reservation for its order,
+    /// which it resolves within seconds of the placement; a day later nobody asks.
+    pub async fn prune_placement_outcomes(&self, age_ms: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(&format!(
+            "DELETE FROM placement_outcomes WHERE decided_at < {DB_NOW} - ?"
+        ))
+        .bind(age_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// Resolves the placement of `order` for an owner that reserved stock for it on

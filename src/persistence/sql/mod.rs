@@ -180,6 +180,11 @@ impl SqlStore {
             .acquire_timeout(options.acquire_timeout)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
+                    if dialect == Dialect::MySql {
+                        // The lease clock is UNIX_TIMESTAMP(NOW(3)): in a session zone with
+                        // daylight saving it steps back an hour in autumn. UTC never does.
+                        conn.execute("SET time_zone = '+00:00'").await?;
+                    }
                     if let (Dialect::MySql, Some(secs)) = (dialect, lock_timeouts) {
                         conn.execute(format!("SET SESSION innodb_lock_wait_timeout = {}", secs.max(1)).as_str())
                             .await?;
