@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Dashboards and alerts proven against a real Prometheus (Debian's `prometheus` 2.x), not
-# only by name: start a Tansu broker, Emporium with payment.mode = kafka and the payment
+# only by name: start an Apache Kafka broker, Emporium with payment.mode = kafka and the payment
 # service (`emporium payment-service`), a Prometheus scraping both every second with
 # config/alerts.yml loaded; run a small flash sale with one declined payment; then
 # evaluate every panel query of dashboards/emporium.json and every alert expression of
@@ -24,7 +24,7 @@ export LOG_TAG
 "$ROOT/scripts/tools.sh" prometheus
 pip_ensure PyYAML
 eval "$("$ROOT/scripts/services.sh" env kafka 2>/dev/null || true)"
-if [ -z "${EMPORIUM_TEST_TANSU:-}" ]; then
+if [ -z "${EMPORIUM_TEST_KAFKA_BROKER:-}" ]; then
     "$ROOT/scripts/services.sh" install kafka >&2
     eval "$("$ROOT/scripts/services.sh" env kafka)"
 fi
@@ -53,11 +53,12 @@ wait_http() { # wait_http URL WHAT PID: poll until URL answers 200, fail if PID 
 }
 
 KAFKA_PORT="$(free_port)"
-"$EMPORIUM_TEST_TANSU" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine memory://tansu/ \
-    >"$OUT/tansu.log" 2>&1 &
+KAFKA_CPORT="$(free_port)"
+bash "$EMPORIUM_TEST_KAFKA_BROKER" "$WORK/kafka" 1 "$KAFKA_PORT" "$KAFKA_CPORT" "1@127.0.0.1:$KAFKA_CPORT" \
+    >"$OUT/kafka.log" 2>&1 &
 PIDS+=($!)
-for ((i = 0; i < 300; i++)); do (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break; sleep 0.1; done
+# A JVM on a loaded 2-core machine: up to two minutes.
+for ((i = 0; i < 1200; i++)); do (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break; sleep 0.1; done
 
 export EMPORIUM__BUS__KIND=kafka EMPORIUM__BUS__BROKERS="127.0.0.1:$KAFKA_PORT" EMPORIUM__BUS__PARTITIONS=2
 export EMPORIUM__PAYMENT__MODE=kafka EMPORIUM__CONSUMER__LAG_INTERVAL_MS=500

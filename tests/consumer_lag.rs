@@ -1,4 +1,4 @@
-//! Consumer lag on a real Tansu broker (one per test, `EMPORIUM_TEST_TANSU`): the
+//! Consumer lag on a real Apache Kafka broker (one per test, `common::kafka`): the
 //! `emporium_consumer_*` metrics follow the group's committed offset and the partition's
 //! end offset as the broker reports them. A handler that holds every message until the
 //! test lets it go makes the lag rise (messages published, none committed) and fall
@@ -9,7 +9,7 @@
 mod common;
 
 use async_trait::async_trait;
-use common::tansu::{required_env, Tansu};
+use common::kafka::KafkaBroker;
 use common::test_settings;
 use emporium::domain::events::{Event, EventType};
 use emporium::persistence::bus::consumer::{self, ConsumeError, ConsumerSpec, EventHandler};
@@ -152,17 +152,17 @@ async fn start_consumer(brokers: &str, dir: &std::path::Path, name: &str) -> Con
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_rises_while_messages_wait_and_falls_when_they_are_committed() {
-    let Some(binary) = required_env("EMPORIUM_TEST_TANSU") else {
+    let Some(broker) = KafkaBroker::start().await else {
         return;
     };
-    let tansu = Tansu::start(&binary).await;
-    create_topic(&tansu.brokers).await;
+    let brokers = broker.address();
+    create_topic(&brokers).await;
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &tansu.brokers)
+        .set("bootstrap.servers", &brokers)
         .create()
         .expect("producer");
     let dir = tempfile::tempdir().expect("temp dir");
-    let first = start_consumer(&tansu.brokers, dir.path(), "lag-a").await;
+    let first = start_consumer(&brokers, dir.path(), "lag-a").await;
 
     // Nothing published yet: assigned, caught up.
     wait_for(&first.metrics, "assigned and caught up", |_, e, l, s| {

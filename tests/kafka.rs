@@ -1,5 +1,6 @@
-//! The outbox relay on a real Kafka-protocol broker (Tansu, started by
-//! `scripts/services.sh start kafka`, address in `EMPORIUM_TEST_KAFKA`).
+//! The outbox relay on a real Apache Kafka broker (the shared one started by
+//! `scripts/services.sh start kafka`, address in `EMPORIUM_TEST_KAFKA`, or brokers of a
+//! test's own from `common::kafka`).
 //!
 //! Every committed outbox event reaches its topic exactly once (idempotent producer),
 //! keyed by its aggregate, in outbox order per key, with the headers consumers rely on;
@@ -9,8 +10,9 @@
 
 mod common;
 
+use common::kafka::{leader_of, KafkaBroker, KafkaCluster};
 use common::proxy::Proxy;
-use common::tansu::required_env;
+use common::services::test_env;
 use common::{Backend, TestApp};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
@@ -18,7 +20,6 @@ use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use sqlx::{Connection, Row};
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One consumed message, reduced to what the tests check.
@@ -223,7 +224,7 @@ fn all_arrived(outbox: &[(i64, Value)]) -> impl Fn(&[Received]) -> bool + '_ {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_outbox_event_reaches_kafka_once_in_order_with_headers() {
-    let Some(brokers) = required_env("EMPORIUM_TEST_KAFKA") else {
+    let Some(brokers) = test_env("EMPORIUM_TEST_KAFKA") else {
         return;
     };
     let app = kafka_app(&brokers, |_| {}).await;
@@ -267,35 +268,24 @@ async fn every_outbox_event_reaches_kafka_once_in_order_with_headers() {
     assert_eq!(ready["bus"], json!({"kind": "kafka", "reachable": true}));
 }
 
-/// A Tansu broker of the test's own, reachable only through a proxy the test can cut
-/// (it advertises the proxy's address, so clients never bypass it).
+/// A broker of the test's own, reachable only through a proxy the test can cut (it
+/// advertises the proxy's address, so clients never bypass it).
 struct ProxiedBroker {
     proxy: Proxy,
-    child: Child,
+    _broker: KafkaBroker,
 }
 
 impl ProxiedBroker {
-    async fn start(tansu: &str) -> Self {
+    async fn start() -> Option<Self> {
+        // The proxy's port is known before the broker's: the broker advertises it.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
         let target: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let proxy = Proxy::start(target).await;
-        let child = Command::new(tansu)
-            .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{port}")])
-            .args(["--advertised-listener-url", &format!("tcp://{}", proxy.addr)])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu starts");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(target).await.is_err() {
-            assert!(Instant::now() < deadline, "tansu never listened");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self { proxy, child }
+        let broker = KafkaBroker::start_on(port, &[format!("advertised.listeners=PLAINTEXT://{}", proxy.addr)]).await?;
+        Some(Self { proxy, _broker: broker })
     }
 
     fn brokers(&self) -> String {
@@ -303,19 +293,11 @@ impl ProxiedBroker {
     }
 }
 
-impl Drop for ProxiedBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_keeps_taking_orders_and_delivers_everything_afterwards() {
-    let Some(tansu) = required_env("EMPORIUM_TEST_TANSU") else {
+    let Some(broker) = ProxiedBroker::start().await else {
         return;
     };
-    let broker = ProxiedBroker::start(&tansu).await;
     let app = kafka_app(&broker.brokers(), |s| {
         s.bus.message_timeout_ms = 1500;
         s.outbox.backoff_base_ms = 20;
@@ -356,4 +338,173 @@ async fn broker_outage_keeps_taking_orders_and_delivers_everything_afterwards() 
     assert_delivered(&outbox, &received);
     let (_, ready) = app.get(&app.admin, "/health/ready").await;
     assert_eq!(ready["bus"]["reachable"], true);
+}
+
+/// Every outbox event arrived at least once, with at most one effect: by event id each
+/// is there, and per key the first copies come in outbox order. (A broker that crashed
+/// after appending a batch and before acknowledging it makes the relay send that batch
+/// again; consumers drop the second copy by its event id.)
+fn assert_delivered_once_in_effect(outbox: &[(i64, Value)], received: &[Received]) {
+    let mut first_seen: Vec<&str> = Vec::new();
+    for r in received {
+        if let Some(id) = r.headers.get("event_id") {
+            if !first_seen.contains(&id.as_str()) {
+                first_seen.push(id);
+            }
+        }
+    }
+    let mut by_key: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (_, event) in outbox {
+        let id = event["id"].as_str().expect("event id");
+        assert!(first_seen.contains(&id), "event {id} ({}) never arrived", event["type"]);
+        by_key
+            .entry(event["aggregate_id"].as_str().expect("aggregate"))
+            .or_default()
+            .push(id);
+    }
+    for (key, ids) in by_key {
+        let seen: Vec<&str> = first_seen.iter().copied().filter(|id| ids.contains(id)).collect();
+        assert_eq!(seen, ids, "events of {key} out of outbox order");
+    }
+}
+
+/// Sells on a background task while `fault` runs, then waits for every order and for
+/// the outbox to drain; the outbox once it has.
+async fn sell_through<F, Fut>(app: &TestApp, sku: &str, fault: F) -> Vec<(i64, Value)>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (sale, stop) = {
+        let client = app.client.clone();
+        let url = app.url("/v1/orders");
+        let buyer = app.token("kafka-fault-buyer");
+        let sku = sku.to_owned();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let until = stop.clone();
+        let sale = tokio::spawn(async move {
+            let mut accepted = 0;
+            while !until.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&buyer)
+                    .json(&json!({"items": [{"sku": sku, "qty": 1}], "payment": {"token": "test_ok"}}))
+                    .send()
+                    .await
+                    .expect("request");
+                match r.status().as_u16() {
+                    201 => accepted += 1,
+                    409 => {}
+                    other => panic!("order answered {other} while the broker was failing"),
+                }
+            }
+            accepted
+        });
+        (sale, stop)
+    };
+    fault().await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let accepted = sale.await.expect("sale task");
+    assert!(accepted > 0, "orders were taken while the broker failed");
+    app.assert_consistent().await;
+    wait_backlog_empty(app).await;
+    outbox_events(app).await
+}
+
+/// Waits until the outbox has events the relay could not publish yet (the broker is
+/// down and the sale goes on), bounded.
+async fn wait_backlog_over(app: &TestApp, rows: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.app.store.outbox_backlog().await.expect("backlog") <= rows {
+        assert!(
+            Instant::now() < deadline,
+            "no backlog built up while the broker was down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_mid_sale_comes_back_with_its_log_and_every_event_arrives() {
+    let Some(mut broker) = KafkaBroker::start().await else {
+        return;
+    };
+    let app = kafka_app(&broker.address(), |s| {
+        s.bus.message_timeout_ms = 1500;
+        s.outbox.backoff_base_ms = 20;
+        s.outbox.max_attempts = 2;
+    })
+    .await;
+    let sku = format!("KILLED-{}", uuid::Uuid::new_v4().simple());
+    app.product(&[(&sku, 100_000)]).await;
+    // Events published before the crash must still be on the broker after it.
+    assert_eq!(sell(&app, &sku, 3).await.len(), 3);
+    wait_backlog_empty(&app).await;
+    let before_crash = outbox_events(&app).await;
+
+    let outbox = sell_through(&app, &sku, || async {
+        broker.kill9();
+        wait_backlog_over(&app, 5).await;
+        broker.restart();
+        common::kafka::wait_for_brokers(&broker.address(), 1).await;
+    })
+    .await;
+    assert!(outbox.len() > before_crash.len());
+    let received = consume_until(&broker.address(), all_arrived(&outbox)).await;
+    assert_delivered_once_in_effect(&outbox, &received);
+    assert!(app.app.store.failed_events(100).await.expect("failed").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_partition_leader_of_three_brokers_loses_no_acknowledged_event() {
+    let Some(mut cluster) = KafkaCluster::start(3).await else {
+        return;
+    };
+    let bootstrap = cluster.bootstrap();
+    let app = kafka_app(&bootstrap, |s| {
+        s.bus.replication_factor = 3;
+        s.bus.partitions = 1;
+        s.outbox.backoff_base_ms = 20;
+        s.outbox.max_attempts = 1_000;
+    })
+    .await;
+    let sku = format!("LEADER-{}", uuid::Uuid::new_v4().simple());
+    app.product(&[(&sku, 100_000)]).await;
+    assert_eq!(sell(&app, &sku, 3).await.len(), 3);
+    wait_backlog_empty(&app).await;
+    let leader = leader_of(&bootstrap, "emporium.orders", 0).await.expect("a leader");
+
+    let outbox = sell_through(&app, &sku, || async {
+        cluster.broker(leader).kill9();
+        // The controller moves leadership to an in-sync follower; the relay goes on
+        // with acks=all on two replicas (min.insync.replicas = 2).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match leader_of(&bootstrap, "emporium.orders", 0).await {
+                Some(new) if new != leader => break,
+                _ => {
+                    assert!(Instant::now() < deadline, "no new leader within 60 s");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        // More orders are taken and their events published through the new leader.
+        let before = outbox_events(&app).await.len();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while outbox_events(&app).await.len() < before + 10 {
+            assert!(Instant::now() < deadline, "the sale stalled after the leader died");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        wait_backlog_empty(&app).await;
+    })
+    .await;
+    let survivors: String = cluster
+        .brokers
+        .iter()
+        .filter(|b| b.node_id as i32 != leader)
+        .map(KafkaBroker::address)
+        .collect::<Vec<_>>()
+        .join(",");
+    let received = consume_until(&survivors, all_arrived(&outbox)).await;
+    assert_delivered_once_in_effect(&outbox, &received);
 }

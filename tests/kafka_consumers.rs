@@ -1,4 +1,4 @@
-//! Kafka consumers on a real Tansu broker (one per test, `EMPORIUM_TEST_TANSU`):
+//! Kafka consumers on a real Apache Kafka broker (one per test, `common::kafka`):
 //! `payment.mode = "kafka"` with the payment service (`emporium payment-service`, run
 //! in-process here) completing orders end to end, also across a server restart; a
 //! redelivered payment event having no second effect; and a poison message landing in
@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::tansu::{required_env, Tansu};
+use common::kafka::KafkaBroker;
 use common::{test_settings, Backend, TestApp};
 use emporium::app::payment_service::PaymentService;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -227,12 +227,11 @@ async fn status_of(app: &TestApp, token: &str, id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_complete_end_to_end_through_the_payment_service() {
-    let Some(tansu) = required_env("EMPORIUM_TEST_TANSU") else {
+    let Some(broker) = KafkaBroker::start().await else {
         return;
     };
-    let broker = Tansu::start(&tansu).await;
-    let service = PaymentServiceProcess::start(&broker.brokers);
-    let app = kafka_app(&broker.brokers, None, |_| {}).await;
+    let service = PaymentServiceProcess::start(&broker.address());
+    let app = kafka_app(&broker.address(), None, |_| {}).await;
     let sku = "PAYSVC-1";
     app.product(&[(sku, 10)]).await;
     let buyer = app.token("kafka-payer");
@@ -293,7 +292,7 @@ async fn orders_complete_end_to_end_through_the_payment_service() {
     assert_eq!(by_order[&ids[2]].0, "payment_failed");
     assert_eq!(by_order[&ids[3]].1["traceparent"], TRACEPARENT);
     assert_eq!(by_order[&ids[3]].1["tracestate"], TRACESTATE);
-    let on_kafka = consume_until(&broker.brokers, "emporium.payments", |r| {
+    let on_kafka = consume_until(&broker.address(), "emporium.payments", |r| {
         r.iter().any(|m| m.key == ids[3])
     })
     .await;
@@ -319,15 +318,14 @@ async fn orders_complete_end_to_end_through_the_payment_service() {
 /// to the node running the saga, which applies it with the consumed event's id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_cluster_payment_outcomes_reach_the_node_running_the_saga() {
-    let Some(tansu) = required_env("EMPORIUM_TEST_TANSU") else {
+    let Some(broker) = KafkaBroker::start().await else {
         return;
     };
     let Some(Backend::MySql(mysql)) = Backend::mysql().await else {
         return;
     };
-    let broker = Tansu::start(&tansu).await;
-    let _service = PaymentServiceProcess::start(&broker.brokers);
-    let brokers = broker.brokers.clone();
+    let _service = PaymentServiceProcess::start(&broker.address());
+    let brokers = broker.address();
     let app = TestApp::spawn_with(Backend::MySqlCluster(mysql), move |s| kafka_settings(s, brokers)).await;
     let skus: Vec<String> = (0..12).map(|i| format!("KCLUSTER-{i}")).collect();
     let stocked: Vec<(&str, i64)> = skus.iter().map(|s| (s.as_str(), 5)).collect();
@@ -366,15 +364,14 @@ async fn in_a_cluster_payment_outcomes_reach_the_node_running_the_saga() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_in_flight_at_a_restart_still_finish() {
-    let Some(tansu) = required_env("EMPORIUM_TEST_TANSU") else {
+    let Some(broker) = KafkaBroker::start().await else {
         return;
     };
-    let broker = Tansu::start(&tansu).await;
     let data = tempfile::tempdir().expect("data dir");
     let sku = "RESTART-1";
     let (ids, buyer) = {
         // No payment service yet: the orders wait in PENDING_PAYMENT when the server stops.
-        let app = kafka_app(&broker.brokers, Some(data.path()), |_| {}).await;
+        let app = kafka_app(&broker.address(), Some(data.path()), |_| {}).await;
         app.product(&[(sku, 5)]).await;
         let buyer = app.token("restart-buyer");
         // First a payment outcome the running server consumes, so the server that stops
@@ -383,7 +380,7 @@ async fn orders_in_flight_at_a_restart_still_finish() {
         // joining to its successor within 30 s; a real restart stops a joined member.)
         let before = place(&app, &buyer, sku, "test_ok").await;
         let event_id = uuid::Uuid::now_v7();
-        let producer = producer(&broker.brokers);
+        let producer = producer(&broker.address());
         publish_payment_succeeded(&producer, event_id, &before).await;
         assert_eq!(app.final_status(&buyer, &before).await, "COMPLETED");
         let mut ids = Vec::new();
@@ -392,11 +389,11 @@ async fn orders_in_flight_at_a_restart_still_finish() {
         }
         (ids, buyer)
     };
-    let app = kafka_app(&broker.brokers, Some(data.path()), |_| {}).await;
+    let app = kafka_app(&broker.address(), Some(data.path()), |_| {}).await;
     for id in &ids {
         assert_eq!(status_of(&app, &buyer, id).await, "PENDING_PAYMENT");
     }
-    let _service = PaymentServiceProcess::start(&broker.brokers);
+    let _service = PaymentServiceProcess::start(&broker.address());
     for id in &ids {
         assert_eq!(app.final_status(&buyer, id).await, "COMPLETED");
     }
@@ -406,19 +403,18 @@ async fn orders_in_flight_at_a_restart_still_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_payment_event_has_no_second_effect() {
-    let Some(tansu) = required_env("EMPORIUM_TEST_TANSU") else {
+    let Some(broker) = KafkaBroker::start().await else {
         return;
     };
-    let broker = Tansu::start(&tansu).await;
     // One partition: the sentinel published last is consumed after both copies.
-    let app = kafka_app(&broker.brokers, None, |s| s.bus.partitions = 1).await;
+    let app = kafka_app(&broker.address(), None, |s| s.bus.partitions = 1).await;
     let sku = "REDELIVER-1";
     app.product(&[(sku, 5)]).await;
     let buyer = app.token("redelivery-buyer");
     let order = place(&app, &buyer, sku, "test_ok").await;
     let sentinel = place(&app, &buyer, sku, "test_ok").await;
 
-    let producer = producer(&broker.brokers);
+    let producer = producer(&broker.address());
     let event_id = uuid::Uuid::now_v7();
     for _ in 0..2 {
         publish_payment_succeeded(&producer, event_id, &order).await;
@@ -462,12 +458,11 @@ async fn a_redelivered_payment_event_has_no_second_effect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_lands_in_the_dlq_and_failed_events_and_replay_publishes_it_again() {
-    let Some(tansu) = required_env("EMPORIUM_TEST_TANSU") else {
+    let Some(broker) = KafkaBroker::start().await else {
         return;
     };
-    let broker = Tansu::start(&tansu).await;
-    let app = kafka_app(&broker.brokers, None, |_| {}).await;
-    let producer = producer(&broker.brokers);
+    let app = kafka_app(&broker.address(), None, |_| {}).await;
+    let producer = producer(&broker.address());
     // Not an event at all, and an event the saga can never apply (no such order).
     let garbage_id = uuid::Uuid::new_v4();
     publish(
@@ -484,7 +479,7 @@ async fn a_poison_message_lands_in_the_dlq_and_failed_events_and_replay_publishe
     let poison = payment_event(poison_id, "payment_succeeded", &unknown_order);
     publish_payment_succeeded(&producer, poison_id, &unknown_order).await;
 
-    let dlq = consume_until(&broker.brokers, "emporium.dlq", |r| r.len() >= 2).await;
+    let dlq = consume_until(&broker.address(), "emporium.dlq", |r| r.len() >= 2).await;
     let by_id: HashMap<&str, &Received> = dlq.iter().map(|r| (r.headers["event_id"].as_str(), r)).collect();
     let garbage = by_id[garbage_id.to_string().as_str()];
     assert_eq!(garbage.payload, b"{not json");
@@ -548,8 +543,8 @@ async fn a_poison_message_lands_in_the_dlq_and_failed_events_and_replay_publishe
             .filter(|m| m.headers.get("event_id") == Some(&poison_key))
             .count()
     };
-    consume_until(&broker.brokers, "emporium.payments", |r| copies(r) >= 2).await;
-    consume_until(&broker.brokers, "emporium.dlq", |r| copies(r) >= 2).await;
+    consume_until(&broker.address(), "emporium.payments", |r| copies(r) >= 2).await;
+    consume_until(&broker.address(), "emporium.dlq", |r| copies(r) >= 2).await;
 }
 
 /// The payment service's `payment_succeeded` arrives after the customer cancelled (a
@@ -558,12 +553,11 @@ async fn a_poison_message_lands_in_the_dlq_and_failed_events_and_replay_publishe
 /// CANCELLED, and its payment is refunded exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payment_that_lands_after_a_cancel_is_refunded_once_however_often_it_arrives() {
-    let Some(tansu) = required_env("EMPORIUM_TEST_TANSU") else {
+    let Some(broker) = KafkaBroker::start().await else {
         return;
     };
-    let broker = Tansu::start(&tansu).await;
     // One partition: the sentinel published last is consumed after every copy.
-    let app = kafka_app(&broker.brokers, None, |s| s.bus.partitions = 1).await;
+    let app = kafka_app(&broker.address(), None, |s| s.bus.partitions = 1).await;
     let sku = "LATE-PAYMENT-1";
     app.product(&[(sku, 5)]).await;
     let buyer = app.token("late-payment-buyer");
@@ -573,7 +567,7 @@ async fn a_payment_that_lands_after_a_cancel_is_refunded_once_however_often_it_a
     let (status, body) = app.cancel(&buyer, &order).await;
     assert_eq!(status, 200, "{body}");
 
-    let producer = producer(&broker.brokers);
+    let producer = producer(&broker.address());
     let first = uuid::Uuid::now_v7();
     let again = uuid::Uuid::now_v7();
     for id in [first, first, again] {

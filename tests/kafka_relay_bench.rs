@@ -1,5 +1,5 @@
 //! Measurement, not a test (`#[ignore]`d): outbox relay throughput to Kafka and
-//! commit-to-broker-ack latency, on a Tansu broker of its own (`EMPORIUM_TEST_TANSU`)
+//! commit-to-broker-ack latency, on an Apache Kafka broker of its own (`common::kafka`)
 //! and a SQLite store (`synchronous = full`), through the real write-behind, outbox
 //! relay and idempotent `acks=all` producer. Run it on a release build:
 //!
@@ -17,7 +17,7 @@
 mod common;
 
 use async_trait::async_trait;
-use common::tansu::{required_env, Tansu};
+use common::kafka::KafkaBroker;
 use dashmap::DashMap;
 use emporium::actors::outbox::OutboxRelay;
 use emporium::actors::write_behind::WriteBehind;
@@ -68,14 +68,13 @@ fn event() -> Event {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement; run with --release --ignored --nocapture"]
 async fn relay_throughput_and_commit_to_ack_latency() {
-    let Some(tansu) = required_env("EMPORIUM_TEST_TANSU") else {
+    let Some(broker) = KafkaBroker::start().await else {
         return;
     };
-    let broker = Tansu::start(&tansu).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut settings = common::test_settings(dir.path());
     settings.bus.kind = emporium::config::BusKind::Kafka;
-    settings.bus.brokers = broker.brokers.clone();
+    settings.bus.brokers = broker.address();
     let store = SqlStore::connect(
         &settings.store_url(),
         &StoreOptions {

@@ -8,10 +8,10 @@
 //! server it skips with a printed reason, except under `CI=true`, where it fails.
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod process;
 pub mod proxy;
 pub mod services;
-pub mod tansu;
 
 /// The database a test runs against.
 #[derive(Debug, Clone)]

@@ -27,7 +27,7 @@ fn started() -> &'static Mutex<Started> {
 /// The service of `scripts/services.sh` that provides a test variable.
 fn service_of(var: &str) -> Option<&'static str> {
     match var {
-        "EMPORIUM_TEST_KAFKA" | "EMPORIUM_TEST_TANSU" => Some("kafka"),
+        "EMPORIUM_TEST_KAFKA" | "EMPORIUM_TEST_KAFKA_BROKER" => Some("kafka"),
         "EMPORIUM_TEST_MONGO_URL" => Some("mongo"),
         "EMPORIUM_TEST_ES_URL" => Some("search"),
         "EMPORIUM_TEST_MYSQL_URL" => Some("mysql"),
