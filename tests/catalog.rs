@@ -1,12 +1,13 @@
 //! The catalog contract, written once and run over every catalog backend: the embedded
 //! catalog on SQLite (`::embedded`) and on MariaDB (`::embedded_mysql`), and MongoDB
-//! (`::mongodb`, a NX-27017 server from `scripts/services.sh start mongo`, address in
+//! (`::mongodb`, a FerretDB server from `scripts/services.sh start mongo`, address in
 //! `EMPORIUM_TEST_MONGO_URL`; each test gets its own database). Without a reachable
 //! server those variants print SKIPPED, except under `CI=true`, where they fail.
 //!
 //! Real parts only: a real server over HTTP, a real SQL store, a real MongoDB-protocol
-//! server. NX-27017 lacks aggregation-pipeline updates; the MongoDB catalog does not use
-//! them (see src/persistence/catalog/mongo.rs), so nothing here works around it.
+//! server. FerretDB v1 lacks transactions and aggregation-pipeline updates; the MongoDB
+//! catalog uses neither (see src/persistence/catalog/mongo.rs and docs/test-services.md),
+//! so nothing here works around them.
 
 mod common;
 
@@ -779,6 +780,40 @@ async fn mongodb_projection_catches_up_after_a_lost_write() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     db.drop().await.expect("drop test database");
+}
+
+/// A restart on an existing MongoDB database: the indexes exist already, and creating
+/// them again at start must not fail (FerretDB dropped the connection when one call
+/// named several existing indexes). The second server reads what the first wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_catalog_starts_again_on_its_existing_database() {
+    let Some(CatalogBackend::Mongo(server)) = CatalogBackend::mongo().await else {
+        return;
+    };
+    let url = format!("{server}/emporium_t_{}", uuid::Uuid::new_v4().simple());
+    let data = tempfile::tempdir().expect("temp dir");
+    let start = || {
+        let (url, dir) = (url.clone(), data.path().to_path_buf());
+        TestApp::spawn_with(Backend::Sqlite, move |s| {
+            s.catalog.url = url;
+            s.server.data_dir = dir;
+        })
+    };
+    let first = start().await;
+    let p = product(&first, body("다시 시작", "RESTART-1", 7000, None)).await;
+    drop(first);
+    let second = start().await;
+    let id = p["id"].as_str().expect("id");
+    let (status, read) = get(&second, &format!("/v1/products/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read, p);
+    let client = mongodb::Client::with_uri_str(&url).await.expect("client");
+    client
+        .default_database()
+        .expect("database in url")
+        .drop()
+        .await
+        .expect("drop test database");
 }
 
 /// The embedded subtree query is one index range scan (no table scan), on SQLite.

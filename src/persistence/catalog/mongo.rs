@@ -9,7 +9,7 @@
 //! time (a mutex), so two syncs never interleave their writes.
 //!
 //! A category move arrives as one upsert per moved node. Real MongoDB could rewrite the
-//! paths with one `update_many` and an aggregation-pipeline `$concat`; NX-27017 (the
+//! paths with one `update_many` and an aggregation-pipeline `$concat`; FerretDB (the
 //! MongoDB-protocol server the tests run) refuses pipeline updates, and per-node upserts
 //! of the SQL truth work on both — so that is what this does, on both.
 //!
@@ -44,8 +44,9 @@ struct CategoryDoc {
     name: String,
     parent_id: Option<i64>,
     parent_key: i64,
-    /// The id again, to sort and page on: NX-27017 sorts a numeric `_id` as text
-    /// (1, 10, 2, …) while comparing it as a number, which breaks id-ordered pages.
+    /// The id again, to sort and page on: a server that sorts a numeric `_id` as text
+    /// (1, 10, 2, …) while comparing it as a number (NX-27017 did) breaks id-ordered
+    /// pages; a plain field sorts alike everywhere.
     seq: i64,
     path: String,
     depth: i64,
@@ -160,28 +161,28 @@ impl Catalog for MongoCatalog {
     }
 
     async fn prepare(&self) -> Result<(), StoreError> {
-        // Single-field indexes: NX-27017 (the test server) refuses every write to a
-        // collection with a compound index that includes `_id` ("JSON path error near
-        // '_id'"). On real MongoDB, `{category_path: 1, _id: 1}` would also serve the
-        // sort by `_id`; here the range is found by the index and sorted after.
+        // One index per call: FerretDB v1 (the MongoDB-protocol server the tests run)
+        // drops the connection when one createIndexes call names two or more indexes
+        // that exist already, i.e. at every restart on an existing database. Creating an
+        // existing index with the same keys is a no-op on every server.
         let index = |keys: Document| IndexModel::builder().keys(keys).build();
-        self.products_coll()
-            .create_indexes([
-                index(doc! {"category_path": 1}),
-                index(doc! {"brand": 1}),
-                index(doc! {"price.amount": 1}),
-                index(doc! {"status": 1}),
-            ])
-            .await
-            .map_err(unavailable)?;
-        self.categories_coll()
-            .create_indexes([
-                index(doc! {"path": 1}),
-                index(doc! {"parent_key": 1}),
-                index(doc! {"seq": 1}),
-            ])
-            .await
-            .map_err(unavailable)?;
+        for keys in [
+            doc! {"category_path": 1},
+            doc! {"brand": 1},
+            doc! {"price.amount": 1},
+            doc! {"status": 1},
+        ] {
+            self.products_coll()
+                .create_index(index(keys))
+                .await
+                .map_err(unavailable)?;
+        }
+        for keys in [doc! {"path": 1}, doc! {"parent_key": 1}, doc! {"seq": 1}] {
+            self.categories_coll()
+                .create_index(index(keys))
+                .await
+                .map_err(unavailable)?;
+        }
         self.sync().await
     }
 
