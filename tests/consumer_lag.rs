@@ -3,8 +3,7 @@
 //! end offset as the broker reports them. A handler that holds every message until the
 //! test lets it go makes the lag rise (messages published, none committed) and fall
 //! (released, committed), twice, in whole and in part; the rebalance counter sees the
-//! assignment. (A second consumer taking the partition over was tried: on Tansu 0.6 it
-//! was not assigned within 60 s of the first one leaving; see docs/operations.md.)
+//! assignment.
 
 mod common;
 

@@ -376,8 +376,7 @@ async fn orders_in_flight_at_a_restart_still_finish() {
         let buyer = app.token("restart-buyer");
         // First a payment outcome the running server consumes, so the server that stops
         // is one whose consumer had joined its group and committed an offset.
-        // (Tansu 0.6 did not hand the partitions of a member stopped in the middle of
-        // joining to its successor within 30 s; a real restart stops a joined member.)
+        // (A real restart stops a member that has joined its group.)
         let before = place(&app, &buyer, sku, "test_ok").await;
         let event_id = uuid::Uuid::now_v7();
         let producer = producer(&broker.address());

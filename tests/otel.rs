@@ -11,7 +11,7 @@
 //! `emporium::telemetry::continue_trace`, exactly as a Kafka consumer does with the
 //! header.
 //!
-//! The Kafka variant does the same through a real broker (Tansu, `EMPORIUM_TEST_KAFKA`):
+//! The Kafka variant does the same through a real Apache Kafka broker (`EMPORIUM_TEST_KAFKA`):
 //! the consumer is an rdkafka consumer continuing the `traceparent` header.
 //!
 //! The tracing subscriber is global to the process: both tests share one receiver and

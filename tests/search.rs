@@ -1137,8 +1137,7 @@ async fn facets_are_exact_counts_over_every_match() {
 /// analyzed, so one matches only if the index-time analysis produced that exact term.
 /// The engine must hold the dictionary word whole with Nori (`노트북`; its CJK bigram `노트`
 /// with the fallback chain), the synonym target (`스니커즈` indexed as `운동화`) and the
-/// dictionary subword (`무선이어폰` → `이어폰`). (The osmem emulator used before applied these
-/// filters only in `_analyze`; a real OpenSearch applies them when indexing.)
+/// dictionary subword (`무선이어폰` → `이어폰`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elasticsearch_index_time_analysis_is_checked_with_term_queries() {
     let Some(o) = seeded(Engine::Elastic).await else { return };

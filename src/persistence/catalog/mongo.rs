@@ -45,8 +45,8 @@ struct CategoryDoc {
     parent_id: Option<i64>,
     parent_key: i64,
     /// The id again, to sort and page on: a server that sorts a numeric `_id` as text
-    /// (1, 10, 2, …) while comparing it as a number (NX-27017 did) breaks id-ordered
-    /// pages; a plain field sorts alike everywhere.
+    /// (1, 10, 2, …) while comparing it as a number breaks id-ordered pages; a plain
+    /// field sorts alike everywhere.
     seq: i64,
     path: String,
     depth: i64,

@@ -389,9 +389,8 @@ impl Analysis {
     /// The query with every word of a synonym rule replaced by all words of its rules
     /// (particles stripped first), or `None` when no word is in one. Sent to
     /// Elasticsearch next to the raw text, so synonyms work even where the engine does
-    /// not apply them (the osmem emulator applies them in `_analyze` but neither when
-    /// indexing nor when searching; real Elasticsearch does both, and this extra clause
-    /// then matches the same terms).
+    /// not apply them (an engine that does, as OpenSearch does at index and query time,
+    /// matches the same terms with this extra clause).
     pub fn expand_synonyms(&self, text: &str) -> Option<String> {
         let mut changed = false;
         let out: Vec<String> = words(text)
