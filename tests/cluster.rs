@@ -33,6 +33,11 @@ struct Node {
 
 impl Node {
     fn start(store: &str, name: &str) -> Self {
+        Self::start_with(store, name, &[])
+    }
+
+    /// A node with more environment (failpoints, payment timings) over the defaults.
+    fn start_with(store: &str, name: &str, extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ttl = LEASE_TTL.as_millis().to_string();
         let shards = SHARDS.to_string();
@@ -52,7 +57,10 @@ impl Node {
                 ("EMPORIUM__SERVER__WORKERS", "2"),
                 ("EMPORIUM__TELEMETRY__LOG_LEVEL", &log),
                 ("EMPORIUM__TELEMETRY__LOG_FORMAT", "json"),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
         );
         Self { process, _dir: dir }
     }
@@ -250,10 +258,15 @@ struct Cluster {
 
 impl Cluster {
     async fn start(names: &[&str]) -> Option<Self> {
+        Self::start_with(names, &[]).await
+    }
+
+    /// Every node with `extra` environment.
+    async fn start_with(names: &[&str], extra: &[(&str, &str)]) -> Option<Self> {
         let serial = ONE_CLUSTER_AT_A_TIME.lock().await;
         let store = fresh_store().await?;
         let client = reqwest::Client::new();
-        let nodes: Vec<Node> = names.iter().map(|name| Node::start(&store, name)).collect();
+        let nodes: Vec<Node> = names.iter().map(|name| Node::start_with(&store, name, extra)).collect();
         let split_in = wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
         Some(Self {
             nodes,
@@ -823,6 +836,9 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
         assert_eq!(inventory(&client, node.base(), &x).await, (0, 0));
         assert_eq!(inventory(&client, node.base(), &y).await, (0, 0));
     }
+    // F4: every SKU of every order gets its inventory_confirmed, whichever node owns it.
+    assert_eq!(sku_events(&store, "inventory_confirmed", &x, None).await, 40, "{x}");
+    assert_eq!(sku_events(&store, "inventory_confirmed", &y, None).await, 40, "{y}");
 
     // All or nothing: one SKU sold out refuses the order and holds nothing elsewhere.
     let admin_put = |sku: String, stock: i64| {
@@ -880,5 +896,160 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(inventory(&client, nodes[0].base(), &x).await, (5, 0));
     assert_eq!(inventory(&client, nodes[0].base(), &y).await, (5, 0));
+    assert_eq!(sku_events(&store, "inventory_released", &x, Some(&id)).await, 1);
+    assert_eq!(sku_events(&store, "inventory_released", &y, Some(&id)).await, 1);
     finish(nodes, &store).await;
+}
+
+/// Outbox events of `event_type` about `sku` (their aggregate) for `order`, straight
+/// from the store.
+async fn sku_events(store: &str, event_type: &str, sku: &str, order: Option<&str>) -> i64 {
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::MySqlConnection::connect(store).await.unwrap();
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE event_type = ? AND aggregate_id = ? AND body LIKE ?")
+        .bind(event_type)
+        .bind(sku)
+        .bind(format!("%{}%", order.unwrap_or("")))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    row.try_get("n").unwrap()
+}
+
+/// The status of order `id` in the store (None before it is committed).
+async fn stored_status(store: &str, id: &str) -> Option<String> {
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::MySqlConnection::connect(store).await.unwrap();
+    let row = sqlx::query("SELECT status FROM orders WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap()?;
+    let status: Vec<u8> = row.try_get("status").unwrap();
+    Some(String::from_utf8(status).unwrap())
+}
+
+/// Waits until `node`'s process has exited (a failpoint aborted it).
+async fn exited(node: &mut Node, within: Duration) {
+    let deadline = Instant::now() + within;
+    while node.process.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the node did not stop at its failpoint");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls until `sku` reads `want` (stock, reserved) at `base`.
+async fn inventory_becomes(client: &reqwest::Client, base: &str, sku: &str, want: (i64, i64), within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = inventory(client, base, sku).await;
+        if now == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sku} is {now:?}, expected {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Review finding F1 (and F4): the node running a cross-owner order's saga dies right
+/// after its decision is durable and before it told the other SKU's owner (failpoint
+/// `after_decision_commit=abort`). The decision stands: nobody decides again, the other
+/// owner's sweep applies it to its SKU, each SKU gets its own inventory event, stock is
+/// the initial stock minus what completed orders took, nothing stays reserved and
+/// `emporium reconcile` is clean. Run once for a cancel (release) and once for a payment
+/// (confirm); before the fix the remote SKU was settled first, so a death in between
+/// left it released for an order that a resumed saga then completed (sold twice).
+async fn a_decision_outlives_its_node(cancel: bool) {
+    let Some(Cluster {
+        mut nodes,
+        store,
+        client,
+        admin,
+        user,
+        serial: _serial,
+        ..
+    }) = Cluster::start_with(
+        &THREE,
+        &[
+            ("EMPORIUM_FAILPOINTS", "after_decision_commit=abort"),
+            // The charge takes 3 s: long enough to cancel first, short enough to wait for.
+            ("EMPORIUM__PAYMENT__SLOW_MS", "3000"),
+            ("EMPORIUM__PAYMENT__ATTEMPT_TIMEOUT_MS", "10000"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let (x, y) = skus_owned_by_two(&store, "DECIDE").await;
+    let (low, high) = if x < y { (x, y) } else { (y, x) };
+    create_product(&client, &nodes[0], &admin, &[(&low, 5), (&high, 5)]).await;
+    let deciding = owner_of(&store, &low).await;
+    let other = owner_of(&store, &high).await;
+    assert_ne!(deciding, other);
+    let dying = THREE.iter().position(|n| *n == deciding).unwrap();
+    let alive = (dying + 1) % 3;
+
+    let r = client
+        .post(format!("{}/v1/orders", nodes[alive].base()))
+        .bearer_auth(&user)
+        .json(&json!({"items": [{"sku": low, "qty": 2}, {"sku": high, "qty": 3}], "payment": {"token": "test_slow"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    if cancel {
+        // The deciding node commits CANCELLED with its own SKU's release, then dies
+        // before telling the other owner: the client hears no answer (or a 503).
+        let _ = client
+            .post(format!("{}/v1/orders/{id}/cancel", nodes[alive].base()))
+            .bearer_auth(&user)
+            .send()
+            .await;
+    }
+    exited(&mut nodes[dying], Duration::from_secs(15)).await;
+    let decided = if cancel { "CANCELLED" } else { "COMPLETED" };
+    assert_eq!(stored_status(&store, &id).await.as_deref(), Some(decided));
+
+    // The other SKU's owner sweeps the recorded decision; the dead node's SKU was
+    // settled with the decision itself and is claimed by a survivor.
+    let sold = if cancel { (0, 0) } else { (2, 3) };
+    let within = Duration::from_secs(20);
+    inventory_becomes(&client, nodes[alive].base(), &low, (5 - sold.0, 0), within).await;
+    inventory_becomes(&client, nodes[alive].base(), &high, (5 - sold.1, 0), within).await;
+    let order: Value = client
+        .get(format!("{}/v1/orders/{id}", nodes[alive].base()))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["status"], decided, "the recorded decision stands: {order}");
+
+    // F4: each SKU's owner wrote its own inventory event, once.
+    let event = if cancel {
+        "inventory_released"
+    } else {
+        "inventory_confirmed"
+    };
+    assert_eq!(sku_events(&store, event, &low, Some(&id)).await, 1, "{event} of {low}");
+    assert_eq!(
+        sku_events(&store, event, &high, Some(&id)).await,
+        1,
+        "{event} of {high}"
+    );
+    finish(nodes, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_decided_before_its_node_died_is_applied_by_the_other_owner() {
+    a_decision_outlives_its_node(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_completion_decided_before_its_node_died_is_applied_by_the_other_owner() {
+    a_decision_outlives_its_node(false).await;
 }

@@ -85,6 +85,10 @@ pub struct WriteSet {
     /// Cluster mode: journal entries decided by other nodes (an order spanning owners),
     /// valid only while those nodes hold their shards at these epochs.
     pub remote_fences: Vec<crate::domain::cluster::Fence>,
+    /// Cluster mode: the order's smallest SKU when this write-set carries a new order, a
+    /// status change or a consumed event. Its shard's owner alone decides about the order,
+    /// so the commit is fenced on that shard too (even with no journal entry there).
+    pub order_sku: Option<Sku>,
 }
 
 /// "Consumer `consumer` has applied event `event_id`" (a row of `processed_events`).

@@ -194,16 +194,26 @@ impl Ownership {
         }
     }
 
-    /// The fences of a write-set: per shard it writes (its journal entries' SKUs), the
-    /// node that decided those entries and the epoch it held the shard at. Entries this
-    /// node decided use its own epochs now; entries another node decided come with their
-    /// fences (`remote_fences`). `Err` names the shards nobody vouches for: the write-set
-    /// must not be committed.
+    /// The fences of a write-set: per shard it writes (its journal entries' SKUs, and the
+    /// order's own shard when it carries a new order, a status change or a consumed
+    /// event), the node that decided those writes and the epoch it held the shard at.
+    /// Entries this node decided use its own epochs now; entries another node decided come
+    /// with their fences (`remote_fences`). `Err` names the shards nobody vouches for: the
+    /// write-set must not be committed. A write-set about an order that does not say
+    /// which order shard it is under (`order_sku`) is refused, not committed unfenced.
     pub fn fences(&self, set: &WriteSet) -> Result<Vec<Fence>, Vec<Shard>> {
         if !self.enabled {
             return Ok(Vec::new());
         }
-        let shards: BTreeSet<Shard> = set.journal.iter().map(|e| self.shard_of(&e.sku)).collect();
+        let mut shards: BTreeSet<Shard> = set.journal.iter().map(|e| self.shard_of(&e.sku)).collect();
+        let about_an_order = set.new_order.is_some() || set.status_change.is_some() || set.consumed.is_some();
+        match &set.order_sku {
+            Some(sku) => {
+                shards.insert(self.shard_of(sku));
+            }
+            None if about_an_order => return Err(Vec::new()),
+            None => {}
+        }
         let mut fences = Vec::with_capacity(shards.len());
         let mut missing = Vec::new();
         for shard in shards {
