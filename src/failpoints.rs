@@ -5,6 +5,11 @@
 //! (Cargo.toml's dev-dependency on this package); without it [`hit`] is an empty inline
 //! function and costs nothing.
 //!
+//! The points: `after_capture` (a saga's payment succeeded, its settle not committed yet),
+//! `after_decision_commit` (a cross-owner order's decision is durable, the owners of its
+//! other SKUs not told yet), `apply_decision_before_commit` (a SKU's owner settled the
+//! reservation in memory, its commit not queued yet).
+//!
 //! Configuration is one environment variable read once per process:
 //! `EMPORIUM_FAILPOINTS="after_decision_commit=abort;after_capture=sleep(500)"`.
 //! Actions: `abort` (the process dies at once, like `kill -9`: nothing is flushed or

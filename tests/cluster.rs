@@ -1053,3 +1053,82 @@ async fn a_cancel_decided_before_its_node_died_is_applied_by_the_other_owner() {
 async fn a_completion_decided_before_its_node_died_is_applied_by_the_other_owner() {
     a_decision_outlives_its_node(false).await;
 }
+
+/// Review finding F2: the owner of a cross-owner order's other SKU takes its time making
+/// the decision durable (failpoint `apply_decision_before_commit=sleep(4000)`, longer
+/// than the 2 s peer timeout), so the deciding node asks again meanwhile; then that owner
+/// is killed before its commit. Before the fix the repeated settle was answered "done"
+/// at once (nothing left in the owner's memory) and the reservation, still in the store,
+/// was never settled by anyone: held forever. Now a repeated settle is answered 503 until
+/// the first is durable, and the SKU's next owner applies the recorded decision from the
+/// store: the unit comes back, each SKU has one inventory event, reconcile is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settle_lost_with_its_owner_is_applied_by_the_next_owner() {
+    let Some(Cluster {
+        mut nodes,
+        store,
+        client,
+        admin,
+        user,
+        serial: _serial,
+        ..
+    }) = Cluster::start_with(
+        &THREE,
+        &[
+            ("EMPORIUM_FAILPOINTS", "apply_decision_before_commit=sleep(4000)"),
+            ("EMPORIUM__PAYMENT__SLOW_MS", "30000"),
+            ("EMPORIUM__PAYMENT__ATTEMPT_TIMEOUT_MS", "60000"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let (x, y) = skus_owned_by_two(&store, "SLOWSETTLE").await;
+    let (low, high) = if x < y { (x, y) } else { (y, x) };
+    create_product(&client, &nodes[0], &admin, &[(&low, 5), (&high, 5)]).await;
+    let applying = owner_of(&store, &high).await;
+    let applying = THREE.iter().position(|n| *n == applying).unwrap();
+    let asking = (applying + 1) % 3;
+
+    let r = client
+        .post(format!("{}/v1/orders", nodes[asking].base()))
+        .bearer_auth(&user)
+        .json(&json!({"items": [{"sku": low, "qty": 2}, {"sku": high, "qty": 3}], "payment": {"token": "test_slow"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let cancel = {
+        let (client, base, user, id) = (
+            client.clone(),
+            nodes[asking].base().to_owned(),
+            user.clone(),
+            id.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(format!("{base}/v1/orders/{id}/cancel"))
+                .bearer_auth(&user)
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+    };
+    // The decision is durable; the other owner is now inside its 4 s before the commit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored_status(&store, &id).await.as_deref() != Some("CANCELLED") {
+        assert!(Instant::now() < deadline, "the cancel was not decided");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nodes[applying].kill_9();
+    let _ = cancel.await;
+
+    let within = Duration::from_secs(30);
+    inventory_becomes(&client, nodes[asking].base(), &high, (5, 0), within).await;
+    inventory_becomes(&client, nodes[asking].base(), &low, (5, 0), within).await;
+    assert_eq!(sku_events(&store, "inventory_released", &low, Some(&id)).await, 1);
+    assert_eq!(sku_events(&store, "inventory_released", &high, Some(&id)).await, 1);
+    finish(nodes, &store).await;
+}

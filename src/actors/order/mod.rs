@@ -551,7 +551,9 @@ impl Orders {
                     applied += 1;
                 }
                 Ok(None) => {}
-                Err(e) => warn!(%sku, order_id = %order, error = %e, "swept reservation not settled yet"),
+                // Being applied by the saga's request right now, or the SKU just moved:
+                // the next round looks again.
+                Err(e) => info!(%sku, order_id = %order, error = %e, "swept reservation not settled yet"),
             }
         }
         Ok(applied)
@@ -890,6 +892,7 @@ async fn apply_decision_once(deps: &Deps, sku: &Sku, order: OrderId) -> Result<O
         return Ok(None);
     };
     let set = apply_set(how, order, entry.clone());
+    crate::failpoints::hit("apply_decision_before_commit").await;
     let durable = with_backoff(Duration::from_millis(50), Duration::from_secs(2), || async {
         match deps.write_behind.commit(set.clone()).await {
             Ok(()) => Some(true),
