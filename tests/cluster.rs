@@ -837,8 +837,8 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
         assert_eq!(inventory(&client, node.base(), &y).await, (0, 0));
     }
     // F4: every SKU of every order gets its inventory_confirmed, whichever node owns it.
-    assert_eq!(sku_events(&store, "inventory_confirmed", &x, None).await, 40, "{x}");
-    assert_eq!(sku_events(&store, "inventory_confirmed", &y, None).await, 40, "{y}");
+    sku_events_become(&store, "inventory_confirmed", &x, None, 40).await;
+    sku_events_become(&store, "inventory_confirmed", &y, None, 40).await;
 
     // All or nothing: one SKU sold out refuses the order and holds nothing elsewhere.
     let admin_put = |sku: String, stock: i64| {
@@ -896,8 +896,8 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(inventory(&client, nodes[0].base(), &x).await, (5, 0));
     assert_eq!(inventory(&client, nodes[0].base(), &y).await, (5, 0));
-    assert_eq!(sku_events(&store, "inventory_released", &x, Some(&id)).await, 1);
-    assert_eq!(sku_events(&store, "inventory_released", &y, Some(&id)).await, 1);
+    sku_events_become(&store, "inventory_released", &x, Some(&id), 1).await;
+    sku_events_become(&store, "inventory_released", &y, Some(&id), 1).await;
     finish(nodes, &store).await;
 }
 
@@ -914,6 +914,23 @@ async fn sku_events(store: &str, event_type: &str, sku: &str, order: Option<&str
         .await
         .unwrap();
     row.try_get("n").unwrap()
+}
+
+/// Polls until `sku` has exactly `want` events of `event_type` (for `order`): the
+/// inventory an owner answers is its memory, whose commit may still be on its way.
+async fn sku_events_become(store: &str, event_type: &str, sku: &str, order: Option<&str>, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let n = sku_events(store, event_type, sku, order).await;
+        if n == want {
+            return;
+        }
+        assert!(
+            n < want && Instant::now() < deadline,
+            "{sku}: {n} {event_type} events, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The status of order `id` in the store (None before it is committed).
@@ -1035,12 +1052,8 @@ async fn a_decision_outlives_its_node(cancel: bool) {
     } else {
         "inventory_confirmed"
     };
-    assert_eq!(sku_events(&store, event, &low, Some(&id)).await, 1, "{event} of {low}");
-    assert_eq!(
-        sku_events(&store, event, &high, Some(&id)).await,
-        1,
-        "{event} of {high}"
-    );
+    sku_events_become(&store, event, &low, Some(&id), 1).await;
+    sku_events_become(&store, event, &high, Some(&id), 1).await;
     finish(nodes, &store).await;
 }
 
@@ -1128,7 +1141,7 @@ async fn a_settle_lost_with_its_owner_is_applied_by_the_next_owner() {
     let within = Duration::from_secs(30);
     inventory_becomes(&client, nodes[asking].base(), &high, (5, 0), within).await;
     inventory_becomes(&client, nodes[asking].base(), &low, (5, 0), within).await;
-    assert_eq!(sku_events(&store, "inventory_released", &low, Some(&id)).await, 1);
-    assert_eq!(sku_events(&store, "inventory_released", &high, Some(&id)).await, 1);
+    sku_events_become(&store, "inventory_released", &low, Some(&id), 1).await;
+    sku_events_become(&store, "inventory_released", &high, Some(&id), 1).await;
     finish(nodes, &store).await;
 }
