@@ -48,6 +48,12 @@ pub struct JournalEntry {
     pub seq: i64,
     pub change: Change,
     pub at: Millis,
+    /// Cluster mode: the epoch of its shard under which the SKU actor that decided it was
+    /// activated. The write-set carrying it is committed only while this node still holds
+    /// the shard at that epoch (a shard lost and re-claimed meanwhile has a new actor that
+    /// never saw this entry). `None` outside the actors (row locks, catalog loads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
 }
 
 /// A guarded order status change: applied only if the order is still in `from`.
