@@ -1145,3 +1145,48 @@ async fn a_settle_lost_with_its_owner_is_applied_by_the_next_owner() {
     sku_events_become(&store, "inventory_released", &high, Some(&id), 1).await;
     finish(nodes, &store).await;
 }
+
+/// Review finding F3: an order belongs to its smallest SKU's shard, and only that
+/// shard's owner may place it, so the node that places it is the one that runs its saga.
+/// A node asked to place an order whose shard it does not hold (the shard moved after the
+/// request was routed) refuses with 503 and holds nothing; before the fix it reserved at
+/// the owner, committed the order and started the saga on itself, where nothing would
+/// ever settle it once its steps were fenced. (In-process nodes, to ask one directly.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_owner_of_the_order_shard_places_the_order() {
+    use emporium::actors::order::{PlaceError, PlaceOrder};
+    use emporium::domain::ids::{Sku, UserId};
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let Some(Backend::MySql(url)) = Backend::mysql().await else {
+        return;
+    };
+    let app = common::TestApp::spawn(Backend::MySqlCluster(url)).await;
+    app.product(&[("ORPHAN", 5)]).await;
+    let sku = Sku::parse("ORPHAN").unwrap();
+    let request = || PlaceOrder {
+        user: UserId::parse("f3-buyer").unwrap(),
+        items: vec![(sku.clone(), 1)],
+        payment_token: "test_ok".into(),
+        idempotency: None,
+        traceparent: None,
+        tracestate: None,
+    };
+    let elsewhere = app
+        .apps()
+        .find(|a| !a.ownership.holds_sku(&sku))
+        .expect("a node not owning it");
+    let refused = elsewhere.orders.place(request()).await;
+    assert!(matches!(refused, Err(PlaceError::Unavailable(_))), "{refused:?}");
+    assert_eq!(elsewhere.orders.live_sagas(), 0, "no saga where the order is not owned");
+    assert_eq!(app.inventory("ORPHAN").await, (5, 0), "nothing held");
+
+    let owner = app.apps().find(|a| a.ownership.holds_sku(&sku)).expect("an owner");
+    let placed = owner.orders.place(request()).await.expect("placed by the owner");
+    let token = app.app.keys.issue("f3-buyer", false).unwrap();
+    assert_eq!(
+        app.final_status(&token, &placed.order.id.to_string()).await,
+        "COMPLETED"
+    );
+    assert_eq!(app.inventory("ORPHAN").await, (4, 0));
+    app.assert_consistent().await;
+}
