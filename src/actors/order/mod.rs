@@ -519,7 +519,13 @@ impl Orders {
         order: OrderId,
         confirm: bool,
     ) -> Result<Option<JournalEntry>, InventoryFailure> {
-        let applied = apply_decision(&self.deps, sku, order).await?;
+        // On a task of its own: the peer that asked may time out and hang up, and the
+        // request's future would be dropped between the SKU actor's settle and its commit
+        // (memory settled, the store not, the "being applied" mark never cleared).
+        let (deps, owned_sku) = (self.deps.clone(), sku.clone());
+        let applied = tokio::spawn(async move { apply_decision(&deps, &owned_sku, order).await })
+            .await
+            .map_err(|e| InventoryFailure::Unavailable(format!("applying the decision of order {order}: {e}")))??;
         if let Some(entry) = &applied {
             let confirmed = entry.change.kind == ChangeKind::Confirm;
             if confirmed != confirm {
@@ -535,7 +541,7 @@ impl Orders {
     /// applied ([`apply_decision`]): what a saga's node could not tell (it died, lost its
     /// shard, or this node was unreachable) after its decision was durable. Runs every
     /// lease round and after every claim. Returns how many it applied.
-    pub async fn sweep_decided(&self) -> Result<usize, StoreError> {
+    pub(crate) async fn sweep_decided(&self) -> Result<usize, StoreError> {
         let deps = &self.deps;
         if !deps.ownership.enabled() {
             return Ok(0);
@@ -560,7 +566,7 @@ impl Orders {
     }
 
     /// Cluster mode: runs [`Self::sweep_decided`] every `every` (a lease round).
-    pub fn sweep_in_background(&self, every: Duration) {
+    pub(crate) fn sweep_in_background(&self, every: Duration) {
         if !self.deps.ownership.enabled() {
             return;
         }
@@ -863,9 +869,20 @@ async fn apply_decision(deps: &Deps, sku: &Sku, order: OrderId) -> Result<Option
             slot.insert(());
         }
     }
-    let applied = apply_decision_once(deps, sku, order).await;
-    deps.settling.remove(&key);
-    applied
+    let _applying = Applying { deps, key };
+    apply_decision_once(deps, sku, order).await
+}
+
+/// The "being applied" mark of [`apply_decision`], cleared however the application ends.
+struct Applying<'a> {
+    deps: &'a Deps,
+    key: (Sku, OrderId),
+}
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        self.deps.settling.remove(&self.key);
+    }
 }
 
 async fn apply_decision_once(deps: &Deps, sku: &Sku, order: OrderId) -> Result<Option<JournalEntry>, InventoryFailure> {

@@ -664,3 +664,25 @@ where
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skus(names: &[&str]) -> Vec<Sku> {
+        names.iter().map(|n| Sku::parse(*n).unwrap()).collect()
+    }
+
+    #[test]
+    fn the_decision_carries_the_order_shards_skus_and_the_rest_are_told_after() {
+        // Shard = first letter: the order's shard is its smallest SKU's ("A").
+        let shard = |sku: &Sku| Shard::from(sku.as_str().as_bytes()[0]);
+        let (with, after) = split_by_order_shard(&skus(&["A-1", "A-2", "B-1", "C-1"]), shard);
+        assert_eq!(with, skus(&["A-1", "A-2"]));
+        assert_eq!(after, skus(&["B-1", "C-1"]));
+        // One node (every SKU in shard 0): everything settles with the decision.
+        let (with, after) = split_by_order_shard(&skus(&["A-1", "B-1"]), |_| 0);
+        assert_eq!((with.len(), after.len()), (2, 0));
+        assert_eq!(split_by_order_shard(&[], shard), (vec![], vec![]));
+    }
+}

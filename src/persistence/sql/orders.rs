@@ -43,7 +43,7 @@ impl SqlStore {
 
     /// An order's status alone (no lines): the decision a SKU's owner applies to its
     /// reservation (docs/cluster.md, "the decision").
-    pub async fn order_status(&self, id: OrderId) -> Result<Option<OrderStatus>, StoreError> {
+    pub(crate) async fn order_status(&self, id: OrderId) -> Result<Option<OrderStatus>, StoreError> {
         let row = sqlx::query("SELECT status FROM orders WHERE id = ?")
             .bind(id.to_string())
             .fetch_optional(&self.pool)
@@ -59,7 +59,7 @@ impl SqlStore {
     /// decision is recorded and their SKU's owner has not applied it yet (the saga's node
     /// died or lost its shard between the decision and the settle, or the owner did).
     /// Each SKU's owner applies them in its sweep.
-    pub async fn decided_reservations(&self) -> Result<Vec<(Sku, OrderId)>, StoreError> {
+    pub(crate) async fn decided_reservations(&self) -> Result<Vec<(Sku, OrderId)>, StoreError> {
         let rows = sqlx::query(
             "SELECT r.sku, r.order_id FROM reservations r JOIN orders o ON o.id = r.order_id \
              WHERE o.status IN ('COMPLETED', 'CANCELLED') ORDER BY r.sku, r.order_id",
