@@ -6,8 +6,9 @@
 //! function and costs nothing.
 //!
 //! The points: `after_capture` (a saga's payment succeeded, its settle not committed yet),
-//! `after_decision_commit` (a cross-owner order's decision is durable, the owners of its
-//! other SKUs not told yet), `apply_decision_before_commit` (a SKU's owner settled the
+//! `before_decision_commit` (a cross-owner order's step settled its own shard's SKUs in
+//! memory, its decision not committed yet), `after_decision_commit` (the decision is
+//! durable, the owners of its other SKUs not told yet), `apply_decision_before_commit` (a SKU's owner settled the
 //! reservation in memory, its commit not queued yet).
 //!
 //! Configuration is one environment variable read once per process:

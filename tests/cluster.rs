@@ -263,10 +263,18 @@ impl Cluster {
 
     /// Every node with `extra` environment.
     async fn start_with(names: &[&str], extra: &[(&str, &str)]) -> Option<Self> {
+        Self::start_each(names, |_| extra.to_vec()).await
+    }
+
+    /// Each node with the environment `extra` gives for its name.
+    async fn start_each<'a>(names: &[&str], extra: impl Fn(&str) -> Vec<(&'a str, &'a str)>) -> Option<Self> {
         let serial = ONE_CLUSTER_AT_A_TIME.lock().await;
         let store = fresh_store().await?;
         let client = reqwest::Client::new();
-        let nodes: Vec<Node> = names.iter().map(|name| Node::start_with(&store, name, extra)).collect();
+        let nodes: Vec<Node> = names
+            .iter()
+            .map(|name| Node::start_with(&store, name, &extra(name)))
+            .collect();
         let split_in = wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
         Some(Self {
             nodes,
@@ -1189,4 +1197,86 @@ async fn only_the_owner_of_the_order_shard_places_the_order() {
     );
     assert_eq!(app.inventory("ORPHAN").await, (4, 0));
     app.assert_consistent().await;
+}
+
+/// The first SKU named `prefix-<n>` whose shard `pick` accepts the owner of.
+async fn sku_owned(store: &str, prefix: &str, pick: impl Fn(&str) -> bool) -> String {
+    for i in 0..500 {
+        let sku = format!("{prefix}-{i}");
+        if pick(&owner_of(store, &sku).await) {
+            return sku;
+        }
+    }
+    panic!("no {prefix} SKU with a matching owner");
+}
+
+/// Review finding F1, the oversell: the node running a cross-owner order's saga dies
+/// while the customer's cancel is being decided, after it settled its own SKU in memory
+/// and before the decision is durable (failpoint `before_decision_commit=abort`, on that
+/// node only). Before the fix the other owner had already released its SKU durably at
+/// that point; the saga resumed on the new owner, the payment succeeded and the order
+/// completed with that SKU back on sale: sold twice. Now nothing was decided, so nothing
+/// was applied: the resumed saga completes the order and both SKUs are confirmed once,
+/// stock = initial − sold, nothing reserved, reconcile clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_lost_before_its_decision_sells_nothing_twice() {
+    const DYING: &str = "node-a";
+    let slow = [
+        ("EMPORIUM__PAYMENT__SLOW_MS", "3000"),
+        ("EMPORIUM__PAYMENT__ATTEMPT_TIMEOUT_MS", "10000"),
+    ];
+    let Some(Cluster {
+        mut nodes,
+        store,
+        client,
+        admin,
+        user,
+        serial: _serial,
+        ..
+    }) = Cluster::start_each(&THREE, |name| {
+        let mut env = slow.to_vec();
+        if name == DYING {
+            env.push(("EMPORIUM_FAILPOINTS", "before_decision_commit=abort"));
+        }
+        env
+    })
+    .await
+    else {
+        return;
+    };
+    let low = sku_owned(&store, "LOST-A", |owner| owner == DYING).await;
+    let high = sku_owned(&store, "LOST-B", |owner| owner != DYING).await;
+    create_product(&client, &nodes[1], &admin, &[(&low, 5), (&high, 5)]).await;
+    let r = client
+        .post(format!("{}/v1/orders", nodes[1].base()))
+        .bearer_auth(&user)
+        .json(&json!({"items": [{"sku": low, "qty": 2}, {"sku": high, "qty": 3}], "payment": {"token": "test_slow"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let _ = client
+        .post(format!("{}/v1/orders/{id}/cancel", nodes[1].base()))
+        .bearer_auth(&user)
+        .send()
+        .await;
+    exited(&mut nodes[0], Duration::from_secs(15)).await;
+    assert_eq!(stored_status(&store, &id).await.as_deref(), Some("PENDING_PAYMENT"));
+    // The other owner never heard of a decision: its SKU is still held in the store.
+    assert_eq!(inventory(&client, nodes[1].base(), &high).await, (5, 3));
+
+    // A survivor claims the dead node's shards and resumes the order; the payment succeeds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored_status(&store, &id).await.as_deref() != Some("COMPLETED") {
+        assert!(Instant::now() < deadline, "the resumed saga did not finish the order");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let within = Duration::from_secs(20);
+    inventory_becomes(&client, nodes[1].base(), &low, (3, 0), within).await;
+    inventory_becomes(&client, nodes[1].base(), &high, (2, 0), within).await;
+    sku_events_become(&store, "inventory_confirmed", &low, Some(&id), 1).await;
+    sku_events_become(&store, "inventory_confirmed", &high, Some(&id), 1).await;
+    assert_eq!(sku_events(&store, "inventory_released", &high, Some(&id)).await, 0);
+    finish(nodes, &store).await;
 }

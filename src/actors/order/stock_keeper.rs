@@ -83,6 +83,9 @@ impl StockKeeper for InMemory {
         let Some(journal) = settle_in_order_shard(deps, &with_decision, order, how).await else {
             return Step::NotOwner;
         };
+        if !elsewhere.is_empty() {
+            crate::failpoints::hit("before_decision_commit").await;
+        }
         let step = commit_step(deps, build(journal), order, target).await;
         if step == Step::Committed && !elsewhere.is_empty() {
             crate::failpoints::hit("after_decision_commit").await;
