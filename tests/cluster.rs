@@ -1280,3 +1280,72 @@ async fn a_cancel_lost_before_its_decision_sells_nothing_twice() {
     assert_eq!(sku_events(&store, "inventory_released", &high, Some(&id)).await, 0);
     finish(nodes, &store).await;
 }
+
+/// Review finding F9 in a cluster: the owner's payment was captured and the owner died
+/// before its settle (failpoint `after_capture=abort`, on that node only); the survivor
+/// that claims its shard finds the order past its reservation deadline and cancels it as
+/// expired. The money goes back: a refund keyed by the order id is requested and carried
+/// out by the leader, the stock is whole, and the store reconciles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_capture_whose_owner_died_is_refunded_when_a_survivor_expires_the_order() {
+    const DYING: &str = "node-a";
+    let Some(Cluster {
+        mut nodes,
+        store,
+        client,
+        admin,
+        user,
+        serial: _serial,
+        ..
+    }) = Cluster::start_each(&THREE, |name| {
+        let mut env = vec![
+            ("EMPORIUM__INVENTORY__RESERVATION_TTL_SECS", "1"),
+            ("EMPORIUM__PAYMENT__SLOW_MS", "300"),
+            ("EMPORIUM__PAYMENT__ATTEMPT_TIMEOUT_MS", "10000"),
+        ];
+        if name == DYING {
+            env.push(("EMPORIUM_FAILPOINTS", "after_capture=abort"));
+        }
+        env
+    })
+    .await
+    else {
+        return;
+    };
+    let sku = sku_owned(&store, "CAPTURED", |owner| owner == DYING).await;
+    create_product(&client, &nodes[1], &admin, &[(&sku, 4)]).await;
+    let r = client
+        .post(format!("{}/v1/orders", nodes[1].base()))
+        .bearer_auth(&user)
+        .json(&json!({"items": [{"sku": sku, "qty": 1}], "payment": {"token": "test_slow"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    exited(&mut nodes[0], Duration::from_secs(15)).await;
+    assert_eq!(stored_status(&store, &id).await.as_deref(), Some("PENDING_PAYMENT"));
+
+    // The lease runs out (2 s) after the 1 s reservation: the claimer expires the order.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let order: Value = client
+            .get(format!("{}/v1/orders/{id}", nodes[1].base()))
+            .bearer_auth(&user)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if order["payment"]["status"] == "refunded" {
+            assert_eq!(order["status"], "CANCELLED", "{order}");
+            assert_eq!(order["cancel_reason"], "expired", "{order}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refund for the captured order: {order}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    inventory_becomes(&client, nodes[1].base(), &sku, (4, 0), Duration::from_secs(10)).await;
+    finish(nodes, &store).await;
+}
