@@ -190,3 +190,52 @@ pub(super) fn build_order(
         expires_at,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::inventory::settle_change;
+    use crate::domain::order::CancelReason;
+
+    fn entry(sku: &Sku, order: OrderId, how: ChangeKind) -> JournalEntry {
+        JournalEntry {
+            sku: sku.clone(),
+            seq: 3,
+            change: settle_change(how, order, 2),
+            at: 7,
+            epoch: Some(1),
+        }
+    }
+
+    #[test]
+    fn an_owner_applying_a_decision_commits_its_entry_with_its_own_inventory_event() {
+        let (order, sku) = (OrderId::generate(), Sku::parse("REMOTE").unwrap());
+        let set = apply_set(ChangeKind::Release, order, entry(&sku, order, ChangeKind::Release));
+        assert_eq!(set.journal.len(), 1);
+        let kinds: Vec<(EventType, &str)> = set
+            .events
+            .iter()
+            .map(|e| (e.event_type, e.aggregate_id.as_str()))
+            .collect();
+        assert_eq!(kinds, vec![(EventType::InventoryReleased, "REMOTE")]);
+        // About a SKU only: not fenced on the order's shard, no status change.
+        assert!(set.status_change.is_none() && set.order_sku.is_none());
+    }
+
+    #[test]
+    fn a_decision_names_its_order_shard_and_announces_only_the_skus_it_settled() {
+        let (order, local) = (OrderId::generate(), Sku::parse("A-LOCAL").unwrap());
+        let change = StatusChange {
+            order_id: order,
+            from: OrderStatus::PendingPayment,
+            to: OrderStatus::Cancelled,
+            cancel_reason: Some(CancelReason::Customer),
+            at: 9,
+        };
+        let journal = vec![entry(&local, order, ChangeKind::Release)];
+        let set = settle_set(ChangeKind::Release, &change, Some(&local), None, &[], journal);
+        assert_eq!(set.order_sku, Some(local));
+        let kinds: Vec<EventType> = set.events.iter().map(|e| e.event_type).collect();
+        assert_eq!(kinds, vec![EventType::InventoryReleased, EventType::OrderCancelled]);
+    }
+}
