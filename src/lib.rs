@@ -22,12 +22,15 @@
 //! - [`telemetry`]: tracing subscriber, OpenTelemetry export, metrics registry.
 //! - [`app`]: wiring: start-up, recovery and graceful shutdown of the server, and of the
 //!   payment service (`app::payment_service`); [`config`]: layered settings.
+//! - `failpoints`: test-only hooks that abort or pause the process at named points of the
+//!   saga (feature `failpoints`, on in the test build only).
 //! - [`fuzz`]: fuzz targets shared by proptest and cargo-fuzz (not part of the API).
 
 pub mod actors;
 pub mod app;
 pub mod config;
 pub mod domain;
+mod failpoints;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod http;

@@ -33,6 +33,11 @@ struct Node {
 
 impl Node {
     fn start(store: &str, name: &str) -> Self {
+        Self::start_with(store, name, &[])
+    }
+
+    /// A node with more environment (failpoints, payment timings) over the defaults.
+    fn start_with(store: &str, name: &str, extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ttl = LEASE_TTL.as_millis().to_string();
         let shards = SHARDS.to_string();
@@ -52,7 +57,10 @@ impl Node {
                 ("EMPORIUM__SERVER__WORKERS", "2"),
                 ("EMPORIUM__TELEMETRY__LOG_LEVEL", &log),
                 ("EMPORIUM__TELEMETRY__LOG_FORMAT", "json"),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
         );
         Self { process, _dir: dir }
     }
@@ -250,10 +258,23 @@ struct Cluster {
 
 impl Cluster {
     async fn start(names: &[&str]) -> Option<Self> {
+        Self::start_with(names, &[]).await
+    }
+
+    /// Every node with `extra` environment.
+    async fn start_with(names: &[&str], extra: &[(&str, &str)]) -> Option<Self> {
+        Self::start_each(names, |_| extra.to_vec()).await
+    }
+
+    /// Each node with the environment `extra` gives for its name.
+    async fn start_each<'a>(names: &[&str], extra: impl Fn(&str) -> Vec<(&'a str, &'a str)>) -> Option<Self> {
         let serial = ONE_CLUSTER_AT_A_TIME.lock().await;
         let store = fresh_store().await?;
         let client = reqwest::Client::new();
-        let nodes: Vec<Node> = names.iter().map(|name| Node::start(&store, name)).collect();
+        let nodes: Vec<Node> = names
+            .iter()
+            .map(|name| Node::start_with(&store, name, &extra(name)))
+            .collect();
         let split_in = wait_fair_split(&client, &nodes.iter().collect::<Vec<_>>(), Duration::from_secs(15)).await;
         Some(Self {
             nodes,
@@ -823,6 +844,9 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
         assert_eq!(inventory(&client, node.base(), &x).await, (0, 0));
         assert_eq!(inventory(&client, node.base(), &y).await, (0, 0));
     }
+    // F4: every SKU of every order gets its inventory_confirmed, whichever node owns it.
+    sku_events_become(&store, "inventory_confirmed", &x, None, 40).await;
+    sku_events_become(&store, "inventory_confirmed", &y, None, 40).await;
 
     // All or nothing: one SKU sold out refuses the order and holds nothing elsewhere.
     let admin_put = |sku: String, stock: i64| {
@@ -880,5 +904,448 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(inventory(&client, nodes[0].base(), &x).await, (5, 0));
     assert_eq!(inventory(&client, nodes[0].base(), &y).await, (5, 0));
+    sku_events_become(&store, "inventory_released", &x, Some(&id), 1).await;
+    sku_events_become(&store, "inventory_released", &y, Some(&id), 1).await;
+    finish(nodes, &store).await;
+}
+
+/// Outbox events of `event_type` about `sku` (their aggregate) for `order`, straight
+/// from the store.
+async fn sku_events(store: &str, event_type: &str, sku: &str, order: Option<&str>) -> i64 {
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::MySqlConnection::connect(store).await.unwrap();
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE event_type = ? AND aggregate_id = ? AND body LIKE ?")
+        .bind(event_type)
+        .bind(sku)
+        .bind(format!("%{}%", order.unwrap_or("")))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    row.try_get("n").unwrap()
+}
+
+/// Polls until `sku` has exactly `want` events of `event_type` (for `order`): the
+/// inventory an owner answers is its memory, whose commit may still be on its way.
+async fn sku_events_become(store: &str, event_type: &str, sku: &str, order: Option<&str>, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let n = sku_events(store, event_type, sku, order).await;
+        if n == want {
+            return;
+        }
+        assert!(
+            n < want && Instant::now() < deadline,
+            "{sku}: {n} {event_type} events, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The status of order `id` in the store (None before it is committed).
+async fn stored_status(store: &str, id: &str) -> Option<String> {
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::MySqlConnection::connect(store).await.unwrap();
+    let row = sqlx::query("SELECT status FROM orders WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap()?;
+    let status: Vec<u8> = row.try_get("status").unwrap();
+    Some(String::from_utf8(status).unwrap())
+}
+
+/// Waits until `node`'s process has exited (a failpoint aborted it).
+async fn exited(node: &mut Node, within: Duration) {
+    let deadline = Instant::now() + within;
+    while node.process.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the node did not stop at its failpoint");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls until `sku` reads `want` (stock, reserved) at `base`.
+async fn inventory_becomes(client: &reqwest::Client, base: &str, sku: &str, want: (i64, i64), within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = inventory(client, base, sku).await;
+        if now == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{sku} is {now:?}, expected {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Review finding F1 (and F4): the node running a cross-owner order's saga dies right
+/// after its decision is durable and before it told the other SKU's owner (failpoint
+/// `after_decision_commit=abort`). The decision stands: nobody decides again, the other
+/// owner's sweep applies it to its SKU, each SKU gets its own inventory event, stock is
+/// the initial stock minus what completed orders took, nothing stays reserved and
+/// `emporium reconcile` is clean. Run once for a cancel (release) and once for a payment
+/// (confirm); before the fix the remote SKU was settled first, so a death in between
+/// left it released for an order that a resumed saga then completed (sold twice).
+async fn a_decision_outlives_its_node(cancel: bool) {
+    let Some(Cluster {
+        mut nodes,
+        store,
+        client,
+        admin,
+        user,
+        serial: _serial,
+        ..
+    }) = Cluster::start_with(
+        &THREE,
+        &[
+            ("EMPORIUM_FAILPOINTS", "after_decision_commit=abort"),
+            // The charge takes 3 s: long enough to cancel first, short enough to wait for.
+            ("EMPORIUM__PAYMENT__SLOW_MS", "3000"),
+            ("EMPORIUM__PAYMENT__ATTEMPT_TIMEOUT_MS", "10000"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let (x, y) = skus_owned_by_two(&store, "DECIDE").await;
+    let (low, high) = if x < y { (x, y) } else { (y, x) };
+    create_product(&client, &nodes[0], &admin, &[(&low, 5), (&high, 5)]).await;
+    let deciding = owner_of(&store, &low).await;
+    let other = owner_of(&store, &high).await;
+    assert_ne!(deciding, other);
+    let dying = THREE.iter().position(|n| *n == deciding).unwrap();
+    let alive = (dying + 1) % 3;
+
+    let r = client
+        .post(format!("{}/v1/orders", nodes[alive].base()))
+        .bearer_auth(&user)
+        .json(&json!({"items": [{"sku": low, "qty": 2}, {"sku": high, "qty": 3}], "payment": {"token": "test_slow"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    if cancel {
+        // The deciding node commits CANCELLED with its own SKU's release, then dies
+        // before telling the other owner: the client hears no answer (or a 503).
+        let _ = client
+            .post(format!("{}/v1/orders/{id}/cancel", nodes[alive].base()))
+            .bearer_auth(&user)
+            .send()
+            .await;
+    }
+    exited(&mut nodes[dying], Duration::from_secs(15)).await;
+    let decided = if cancel { "CANCELLED" } else { "COMPLETED" };
+    assert_eq!(stored_status(&store, &id).await.as_deref(), Some(decided));
+
+    // The other SKU's owner sweeps the recorded decision; the dead node's SKU was
+    // settled with the decision itself and is claimed by a survivor.
+    let sold = if cancel { (0, 0) } else { (2, 3) };
+    let within = Duration::from_secs(20);
+    inventory_becomes(&client, nodes[alive].base(), &low, (5 - sold.0, 0), within).await;
+    inventory_becomes(&client, nodes[alive].base(), &high, (5 - sold.1, 0), within).await;
+    let order: Value = client
+        .get(format!("{}/v1/orders/{id}", nodes[alive].base()))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["status"], decided, "the recorded decision stands: {order}");
+
+    // F4: each SKU's owner wrote its own inventory event, once.
+    let event = if cancel {
+        "inventory_released"
+    } else {
+        "inventory_confirmed"
+    };
+    sku_events_become(&store, event, &low, Some(&id), 1).await;
+    sku_events_become(&store, event, &high, Some(&id), 1).await;
+    finish(nodes, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_decided_before_its_node_died_is_applied_by_the_other_owner() {
+    a_decision_outlives_its_node(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_completion_decided_before_its_node_died_is_applied_by_the_other_owner() {
+    a_decision_outlives_its_node(false).await;
+}
+
+/// Review finding F2: the owner of a cross-owner order's other SKU takes its time making
+/// the decision durable (failpoint `apply_decision_before_commit=sleep(4000)`, longer
+/// than the 2 s peer timeout), so the deciding node asks again meanwhile; then that owner
+/// is killed before its commit. Before the fix the repeated settle was answered "done"
+/// at once (nothing left in the owner's memory) and the reservation, still in the store,
+/// was never settled by anyone: held forever. Now a repeated settle is answered 503 until
+/// the first is durable, and the SKU's next owner applies the recorded decision from the
+/// store: the unit comes back, each SKU has one inventory event, reconcile is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settle_lost_with_its_owner_is_applied_by_the_next_owner() {
+    let Some(Cluster {
+        mut nodes,
+        store,
+        client,
+        admin,
+        user,
+        serial: _serial,
+        ..
+    }) = Cluster::start_with(
+        &THREE,
+        &[
+            ("EMPORIUM_FAILPOINTS", "apply_decision_before_commit=sleep(4000)"),
+            ("EMPORIUM__PAYMENT__SLOW_MS", "30000"),
+            ("EMPORIUM__PAYMENT__ATTEMPT_TIMEOUT_MS", "60000"),
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let (x, y) = skus_owned_by_two(&store, "SLOWSETTLE").await;
+    let (low, high) = if x < y { (x, y) } else { (y, x) };
+    create_product(&client, &nodes[0], &admin, &[(&low, 5), (&high, 5)]).await;
+    let applying = owner_of(&store, &high).await;
+    let applying = THREE.iter().position(|n| *n == applying).unwrap();
+    let asking = (applying + 1) % 3;
+
+    let r = client
+        .post(format!("{}/v1/orders", nodes[asking].base()))
+        .bearer_auth(&user)
+        .json(&json!({"items": [{"sku": low, "qty": 2}, {"sku": high, "qty": 3}], "payment": {"token": "test_slow"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let cancel = {
+        let (client, base, user, id) = (
+            client.clone(),
+            nodes[asking].base().to_owned(),
+            user.clone(),
+            id.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(format!("{base}/v1/orders/{id}/cancel"))
+                .bearer_auth(&user)
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+    };
+    // The decision is durable; the other owner is now inside its 4 s before the commit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stored_status(&store, &id).await.as_deref() != Some("CANCELLED") {
+        assert!(Instant::now() < deadline, "the cancel was not decided");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nodes[applying].kill_9();
+    let _ = cancel.await;
+
+    let within = Duration::from_secs(30);
+    inventory_becomes(&client, nodes[asking].base(), &high, (5, 0), within).await;
+    inventory_becomes(&client, nodes[asking].base(), &low, (5, 0), within).await;
+    sku_events_become(&store, "inventory_released", &low, Some(&id), 1).await;
+    sku_events_become(&store, "inventory_released", &high, Some(&id), 1).await;
+    finish(nodes, &store).await;
+}
+
+/// Review finding F3: an order belongs to its smallest SKU's shard, and only that
+/// shard's owner may place it, so the node that places it is the one that runs its saga.
+/// A node asked to place an order whose shard it does not hold (the shard moved after the
+/// request was routed) refuses with 503 and holds nothing; before the fix it reserved at
+/// the owner, committed the order and started the saga on itself, where nothing would
+/// ever settle it once its steps were fenced. (In-process nodes, to ask one directly.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_owner_of_the_order_shard_places_the_order() {
+    use emporium::actors::order::{PlaceError, PlaceOrder};
+    use emporium::domain::ids::{Sku, UserId};
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let Some(Backend::MySql(url)) = Backend::mysql().await else {
+        return;
+    };
+    let app = common::TestApp::spawn(Backend::MySqlCluster(url)).await;
+    app.product(&[("ORPHAN", 5)]).await;
+    let sku = Sku::parse("ORPHAN").unwrap();
+    let request = || PlaceOrder {
+        user: UserId::parse("f3-buyer").unwrap(),
+        items: vec![(sku.clone(), 1)],
+        payment_token: "test_ok".into(),
+        idempotency: None,
+        traceparent: None,
+        tracestate: None,
+    };
+    let elsewhere = app
+        .apps()
+        .find(|a| !a.ownership.holds_sku(&sku))
+        .expect("a node not owning it");
+    let refused = elsewhere.orders.place(request()).await;
+    assert!(matches!(refused, Err(PlaceError::Unavailable(_))), "{refused:?}");
+    assert_eq!(elsewhere.orders.live_sagas(), 0, "no saga where the order is not owned");
+    assert_eq!(app.inventory("ORPHAN").await, (5, 0), "nothing held");
+
+    let owner = app.apps().find(|a| a.ownership.holds_sku(&sku)).expect("an owner");
+    let placed = owner.orders.place(request()).await.expect("placed by the owner");
+    let token = app.app.keys.issue("f3-buyer", false).unwrap();
+    assert_eq!(
+        app.final_status(&token, &placed.order.id.to_string()).await,
+        "COMPLETED"
+    );
+    assert_eq!(app.inventory("ORPHAN").await, (4, 0));
+    app.assert_consistent().await;
+}
+
+/// The first SKU named `prefix-<n>` whose shard `pick` accepts the owner of.
+async fn sku_owned(store: &str, prefix: &str, pick: impl Fn(&str) -> bool) -> String {
+    for i in 0..500 {
+        let sku = format!("{prefix}-{i}");
+        if pick(&owner_of(store, &sku).await) {
+            return sku;
+        }
+    }
+    panic!("no {prefix} SKU with a matching owner");
+}
+
+/// Review finding F1, the oversell: the node running a cross-owner order's saga dies
+/// while the customer's cancel is being decided, after it settled its own SKU in memory
+/// and before the decision is durable (failpoint `before_decision_commit=abort`, on that
+/// node only). Before the fix the other owner had already released its SKU durably at
+/// that point; the saga resumed on the new owner, the payment succeeded and the order
+/// completed with that SKU back on sale: sold twice. Now nothing was decided, so nothing
+/// was applied: the resumed saga completes the order and both SKUs are confirmed once,
+/// stock = initial − sold, nothing reserved, reconcile clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_lost_before_its_decision_sells_nothing_twice() {
+    const DYING: &str = "node-a";
+    let slow = [
+        ("EMPORIUM__PAYMENT__SLOW_MS", "3000"),
+        ("EMPORIUM__PAYMENT__ATTEMPT_TIMEOUT_MS", "10000"),
+    ];
+    let Some(Cluster {
+        mut nodes,
+        store,
+        client,
+        admin,
+        user,
+        serial: _serial,
+        ..
+    }) = Cluster::start_each(&THREE, |name| {
+        let mut env = slow.to_vec();
+        if name == DYING {
+            env.push(("EMPORIUM_FAILPOINTS", "before_decision_commit=abort"));
+        }
+        env
+    })
+    .await
+    else {
+        return;
+    };
+    let low = sku_owned(&store, "LOST-A", |owner| owner == DYING).await;
+    let high = sku_owned(&store, "LOST-B", |owner| owner != DYING).await;
+    create_product(&client, &nodes[1], &admin, &[(&low, 5), (&high, 5)]).await;
+    let r = client
+        .post(format!("{}/v1/orders", nodes[1].base()))
+        .bearer_auth(&user)
+        .json(&json!({"items": [{"sku": low, "qty": 2}, {"sku": high, "qty": 3}], "payment": {"token": "test_slow"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let _ = client
+        .post(format!("{}/v1/orders/{id}/cancel", nodes[1].base()))
+        .bearer_auth(&user)
+        .send()
+        .await;
+    exited(&mut nodes[0], Duration::from_secs(15)).await;
+    assert_eq!(stored_status(&store, &id).await.as_deref(), Some("PENDING_PAYMENT"));
+    // The other owner never heard of a decision: its SKU is still held in the store.
+    assert_eq!(inventory(&client, nodes[1].base(), &high).await, (5, 3));
+
+    // A survivor claims the dead node's shards and resumes the order; the payment succeeds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored_status(&store, &id).await.as_deref() != Some("COMPLETED") {
+        assert!(Instant::now() < deadline, "the resumed saga did not finish the order");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let within = Duration::from_secs(20);
+    inventory_becomes(&client, nodes[1].base(), &low, (3, 0), within).await;
+    inventory_becomes(&client, nodes[1].base(), &high, (2, 0), within).await;
+    sku_events_become(&store, "inventory_confirmed", &low, Some(&id), 1).await;
+    sku_events_become(&store, "inventory_confirmed", &high, Some(&id), 1).await;
+    assert_eq!(sku_events(&store, "inventory_released", &high, Some(&id)).await, 0);
+    finish(nodes, &store).await;
+}
+
+/// Review finding F9 in a cluster: the owner's payment was captured and the owner died
+/// before its settle (failpoint `after_capture=abort`, on that node only); the survivor
+/// that claims its shard finds the order past its reservation deadline and cancels it as
+/// expired. The money goes back: a refund keyed by the order id is requested and carried
+/// out by the leader, the stock is whole, and the store reconciles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_capture_whose_owner_died_is_refunded_when_a_survivor_expires_the_order() {
+    const DYING: &str = "node-a";
+    let Some(Cluster {
+        mut nodes,
+        store,
+        client,
+        admin,
+        user,
+        serial: _serial,
+        ..
+    }) = Cluster::start_each(&THREE, |name| {
+        let mut env = vec![
+            ("EMPORIUM__INVENTORY__RESERVATION_TTL_SECS", "1"),
+            ("EMPORIUM__PAYMENT__SLOW_MS", "300"),
+            ("EMPORIUM__PAYMENT__ATTEMPT_TIMEOUT_MS", "10000"),
+        ];
+        if name == DYING {
+            env.push(("EMPORIUM_FAILPOINTS", "after_capture=abort"));
+        }
+        env
+    })
+    .await
+    else {
+        return;
+    };
+    let sku = sku_owned(&store, "CAPTURED", |owner| owner == DYING).await;
+    create_product(&client, &nodes[1], &admin, &[(&sku, 4)]).await;
+    let r = client
+        .post(format!("{}/v1/orders", nodes[1].base()))
+        .bearer_auth(&user)
+        .json(&json!({"items": [{"sku": sku, "qty": 1}], "payment": {"token": "test_slow"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    exited(&mut nodes[0], Duration::from_secs(15)).await;
+    assert_eq!(stored_status(&store, &id).await.as_deref(), Some("PENDING_PAYMENT"));
+
+    // The lease runs out (2 s) after the 1 s reservation: the claimer expires the order.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let order: Value = client
+            .get(format!("{}/v1/orders/{id}", nodes[1].base()))
+            .bearer_auth(&user)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if order["payment"]["status"] == "refunded" {
+            assert_eq!(order["status"], "CANCELLED", "{order}");
+            assert_eq!(order["cancel_reason"], "expired", "{order}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refund for the captured order: {order}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    inventory_becomes(&client, nodes[1].base(), &sku, (4, 0), Duration::from_secs(10)).await;
     finish(nodes, &store).await;
 }

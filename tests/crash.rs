@@ -18,7 +18,8 @@ on_every_backend!(
     kill_9_during_orders_loses_no_acknowledged_order,
     expiries_due_during_downtime_are_swept_at_start,
     kill_9_between_accept_and_settle_at_many_points,
-    a_refund_in_flight_at_kill_9_is_finished_once_after_restart
+    a_refund_in_flight_at_kill_9_is_finished_once_after_restart,
+    a_payment_captured_before_a_crash_is_refunded_when_the_order_expires_at_restart
 );
 
 /// The crash suites' server: one user places every order (the rate limits are tested in
@@ -526,6 +527,96 @@ async fn a_refund_in_flight_at_kill_9_is_finished_once_after_restart(backend: Ba
     let mut server = start_with(dir.path(), &env);
     wait_ready(&client, &server.base, READY_WITHIN).await;
     payment_becomes(&client, &server.base, &user, &id, "refunded").await;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    assert_eq!(
+        refund_rows(dir.path(), url.as_deref(), &id).await,
+        (vec!["refunded".to_owned()], 1),
+        "refunded once"
+    );
+    assert_reconciles(dir.path(), &env);
+    if let Some(url) = &url {
+        common::drop_database(url).await;
+    }
+}
+
+/// Review finding F9: the gateway captured the payment and the process died before the
+/// settle committed (failpoint `after_capture=abort`, as `kill -9` there). It restarts
+/// after the order's reservation fell due, so recovery cancels the order as expired: the
+/// money must go back. A refund keyed by the order id is requested and carried out, once;
+/// the stock is whole again and the store reconciles.
+async fn a_payment_captured_before_a_crash_is_refunded_when_the_order_expires_at_restart(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = store_env(&backend).await;
+    let mut env = vec![
+        ("EMPORIUM__INVENTORY__RESERVATION_TTL_SECS", "2"),
+        ("EMPORIUM__PAYMENT__SLOW_MS", "300"),
+        ("EMPORIUM__PAYMENT__ATTEMPT_TIMEOUT_MS", "10000"),
+    ];
+    env.extend(url.iter().map(|u| ("EMPORIUM__STORE__URL", u.as_str())));
+    let mut crashing = env.clone();
+    crashing.push(("EMPORIUM_FAILPOINTS", "after_capture=abort"));
+    let mut server = start_with(dir.path(), &crashing);
+    let client = reqwest::Client::new();
+    wait_ready(&client, &server.base, READY_WITHIN).await;
+    let admin = token(dir.path(), "admin", true);
+    let user = token(dir.path(), "captured-buyer", false);
+    create_product(&client, &server.base, &admin, "CAPTURED", 3).await;
+    // `test_slow`: the 201 leaves before the charge succeeds and the failpoint aborts.
+    let placed: Value = client
+        .post(format!("{}/v1/orders", server.base))
+        .bearer_auth(&user)
+        .json(&json!({"items": [{"sku": "CAPTURED", "qty": 1}], "payment": {"token": "test_slow"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let due = Instant::now() + Duration::from_secs(2);
+    let id = placed["id"].as_str().expect("order id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the server did not stop after the capture");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        between_commits(dir.path(), url.as_deref()).await,
+        1,
+        "captured, not settled"
+    );
+    assert_eq!(refund_rows(dir.path(), url.as_deref(), &id).await, (vec![], 0));
+    // Down until the reservation fell due: recovery cancels the order as expired.
+    tokio::time::sleep_until((due + Duration::from_millis(200)).into()).await;
+
+    let mut server = start_with(dir.path(), &env);
+    wait_ready(&client, &server.base, READY_WITHIN).await;
+    payment_becomes(&client, &server.base, &user, &id, "refunded").await;
+    let order: Value = client
+        .get(format!("{}/v1/orders/{id}", server.base))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (order["status"].as_str(), order["cancel_reason"].as_str()),
+        (Some("CANCELLED"), Some("expired"))
+    );
+    let inventory: Value = client
+        .get(format!("{}/v1/inventory/CAPTURED", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (inventory["stock"].as_i64(), inventory["reserved"].as_i64()),
+        (Some(3), Some(0))
+    );
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     assert_eq!(

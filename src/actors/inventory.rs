@@ -147,6 +147,10 @@ pub struct SkuActor {
     /// so until the store's sequence reaches this one a reactivation would load the
     /// reservation back: eviction waits for it (0: none since activation).
     last_settle_seq: i64,
+    /// Cluster mode: the epoch of the SKU's shard this actor was activated under (0
+    /// outside cluster mode). Its journal entries carry it, and the write-behind refuses
+    /// them once the node holds the shard at another epoch (review F7).
+    epoch: i64,
     shared: Arc<Shared>,
     stats: Arc<SkuStats>,
 }
@@ -180,6 +184,7 @@ impl SkuActor {
             seq: self.seq,
             change,
             at: now_millis(),
+            epoch: Some(self.epoch),
         }
     }
 
@@ -676,9 +681,11 @@ impl Inventory {
             mark_used(&live.stats);
             return Ok(live.addr.clone());
         }
-        if !self.shared.ownership.holds_sku(sku) {
+        let ownership = &self.shared.ownership;
+        let shard = ownership.shard_of(sku);
+        let Some(epoch) = ownership.epoch(shard) else {
             return Err(InventoryFailure::NotOwner(sku.clone()));
-        }
+        };
         let record = self
             .shared
             .store
@@ -689,6 +696,13 @@ impl Inventory {
         Ok(match entry {
             // Another request activated it while we were loading: use theirs.
             dashmap::Entry::Occupied(existing) => existing.get().addr.clone(),
+            // The shard was lost (and maybe re-claimed) while the snapshot loaded: what was
+            // loaded may predate the new epoch's owner, and a relinquish may already have
+            // swept the registry. Checked under the registry slot's lock, which a
+            // relinquish (after the epoch is dropped) must take too.
+            dashmap::Entry::Vacant(_) if ownership.epoch(shard) != Some(epoch) => {
+                return Err(InventoryFailure::NotOwner(sku.clone()));
+            }
             dashmap::Entry::Vacant(slot) => {
                 let shared = self.shared.clone();
                 let arbiter = &self.arbiters[shard_of(sku, self.arbiters.len())];
@@ -707,6 +721,7 @@ impl Inventory {
                     seq: record.seq,
                     last_message: Instant::now(),
                     last_settle_seq: 0,
+                    epoch,
                     shared,
                     stats: actor_stats,
                 });

@@ -122,6 +122,11 @@ impl ShardHolders for Holders {
             loop {
                 match orders.recover_shards(&shards).await {
                     Ok(report) => {
+                        // The claimed SKUs' reservations whose order was decided while
+                        // their previous owner could not apply it.
+                        if let Err(e) = orders.sweep_decided().await {
+                            warn!(error = %e, "cannot sweep the claimed shards' decided reservations yet");
+                        }
                         metrics
                             .actor_restarts
                             .with_label_values(&["order"])
@@ -347,6 +352,9 @@ impl App {
             refunder,
             peers.clone(),
         );
+        // Cluster mode: every lease round, the decisions recorded for orders whose other
+        // SKUs are this node's are applied to reservations nobody settled (docs/cluster.md).
+        orders.sweep_in_background(Duration::from_millis(settings.cluster.lease_ttl_ms.max(300)) / 3);
         let bus = InProcessBus::default();
         // Search: the indexer follows product events on the in-process bus; in Kafka mode
         // the relay also copies acknowledged product events there (search/feed.rs).

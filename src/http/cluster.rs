@@ -284,9 +284,12 @@ pub async fn remote_forget(
     Ok(HttpResponse::Ok().json(serde_json::json!({})))
 }
 
-/// Peer only: confirm or release an order's reservation on this node's SKU, made
-/// durable here (under this node's fence) before the answer; the saga's node then
-/// commits the order's step. Repeated, it finds nothing to do and answers the same.
+/// Peer only: apply an order's recorded decision (read from the store: COMPLETED
+/// confirms, CANCELLED releases) to its reservation on this node's SKU, made durable here
+/// (under this node's fence, with its inventory event) before the answer. The saga's node
+/// asks only after the decision is durable. 503 while the order has no decision yet or an
+/// earlier application of it is not durable yet; repeated after that, it finds nothing to
+/// do and answers 200.
 pub async fn remote_settle(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -48,6 +48,12 @@ pub struct JournalEntry {
     pub seq: i64,
     pub change: Change,
     pub at: Millis,
+    /// Cluster mode: the epoch of its shard under which the SKU actor that decided it was
+    /// activated. The write-set carrying it is committed only while this node still holds
+    /// the shard at that epoch (a shard lost and re-claimed meanwhile has a new actor that
+    /// never saw this entry). `None` outside the actors (row locks, catalog loads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
 }
 
 /// A guarded order status change: applied only if the order is still in `from`.
@@ -85,6 +91,10 @@ pub struct WriteSet {
     /// Cluster mode: journal entries decided by other nodes (an order spanning owners),
     /// valid only while those nodes hold their shards at these epochs.
     pub remote_fences: Vec<crate::domain::cluster::Fence>,
+    /// Cluster mode: the order's smallest SKU when this write-set carries a new order, a
+    /// status change or a consumed event. Its shard's owner alone decides about the order,
+    /// so the commit is fenced on that shard too (even with no journal entry there).
+    pub order_sku: Option<Sku>,
 }
 
 /// "Consumer `consumer` has applied event `event_id`" (a row of `processed_events`).

@@ -86,6 +86,7 @@ impl SqlStore {
                 seq: row.seq + 1,
                 change,
                 at: now_millis(),
+                epoch: None,
             });
         }
         let set = build(&prices, journal).map_err(Refusal::Invalid)?;
@@ -121,6 +122,7 @@ impl SqlStore {
                     seq: row.seq + 1,
                     change,
                     at: now_millis(),
+                    epoch: None,
                 });
             }
         }
@@ -155,6 +157,7 @@ impl SqlStore {
                 seq: row.seq + 1,
                 change,
                 at: now_millis(),
+                epoch: None,
             }],
             ..WriteSet::default()
         };

@@ -339,6 +339,12 @@ impl TestApp {
         format!("{}{}", self.nodes[i].0, path)
     }
 
+    /// Every node's app (one, or three for the cluster backend), for tests that ask a
+    /// particular node directly.
+    pub fn apps(&self) -> impl Iterator<Item = &App> {
+        self.nodes.iter().map(|(_, app)| app)
+    }
+
     pub fn token(&self, user: &str) -> String {
         self.app.keys.issue(user, false).expect("token")
     }

@@ -203,21 +203,40 @@ impl Ownership {
         }
     }
 
-    /// The fences of a write-set: per shard it writes (its journal entries' SKUs), the
-    /// node that decided those entries and the epoch it held the shard at. Entries this
-    /// node decided use its own epochs now; entries another node decided come with their
-    /// fences (`remote_fences`). `Err` names the shards nobody vouches for: the write-set
-    /// must not be committed.
+    /// The fences of a write-set: per shard it writes (its journal entries' SKUs, and the
+    /// order's own shard when it carries a new order, a status change or a consumed
+    /// event), the node that decided those writes and the epoch it held the shard at.
+    /// Entries this node decided use its own epochs now; entries another node decided come
+    /// with their fences (`remote_fences`). `Err` names the shards nobody vouches for: the
+    /// write-set must not be committed. A write-set about an order that does not say
+    /// which order shard it is under (`order_sku`) is refused, not committed unfenced.
     pub fn fences(&self, set: &WriteSet) -> Result<Vec<Fence>, Vec<Shard>> {
         if !self.enabled {
             return Ok(Vec::new());
         }
-        let shards: BTreeSet<Shard> = set.journal.iter().map(|e| self.shard_of(&e.sku)).collect();
+        let mut shards: BTreeSet<Shard> = set.journal.iter().map(|e| self.shard_of(&e.sku)).collect();
+        let about_an_order = set.new_order.is_some() || set.status_change.is_some() || set.consumed.is_some();
+        match &set.order_sku {
+            Some(sku) => {
+                shards.insert(self.shard_of(sku));
+            }
+            None if about_an_order => return Err(Vec::new()),
+            None => {}
+        }
         let mut fences = Vec::with_capacity(shards.len());
         let mut missing = Vec::new();
         for shard in shards {
             let remote = set.remote_fences.iter().find(|f| f.shard == shard).cloned();
-            match remote.or_else(|| self.own_fence(shard)) {
+            // An entry this node decided is fenced on the epoch its SKU actor was
+            // activated under: one decided before the shard was lost and re-claimed is
+            // refused here, before it could pass the fence at the new epoch (review F7).
+            let own = self.own_fence(shard).filter(|fence| {
+                set.journal
+                    .iter()
+                    .filter(|e| self.shard_of(&e.sku) == shard)
+                    .all(|e| e.epoch.is_none_or(|epoch| epoch == fence.epoch))
+            });
+            match remote.or(own) {
                 Some(fence) => fences.push(fence),
                 None => missing.push(shard),
             }
@@ -351,5 +370,79 @@ impl Ownership {
             "shards_total": self.shards,
             "cluster": true,
         })
+    }
+}
+
+#[cfg(test)]
+mod fence_tests {
+    //! What a write-set is fenced on (review findings F7 and F8).
+
+    use super::*;
+    use crate::domain::ids::OrderId;
+    use crate::domain::inventory::{settle_change, ChangeKind};
+    use crate::domain::order::OrderStatus;
+    use crate::persistence::{JournalEntry, StatusChange};
+
+    fn holding(sku: &Sku, epoch: i64) -> Arc<Ownership> {
+        let ownership = Ownership::clustered("me".into(), 8, Duration::from_secs(3));
+        ownership.epochs[ownership.shard_of(sku) as usize].store(epoch, Ordering::SeqCst);
+        ownership
+    }
+
+    fn entry(sku: &Sku, epoch: Option<i64>) -> JournalEntry {
+        JournalEntry {
+            sku: sku.clone(),
+            seq: 1,
+            change: settle_change(ChangeKind::Confirm, OrderId::generate(), 1),
+            at: 0,
+            epoch,
+        }
+    }
+
+    fn status_change() -> StatusChange {
+        StatusChange {
+            order_id: OrderId::generate(),
+            from: OrderStatus::PendingPayment,
+            to: OrderStatus::Completed,
+            cancel_reason: None,
+            at: 0,
+        }
+    }
+
+    #[test]
+    fn a_status_change_is_fenced_on_the_order_shard_even_without_a_journal_entry() {
+        let sku = Sku::parse("ORDERED").unwrap();
+        let ownership = holding(&sku, 7);
+        let status_only = WriteSet {
+            status_change: Some(status_change()),
+            order_sku: Some(sku.clone()),
+            ..WriteSet::default()
+        };
+        let fences = ownership.fences(&status_only).unwrap();
+        assert_eq!(fences.len(), 1);
+        assert_eq!((fences[0].shard, fences[0].epoch), (ownership.shard_of(&sku), 7));
+        // One that does not say which order shard it is under is refused, not unfenced.
+        let unnamed = WriteSet {
+            status_change: Some(status_change()),
+            ..WriteSet::default()
+        };
+        assert!(ownership.fences(&unnamed).is_err());
+    }
+
+    #[test]
+    fn an_entry_decided_under_an_earlier_epoch_of_the_shard_is_refused() {
+        let sku = Sku::parse("ABA").unwrap();
+        let ownership = holding(&sku, 9);
+        let current = WriteSet {
+            journal: vec![entry(&sku, Some(9))],
+            ..WriteSet::default()
+        };
+        assert_eq!(ownership.fences(&current).unwrap()[0].epoch, 9);
+        // Decided by the actor of epoch 8, before the shard was lost and re-claimed at 9.
+        let stale = WriteSet {
+            journal: vec![entry(&sku, Some(8))],
+            ..WriteSet::default()
+        };
+        assert_eq!(ownership.fences(&stale), Err(vec![ownership.shard_of(&sku)]));
     }
 }

@@ -39,8 +39,9 @@ pub struct RemoteRefusal {
     pub available: i64,
 }
 
-/// `POST /internal/v1/reservations/settle`: confirm or release on the owner's actor; the
-/// entry comes back to the node committing the saga step, with the owner's fence.
+/// `POST /internal/v1/reservations/settle`: after the order's decision is durable, its
+/// owner applies it to its reservation (the owner reads the decision from the store;
+/// `confirm` is what the caller recorded). Also the body of `/forget`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RemoteSettle {
     pub order: crate::domain::ids::OrderId,

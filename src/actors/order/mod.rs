@@ -74,6 +74,10 @@ struct Deps {
     ownership: Arc<Ownership>,
     /// Cluster mode: the other owners' SKU actors, for orders spanning owners.
     peers: Arc<PeerClient>,
+    /// Cluster mode: reservations of this node's SKUs whose decision is being applied
+    /// right now ([`apply_decision`]); a second attempt meanwhile is told to come back
+    /// rather than "done" before the first is durable.
+    settling: DashMap<(Sku, OrderId), ()>,
 }
 
 /// Why an order could not be placed.
@@ -192,6 +196,7 @@ impl Orders {
                 refunder,
                 ownership,
                 peers,
+                settling: DashMap::new(),
             }),
         }
     }
@@ -202,8 +207,17 @@ impl Orders {
         self.deps.actors.len() + self.deps.in_doubt.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn start_saga(&self, order: Order, traceparent: Option<String>) {
+    /// Starts the saga of `order` (`resumed`: from the store, not by its placement). A
+    /// no-op when a saga of the order is already registered here (recovery, an in-doubt
+    /// resolution and a re-check may race for one order: one saga runs), and in cluster
+    /// mode when this node does not hold the order's shard: the order was committed under
+    /// that shard's fence, so whoever claimed it since loads the order in its recovery.
+    fn start_saga(&self, order: Order, traceparent: Option<String>, resumed: bool) {
         let deps = self.deps.clone();
+        if deps.ownership.epoch(order_shard(&deps.ownership, &order)).is_none() {
+            info!(order_id = %order.id, "the order's shard is no longer this node's; its owner runs the saga");
+            return;
+        }
         let arbiter = &self.deps.arbiters[shard_of(&order.id, self.deps.arbiters.len())];
         // The address is registered here, before the 201 leaves, and the actor starts on
         // its arbiter afterwards: a cancel that follows the answer at once must find the
@@ -211,10 +225,15 @@ impl Orders {
         // also means a saga that finishes at once removes its own entry and leaves none.
         let (sender, receiver) = actix::dev::channel::channel(16);
         let id = order.id;
-        deps.actors.insert(id, Addr::new(sender));
+        match deps.actors.entry(id) {
+            dashmap::Entry::Occupied(_) => return,
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(Addr::new(sender));
+            }
+        }
         let actor_deps = deps.clone();
         let started = arbiter.spawn_fn(move || {
-            Context::with_receiver(receiver).run(OrderActor::new(order, traceparent, actor_deps));
+            Context::with_receiver(receiver).run(OrderActor::new(order, traceparent, actor_deps, resumed));
         });
         if !started {
             deps.actors.remove(&id);
@@ -302,6 +321,19 @@ impl Orders {
         expires_at: i64,
     ) -> Result<Placed, PlaceError> {
         let deps = &self.deps;
+        // Cluster mode: the order belongs to its smallest SKU's shard, and only that
+        // shard's owner may place it, so the node that places it is the one that runs its
+        // saga (and the accept commit is fenced on that shard). A node that lost the shard
+        // since the request was routed here refuses; the client's retry reaches the owner.
+        if wanted
+            .keys()
+            .next()
+            .is_some_and(|first| !deps.ownership.holds_sku(first))
+        {
+            return Err(PlaceError::Unavailable(
+                "this node does not hold the order's shard (any more)".to_owned(),
+            ));
+        }
         let mut journal = Vec::with_capacity(wanted.len());
         let mut prices = HashMap::with_capacity(wanted.len());
         // Cluster mode: SKUs another node owns are reserved there (in SKU order like the
@@ -371,7 +403,7 @@ impl Orders {
         match deps.write_behind.commit(set).await {
             Ok(()) => {
                 deps.metrics.orders_created.inc();
-                self.start_saga(order.clone(), request.traceparent);
+                self.start_saga(order.clone(), request.traceparent, false);
                 Ok(Placed { order, replayed: false })
             }
             Err(CommitError::Store(StoreError::Unavailable(e))) => {
@@ -415,7 +447,7 @@ impl Orders {
             Ok(set) => {
                 let order = set.new_order.expect("an order write-set carries its order");
                 self.deps.metrics.orders_created.inc();
-                self.start_saga(order.clone(), request.traceparent);
+                self.start_saga(order.clone(), request.traceparent, false);
                 Ok(Placed { order, replayed: false })
             }
             Err(Refusal::UnknownSku(sku)) => Err(PlaceError::UnknownSku(sku)),
@@ -445,7 +477,7 @@ impl Orders {
         if stored.is_some() {
             info!(order_id = %order.id, "order in doubt was committed; starting its saga");
             self.deps.metrics.orders_created.inc();
-            self.start_saga(order, traceparent);
+            self.start_saga(order, traceparent, false);
         } else {
             let skus: BTreeSet<&Sku> = order.lines.iter().map(|l| &l.sku).collect();
             self.forget_all(skus.into_iter(), order.id).await;
@@ -475,43 +507,105 @@ impl Orders {
         });
     }
 
-    /// Cluster mode: confirms or releases `order`'s reservation on `sku` for the node
-    /// running its saga, made durable here under this node's fence before it returns.
-    /// Like a saga step it is retried while the store is down; `NotOwner` when the shard
-    /// moved (its new owner loads the reservation from the store and settles it then).
+    /// Cluster mode: applies `order`'s recorded decision to its reservation on `sku`
+    /// (a SKU of this node's) for the node that recorded it, made durable here under this
+    /// node's fence before it returns ([`apply_decision`]). The decision is read from the
+    /// store, not taken from the caller: a settle for an order with no decision yet is
+    /// refused (`Unavailable`), and one repeated while the first is not durable is told to
+    /// come back rather than "done".
     pub async fn settle_for_peer(
         &self,
         sku: &Sku,
         order: OrderId,
         confirm: bool,
     ) -> Result<Option<JournalEntry>, InventoryFailure> {
-        let deps = &self.deps;
-        let entry = if confirm {
-            deps.inventory.confirm(sku, order).await?
-        } else {
-            deps.inventory.release(sku, order).await?
-        };
-        if let Some(entry) = &entry {
-            let set = WriteSet {
-                journal: vec![entry.clone()],
-                ..WriteSet::default()
-            };
-            let durable = with_backoff(Duration::from_millis(50), Duration::from_secs(2), || async {
-                match deps.write_behind.commit(set.clone()).await {
-                    Ok(()) => Some(true),
-                    Err(CommitError::Store(StoreError::NotOwner)) => Some(false),
-                    Err(e) => {
-                        warn!(%sku, order_id = %order, error = %e, "remote settle not durable yet, retrying");
-                        None
-                    }
-                }
-            })
-            .await;
-            if !durable {
-                return Err(InventoryFailure::NotOwner(sku.clone()));
+        // On a task of its own: the peer that asked may time out and hang up, and the
+        // request's future would be dropped between the SKU actor's settle and its commit
+        // (memory settled, the store not, the "being applied" mark never cleared).
+        let (deps, owned_sku) = (self.deps.clone(), sku.clone());
+        let applied = tokio::spawn(async move { apply_decision(&deps, &owned_sku, order).await })
+            .await
+            .map_err(|e| InventoryFailure::Unavailable(format!("applying the decision of order {order}: {e}")))??;
+        if let Some(entry) = &applied {
+            let confirmed = entry.change.kind == ChangeKind::Confirm;
+            if confirmed != confirm {
+                // The store's decision wins: the caller's view of it was stale.
+                warn!(%sku, order_id = %order, confirm, "a peer asked for the other decision; the recorded one was applied");
             }
         }
-        Ok(entry)
+        Ok(applied)
+    }
+
+    /// Cluster mode: the sweep of the decided orders' reservations. Every reservation of
+    /// this node's SKUs whose order is already COMPLETED or CANCELLED gets that decision
+    /// applied ([`apply_decision`]): what a saga's node could not tell (it died, lost its
+    /// shard, or this node was unreachable) after its decision was durable. Runs every
+    /// lease round and after every claim. Returns how many it applied.
+    pub(crate) async fn sweep_decided(&self) -> Result<usize, StoreError> {
+        let deps = &self.deps;
+        if !deps.ownership.enabled() {
+            return Ok(0);
+        }
+        let mut applied = 0;
+        for (sku, order) in deps.store.decided_reservations().await? {
+            if !deps.ownership.holds_sku(&sku) {
+                continue;
+            }
+            match apply_decision(deps, &sku, order).await {
+                Ok(Some(_)) => {
+                    info!(%sku, order_id = %order, "swept: the recorded decision applied to a reservation left behind");
+                    applied += 1;
+                }
+                Ok(None) => {}
+                // Being applied by the saga's request right now, or the SKU just moved:
+                // the next round looks again.
+                Err(e) => info!(%sku, order_id = %order, error = %e, "swept reservation not settled yet"),
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Cluster mode: runs [`Self::sweep_decided`] every `every` (a lease round).
+    pub(crate) fn sweep_in_background(&self, every: Duration) {
+        if !self.deps.ownership.enabled() {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = this.sweep_decided().await {
+                    warn!(error = %e, "cannot sweep decided reservations");
+                }
+            }
+        });
+    }
+
+    /// The saga of `order` stopped because its shard moved (a fenced step, a
+    /// relinquish). If this node holds the shard again (lost and re-claimed meanwhile: the
+    /// re-claim's recovery skipped the order while the old saga was still registered),
+    /// the order resumes here from the store. If it does not, a later claim's recovery
+    /// finds the order (the saga is deregistered before this runs).
+    pub(super) async fn resume_if_held(&self, order: Order) {
+        let deps = &self.deps;
+        if deps.ownership.epoch(order_shard(&deps.ownership, &order)).is_none() {
+            return;
+        }
+        let id = order.id;
+        let stored = with_backoff(Duration::from_millis(50), Duration::from_secs(2), || async {
+            match deps.store.get_order(id).await {
+                Ok(order) => Some(order),
+                Err(e) => {
+                    warn!(order_id = %id, error = %e, "cannot read a stopped saga's order yet");
+                    None
+                }
+            }
+        })
+        .await;
+        if let Some(order) = stored.filter(|o| matches!(o.status, OrderStatus::PendingPayment | OrderStatus::Paid)) {
+            info!(order_id = %id, "this node holds the order's shard again; resuming its saga");
+            self.start_saga(order, None, true);
+        }
     }
 
     async fn forget_all(&self, skus: impl Iterator<Item = &Sku>, order: OrderId) {
@@ -697,7 +791,7 @@ impl Orders {
         let sweeps = expired.into_iter().map(|order| self.expire_offline(order));
         futures_util::future::join_all(sweeps).await;
         for order in live {
-            self.start_saga(order, None);
+            self.start_saga(order, None, true);
         }
         info!(resumed = report.resumed, expired = report.expired, "sagas recovered");
         Ok(report)
@@ -718,7 +812,7 @@ impl Orders {
             cancel_reason: Some(CancelReason::Expired),
             at: now_millis(),
         };
-        if settle_and_commit(
+        let step = settle_and_commit(
             &self.deps,
             order.id,
             &skus,
@@ -728,8 +822,13 @@ impl Orders {
             Vec::new(),
             None,
         )
-        .await
-        {
+        .await;
+        if step == Step::Committed {
+            // The run that placed it may have been paid before it stopped (F9): the
+            // gateway refunds by order id, so an order never captured costs one call.
+            if !self.deps.options.external_payment {
+                request_refund_until_recorded(&self.deps, &order).await;
+            }
             self.deps.metrics.reservation_expirations.inc();
             self.deps
                 .metrics
@@ -749,6 +848,96 @@ pub fn order_shard(ownership: &Ownership, order: &Order) -> Shard {
         .map(|l| &l.sku)
         .min()
         .map_or(0, |sku| ownership.shard_of(sku))
+}
+
+/// The order's recorded decision applied to its reservation on `sku`, a SKU of this
+/// node's outside the order's shard: the SKU actor confirms (COMPLETED) or releases
+/// (CANCELLED) it, and the entry commits with its inventory event under this node's fence
+/// for the SKU, before this returns. Idempotent: `Ok(None)` when nothing is held for the
+/// order any more (applied before, or never reserved here). While another application of
+/// the same reservation is on its way to the store, `Unavailable` (come back), never
+/// "done" early; `NotOwner` when the SKU moved (its new owner sweeps it from the store).
+async fn apply_decision(deps: &Deps, sku: &Sku, order: OrderId) -> Result<Option<JournalEntry>, InventoryFailure> {
+    let key = (sku.clone(), order);
+    match deps.settling.entry(key.clone()) {
+        dashmap::Entry::Occupied(_) => {
+            return Err(InventoryFailure::Unavailable(format!(
+                "the decision of order {order} is being applied to {sku}; not durable yet"
+            )))
+        }
+        dashmap::Entry::Vacant(slot) => {
+            slot.insert(());
+        }
+    }
+    let _applying = Applying { deps, key };
+    apply_decision_once(deps, sku, order).await
+}
+
+/// The "being applied" mark of [`apply_decision`], cleared however the application ends.
+struct Applying<'a> {
+    deps: &'a Deps,
+    key: (Sku, OrderId),
+}
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        self.deps.settling.remove(&self.key);
+    }
+}
+
+async fn apply_decision_once(deps: &Deps, sku: &Sku, order: OrderId) -> Result<Option<JournalEntry>, InventoryFailure> {
+    let how = match deps.store.order_status(order).await? {
+        Some(OrderStatus::Completed) => ChangeKind::Confirm,
+        Some(OrderStatus::Cancelled) => ChangeKind::Release,
+        Some(status) => {
+            return Err(InventoryFailure::Unavailable(format!(
+                "order {order} is {} (no decision recorded yet)",
+                status.as_str()
+            )))
+        }
+        None => {
+            return Err(InventoryFailure::Unavailable(format!(
+                "order {order} is not in the store"
+            )))
+        }
+    };
+    let entry = match how {
+        ChangeKind::Confirm => deps.inventory.confirm(sku, order).await?,
+        _ => deps.inventory.release(sku, order).await?,
+    };
+    let Some(entry) = entry else {
+        return Ok(None);
+    };
+    let set = apply_set(how, order, entry.clone());
+    crate::failpoints::hit("apply_decision_before_commit").await;
+    let durable = with_backoff(Duration::from_millis(50), Duration::from_secs(2), || async {
+        match deps.write_behind.commit(set.clone()).await {
+            Ok(()) => Some(true),
+            Err(CommitError::Store(StoreError::NotOwner)) => Some(false),
+            Err(e) => {
+                warn!(%sku, order_id = %order, error = %e, "decision not durable at the SKU's owner yet, retrying");
+                None
+            }
+        }
+    })
+    .await;
+    if !durable {
+        return Err(InventoryFailure::NotOwner(sku.clone()));
+    }
+    Ok(Some(entry))
+}
+
+/// [`request_refund`] retried until the store has it: a cancel that may have been paid
+/// must not leave without its refund request.
+async fn request_refund_until_recorded(deps: &Deps, order: &Order) {
+    with_backoff(Duration::from_millis(50), Duration::from_secs(5), || async {
+        request_refund(deps, order, None)
+            .await
+            .inspect_err(|e| warn!(order_id = %order.id, error = %e, "refund request not recorded yet, retrying"))
+            .ok()
+    })
+    .await;
+    info!(order_id = %order.id, "cancelled after a possible payment; refund requested");
 }
 
 /// Records that `order`'s captured payment must be given back (idempotent per order;

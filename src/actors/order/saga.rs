@@ -15,9 +15,23 @@
 //! --confirm inventory--> COMPLETED, the two arrows committed together (a happy order is
 //! two commits: accept, settle); a decline, the last failed attempt, a cancel or the
 //! reservation deadline --release inventory--> CANCELLED.
+//!
+//! Decide first, then apply (docs/cluster.md, "The decision"): a step settles in memory
+//! only the SKUs of the order's own shard and commits them with the final status under
+//! that shard's fence; the owners of its other SKUs apply the recorded decision only
+//! after that commit is durable (and sweep for any they were not told about). A saga
+//! resumed from the store never decides a final order again: it only runs while the
+//! order is PENDING_PAYMENT or PAID.
+//!
+//! Money (F9 of the cluster review): a saga resumed from the store does not know
+//! whether an earlier run captured the payment, so any cancel it records also records a
+//! refund request (keyed by the order id: the gateway refunds once, and nothing when
+//! nothing was captured); so does a completion refused because the order was cancelled
+//! meanwhile.
 
 use crate::actors::cluster::RemoteSettle;
 use crate::actors::payment::{self, Charge, PaymentError};
+use crate::domain::cluster::Shard;
 use crate::domain::events::{Event, EventType, PaymentMoved, PaymentRefused};
 use crate::domain::ids::{OrderId, Sku};
 use crate::domain::inventory::ChangeKind;
@@ -37,6 +51,13 @@ pub struct OrderActor {
     attempt: u32,
     traceparent: Option<String>,
     deps: Arc<Deps>,
+    /// Started from the store (recovery, takeover) rather than by its placement: an
+    /// earlier run may have captured the payment, so a cancel also requests a refund.
+    resumed: bool,
+    /// The saga stopped without finishing because its shard moved (a fenced step, a
+    /// relinquish): once stopped, it looks whether this node holds the shard again and
+    /// then resumes the order (a recovery at the re-claim skipped it while it was live).
+    recheck_owner: bool,
 }
 
 impl Actor for OrderActor {
@@ -57,6 +78,15 @@ impl Actor for OrderActor {
     fn stopped(&mut self, ctx: &mut Self::Context) {
         let me = ctx.address();
         self.deps.actors.remove_if(&self.order.id, |_, addr| *addr == me);
+        if self.recheck_owner && matches!(self.order.status, OrderStatus::PendingPayment | OrderStatus::Paid) {
+            let (orders, order) = (
+                Orders {
+                    deps: self.deps.clone(),
+                },
+                self.order.clone(),
+            );
+            actix::spawn(async move { orders.resume_if_held(order).await });
+        }
         self.deps.metrics.actors_active.with_label_values(&[ACTOR]).dec();
         self.deps.metrics.actor_passivations.with_label_values(&[ACTOR]).inc();
     }
@@ -103,6 +133,7 @@ impl Handler<Relinquish> for OrderActor {
     type Result = ();
     fn handle(&mut self, msg: Relinquish, ctx: &mut Self::Context) {
         if msg.0.contains(&order_shard(&self.deps.ownership, &self.order)) {
+            self.recheck_owner = true;
             ctx.stop();
         }
     }
@@ -122,13 +153,16 @@ impl Handler<ChargeAnswered> for OrderActor {
 }
 
 impl OrderActor {
-    /// A saga at its first step (payment attempt 0); `traceparent` is the placing request's.
-    pub(super) fn new(order: Order, traceparent: Option<String>, deps: Arc<Deps>) -> Self {
+    /// A saga at its first step (payment attempt 0); `traceparent` is the placing
+    /// request's; `resumed` when started from the store rather than by its placement.
+    pub(super) fn new(order: Order, traceparent: Option<String>, deps: Arc<Deps>, resumed: bool) -> Self {
         Self {
             order,
             attempt: 0,
             traceparent,
             deps,
+            resumed,
+            recheck_owner: false,
         }
     }
 
@@ -274,8 +308,9 @@ impl OrderActor {
         let span = self.step_span("complete");
         tracing::Instrument::instrument(
             async move {
-                let change = change.ok_or(CancelRefused::NotPending(from))?;
-                let ok = settle_and_commit(
+                let change = change.ok_or((CancelRefused::NotPending(from), Step::Refused))?;
+                crate::failpoints::hit("after_capture").await;
+                let step = settle_and_commit(
                     &deps,
                     id,
                     &skus,
@@ -286,10 +321,15 @@ impl OrderActor {
                     consumed,
                 )
                 .await;
-                if ok {
-                    Ok(change)
-                } else {
-                    Err(CancelRefused::Unavailable)
+                match step {
+                    Step::Committed => Ok(change),
+                    Step::NotOwner => Err((CancelRefused::Unavailable, Step::NotOwner)),
+                    Step::Refused => {
+                        // Paid for an order whose other decision (a cancel) was recorded
+                        // first: the payment goes back.
+                        refund_if_cancelled(&deps, id).await;
+                        Err((CancelRefused::Unavailable, Step::Refused))
+                    }
                 }
             },
             span,
@@ -297,7 +337,10 @@ impl OrderActor {
         .into_actor(self)
         .map(|committed, act, ctx| {
             ctx.stop();
-            let change = committed?;
+            let change = committed.map_err(|(refused, step)| {
+                act.recheck_owner = step == Step::NotOwner;
+                refused
+            })?;
             act.order.status = change.to;
             act.order.updated_at = change.at;
             act.deps.metrics.orders_finished.with_label_values(&["COMPLETED"]).inc();
@@ -317,7 +360,7 @@ impl OrderActor {
         ctx.wait(
             tracing::Instrument::instrument(
                 async move {
-                    let ok = settle_and_commit(
+                    let step = settle_and_commit(
                         &deps,
                         id,
                         &skus,
@@ -328,13 +371,14 @@ impl OrderActor {
                         None,
                     )
                     .await;
-                    (ok, change)
+                    (step, change)
                 },
                 span,
             )
             .into_actor(self)
-            .map(|(ok, change), act, ctx| {
-                if ok {
+            .map(|(step, change), act, ctx| {
+                act.recheck_owner = step == Step::NotOwner;
+                if step == Step::Committed {
                     act.order.status = change.to;
                     act.order.updated_at = change.at;
                     act.deps.metrics.orders_finished.with_label_values(&["COMPLETED"]).inc();
@@ -365,10 +409,14 @@ impl OrderActor {
         let traceparent = self.traceparent.clone();
         // With an external payment service, payment_failed is its event, not ours.
         let announce_failure = reason == CancelReason::PaymentFailed && !deps.options.external_payment;
+        // Resumed from the store: an earlier run may have been paid (F9).
+        let refund = (self.resumed && !deps.options.external_payment).then(|| self.order.clone());
         let span = self.step_span("cancel");
         tracing::Instrument::instrument(
             async move {
-                let change = change?;
+                let Some(change) = change else {
+                    return Err(Step::Refused);
+                };
                 let mut prefix = Vec::new();
                 if announce_failure {
                     prefix.push(Event::of(
@@ -384,7 +432,7 @@ impl OrderActor {
                         },
                     ));
                 }
-                settle_and_commit(
+                let step = settle_and_commit(
                     &deps,
                     id,
                     &skus,
@@ -394,15 +442,25 @@ impl OrderActor {
                     prefix,
                     consumed,
                 )
-                .await
-                .then_some(change)
+                .await;
+                if step == Step::Committed {
+                    if let Some(order) = &refund {
+                        request_refund_until_recorded(&deps, order).await;
+                    }
+                    Ok(change)
+                } else {
+                    Err(step)
+                }
             },
             span,
         )
         .into_actor(self)
         .map(move |committed, act, ctx| {
             ctx.stop();
-            let change = committed.ok_or(CancelRefused::Unavailable)?;
+            let change = committed.map_err(|step| {
+                act.recheck_owner = step == Step::NotOwner;
+                CancelRefused::Unavailable
+            })?;
             act.order.status = change.to;
             act.order.cancel_reason = change.cancel_reason;
             act.order.updated_at = change.at;
@@ -436,12 +494,37 @@ async fn refund_if_cancelled(deps: &Deps, id: OrderId) {
     .await
 }
 
-/// Confirms or releases the order's reservation on every SKU, retrying an inventory
-/// actor that is briefly unavailable (a saga step must finish, not give up). In cluster
-/// mode a SKU another node owns is settled there and made durable by that node first
-/// (its entry is not in this step's write-set). `None` when the order's own shard is no
-/// longer this node's: the step stops and the new owner resumes the order.
-pub(super) async fn settle_each(
+/// What a saga step came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Step {
+    /// The order's decision (its final status) is durable.
+    Committed,
+    /// This node does not hold the order's shard (any more): nothing was decided here.
+    /// The saga stops; the shard's owner resumes the order from the store.
+    NotOwner,
+    /// The store refused the step for good: the order is no longer in the status the
+    /// step expected (another decision was recorded first).
+    Refused,
+}
+
+/// Splits an order's SKUs (sorted, the order's shard first) into those of the order's
+/// own shard, settled in memory and committed with the decision, and the others, whose
+/// owners apply the decision once it is durable. Outside cluster mode every SKU is in
+/// the one shard.
+pub(super) fn split_by_order_shard(skus: &[Sku], shard_of: impl Fn(&Sku) -> Shard) -> (Vec<Sku>, Vec<Sku>) {
+    let Some(order_shard) = skus.first().map(&shard_of) else {
+        return (Vec::new(), Vec::new());
+    };
+    skus.iter().cloned().partition(|sku| shard_of(sku) == order_shard)
+}
+
+/// Confirms or releases the order's reservation on each SKU of the order's own shard in
+/// this node's SKU actors, retrying an actor that is briefly unavailable (a saga step
+/// must finish, not give up). `None` when the order's shard is no longer this node's:
+/// the step stops before anything is decided, and the shard's owner resumes the order.
+/// (The actors of a lost shard are dropped, so what was settled in their memory here
+/// is reloaded from the store by the next owner.)
+pub(super) async fn settle_in_order_shard(
     deps: &Deps,
     skus: &[Sku],
     order: OrderId,
@@ -454,28 +537,13 @@ pub(super) async fn settle_each(
             if order_shard.is_some_and(|shard| deps.ownership.epoch(shard).is_none()) {
                 return Some(None);
             }
-            if !deps.ownership.holds_sku(sku) {
-                let request = RemoteSettle {
-                    order,
-                    sku: sku.clone(),
-                    confirm: how == ChangeKind::Confirm,
-                };
-                return match deps.peers.settle(&request).await {
-                    Ok(_) => Some(Some(None)),
-                    Err(e) => {
-                        warn!(%sku, order_id = %order, error = ?e, "owner of the SKU not answering, retrying");
-                        None
-                    }
-                };
-            }
             let result = match how {
                 ChangeKind::Confirm => deps.inventory.confirm(sku, order).await,
                 _ => deps.inventory.release(sku, order).await,
             };
             match result {
                 Ok(entry) => Some(Some(entry)),
-                // Lost just now: the next try asks its new owner.
-                Err(InventoryFailure::NotOwner(_)) => None,
+                Err(InventoryFailure::NotOwner(_)) => Some(None),
                 Err(e) => {
                     warn!(%sku, order_id = %order, error = %e, "inventory not answering, retrying");
                     None
@@ -486,6 +554,45 @@ pub(super) async fn settle_each(
         journal.extend(entry?);
     }
     Some(journal)
+}
+
+/// How long a step tells the owners of its other SKUs about its decision before it
+/// leaves them to their owners' sweeps (which apply it from the store in any case).
+const TELL_OWNERS_WITHIN: Duration = Duration::from_secs(10);
+
+/// After the order's decision is durable: each SKU outside the order's shard has the
+/// decision applied by its owner (this node's own SKU actors through the same path, the
+/// others through `/internal/v1/reservations/settle`), each owner under its own fence
+/// and with its own inventory event. Retried until acknowledged, for a while: an owner
+/// that cannot be reached applies it from the store in its sweep.
+pub(super) async fn tell_owners(deps: &Deps, skus: &[Sku], order: OrderId, how: ChangeKind) {
+    let deadline = std::time::Instant::now() + TELL_OWNERS_WITHIN;
+    for sku in skus {
+        let told = with_backoff(Duration::from_millis(20), Duration::from_secs(2), || async move {
+            let result = if deps.ownership.holds_sku(sku) {
+                apply_decision(deps, sku, order).await.map(|_| ()).map_err(|e| format!("{e}"))
+            } else {
+                let request = RemoteSettle {
+                    order,
+                    sku: sku.clone(),
+                    confirm: how == ChangeKind::Confirm,
+                };
+                deps.peers.settle(&request).await.map(|_| ()).map_err(|e| format!("{e:?}"))
+            };
+            match result {
+                Ok(()) => Some(true),
+                Err(_) if std::time::Instant::now() >= deadline => Some(false),
+                Err(e) => {
+                    warn!(%sku, order_id = %order, error = e, "owner of the SKU has not applied the decision yet, retrying");
+                    None
+                }
+            }
+        })
+        .await;
+        if !told {
+            warn!(%sku, order_id = %order, "decision not acknowledged by the SKU's owner; its sweep applies it");
+        }
+    }
 }
 
 /// Confirms (towards COMPLETED) or releases (towards CANCELLED) every reservation of
@@ -500,31 +607,32 @@ pub(super) async fn settle_and_commit(
     traceparent: Option<String>,
     prefix: Vec<Event>,
     consumed: Option<Consumed>,
-) -> bool {
+) -> Step {
+    let order_sku = skus.first();
     let build = |journal| WriteSet {
         consumed: consumed.clone(),
-        ..settle_set(how, change, traceparent.as_deref(), &prefix, journal)
+        ..settle_set(how, change, order_sku, traceparent.as_deref(), &prefix, journal)
     };
     deps.keeper.settle(deps, order, skus, how, change.to, &build).await
 }
 
 /// Commits a saga step's write-set through the write-behind.
-pub(super) async fn commit_step(deps: &Deps, set: WriteSet, order: OrderId, target: OrderStatus) -> bool {
+pub(super) async fn commit_step(deps: &Deps, set: WriteSet, order: OrderId, target: OrderStatus) -> Step {
     retry_until_durable(deps, order, target, || async {
         Ok(deps.write_behind.commit(set.clone()).await?)
     })
     .await
 }
 
-/// Runs a saga step until it is durable, retrying while the store is down. Returns
-/// false only if the store refuses the step for good and the order is not already in
-/// `target` (an earlier attempt may have committed even though it reported failure).
+/// Runs a saga step until it is durable, retrying while the store is down. `Refused`
+/// only if the store refuses the step for good and the order is not already in `target`
+/// (an earlier attempt may have committed even though it reported failure).
 pub(super) async fn retry_until_durable<F, Fut>(
     deps: &Deps,
     order: OrderId,
     target: OrderStatus,
     mut attempt: F,
-) -> bool
+) -> Step
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), StoreError>>,
@@ -533,19 +641,19 @@ where
         let tried = attempt();
         async move {
             match tried.await {
-                Ok(()) => Some(true),
+                Ok(()) => Some(Step::Committed),
                 Err(StoreError::NotOwner) => {
                     info!(order_id = %order, "the order's shard moved to another node; it resumes there");
-                    Some(false)
+                    Some(Step::NotOwner)
                 }
                 Err(StoreError::Rejected(e) | StoreError::Conflict(e) | StoreError::Corrupt(e)) => {
                     if let Ok(Some(stored)) = deps.store.get_order(order).await {
                         if stored.status == target {
-                            return Some(true);
+                            return Some(Step::Committed);
                         }
                     }
                     error!(order_id = %order, error = %e, "saga step refused by the store");
-                    Some(false)
+                    Some(Step::Refused)
                 }
                 Err(e) => {
                     warn!(order_id = %order, error = %e, "saga step not durable yet, retrying");
@@ -555,4 +663,26 @@ where
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skus(names: &[&str]) -> Vec<Sku> {
+        names.iter().map(|n| Sku::parse(*n).unwrap()).collect()
+    }
+
+    #[test]
+    fn the_decision_carries_the_order_shards_skus_and_the_rest_are_told_after() {
+        // Shard = first letter: the order's shard is its smallest SKU's ("A").
+        let shard = |sku: &Sku| Shard::from(sku.as_str().as_bytes()[0]);
+        let (with, after) = split_by_order_shard(&skus(&["A-1", "A-2", "B-1", "C-1"]), shard);
+        assert_eq!(with, skus(&["A-1", "A-2"]));
+        assert_eq!(after, skus(&["B-1", "C-1"]));
+        // One node (every SKU in shard 0): everything settles with the decision.
+        let (with, after) = split_by_order_shard(&skus(&["A-1", "B-1"]), |_| 0);
+        assert_eq!((with.len(), after.len()), (2, 0));
+        assert_eq!(split_by_order_shard(&[], shard), (vec![], vec![]));
+    }
 }

@@ -28,7 +28,7 @@ pub(super) trait StockKeeper: Send + Sync {
     ) -> Result<Placed, PlaceError>;
 
     /// Confirms or releases the order's reservation on every SKU and commits the step's
-    /// write-set, which `build` makes of the journal entries. False if refused for good.
+    /// write-set, which `build` makes of the journal entries: the order's decision.
     async fn settle(
         &self,
         deps: &Deps,
@@ -37,7 +37,7 @@ pub(super) trait StockKeeper: Send + Sync {
         how: ChangeKind,
         target: OrderStatus,
         build: &(dyn Fn(Vec<JournalEntry>) -> WriteSet + Send + Sync),
-    ) -> bool;
+    ) -> Step;
 }
 
 impl dyn StockKeeper {
@@ -74,11 +74,24 @@ impl StockKeeper for InMemory {
         how: ChangeKind,
         target: OrderStatus,
         build: &(dyn Fn(Vec<JournalEntry>) -> WriteSet + Send + Sync),
-    ) -> bool {
-        let Some(journal) = settle_each(deps, skus, order, how).await else {
-            return false;
+    ) -> Step {
+        // Decide first, then apply: the SKUs of the order's own shard are settled in
+        // memory and committed with the decision (one transaction, one fence); the owners
+        // of the others apply it only once it is durable, so no SKU anywhere is confirmed
+        // or released for a decision that might still be lost.
+        let (with_decision, elsewhere) = split_by_order_shard(skus, |sku| deps.ownership.shard_of(sku));
+        let Some(journal) = settle_in_order_shard(deps, &with_decision, order, how).await else {
+            return Step::NotOwner;
         };
-        commit_step(deps, build(journal), order, target).await
+        if !elsewhere.is_empty() {
+            crate::failpoints::hit("before_decision_commit").await;
+        }
+        let step = commit_step(deps, build(journal), order, target).await;
+        if step == Step::Committed && !elsewhere.is_empty() {
+            crate::failpoints::hit("after_decision_commit").await;
+            tell_owners(deps, &elsewhere, order, how).await;
+        }
+        step
     }
 }
 
@@ -107,7 +120,7 @@ impl StockKeeper for RowLocked {
         how: ChangeKind,
         target: OrderStatus,
         build: &(dyn Fn(Vec<JournalEntry>) -> WriteSet + Send + Sync),
-    ) -> bool {
+    ) -> Step {
         retry_until_durable(deps, order, target, || {
             deps.store.settle_row_locked(order, skus, how, build)
         })

@@ -11,38 +11,43 @@ use std::collections::HashMap;
 
 use super::*;
 
-/// The write-set of a final saga step: the status change, the inventory journal
-/// entries, and their events (`prefix` first, then one inventory event per SKU, then
-/// `order_completed` or `order_cancelled`).
+/// The event a confirm or release of `order`'s reservation publishes for its SKU.
+fn inventory_event(how: ChangeKind, order: OrderId, entry: &JournalEntry, traceparent: Option<&str>) -> Event {
+    let event_type = if how == ChangeKind::Confirm {
+        EventType::InventoryConfirmed
+    } else {
+        EventType::InventoryReleased
+    };
+    Event::of(
+        event_type,
+        &entry.sku,
+        entry.at,
+        traceparent.map(str::to_owned),
+        &InventoryChanged {
+            sku: entry.sku.clone(),
+            order_id: order,
+            qty: entry.change.qty,
+            expires_at: None,
+        },
+    )
+}
+
+/// The write-set of a final saga step, the order's decision: the status change, the
+/// journal entries of the SKUs settled with it (those of the order's own shard), and
+/// their events (`prefix` first, then one inventory event per SKU, then
+/// `order_completed` or `order_cancelled`). Fenced on the order's shard (`order_sku`).
 pub(super) fn settle_set(
     how: ChangeKind,
     change: &StatusChange,
+    order_sku: Option<&Sku>,
     traceparent: Option<&str>,
     prefix: &[Event],
     journal: Vec<JournalEntry>,
 ) -> WriteSet {
     let order = change.order_id;
     let tp = || traceparent.map(str::to_owned);
-    let inventory_event = if how == ChangeKind::Confirm {
-        EventType::InventoryConfirmed
-    } else {
-        EventType::InventoryReleased
-    };
     let mut events = prefix.to_vec();
-    events.extend(journal.iter().map(|e| {
-        Event::of(
-            inventory_event,
-            &e.sku,
-            e.at,
-            tp(),
-            &InventoryChanged {
-                sku: e.sku.clone(),
-                order_id: order,
-                qty: e.change.qty,
-                expires_at: None,
-            },
-        )
-    }));
+    events.extend(journal.iter().map(|e| inventory_event(how, order, e, traceparent)));
     events.push(match change.to {
         OrderStatus::Completed => Event::of(
             EventType::OrderCompleted,
@@ -69,6 +74,18 @@ pub(super) fn settle_set(
         status_change: Some(change.clone()),
         journal,
         events,
+        order_sku: order_sku.cloned(),
+        ..WriteSet::default()
+    }
+}
+
+/// The write-set of a SKU's owner applying an order's recorded decision to its
+/// reservation there (a SKU outside the order's shard): the journal entry and its
+/// `inventory_confirmed` / `inventory_released` event, fenced on the SKU's shard only.
+pub(super) fn apply_set(how: ChangeKind, order: OrderId, entry: JournalEntry) -> WriteSet {
+    WriteSet {
+        events: vec![inventory_event(how, order, &entry, None)],
+        journal: vec![entry],
         ..WriteSet::default()
     }
 }
@@ -128,7 +145,9 @@ pub(super) fn order_write_set(
         }),
         None => None,
     };
+    let order_sku = order.lines.iter().map(|l| l.sku.clone()).min();
     Ok(WriteSet {
+        order_sku,
         new_order: Some(order),
         status_change: None,
         journal,
@@ -170,4 +189,53 @@ pub(super) fn build_order(
         updated_at: now,
         expires_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::inventory::settle_change;
+    use crate::domain::order::CancelReason;
+
+    fn entry(sku: &Sku, order: OrderId, how: ChangeKind) -> JournalEntry {
+        JournalEntry {
+            sku: sku.clone(),
+            seq: 3,
+            change: settle_change(how, order, 2),
+            at: 7,
+            epoch: Some(1),
+        }
+    }
+
+    #[test]
+    fn an_owner_applying_a_decision_commits_its_entry_with_its_own_inventory_event() {
+        let (order, sku) = (OrderId::generate(), Sku::parse("REMOTE").unwrap());
+        let set = apply_set(ChangeKind::Release, order, entry(&sku, order, ChangeKind::Release));
+        assert_eq!(set.journal.len(), 1);
+        let kinds: Vec<(EventType, &str)> = set
+            .events
+            .iter()
+            .map(|e| (e.event_type, e.aggregate_id.as_str()))
+            .collect();
+        assert_eq!(kinds, vec![(EventType::InventoryReleased, "REMOTE")]);
+        // About a SKU only: not fenced on the order's shard, no status change.
+        assert!(set.status_change.is_none() && set.order_sku.is_none());
+    }
+
+    #[test]
+    fn a_decision_names_its_order_shard_and_announces_only_the_skus_it_settled() {
+        let (order, local) = (OrderId::generate(), Sku::parse("A-LOCAL").unwrap());
+        let change = StatusChange {
+            order_id: order,
+            from: OrderStatus::PendingPayment,
+            to: OrderStatus::Cancelled,
+            cancel_reason: Some(CancelReason::Customer),
+            at: 9,
+        };
+        let journal = vec![entry(&local, order, ChangeKind::Release)];
+        let set = settle_set(ChangeKind::Release, &change, Some(&local), None, &[], journal);
+        assert_eq!(set.order_sku, Some(local));
+        let kinds: Vec<EventType> = set.events.iter().map(|e| e.event_type).collect();
+        assert_eq!(kinds, vec![EventType::InventoryReleased, EventType::OrderCancelled]);
+    }
 }

@@ -97,6 +97,7 @@ impl SqlStore {
                     seq: 1,
                     change,
                     at,
+                    epoch: None,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;

@@ -41,6 +41,41 @@ impl SqlStore {
         self.with_lines(rows).await
     }
 
+    /// An order's status alone (no lines): the decision a SKU's owner applies to its
+    /// reservation (docs/cluster.md, "the decision").
+    pub(crate) async fn order_status(&self, id: OrderId) -> Result<Option<OrderStatus>, StoreError> {
+        let row = sqlx::query("SELECT status FROM orders WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let status: String = r.try_get("status")?;
+            OrderStatus::parse(&status).ok_or_else(|| corrupt(format!("order status {status:?}")))
+        })
+        .transpose()
+    }
+
+    /// Reservations still held for orders that are already COMPLETED or CANCELLED: their
+    /// decision is recorded and their SKU's owner has not applied it yet (the saga's node
+    /// died or lost its shard between the decision and the settle, or the owner did).
+    /// Each SKU's owner applies them in its sweep.
+    pub(crate) async fn decided_reservations(&self) -> Result<Vec<(Sku, OrderId)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.sku, r.order_id FROM reservations r JOIN orders o ON o.id = r.order_id \
+             WHERE o.status IN ('COMPLETED', 'CANCELLED') ORDER BY r.sku, r.order_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    Sku::parse(r.try_get::<String, _>("sku")?).map_err(corrupt)?,
+                    OrderId::parse(&r.try_get::<String, _>("order_id")?).map_err(corrupt)?,
+                ))
+            })
+            .collect()
+    }
+
     async fn with_lines(&self, rows: Vec<AnyRow>) -> Result<Vec<Order>, StoreError> {
         let mut orders = rows.iter().map(order_from_row).collect::<Result<Vec<_>, _>>()?;
         let mut index: HashMap<OrderId, usize> = orders.iter().enumerate().map(|(i, o)| (o.id, i)).collect();
