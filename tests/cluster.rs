@@ -602,8 +602,10 @@ async fn a_paused_owner_is_fenced_and_nothing_is_oversold() {
     frozen.store(true, Ordering::SeqCst);
 
     // The others take the shard over and sell while the owner sleeps: six clients on
-    // the two other nodes, until the owner has slept 2 x TTL and the others have sold
-    // (a forward to the sleeping owner waits up to a TTL before its 503).
+    // the two other nodes, until the owner has slept 2 x TTL and the others have sold.
+    // The owner sleeps 2 x TTL whatever the clients wait for: a forward to it waits up
+    // to the owner's own request timeout, longer than the pause, and is answered when
+    // it wakes (fenced by then).
     let paused_at = Instant::now();
     let statuses = Arc::new(Mutex::new(BTreeMap::<u16, usize>::new()));
     let sellers: Vec<_> = (0..6)
@@ -628,15 +630,16 @@ async fn a_paused_owner_is_fenced_and_nothing_is_oversold() {
             })
         })
         .collect();
+    tokio::time::sleep_until((paused_at + 2 * LEASE_TTL).into()).await;
+    nodes[owner].signal("-CONT");
     for s in sellers {
         s.await.unwrap();
     }
     eprintln!(
-        "answers while the owner slept {:?}: {:?}",
+        "answers while the owner slept 2 x TTL and until the others sold ({:?}): {:?}",
         paused_at.elapsed(),
         statuses.lock().unwrap()
     );
-    nodes[owner].signal("-CONT");
     for p in paused {
         let answers = p.await.unwrap();
         eprintln!(
