@@ -68,6 +68,8 @@ const LEASE_TTL: Duration = Duration::from_millis(3000);
 const RESERVATION_TTL: Duration = Duration::from_secs(20);
 const SECRET: &str = "nemesis-test-secret-0123456789abcdef";
 const CLIENTS: usize = 32;
+/// How long the gateway's `test_slow` charges (and their refunds) take.
+const GATEWAY_SLOW: Duration = Duration::from_millis(500);
 /// Hot SKUs (one-SKU orders; they sell out) and the SKUs carts are made of.
 const HOT: [(&str, i64); 3] = [("HOT-1", 150), ("HOT-2", 150), ("HOT-3", 150)];
 const CART: [(&str, i64); 5] = [
@@ -534,6 +536,7 @@ impl Gateway {
             .args(["gateway", "--listen", "127.0.0.1:0", "--store"])
             .arg(root.join("gateway.db"))
             .env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
+            .env("EMPORIUM__PAYMENT__SLOW_MS", GATEWAY_SLOW.as_millis().to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -792,8 +795,8 @@ async fn run_client(shared: Arc<Shared>, http: reqwest::Client, user: String, cl
                 vec![a.to_owned(), b.to_owned()]
             };
             let token = match rng.random_range(0..10) {
-                0..=5 => "test_ok",
-                6..=8 => "test_slow",
+                0..=6 => "test_ok",
+                7..=8 => "test_slow",
                 _ => "test_decline",
             };
             let items: Vec<Value> = skus.iter().map(|s| json!({"sku": s, "qty": 1})).collect();
@@ -808,7 +811,7 @@ async fn run_client(shared: Arc<Shared>, http: reqwest::Client, user: String, cl
                 },
                 request,
             )
-        } else if roll < 60 {
+        } else if roll < 55 {
             // Mostly the newest orders: those still pending (slow payments).
             let pick = mine.len() - 1 - rng.random_range(0..mine.len().min(3));
             let order = mine[pick].clone();
@@ -846,11 +849,20 @@ fn text(row: &sqlx::mysql::MySqlRow, column: &str) -> String {
 }
 
 async fn unfinished(store: &str) -> i64 {
+    count(
+        store,
+        "SELECT COUNT(*) AS n FROM orders WHERE status NOT IN ('COMPLETED', 'CANCELLED')",
+    )
+    .await
+}
+
+/// A `SELECT COUNT(*) AS n` on the store (-1 when it cannot be read).
+async fn count(store: &str, sql: &str) -> i64 {
     use sqlx::{Connection, Row};
     let Ok(mut conn) = sqlx::MySqlConnection::connect(store).await else {
         return -1;
     };
-    sqlx::query("SELECT COUNT(*) AS n FROM orders WHERE status NOT IN ('COMPLETED', 'CANCELLED')")
+    sqlx::query(sql)
         .fetch_one(&mut conn)
         .await
         .map(|r| r.get::<i64, _>("n"))
@@ -1167,8 +1179,22 @@ async fn run(faults: usize, seconds: u64) {
     while Instant::now() < deadline && unfinished(&store).await != 0 {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    // Refunds run after the order is final: give them their backoff.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Refunds run after the order is final, one at a time on the leader (a slow one
+    // takes the gateway's slow_ms): wait until none is left requested, bounded by the
+    // backlog.
+    let backlog = count(&store, "SELECT COUNT(*) AS n FROM refunds WHERE status = 'requested'").await;
+    let drain = Duration::from_secs(10) + GATEWAY_SLOW * 2 * u32::try_from(backlog.max(0)).unwrap_or(0);
+    let drained = Instant::now();
+    let deadline = drained + drain.min(Duration::from_secs(120));
+    while Instant::now() < deadline
+        && count(&store, "SELECT COUNT(*) AS n FROM refunds WHERE status = 'requested'").await != 0
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "{backlog} refunds were pending after the orders settled; drained in {:?}",
+        drained.elapsed()
+    );
     let settled_ms = shared.ms();
     let mut crashed = Vec::new();
     for node in nodes.iter_mut() {
@@ -1240,8 +1266,15 @@ async fn run(faults: usize, seconds: u64) {
             let (ops, faults) = context_of(&history, &applied, order);
             for op in ops {
                 eprintln!(
-                    "    {}..{} ms client {} node {} {:?} -> {} {}",
-                    op.start_ms, op.end_ms, op.client, op.node, op.kind, op.status, op.note
+                    "    {}..{} ms client {} node {} {:?} -> {} {} {}",
+                    op.start_ms,
+                    op.end_ms,
+                    op.client,
+                    op.node,
+                    op.kind,
+                    op.status,
+                    op.order.as_deref().unwrap_or(""),
+                    op.note
                 );
             }
             for f in faults {
