@@ -241,14 +241,12 @@ fn check_orders(history: &[Op], fin: &Final) -> Vec<Violation> {
     let mut found = Vec::new();
     for op in history {
         match (&op.kind, op.status, &op.order) {
-            (OpKind::Place { .. }, 201, Some(id)) => {
-                if !fin.orders.contains_key(id) {
-                    found.push(violation(
-                        "acknowledged-lost",
-                        format!("201 order {id} is not stored"),
-                        Some(id),
-                    ));
-                }
+            (OpKind::Place { .. }, 201, Some(id)) if !fin.orders.contains_key(id) => {
+                found.push(violation(
+                    "acknowledged-lost",
+                    format!("201 order {id} is not stored"),
+                    Some(id),
+                ));
             }
             (OpKind::Place { .. }, 201, None) => {
                 found.push(violation("answer", "201 without an order id".into(), None));
@@ -1466,7 +1464,7 @@ fn checker_finds_kept_captures_refunded_completions_and_free_orders() {
 #[test]
 fn checker_finds_missing_and_misordered_events() {
     let (_, mut fin) = clean();
-    fin.outbox.retain(|r| !(r.event_type == "inventory_confirmed"));
+    fin.outbox.retain(|r| r.event_type != "inventory_confirmed");
     assert_eq!(invariants(&check_outbox(&fin)), ["events"]);
     let (_, mut fin) = clean();
     // o2's release before its reservation.
