@@ -1291,8 +1291,32 @@ async fn run(faults: usize, seconds: u64) {
     if violations.is_empty() {
         common::drop_database(&store).await;
     } else {
+        let mut lines: Vec<String> = applied
+            .iter()
+            .map(|f| {
+                format!(
+                    "{}..{} ms FAULT {} on {} {}",
+                    f.start_ms, f.end_ms, f.kind, f.node, f.note
+                )
+            })
+            .collect();
+        lines.extend(history.iter().map(|op| {
+            format!(
+                "{}..{} ms client {} node {} {:?} -> {} {} {}",
+                op.start_ms,
+                op.end_ms,
+                op.client,
+                op.node,
+                op.kind,
+                op.status,
+                op.order.as_deref().unwrap_or(""),
+                op.note
+            )
+        }));
+        lines.sort_by_key(|l| l.split("..").next().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0));
+        let _ = std::fs::write(root.path().join("history.txt"), lines.join("\n"));
         eprintln!(
-            "kept for inspection: the database {store}; node logs and the gateway's store in {}",
+            "kept for inspection: the database {store}; the history, node logs and the gateway's store in {}",
             root.keep().display()
         );
     }

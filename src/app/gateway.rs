@@ -276,3 +276,66 @@ pub async fn run(settings: &Settings, listen: &str, store: &Path) -> anyhow::Res
     let _ = serving.await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ids::OrderId;
+
+    fn charge(order: OrderId, token: &str) -> ChargeRequest {
+        ChargeRequest {
+            order_id: order,
+            amount: Money::new(10, Currency::parse("KRW").unwrap()).unwrap(),
+            token: token.into(),
+            attempt: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_outcome_of_an_order_stands_and_a_capture_is_refunded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = GatewayStore::open(&dir.path().join("gateway.db")).await.unwrap();
+        let (paid, declined) = (OrderId::generate(), OrderId::generate());
+        assert_eq!(
+            store.record(&charge(paid, "test_ok"), CAPTURED).await.unwrap(),
+            CAPTURED
+        );
+        // A later charge of the same order answers what was recorded.
+        assert_eq!(
+            store.record(&charge(paid, "test_decline"), DECLINED).await.unwrap(),
+            CAPTURED
+        );
+        assert_eq!(
+            store.record(&charge(declined, "test_decline"), DECLINED).await.unwrap(),
+            DECLINED
+        );
+
+        let (amount, token) = store.refund_call(&paid.to_string()).await.unwrap().unwrap();
+        assert_eq!((amount.amount, token.as_str()), (10, "test_ok"));
+        store.refunded(&paid.to_string()).await.unwrap();
+        assert!(
+            store.refund_call(&paid.to_string()).await.unwrap().is_none(),
+            "refunded already"
+        );
+        assert!(matches!(
+            store.refund_call(&declined.to_string()).await,
+            Err(GatewayError::NoCapture(_))
+        ));
+
+        let captures = store.captures().await.unwrap();
+        assert_eq!(captures.len(), 1, "declines are not captures");
+        assert_eq!(captures[0].order_id, paid.to_string());
+        assert_eq!(
+            (captures[0].refunds, captures[0].refunded, captures[0].refund_requests),
+            (1, true, 2)
+        );
+
+        // A restarted gateway still knows.
+        drop(store);
+        let store = GatewayStore::open(&dir.path().join("gateway.db")).await.unwrap();
+        assert_eq!(
+            store.outcome(&paid.to_string()).await.unwrap().as_deref(),
+            Some(CAPTURED)
+        );
+    }
+}
