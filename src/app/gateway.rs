@@ -100,7 +100,7 @@ impl GatewayStore {
             .bind(order)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| r.get("outcome")))
+        Ok(row.map(|r| r.try_get("outcome")).transpose()?)
     }
 
     /// Records `outcome` unless the order has one; returns the one that stands.
@@ -135,15 +135,15 @@ impl GatewayStore {
             .bind(order)
             .fetch_one(&self.pool)
             .await?;
-        if row.get::<i64, _>("refunds") > 0 {
+        if row.try_get::<i64, _>("refunds")? > 0 {
             return Ok(None);
         }
-        let currency: String = row.get("currency");
+        let currency: String = row.try_get("currency")?;
         let amount = Currency::parse(&currency)
             .ok()
-            .and_then(|c| Money::new(row.get("amount"), c).ok())
+            .and_then(|c| Money::new(row.try_get("amount").ok()?, c).ok())
             .ok_or_else(|| GatewayError::BadRecord(order.to_owned()))?;
-        Ok(Some((amount, row.get("token"))))
+        Ok(Some((amount, row.try_get("token")?)))
     }
 
     /// Marks the refund done; a concurrent refund that got there first leaves it at one.
@@ -163,21 +163,20 @@ impl GatewayStore {
         .bind(CAPTURED)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .map(|r| {
-                let refunds: i64 = r.get("refunds");
-                Capture {
-                    order_id: r.get("order_id"),
-                    amount: r.get("amount"),
-                    currency: r.get("currency"),
-                    token: r.get("token"),
+                let refunds: i64 = r.try_get("refunds")?;
+                Ok(Capture {
+                    order_id: r.try_get("order_id")?,
+                    amount: r.try_get("amount")?,
+                    currency: r.try_get("currency")?,
+                    token: r.try_get("token")?,
                     refunds,
                     refunded: refunds > 0,
-                    refund_requests: r.get("refund_requests"),
-                }
+                    refund_requests: r.try_get("refund_requests")?,
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
