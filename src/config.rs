@@ -119,6 +119,10 @@ pub struct PaymentSettings {
     pub gateway_latency_ms: u64,
     /// How long the simulated gateway takes for the `test_slow*` tokens (charge and refund).
     pub slow_ms: u64,
+    /// Empty: the simulated gateway in this process. Otherwise the URL of a shared
+    /// `emporium gateway` that every charge and refund goes to.
+    #[serde(default)]
+    pub gateway_url: String,
     /// Refund attempts before a refund is given up on (`refund_failed`, `failed_events`).
     pub refund_attempts: u32,
     /// Backoff before the second refund attempt; doubles with each further one.

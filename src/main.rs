@@ -1,5 +1,5 @@
 //! The `emporium` command line: `serve` (default), `migrate`, `token`, `reconcile`, `replay`,
-//! `seed`, `reindex`, `payment-service`.
+//! `seed`, `reindex`, `payment-service`, `gateway`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -52,6 +52,16 @@ enum Command {
     /// Run the payment service (payment.mode = "kafka"): charge orders from
     /// emporium.orders, publish the outcomes to emporium.payments.
     PaymentService,
+    /// Run the simulated payment gateway as its own process, shared by the nodes of a
+    /// test cluster (`payment.gateway_url`): charges and refunds keyed by order id.
+    Gateway {
+        /// Address to listen on (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// The gateway's SQLite file (created if missing).
+        #[arg(long)]
+        store: PathBuf,
+    },
     /// Load a realistic catalog (embedded catalog only), with a progress bar.
     Seed {
         /// How many products.
@@ -155,6 +165,10 @@ fn run() -> anyhow::Result<ExitCode> {
                 service.shutdown().await;
                 anyhow::Ok(())
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gateway { listen, store } => {
+            actix_rt::System::new().block_on(emporium::app::gateway::run(&settings, &listen, &store))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Seed { products, seed } => block_on(async {

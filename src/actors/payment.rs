@@ -10,6 +10,10 @@
 //! `test_slow` succeeds after `payment.slow_ms` (so a cancel can win meanwhile; its refund
 //! takes as long), `test_slow_refund_flaky` charges like `test_slow` and fails the first
 //! three refund calls of its order.
+//!
+//! With `payment.gateway_url` set, the actor sends every call to that gateway instead
+//! (`emporium gateway`, `app::gateway`, which runs this same simulation behind HTTP and
+//! remembers each order's outcome), so several nodes share one gateway.
 
 use crate::domain::ids::OrderId;
 use crate::domain::money::Money;
@@ -129,6 +133,9 @@ pub struct PaymentActor {
     /// Refund calls seen per order: the simulated gateway's memory, for
     /// `test_slow_refund_flaky` (a real gateway keeps its own).
     refund_calls: std::collections::HashMap<OrderId, u32>,
+    /// `payment.gateway_url` set: every charge and refund goes to that shared gateway
+    /// (`emporium gateway`) instead of the simulation in this process.
+    remote: Option<RemoteGateway>,
 }
 
 impl PaymentActor {
@@ -138,6 +145,61 @@ impl PaymentActor {
             hang: attempt_timeout * 2,
             slow,
             refund_calls: Default::default(),
+            remote: None,
+        }
+    }
+
+    /// Charges and refunds through the gateway at `url` (`emporium gateway`); each call
+    /// waits at most `timeout`.
+    pub fn with_remote(mut self, url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+        self.remote = Some(RemoteGateway::new(url, timeout)?);
+        Ok(self)
+    }
+}
+
+/// A charge as the gateway's `POST /charges` takes it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ChargeRequest {
+    pub order_id: OrderId,
+    pub amount: Money,
+    pub token: String,
+    pub attempt: u32,
+}
+
+/// A refund as the gateway's `POST /refunds` takes it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RefundRequest {
+    pub order_id: OrderId,
+    pub amount: Money,
+}
+
+/// The client of a shared gateway (`emporium gateway`). Its answers: 200 done, 402
+/// declined, anything else a transient failure; no answer within the timeout is a
+/// timeout.
+#[derive(Clone)]
+struct RemoteGateway {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl RemoteGateway {
+    fn new(url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder().timeout(timeout).build()?;
+        Ok(Self {
+            client,
+            base: url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    async fn post(self, path: &str, body: &impl serde::Serialize) -> Result<(), PaymentError> {
+        let sent = self.client.post(format!("{}{path}", self.base)).json(body).send().await;
+        match sent {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) if r.status() == reqwest::StatusCode::PAYMENT_REQUIRED => Err(PaymentError::Declined),
+            Ok(r) if r.status() == reqwest::StatusCode::GATEWAY_TIMEOUT => Err(PaymentError::Timeout),
+            Ok(r) => Err(PaymentError::Transient(format!("gateway answered {}", r.status()))),
+            Err(e) if e.is_timeout() => Err(PaymentError::Timeout),
+            Err(e) => Err(PaymentError::Transient(format!("gateway unreachable: {e}"))),
         }
     }
 }
@@ -150,6 +212,15 @@ impl Handler<Charge> for PaymentActor {
     type Result = ResponseFuture<Result<(), PaymentError>>;
 
     fn handle(&mut self, msg: Charge, _ctx: &mut Self::Context) -> Self::Result {
+        if let Some(remote) = self.remote.clone() {
+            let body = ChargeRequest {
+                order_id: msg.order,
+                amount: msg.amount,
+                token: msg.token,
+                attempt: msg.attempt,
+            };
+            return Box::pin(async move { remote.post("/charges", &body).await });
+        }
         let (latency, hang, slow) = (self.latency, self.hang, self.slow);
         let span = tracing::debug_span!("payment_charge", order_id = %msg.order, attempt = msg.attempt);
         Box::pin(tracing::Instrument::instrument(
@@ -180,6 +251,13 @@ impl Handler<Refund> for PaymentActor {
     type Result = ResponseFuture<Result<(), PaymentError>>;
 
     fn handle(&mut self, msg: Refund, _ctx: &mut Self::Context) -> Self::Result {
+        if let Some(remote) = self.remote.clone() {
+            let body = RefundRequest {
+                order_id: msg.order,
+                amount: msg.amount,
+            };
+            return Box::pin(async move { remote.post("/refunds", &body).await });
+        }
         let calls = self.refund_calls.entry(msg.order).or_insert(0);
         *calls += 1;
         let call = *calls;

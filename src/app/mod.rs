@@ -6,6 +6,7 @@
 //! → saga recovery → ready. Shutdown on SIGTERM/SIGINT: readiness and new orders turn
 //! 503, in-flight requests finish, the write-behind queue and the outbox are flushed.
 
+pub mod gateway;
 pub mod payment_service;
 
 use crate::actors::cluster::{self, LeaseKeeper, Ownership, PeerClient, ShardHolders};
@@ -315,8 +316,13 @@ impl App {
         let attempt_timeout = Duration::from_millis(settings.payment.attempt_timeout_ms);
         let latency = Duration::from_millis(settings.payment.gateway_latency_ms);
         let slow = Duration::from_millis(settings.payment.slow_ms);
-        let payment =
-            PaymentActor::start_in_arbiter(&arbiters[0], move |_| PaymentActor::new(latency, attempt_timeout, slow));
+        let mut simulated = PaymentActor::new(latency, attempt_timeout, slow);
+        if !settings.payment.gateway_url.trim().is_empty() {
+            simulated = simulated
+                .with_remote(&settings.payment.gateway_url, attempt_timeout)
+                .context("payment.gateway_url: cannot build its HTTP client")?;
+        }
+        let payment = PaymentActor::start_in_arbiter(&arbiters[0], move |_| simulated);
         let refunder = Refunder::new(
             store.clone(),
             payment.clone(),

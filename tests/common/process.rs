@@ -11,6 +11,12 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_emporium");
 
+/// The binary to run: `EMPORIUM_TEST_BIN` when set (a copy kept aside, for worktrees
+/// that share one cargo target directory and so one `emporium` binary), else [`BIN`].
+pub fn bin() -> String {
+    std::env::var("EMPORIUM_TEST_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 /// A running `emporium serve`; `base` is the address it printed first.
 pub struct Process {
     pub child: Child,
@@ -21,13 +27,18 @@ impl Process {
     /// `emporium serve` on a free loopback port with `data_dir` and `env` (logging at
     /// `warn` unless `env` says otherwise).
     pub fn serve(data_dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        Self::serve_on(data_dir, "127.0.0.1:0", env, Stdio::inherit())
+    }
+
+    /// `emporium serve` on `listen`, its log (stderr) going to `stderr`.
+    pub fn serve_on(data_dir: &Path, listen: &str, env: &[(&str, &str)], stderr: Stdio) -> Self {
+        let mut child = Command::new(bin())
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("emporium starts");
         let stdout = child.stdout.take().expect("stdout");
@@ -42,7 +53,7 @@ impl Process {
 /// `emporium token` for `sub`: signed with the secret `env` configures, or the one
 /// generated in `data_dir`.
 pub fn token(data_dir: &Path, env: &[(&str, &str)], sub: &str, admin: bool) -> String {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(bin());
     cmd.env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
         .envs(env.iter().copied())
         .args(["token", "--sub", sub, "--data-dir"])
@@ -74,7 +85,7 @@ pub async fn wait_ready(client: &reqwest::Client, base: &str, within: Duration) 
 
 /// `emporium reconcile` on the store `env` names (or the one in `data_dir`) must exit 0.
 pub fn assert_reconciles(data_dir: &Path, env: &[(&str, &str)]) {
-    let reconcile = Command::new(BIN)
+    let reconcile = Command::new(bin())
         .args(["reconcile", "--data-dir"])
         .arg(data_dir)
         .envs(env.iter().copied())
