@@ -6,6 +6,7 @@ nodes on disjoint SKUs. Real processes (target/release/emporium), the local Mari
 
     cargo build --release --bins
     scripts/cluster-bench.py takeover [KILLS]   # default 10
+    scripts/cluster-bench.py blackhole [TIMES]  # the owner's database link frozen, default 10
     scripts/cluster-bench.py forward
     scripts/cluster-bench.py throughput
 
@@ -15,6 +16,8 @@ whatever the node count. Numbers are for comparing within one run.
 import json
 import os
 import signal
+import socket
+import threading
 import statistics
 import subprocess
 import sys
@@ -52,10 +55,49 @@ def fresh_db():
     return name
 
 
-def env(db, name, ttl_ms):
+class Proxy:
+    """A TCP proxy to MariaDB that can be frozen: sockets stay open, bytes stop (a silent
+    partition, what a dropped-packet firewall rule does), until it is thawed."""
+
+    def __init__(self, port=3306):
+        self.target = ("127.0.0.1", port)
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(128)
+        self.port = self.listener.getsockname()[1]
+        self.frozen = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            client, _ = self.listener.accept()
+            server = socket.create_connection(self.target)
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                while self.frozen.is_set():
+                    time.sleep(0.005)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def env(db, name, ttl_ms, db_port=3306):
     e = dict(os.environ)
     e.update({
-        "EMPORIUM__STORE__URL": f"mysql://root@127.0.0.1:3306/{db}",
+        "EMPORIUM__STORE__URL": f"mysql://root@127.0.0.1:{db_port}/{db}",
         "EMPORIUM__CLUSTER__ENABLED": "true",
         "EMPORIUM__CLUSTER__NODE_ID": name,
         "EMPORIUM__CLUSTER__LEASE_TTL_MS": str(ttl_ms),
@@ -68,12 +110,12 @@ def env(db, name, ttl_ms):
 
 
 class Node:
-    def __init__(self, db, name, ttl_ms=5000):
+    def __init__(self, db, name, ttl_ms=5000, db_port=3306):
         self.dir = tempfile.mkdtemp(prefix="emporium-cb-")
         self.name = name
         self.proc = subprocess.Popen(
             [BIN, "serve", "--listen", "127.0.0.1:0", "--data-dir", self.dir],
-            env=env(db, name, ttl_ms), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            env=env(db, name, ttl_ms, db_port), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self.base = self.proc.stdout.readline().strip().rsplit(" ", 1)[-1]
 
     def kill(self):
@@ -173,6 +215,54 @@ def takeover(kills=10):
                       "max_s": round(max(times), 2), "min_s": round(min(times), 2)}))
 
 
+def blackhole(times=10):
+    """The owner of a SKU loses its database silently (its proxy freezes): how long until
+    orders on that SKU succeed again through another node, and until the frozen node
+    stops acting on its shards (its /health/cluster shows none)."""
+    admin = token("admin", True)
+    user = token("buyer")
+    takeovers, dropped = [], []
+    for i in range(times):
+        db = fresh_db()
+        proxies = {c: Proxy() for c in "abc"}
+        nodes = [Node(db, f"node-{c}", db_port=proxies[c].port) for c in "abc"]
+        try:
+            wait_split(nodes)
+            product(nodes[0], admin, ["HOLE"], 1_000_000)
+            victim = next(n for n in nodes if n.name == owner(db, "HOLE"))
+            survivor = next(n for n in nodes if n is not victim)
+            assert call("POST", f"{survivor.base}/v1/orders", user, {"items": [{"sku": "HOLE", "qty": 1}]})[0] == 201
+            proxies[victim.name[-1]].frozen.set()
+            frozen = time.time()
+            gave_up = None
+            while True:
+                if gave_up is None:
+                    status, body = call("GET", f"{victim.base}/health/cluster", timeout=2)
+                    if status == 200 and body["shards_owned"] == 0:
+                        gave_up = time.time() - frozen
+                status, _ = call("POST", f"{survivor.base}/v1/orders", user,
+                                 {"items": [{"sku": "HOLE", "qty": 1}]}, timeout=30)
+                if status == 201:
+                    break
+                time.sleep(0.01)
+            takeovers.append(time.time() - frozen)
+            while gave_up is None:
+                status, body = call("GET", f"{victim.base}/health/cluster", timeout=2)
+                if status == 200 and body["shards_owned"] == 0:
+                    gave_up = time.time() - frozen
+                time.sleep(0.01)
+            dropped.append(gave_up)
+            print(f"blackhole {i + 1}: the frozen owner dropped its shards after {gave_up:.2f} s, "
+                  f"its SKU sells through another node after {takeovers[-1]:.2f} s", flush=True)
+        finally:
+            for n in nodes:
+                n.kill()
+            sql(None, f"DROP DATABASE {db}")
+    print(json.dumps({"blackholes": times, "lease_ttl_ms": 5000,
+                      "takeover_p50_s": round(statistics.median(takeovers), 2), "takeover_max_s": round(max(takeovers), 2),
+                      "dropped_p50_s": round(statistics.median(dropped), 2), "dropped_max_s": round(max(dropped), 2)}))
+
+
 def forward():
     db = fresh_db()
     nodes = [Node(db, f"node-{c}") for c in "abc"]
@@ -225,6 +315,8 @@ if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "all"
     if what in ("takeover", "all"):
         takeover(int(sys.argv[2]) if len(sys.argv) > 2 else 10)
+    if what in ("blackhole", "all"):
+        blackhole(int(sys.argv[2]) if len(sys.argv) > 2 else 10)
     if what in ("forward", "all"):
         forward()
     if what in ("throughput", "all"):
