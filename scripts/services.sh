@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Test servers for the backend integration tests (docs/test-services.md).
 #
-#   scripts/services.sh start  [kafka|mongo|search|mysql|all]...   install if needed, start, wait
-#   scripts/services.sh stop   [kafka|mongo|search|mysql|all]...   stop what this script started
-#   scripts/services.sh status [kafka|mongo|search|mysql|all]...   exit 1 if one is not up
-#   scripts/services.sh env    [kafka|mongo|search|mysql|all]...   print shell exports for tests
-#   scripts/services.sh versions [kafka|mongo|search|mysql|all]... each server's own version
+#   scripts/services.sh start  [kafka|mongo|search|mysql|redis|all]...   install if needed, start, wait
+#   scripts/services.sh stop   [kafka|mongo|search|mysql|redis|all]...   stop what this script started
+#   scripts/services.sh status [kafka|mongo|search|mysql|redis|all]...   exit 1 if one is not up
+#   scripts/services.sh env    [kafka|mongo|search|mysql|redis|all]...   print shell exports for tests
+#   scripts/services.sh versions [kafka|mongo|search|mysql|redis|all]... each server's own version
 #   scripts/services.sh install [kafka|mongo|search]...            fetch and build, start nothing
 #
 #   eval "$(scripts/services.sh env)"   # then: cargo test ...
@@ -18,6 +18,7 @@
 #          (scripts/opensearch/)
 # mysql  = MariaDB from Debian on 127.0.0.1:3306 (root, no password, database `test`);
 #          installed and started here when the port is closed
+# redis  = Redis from Debian on 127.0.0.1:6379, for the benchmark's Redis-Lua yardstick only
 #
 # Downloads stay outside the repo (~/.m2, the Go caches); what is built from them, the
 # servers' data, pid, port and log live in .services/ (git-ignored). Each server gets a
@@ -30,7 +31,7 @@ export LOG_TAG
 # shellcheck source-path=SCRIPTDIR source=lib/venv.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/venv.sh"
 
-ALL_SERVICES=(kafka mongo search mysql)
+ALL_SERVICES=(kafka mongo search mysql redis)
 MYSQL_HOST=127.0.0.1
 MYSQL_PORT=3306
 WAIT_SECS="${SERVICES_WAIT_SECS:-60}"
@@ -131,6 +132,8 @@ stop_pid() { # stop the recorded process group of NAME: TERM, then KILL after 10
 . "$(dirname "${BASH_SOURCE[0]}")/lib/mongo.sh"
 # shellcheck source-path=SCRIPTDIR source=lib/search.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/search.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/redis.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/redis.sh"
 
 # MariaDB is a system service, not ours: use it when 3306 answers; start it only if closed.
 start_mysql() {
@@ -271,7 +274,7 @@ main() {
     for n in "${@:-all}"; do
         case "$n" in
             all) names+=("${ALL_SERVICES[@]}") ;;
-            kafka | mongo | search | mysql) names+=("$n") ;;
+            kafka | mongo | search | mysql | redis) names+=("$n") ;;
             *) log "unknown service: $n"; usage ;;
         esac
     done
