@@ -51,7 +51,7 @@ mod tests {
     #[tokio::test]
     async fn acknowledged_product_events_are_copied_to_the_local_bus() {
         // The "remote" bus is a second in-process bus standing in for Kafka (the Kafka
-        // path itself is covered by tests/kafka.rs); what matters here is the copy.
+        // path itself is covered by tests/it/kafka.rs); what matters here is the copy.
         let remote = InProcessBus::default();
         let local = InProcessBus::default();
         let mut indexer_side = local.subscribe();

@@ -1,7 +1,7 @@
 //! Product search behind one trait, [`SearchIndex`], with two implementations chosen once
 //! at start-up: the embedded tantivy index in `<data_dir>/search/` (default) and
 //! Elasticsearch/OpenSearch (`search.url`). Both analyze text the same way
-//! ([`analysis`]) and answer the same queries, which `tests/search.rs` checks by running
+//! ([`analysis`]) and answer the same queries, which `tests/it/search.rs` checks by running
 //! one suite over both.
 //!
 //! Writes are versioned (the event time): applying the same or an older change again is

@@ -6,7 +6,7 @@
 //!
 //! Under `CI=true` an unreachable MariaDB fails these tests; elsewhere they skip.
 
-mod common;
+use crate::common;
 
 use common::process::{self, all_orders, Process, BIN};
 use common::Backend;
@@ -21,10 +21,6 @@ use std::time::{Duration, Instant};
 const SHARDS: u32 = 32;
 const LEASE_TTL: Duration = Duration::from_millis(2000);
 const SECRET: &str = "cluster-test-secret-0123456789abcdef";
-
-/// One cluster at a time: each test runs three or four servers on a machine of two
-/// cores, and the takeover and fencing tests measure time against the lease TTL.
-static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Node {
     process: Process,
@@ -244,7 +240,7 @@ fn assert_expected(status: StatusCode) {
 }
 
 /// A cluster of real nodes on a fresh database, split fairly, with an admin's and a
-/// buyer's token; one at a time (see [`ONE_CLUSTER_AT_A_TIME`]).
+/// buyer's token; one at a time (see [`common::process::serial`]).
 struct Cluster {
     nodes: Vec<Node>,
     store: String,
@@ -268,7 +264,7 @@ impl Cluster {
 
     /// Each node with the environment `extra` gives for its name.
     async fn start_each<'a>(names: &[&str], extra: impl Fn(&str) -> Vec<(&'a str, &'a str)>) -> Option<Self> {
-        let serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+        let serial = common::process::serial().await;
         let store = fresh_store().await?;
         let client = reqwest::Client::new();
         let nodes: Vec<Node> = names
@@ -1167,7 +1163,7 @@ async fn a_settle_lost_with_its_owner_is_applied_by_the_next_owner() {
 async fn only_the_owner_of_the_order_shard_places_the_order() {
     use emporium::actors::order::{PlaceError, PlaceOrder};
     use emporium::domain::ids::{Sku, UserId};
-    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let _serial = common::process::serial().await;
     let Some(Backend::MySql(url)) = Backend::mysql().await else {
         return;
     };

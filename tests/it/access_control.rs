@@ -5,7 +5,7 @@
 //! token of a user who owns nothing, the owner's and an admin's, on existing and on random
 //! path values, and checked against the role table of README's "HTTP API" section.
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestApp};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};

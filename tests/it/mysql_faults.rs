@@ -5,7 +5,7 @@
 //! 201 is lost and no stock leaks. A 503 body carries the fixed public sentence, never
 //! the store's own error text.
 
-mod common;
+use crate::common;
 
 use common::proxy::Proxy;
 use common::{Backend, TestApp};

@@ -5,7 +5,7 @@
 //! `emporium.dlq` and `failed_events`, from where the admin endpoint replays it.
 //! Without the broker binary these tests skip with a reason, except under `CI=true`.
 
-mod common;
+use crate::common;
 
 use common::kafka::KafkaBroker;
 use common::{test_settings, Backend, TestApp};

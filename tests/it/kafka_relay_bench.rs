@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! eval "$(scripts/services.sh env kafka)"
-//! cargo test --release --test kafka_relay_bench -- --ignored --nocapture
+//! cargo test --release --test it kafka_relay_bench:: -- --ignored --nocapture
 //! ```
 //!
 //! Throughput: 20,000 committed events waiting in the outbox, timed until the relay has
@@ -14,7 +14,7 @@
 //! group commit returned to the moment the relay had the broker's acknowledgement. The
 //! bus is the real `KafkaBus` wrapped in a decorator that only notes the ack time.
 
-mod common;
+use crate::common;
 
 use async_trait::async_trait;
 use common::kafka::KafkaBroker;

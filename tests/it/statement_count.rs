@@ -5,11 +5,11 @@
 //! because the counters are global: run it when the database is otherwise quiet.
 //!
 //! ```text
-//! cargo test --test statement_count -- --ignored --nocapture
-//! EMPORIUM_COUNT_ORDERS=5000 EMPORIUM_COUNT_CLIENTS=128 cargo test --test statement_count -- --ignored --nocapture
+//! cargo test --test it statement_count:: -- --ignored --nocapture
+//! EMPORIUM_COUNT_ORDERS=5000 EMPORIUM_COUNT_CLIENTS=128 cargo test --test it statement_count:: -- --ignored --nocapture
 //! ```
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestApp};
 use reqwest::StatusCode;

@@ -5,7 +5,7 @@
 //! (released, committed), twice, in whole and in part; the rebalance counter sees the
 //! assignment.
 
-mod common;
+use crate::common;
 
 use async_trait::async_trait;
 use common::kafka::KafkaBroker;

@@ -1,7 +1,7 @@
 //! Every metric the Grafana dashboard and the alert rules query exists in a live
 //! `/metrics` scrape after a flash sale, and the scrape is valid Prometheus text.
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestApp};
 use serde_json::json;
@@ -72,7 +72,7 @@ async fn dashboard_and_alert_metrics_exist_after_a_flash_sale() {
     let root = env!("CARGO_MANIFEST_DIR");
     // Exported only by a Kafka consumer (payment.mode = kafka), which this embedded server
     // does not run: their series are per group and partition, so there is nothing to show
-    // before an assignment. They must still be registered; tests/consumer_lag.rs and
+    // before an assignment. They must still be registered; tests/it/consumer_lag.rs and
     // scripts/prometheus-check.sh scrape them live from real consumers.
     const KAFKA_CONSUMER_ONLY: [&str; 5] = [
         "emporium_consumer_committed_offset",

@@ -10,7 +10,7 @@
 //! is searchable within a second, deleted products disappear, bad input is a problem,
 //! and a search outage is a 503 while orders keep working.
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestApp};
 use emporium::config::Settings;
@@ -692,7 +692,7 @@ async fn elasticsearch_with_nori_splits_korean_like_lucene() {
         ko.contains(&"노트북".to_owned()) && !ko.iter().any(|t| t.ends_with('을')),
         "{ko:?}"
     );
-    let fixture = include_str!("fixtures/nori-tokens.tsv");
+    let fixture = include_str!("../fixtures/nori-tokens.tsv");
     for line in fixture.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let (text, want) = line.split_once('\t').expect("text<TAB>tokens");
         let want: Vec<&str> = want.split(' ').filter(|t| !t.is_empty()).collect();
@@ -1203,7 +1203,7 @@ async fn elasticsearch_index_time_analysis_is_checked_with_term_queries() {
 fn mecab_splits_korean_like_nori() {
     let Some(m) = mecab() else { return };
     let plain = Analysis::parse("", "", "").unwrap().with_morphology(m);
-    let fixture = include_str!("fixtures/nori-tokens.tsv");
+    let fixture = include_str!("../fixtures/nori-tokens.tsv");
     // mecab-ko-dic 2.1.1 reads 가는 and 쓰는 as 가다 / 쓰다 + ending (going, using); the
     // 2.0.3 inside Lucene reads them as 갈다 / 쓸다 (grinding, sweeping) with the ㄹ dropped.
     let known_differences: &[&str] = &["오래 가는 배터리", "주방에서 쓰는 프라이팬"];

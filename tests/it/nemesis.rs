@@ -6,13 +6,13 @@
 //! Short run (CI, about 3 minutes; 10 faults over 90 s of load):
 //!
 //! ```sh
-//! cargo test --test nemesis -- nemesis_short
+//! cargo test --test it nemesis::nemesis_short
 //! ```
 //!
 //! Long run (200 faults over 20 minutes):
 //!
 //! ```sh
-//! NEMESIS_FAULTS=200 NEMESIS_SECONDS=1200 cargo test --test nemesis -- --ignored long
+//! NEMESIS_FAULTS=200 NEMESIS_SECONDS=1200 cargo test --test it nemesis::long -- --ignored
 //! ```
 //!
 //! `NEMESIS_SEED=N` replays a schedule (the seed is always printed; the faults' timing
@@ -47,7 +47,7 @@
 //! A failing run prints its seed, the faults, and the history around each violation.
 //! Under `CI=true` an unreachable MariaDB fails the test; elsewhere it skips.
 
-mod common;
+use crate::common;
 
 use common::process::{self, bin, Process};
 use common::proxy::Proxy;
@@ -1086,6 +1086,7 @@ async fn apply(
 }
 
 async fn run(faults: usize, seconds: u64) {
+    let _serial = common::process::serial().await;
     let seed = std::env::var("NEMESIS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

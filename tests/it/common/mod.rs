@@ -6,7 +6,6 @@
 //! variant uses `EMPORIUM_TEST_MYSQL_URL` (unset: `scripts/services.sh start mysql`),
 //! creates a database with a unique name and drops it afterwards. Without a reachable
 //! server it skips with a printed reason, except under `CI=true`, where it fails.
-#![allow(dead_code)]
 
 pub mod kafka;
 pub mod process;
@@ -141,7 +140,6 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 pub struct TestApp {
-    pub base: String,
     pub client: reqwest::Client,
     pub app: App,
     pub admin: String,
@@ -272,7 +270,6 @@ impl TestApp {
             .collect();
         let (stops, servers) = started.into_iter().map(|s| (s.stop, s.server)).unzip();
         let test = Self {
-            base: nodes[0].0.clone(),
             client,
             app,
             admin,

@@ -1,7 +1,7 @@
 //! The HTTP contract: idempotency, bad input (problem+json, nothing changes), access
 //! control, health, OpenAPI, metrics.
 
-mod common;
+use crate::common;
 
 on_every_strategy!(
     idempotency_key_replays_without_reserving_twice,

@@ -7,7 +7,7 @@
 //! Also: the live-actor cap keeps memory bounded under a flood of distinct SKUs without
 //! changing any answer.
 
-mod common;
+use crate::common;
 
 on_every_strategy!(
     a_release_is_seen_by_the_very_next_order,

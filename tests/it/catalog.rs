@@ -9,7 +9,7 @@
 //! catalog uses neither (see src/persistence/catalog/mongo.rs and docs/test-services.md),
 //! so nothing here works around them.
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestApp};
 use futures_util::future::join_all;

@@ -124,3 +124,12 @@ pub async fn all_orders(client: &reqwest::Client, base: &str, user: &str) -> Vec
         }
     }
 }
+
+/// One child-process suite at a time: the cluster, crash, shutdown and nemesis tests run
+/// several servers each on a machine of two cores, and their takeover and fencing checks
+/// measure time against lease TTLs. They share one test binary with everything else, so
+/// they take this guard for their whole run.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE_AT_A_TIME.lock().await
+}

@@ -8,7 +8,7 @@
 //! and everything is delivered once it is back. Without a broker these tests skip with a
 //! reason, except under `CI=true`, where they fail.
 
-mod common;
+use crate::common;
 
 use common::kafka::{leader_of, KafkaBroker, KafkaCluster};
 use common::proxy::Proxy;

@@ -1,7 +1,7 @@
 //! The order saga end to end over HTTP: payment outcomes, compensation, customer
 //! cancel racing the payment, and reservation expiry.
 
-mod common;
+use crate::common;
 
 on_every_strategy!(
     declined_payment_cancels_and_restores_stock,

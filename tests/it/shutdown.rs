@@ -2,7 +2,7 @@
 //! finishes in-flight requests, flushes the write-behind queue and the outbox, and
 //! exits on its own within the grace period; nothing it acknowledged is lost.
 
-mod common;
+use crate::common;
 
 use common::process::{self, wait_ready, Process};
 use reqwest::StatusCode;
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_flash_sale_loses_nothing_acknowledged() {
+    let _serial = common::process::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let Process { mut child, base } = Process::serve(
         dir.path(),

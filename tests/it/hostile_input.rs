@@ -5,7 +5,7 @@
 //! These are the cases schemathesis and the fuzz targets found or guard (README,
 //! "Security and limits"); the edge rules do not depend on the store, so SQLite only.
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestApp};
 use reqwest::{Method, StatusCode};

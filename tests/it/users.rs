@@ -5,7 +5,7 @@
 //! on login, a dormant user's orders, a stored hash upgraded to new argon2 parameters at
 //! login, and the login and sign-up rate limits.
 
-mod common;
+use crate::common;
 
 use common::{Backend, TestApp};
 use emporium::domain::now_millis;

@@ -2,7 +2,7 @@
 //! of docs/design.md is checked (nothing oversold, reserved back to zero, journal and
 //! snapshots agree).
 
-mod common;
+use crate::common;
 
 on_every_strategy!(
     flash_sale_sells_exactly_the_stock,

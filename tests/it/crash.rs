@@ -3,7 +3,7 @@
 //! 201 must be there, nothing may hold stock without an order, and the inventory must
 //! equal what the orders say (checked by `emporium reconcile`).
 
-mod common;
+use crate::common;
 
 use common::process::{self, all_orders, assert_reconciles, wait_ready, Process};
 use common::Backend;
@@ -71,6 +71,7 @@ async fn create_product(client: &reqwest::Client, base: &str, admin: &str, sku: 
 }
 
 async fn kill_9_during_orders_loses_no_acknowledged_order(backend: Backend) {
+    let _serial = common::process::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let url = store_env(&backend).await;
     let store: Vec<(&str, &str)> = url.iter().map(|u| ("EMPORIUM__STORE__URL", u.as_str())).collect();
@@ -184,6 +185,7 @@ async fn kill_9_during_orders_loses_no_acknowledged_order(backend: Backend) {
 /// Reservations that fell due while the server was down are released at start in a
 /// coalesced sweep (shared group commits), not one commit per order.
 async fn expiries_due_during_downtime_are_swept_at_start(backend: Backend) {
+    let _serial = common::process::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let url = store_env(&backend).await;
     // The gateway hangs, so orders stay unpaid until their 1 s reservation expires.
@@ -292,6 +294,7 @@ async fn between_commits(data_dir: &Path, url: Option<&str>) -> i64 {
 /// orders took, and `emporium reconcile` is clean. The test also checks that kills did
 /// land between the commits (orders found PENDING_PAYMENT in the store of a dead server).
 async fn kill_9_between_accept_and_settle_at_many_points(backend: Backend) {
+    let _serial = common::process::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let url = store_env(&backend).await;
     let store: Vec<(&str, &str)> = url.iter().map(|u| ("EMPORIUM__STORE__URL", u.as_str())).collect();
@@ -482,6 +485,7 @@ async fn payment_becomes(client: &reqwest::Client, base: &str, user: &str, id: &
 /// `payment.slow_ms` too). After the restart the refund is finished from the store:
 /// refunded, with exactly one `payment_refunded` event, and the store reconciles.
 async fn a_refund_in_flight_at_kill_9_is_finished_once_after_restart(backend: Backend) {
+    let _serial = common::process::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let url = store_env(&backend).await;
     let mut env = vec![
@@ -546,6 +550,7 @@ async fn a_refund_in_flight_at_kill_9_is_finished_once_after_restart(backend: Ba
 /// money must go back. A refund keyed by the order id is requested and carried out, once;
 /// the stock is whole again and the store reconciles.
 async fn a_payment_captured_before_a_crash_is_refunded_when_the_order_expires_at_restart(backend: Backend) {
+    let _serial = common::process::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let url = store_env(&backend).await;
     let mut env = vec![
