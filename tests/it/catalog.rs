@@ -847,7 +847,7 @@ async fn embedded_subtree_query_uses_the_category_index() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_products_are_valid_products() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let report = emporium::persistence::seed::seed(&app.app.store, 1_200, 3, |_| {})
+    let report = emporium::app::seed::seed(&app.app.store, 1_200, 3, |_| {})
         .await
         .expect("seed");
     assert_eq!((report.products, report.categories), (1_200, 186));

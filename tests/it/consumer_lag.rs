@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use common::kafka::KafkaBroker;
 use common::test_settings;
 use emporium::domain::events::{Event, EventType};
-use emporium::persistence::bus::consumer::{self, ConsumeError, ConsumerSpec, EventHandler};
+use emporium::events::consumer::{self, ConsumeError, ConsumerSpec, EventHandler};
 use emporium::persistence::sql::StoreOptions;
 use emporium::persistence::{Consumed, SqlStore};
 use emporium::telemetry::Metrics;

@@ -15,10 +15,10 @@ use crate::common;
 use common::{Backend, TestApp};
 use emporium::config::Settings;
 use emporium::domain::search::{SearchDoc, SearchParams, SearchQuery, Sort};
-use emporium::persistence::search::analysis::Analysis;
-use emporium::persistence::search::elastic::ElasticIndex;
-use emporium::persistence::search::embedded::EmbeddedIndex;
-use emporium::persistence::search::{IndexChange, SearchIndex};
+use emporium::search::analysis::Analysis;
+use emporium::search::elastic::ElasticIndex;
+use emporium::search::embedded::EmbeddedIndex;
+use emporium::search::{IndexChange, SearchIndex};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,7 +37,7 @@ enum Engine {
 
 /// MeCab with the dictionary the environment names; `None` (printed) when it is not set
 /// up, except under `CI=true`, where that fails.
-fn mecab() -> Option<Arc<emporium::persistence::search::mecab::Mecab>> {
+fn mecab() -> Option<Arc<emporium::search::mecab::Mecab>> {
     let ci = std::env::var("CI").is_ok_and(|c| c == "true");
     let Some(dir) = std::env::var("EMPORIUM_TEST_MECAB_DICDIR")
         .ok()
@@ -50,7 +50,7 @@ fn mecab() -> Option<Arc<emporium::persistence::search::mecab::Mecab>> {
         eprintln!("SKIPPED: EMPORIUM_TEST_MECAB_DICDIR is not set (eval \"$(scripts/mecab.sh install)\")");
         return None;
     };
-    match emporium::persistence::search::mecab::Mecab::open(std::path::Path::new(&dir)) {
+    match emporium::search::mecab::Mecab::open(std::path::Path::new(&dir)) {
         Ok(m) => Some(Arc::new(m)),
         Err(e) => {
             assert!(!ci, "{e} (CI=true: failing, not skipping)");
@@ -619,7 +619,7 @@ async fn elasticsearch_without_nori_falls_back_to_cjk_bigrams() {
     let Some(o) = open(Engine::Elastic).await else { return };
     let (url, alias) = o.es.clone().expect("es");
     let analysis = Analysis::builtin().unwrap();
-    let body = emporium::persistence::search::elastic::index_body(&analysis, false).unwrap();
+    let body = emporium::search::elastic::index_body(&analysis, false).unwrap();
     assert_eq!(body["settings"]["analysis"]["analyzer"]["ko"]["tokenizer"], "standard");
     let http = reqwest::Client::new();
     let index = format!("{alias}_bigrams");

@@ -13,7 +13,7 @@
 use crate::config::OutboxSettings;
 use crate::domain::events::Event;
 use crate::domain::now_millis;
-use crate::persistence::bus::{BusError, EventBus};
+use crate::events::{BusError, EventBus};
 use crate::persistence::{OutboxRow, SqlStore, StoreError};
 use crate::telemetry::Metrics;
 use std::collections::HashSet;

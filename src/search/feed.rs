@@ -10,7 +10,7 @@
 //! replica with the embedded index, or use Elasticsearch; README says so).
 
 use crate::domain::events::{Event, EventType};
-use crate::persistence::bus::{BusError, EventBus, InProcessBus};
+use crate::events::{BusError, EventBus, InProcessBus};
 use async_trait::async_trait;
 use std::sync::Arc;
 

@@ -33,8 +33,8 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const INDEX_FILE: &str = include_str!("../../../config/search/elasticsearch/products.v1.json");
-const NORI_FILE: &str = include_str!("../../../config/search/elasticsearch/analysis-nori.v1.json");
+const INDEX_FILE: &str = include_str!("../../config/search/elasticsearch/products.v1.json");
+const NORI_FILE: &str = include_str!("../../config/search/elasticsearch/analysis-nori.v1.json");
 const RECENT_CHANGES: usize = 100_000;
 
 fn unavailable(e: impl std::fmt::Display) -> SearchError {

@@ -10,7 +10,7 @@
 
 use crate::config::BusSettings;
 use crate::domain::events::Event;
-use crate::persistence::bus::{BusError, EventBus};
+use crate::events::{BusError, EventBus};
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;

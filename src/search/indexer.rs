@@ -16,7 +16,7 @@
 
 use crate::domain::events::{Event, EventType};
 use crate::domain::search::SearchDoc;
-use crate::persistence::search::{IndexChange, SearchIndex};
+use crate::search::{IndexChange, SearchIndex};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};

@@ -3,13 +3,13 @@
 //! (PAID → confirm → COMPLETED, or release → CANCELLED) through [`Orders`].
 //!
 //! The order actor commits the step together with the consumed event's id (see
-//! `persistence::bus::consumer`), so a redelivered payment event has no second effect.
+//! `events::consumer`), so a redelivered payment event has no second effect.
 //! Other event types on the topic are not ours to act on and are passed over.
 
 use crate::actors::order::Orders;
 use crate::domain::events::{AboutOrder, Event, EventType, PaymentRefused};
 use crate::domain::ids::OrderId;
-use crate::persistence::bus::consumer::{ConsumeError, EventHandler};
+use crate::events::consumer::{ConsumeError, EventHandler};
 use crate::persistence::Consumed;
 use async_trait::async_trait;
 

@@ -28,7 +28,7 @@
 
 use crate::config::{BusSettings, ConsumerSettings};
 use crate::domain::events::Event;
-use crate::persistence::bus::kafka::{client_config, producer};
+use crate::events::kafka::{client_config, producer};
 use crate::persistence::{Consumed, DeadLetter, SqlStore};
 use crate::telemetry::Metrics;
 use async_trait::async_trait;

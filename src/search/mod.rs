@@ -14,6 +14,7 @@ pub mod elastic;
 pub mod embedded;
 pub mod facets;
 pub mod feed;
+pub mod indexer;
 pub mod mecab;
 pub mod reindex;
 

@@ -23,9 +23,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// The files compiled in as defaults (the `search.*_file` settings override them).
-pub const DEFAULT_SYNONYMS: &str = include_str!("../../../config/search/synonyms.txt");
-pub const DEFAULT_DICTIONARY: &str = include_str!("../../../config/search/userdict.txt");
-pub const DEFAULT_PARTICLES: &str = include_str!("../../../config/search/particles.txt");
+pub const DEFAULT_SYNONYMS: &str = include_str!("../../config/search/synonyms.txt");
+pub const DEFAULT_DICTIONARY: &str = include_str!("../../config/search/userdict.txt");
+pub const DEFAULT_PARTICLES: &str = include_str!("../../config/search/particles.txt");
 
 pub const EDGE_MIN: usize = 1;
 pub const EDGE_MAX: usize = 20;

@@ -1,9 +1,11 @@
 //! The event bus the outbox relays to. The embedded default delivers to in-process
 //! subscribers (the outbox table itself is the durable log); Kafka
-//! ([`crate::persistence::bus::kafka::KafkaBus`]) is another implementation of the same trait.
+//! ([`crate::events::kafka::KafkaBus`]) is another implementation of the same trait.
 
 pub mod consumer;
 pub mod kafka;
+pub mod outbox;
+pub mod payment_outcomes;
 
 use crate::domain::events::Event;
 use async_trait::async_trait;
