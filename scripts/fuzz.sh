@@ -27,7 +27,7 @@ TARGETS=(request_parsers forged_token inventory_machine order_machine)
 
 case "${1:-smoke}" in
     smoke)
-        PROPTEST_CASES="${FUZZ_CASES:-10000}" cargo test --locked --test fuzz
+        PROPTEST_CASES="${FUZZ_CASES:-10000}" cargo test --locked --test it fuzz::
         ;;
     long)
         seconds="${2:-300}"

@@ -2,7 +2,7 @@
 //!
 //! They are plain functions so that two engines drive the same code: libFuzzer through
 //! `cargo fuzz` (the `fuzz/` crate, coverage-guided, for long runs) and proptest in
-//! `tests/fuzz.rs` (seconds, in every `cargo test` and in CI). What they check:
+//! `tests/it/fuzz.rs` (seconds, in every `cargo test` and in CI). What they check:
 //!
 //! * [`request_parsers`]: order and product bodies, SKUs, order ids, user ids, the
 //!   `Idempotency-Key` header, `traceparent`, JSON depth and bearer tokens. Whatever the

@@ -128,10 +128,10 @@ fn run() -> anyhow::Result<ExitCode> {
         }),
         Command::Reindex { quiet } => block_on(async move {
             let store = connect_store(&settings).await?;
-            let index = emporium::persistence::search::open(&settings)
+            let index = emporium::search::open(&settings)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot open the search index: {e}"))?;
-            let total = emporium::persistence::search::reindex::catalog_size(&store).await?;
+            let total = emporium::search::reindex::catalog_size(&store).await?;
             let bar = if quiet {
                 indicatif::ProgressBar::hidden()
             } else {
@@ -144,8 +144,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!(e))?,
             );
             let report =
-                emporium::persistence::search::reindex::reindex(&store, index.as_ref(), |done| bar.set_position(done))
-                    .await?;
+                emporium::search::reindex::reindex(&store, index.as_ref(), |done| bar.set_position(done)).await?;
             bar.finish();
             println!(
                 "indexed {} products ({} skipped) into {}; alias {} switched{}",
@@ -182,8 +181,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} products {per_sec} eta {eta}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            let report =
-                emporium::persistence::seed::seed(&store, products, seed, |done| bar.set_position(done)).await?;
+            let report = emporium::app::seed::seed(&store, products, seed, |done| bar.set_position(done)).await?;
             bar.finish();
             println!(
                 "seeded {} products ({} SKUs) in {} categories in {:.1} s: {:.0} products/s",

@@ -17,6 +17,10 @@
 //! The tracing subscriber is global to the process: both tests share one receiver and
 //! tell their spans apart by trace id.
 
+// Its own test binary: it installs the process-wide tracing subscriber. It shares the
+// harness of tests/it/ and uses only part of it.
+#[allow(dead_code)]
+#[path = "it/common/mod.rs"]
 mod common;
 
 use actix_web::{web, HttpResponse, HttpServer};

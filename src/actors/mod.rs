@@ -2,11 +2,8 @@
 //! messages it takes and what it promises.
 
 pub mod cluster;
-pub mod indexer;
 pub mod inventory;
 pub mod order;
-pub mod outbox;
 pub mod payment;
-pub mod payment_outcomes;
 pub mod refunds;
 pub mod write_behind;

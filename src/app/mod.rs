@@ -8,22 +8,23 @@
 
 pub mod gateway;
 pub mod payment_service;
+pub mod seed;
 
 use crate::actors::cluster::{self, LeaseKeeper, Ownership, PeerClient, ShardHolders};
 use crate::actors::inventory::{Inventory, InventoryOptions, Strategy};
 use crate::actors::order::{Orders, SagaOptions};
-use crate::actors::outbox::OutboxRelay;
 use crate::actors::payment::PaymentActor;
-use crate::actors::payment_outcomes::{self, PaymentOutcomes};
 use crate::actors::refunds::{RefundOptions, Refunder};
 use crate::actors::write_behind::WriteBehind;
 use crate::config::{BusKind, PaymentMode, Settings};
 use crate::domain::cluster::Shard;
 use crate::domain::order::OrderLimits;
+use crate::events::consumer::{self, ConsumerSpec};
+use crate::events::kafka::KafkaBus;
+use crate::events::outbox::OutboxRelay;
+use crate::events::payment_outcomes::{self, PaymentOutcomes};
+use crate::events::{EventBus, InProcessBus};
 use crate::http::{self, AppState, Lifecycle};
-use crate::persistence::bus::consumer::{self, ConsumerSpec};
-use crate::persistence::bus::kafka::KafkaBus;
-use crate::persistence::bus::{EventBus, InProcessBus};
 use crate::persistence::sql::StoreOptions;
 use crate::persistence::SqlStore;
 use crate::services::accounts::tokens::Keys;
@@ -52,7 +53,7 @@ pub struct App {
     pub keys: Arc<Keys>,
     pub relay: Arc<OutboxRelay>,
     pub accounts: Arc<Accounts>,
-    pub search: Arc<dyn crate::persistence::search::SearchIndex>,
+    pub search: Arc<dyn crate::search::SearchIndex>,
     /// Set to true to stop the Kafka consumers (shutdown).
     pub consumers: Arc<tokio::sync::watch::Sender<bool>>,
     /// Products and categories (embedded or MongoDB, from `catalog.url`).
@@ -364,15 +365,15 @@ impl App {
         let bus = InProcessBus::default();
         // Search: the indexer follows product events on the in-process bus; in Kafka mode
         // the relay also copies acknowledged product events there (search/feed.rs).
-        let search = crate::persistence::search::open(&settings)
+        let search = crate::search::open(&settings)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the search index: {e}"))?;
-        crate::actors::indexer::start(search.clone(), bus.subscribe());
+        crate::search::indexer::start(search.clone(), bus.subscribe());
         let relayed = event_bus(&settings, &bus)?;
         let relayed: Arc<dyn EventBus> = if settings.bus.kind == BusKind::Embedded {
             relayed
         } else {
-            Arc::new(crate::persistence::search::feed::LocalCopy {
+            Arc::new(crate::search::feed::LocalCopy {
                 inner: relayed,
                 local: bus.clone(),
             })

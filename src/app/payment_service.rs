@@ -10,20 +10,20 @@
 //! order event's id are committed in one transaction, so a redelivered `order_created`
 //! is not charged twice; the gateway also sees the order id as its idempotency key.
 //! Emporium consumes `emporium.payments` and finishes the saga
-//! (`actors::payment_outcomes`).
+//! (`events::payment_outcomes`).
 //!
 //! It also listens on `payment_service.listen` for its orchestrator and Prometheus:
 //! `/health/live`, `/health/ready` (503 while its store does not answer or while it
 //! stops) and `/metrics` (its outbox and its consumer lag per partition). It takes no
 //! other request, so the listener is a plain side door, not an API.
 
-use crate::actors::outbox::OutboxRelay;
 use crate::actors::payment::{self, PaymentActor};
 use crate::config::Settings;
 use crate::domain::events::{Event, EventType, OrderCreated, PaymentMoved, PaymentRefused};
 use crate::domain::now_millis;
-use crate::persistence::bus::consumer::{self, ConsumeError, ConsumerSpec, EventHandler};
-use crate::persistence::bus::kafka::KafkaBus;
+use crate::events::consumer::{self, ConsumeError, ConsumerSpec, EventHandler};
+use crate::events::kafka::KafkaBus;
+use crate::events::outbox::OutboxRelay;
 use crate::persistence::sql::StoreOptions;
 use crate::persistence::{Consumed, SqlStore, StoreError, WriteSet};
 use crate::telemetry::Metrics;

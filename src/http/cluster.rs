@@ -314,7 +314,7 @@ pub async fn remote_payment(
     req: HttpRequest,
     body: web::Json<RemotePayment>,
 ) -> Result<HttpResponse, ApiError> {
-    use crate::persistence::bus::consumer::ConsumeError;
+    use crate::events::consumer::ConsumeError;
     state.peers.require_peer(&req)?;
     let request = body.into_inner();
     if !state.peers.ownership().holds_sku(&request.sku) {

@@ -60,11 +60,11 @@ pub struct AppState {
     pub write_behind: WriteBehind,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
-    pub outbox: Arc<crate::actors::outbox::OutboxRelay>,
+    pub outbox: Arc<crate::events::outbox::OutboxRelay>,
     /// Rate limits on order creation (`[limits]`).
     pub limits: limits::RateLimits,
     /// Product search (`[search]`).
-    pub search: Arc<dyn crate::persistence::search::SearchIndex>,
+    pub search: Arc<dyn crate::search::SearchIndex>,
     /// Products and categories.
     pub catalog: Arc<crate::services::catalog::CatalogService>,
     /// Cluster mode: ownership and forwarding to the owning node.

@@ -1,5 +1,5 @@
 //! `GET /v1/search` and `GET /v1/search/suggest`: thin handlers over
-//! [`crate::persistence::search::SearchIndex`]. Input is validated by
+//! [`crate::search::SearchIndex`]. Input is validated by
 //! [`crate::domain::search::SearchQuery::parse`]; the free text only ever becomes terms,
 //! never query syntax. A search backend outage answers 503 `/problems/unavailable`
 //! (orders do not depend on search and keep working).
@@ -7,7 +7,7 @@
 use super::problem::ApiError;
 use super::AppState;
 use crate::domain::search::{SearchParams, SearchQuery, SearchResults};
-use crate::persistence::search::SearchError;
+use crate::search::SearchError;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};

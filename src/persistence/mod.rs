@@ -2,11 +2,8 @@
 //! event bus. Everything above this layer speaks in domain types; everything SQL
 //! stays in [`sql`].
 
-pub mod bus;
 pub mod catalog;
 pub mod row_lock;
-pub mod search;
-pub mod seed;
 pub mod sql;
 pub mod users;
 

@@ -17,9 +17,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use emporium::domain::search::SearchDoc;
-use emporium::persistence::search::analysis::Analysis;
-use emporium::persistence::search::embedded::EmbeddedIndex;
-use emporium::persistence::search::SearchIndex;
+use emporium::search::analysis::Analysis;
+use emporium::search::embedded::EmbeddedIndex;
+use emporium::search::SearchIndex;
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -23,7 +23,7 @@ use crate::domain::ids::{OrderId, Sku, UserId};
 use crate::domain::inventory::{ChangeKind, InventoryError};
 use crate::domain::now_millis;
 use crate::domain::order::{quantities_by_sku, CancelReason, Order, OrderLimits, OrderRequestError, OrderStatus};
-use crate::persistence::bus::consumer::ConsumeError;
+use crate::events::consumer::ConsumeError;
 use crate::persistence::{Consumed, JournalEntry, SqlStore, StatusChange, StoreError, WriteSet};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
