@@ -216,12 +216,15 @@ impl OrderActor {
         let attempt = tracing::Instrument::instrument(attempt, self.step_span("payment_attempt"));
         // A task of its own, not the actor's: a cancel or the expiry may win while the
         // gateway thinks, and the saga then stops; the answer must still be heard. A
-        // charge that succeeds for an order the saga no longer waits on is refunded.
+        // charge that succeeds for an order the saga no longer waits on is refunded, and
+        // so is one whose answer never came in time: the gateway may have captured it
+        // after this side gave up (the refund is keyed by the order; where nothing was
+        // captured the gateway gives nothing back).
         let (saga, deps, order) = (ctx.address(), self.deps.clone(), self.order.id);
         actix::spawn(async move {
             let outcome = attempt.await;
             let taken = saga.send(ChargeAnswered(outcome.clone())).await.unwrap_or(false);
-            if !taken && outcome.is_ok() {
+            if !taken && matches!(outcome, Ok(()) | Err(PaymentError::Timeout)) {
                 refund_if_cancelled(&deps, order).await;
             }
         });
@@ -470,7 +473,7 @@ impl OrderActor {
     }
 }
 
-/// A charge succeeded after its saga stopped waiting: if the order was cancelled
+/// A charge succeeded (or timed out) after its saga stopped waiting: if the order was cancelled
 /// meanwhile (customer, expiry), its payment is refunded. An order still pending in the
 /// store (its cancel did not become durable) is left to the saga that resumes it, and
 /// a completed one keeps its payment.
