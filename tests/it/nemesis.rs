@@ -70,7 +70,8 @@ const SECRET: &str = "nemesis-test-secret-0123456789abcdef";
 const CLIENTS: usize = 32;
 /// How long the gateway's `test_slow` charges (and their refunds) take.
 const GATEWAY_SLOW: Duration = Duration::from_millis(500);
-/// Hot SKUs (one-SKU orders; they sell out) and the SKUs carts are made of.
+/// Hot SKUs (one-SKU orders; they sell out) and the SKUs carts are made of, with their
+/// stock for 90 s of load (see [`initial_stock`]).
 const HOT: [(&str, i64); 3] = [("HOT-1", 150), ("HOT-2", 150), ("HOT-3", 150)];
 const CART: [(&str, i64); 5] = [
     ("CART-A", 400),
@@ -79,6 +80,16 @@ const CART: [(&str, i64); 5] = [
     ("CART-D", 400),
     ("CART-E", 400),
 ];
+
+/// Every SKU with its initial stock for a run of `seconds`: the stock grows with the run,
+/// so a long run keeps selling (and selling out) instead of answering 409 for most of it.
+fn initial_stock(seconds: u64) -> BTreeMap<String, i64> {
+    let scale = i64::try_from(seconds / 90).unwrap_or(1).max(1);
+    HOT.iter()
+        .chain(CART.iter())
+        .map(|(sku, stock)| (sku.to_string(), stock * scale))
+        .collect()
+}
 
 // ---------------------------------------------------------------------------------
 // The history and the checker: plain data and pure functions.
@@ -867,15 +878,11 @@ async fn count(store: &str, sql: &str) -> i64 {
         .unwrap_or(-1)
 }
 
-async fn read_final(store: &str, gateway: &str, http: &reqwest::Client) -> Final {
+async fn read_final(store: &str, gateway: &str, http: &reqwest::Client, initial: BTreeMap<String, i64>) -> Final {
     use sqlx::{Connection, Row};
     let mut conn = sqlx::MySqlConnection::connect(store).await.unwrap();
     let mut fin = Final {
-        initial: HOT
-            .iter()
-            .chain(CART.iter())
-            .map(|(s, n)| (s.to_string(), *n))
-            .collect(),
+        initial,
         ..Final::default()
     };
     for row in sqlx::query("SELECT id, status FROM orders")
@@ -985,8 +992,8 @@ fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-async fn create_products(http: &reqwest::Client, base: &str, admin: &str) {
-    for (i, (sku, stock)) in HOT.iter().chain(CART.iter()).enumerate() {
+async fn create_products(http: &reqwest::Client, base: &str, admin: &str, stock: &BTreeMap<String, i64>) {
+    for (i, (sku, stock)) in stock.iter().enumerate() {
         let r = http
             .post(format!("{base}/v1/products"))
             .bearer_auth(admin)
@@ -1120,7 +1127,8 @@ async fn run(faults: usize, seconds: u64) {
     let env = [("EMPORIUM__AUTH__JWT_SECRET", SECRET)];
     let admin = process::token(dir.path(), &env, "admin", true);
     let user = process::token(dir.path(), &env, "buyer", false);
-    create_products(&http, &nodes[0].base(), &admin).await;
+    let stock = initial_stock(seconds);
+    create_products(&http, &nodes[0].base(), &admin, &stock).await;
 
     let shared = Arc::new(Shared {
         bases: RwLock::new(nodes.iter().map(Node::base).collect()),
@@ -1201,7 +1209,7 @@ async fn run(faults: usize, seconds: u64) {
             crashed.push(node.id());
         }
     }
-    let mut fin = read_final(&store, &gateway.base, &http).await;
+    let mut fin = read_final(&store, &gateway.base, &http, stock).await;
     fin.crashed = crashed;
     let history = shared.history.lock().unwrap().clone();
     let violations = check(&history, &fin);
@@ -1527,4 +1535,11 @@ fn store_urls_are_rewritten_to_the_proxy() {
         server_addr("mysql://root@127.0.0.1:3306/emporium_t_x"),
         "127.0.0.1:3306".parse().unwrap()
     );
+}
+
+#[test]
+fn stock_grows_with_the_length_of_a_run() {
+    assert_eq!(initial_stock(90)["HOT-1"], 150);
+    assert_eq!(initial_stock(30)["CART-A"], 400);
+    assert_eq!(initial_stock(1200)["HOT-1"], 150 * 13);
 }
