@@ -59,9 +59,20 @@ pub struct WriteBehindSettings {
     pub queue_capacity: usize,
 }
 
+/// Where reservations are decided (`inventory.strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InventoryStrategy {
+    /// Per-SKU actors in memory, group-committed (the design of this runtime).
+    Actor,
+    /// One database transaction per order with `SELECT … FOR UPDATE` on each SKU row
+    /// (the prototype's design, kept as the benchmark baseline).
+    SqlRowLock,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct InventorySettings {
-    pub strategy: String,
+    pub strategy: InventoryStrategy,
     pub shards: usize,
     pub idle_passivate_secs: u64,
     pub reservation_ttl_secs: u64,
@@ -301,7 +312,7 @@ mod tests {
     #[test]
     fn defaults_parse_and_point_at_the_embedded_store() {
         let s: Settings = Figment::from(Toml::string(DEFAULTS)).extract().unwrap();
-        assert_eq!(s.inventory.strategy, "actor");
+        assert_eq!(s.inventory.strategy, InventoryStrategy::Actor);
         assert!(s.store_url().starts_with("sqlite://"));
     }
 
@@ -338,6 +349,16 @@ mod tests {
                 .to_lowercase();
             assert!(
                 message.contains("payment.mode") && message.contains("local"),
+                "{message}"
+            );
+            jail.set_env("EMPORIUM__PAYMENT__MODE", "local");
+            jail.set_env("EMPORIUM__INVENTORY__STRATEGY", "redis_lua");
+            let message = Settings::load(None)
+                .expect_err("redis_lua is not a strategy")
+                .to_string()
+                .to_lowercase();
+            assert!(
+                message.contains("inventory.strategy") && message.contains("sql_row_lock"),
                 "{message}"
             );
             Ok(())

@@ -22,6 +22,7 @@
 
 use crate::actors::cluster::Ownership;
 use crate::actors::write_behind::{CommitError, WriteBehind};
+use crate::config::InventoryStrategy;
 use crate::domain::ids::{OrderId, Sku};
 use crate::domain::inventory::{Change, InventoryError, Outcome, SkuInventory};
 use crate::domain::money::Money;
@@ -519,41 +520,21 @@ impl Shared {
     }
 }
 
-/// Where reservations are decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Strategy {
-    /// Per-SKU actors in memory, group-committed (the design of this runtime).
-    Actor,
-    /// One database transaction per order with `SELECT … FOR UPDATE` on each SKU row
-    /// (the prototype's design, kept as the benchmark baseline).
-    SqlRowLock,
-}
-
-impl Strategy {
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "actor" => Some(Self::Actor),
-            "sql_row_lock" => Some(Self::SqlRowLock),
-            _ => None,
-        }
-    }
-}
-
 /// The registry: finds a SKU's actor, activating it from the store on first use.
-/// Under [`Strategy::SqlRowLock`] no actor is started; views and stock changes go to
+/// Under [`InventoryStrategy::SqlRowLock`] no actor is started; views and stock changes go to
 /// the locked database row instead.
 #[derive(Clone)]
 pub struct Inventory {
     shared: Arc<Shared>,
     arbiters: Arc<Vec<ArbiterHandle>>,
-    strategy: Strategy,
+    strategy: InventoryStrategy,
 }
 
 #[derive(Debug, Clone)]
 pub struct InventoryOptions {
     pub idle_timeout: Duration,
     pub mailbox_capacity: usize,
-    pub strategy: Strategy,
+    pub strategy: InventoryStrategy,
     /// Cap on live SKU actors (0 = none): past it the least recently used go first.
     pub max_live_actors: usize,
 }
@@ -593,7 +574,7 @@ impl Inventory {
         }
     }
 
-    pub fn strategy(&self) -> Strategy {
+    pub fn strategy(&self) -> InventoryStrategy {
         self.strategy
     }
 
@@ -660,7 +641,7 @@ impl Inventory {
     /// short one has no live actor (it might be unknown, or its actor answers otherwise),
     /// so this can only ever answer what the actors would have answered, never sell.
     pub fn short_of<'a>(&self, wanted: impl IntoIterator<Item = (&'a Sku, i64)>) -> Option<(Sku, i64, i64)> {
-        if self.strategy != Strategy::Actor {
+        if self.strategy != InventoryStrategy::Actor {
             return None;
         }
         let known = wanted.into_iter().map(|(sku, qty)| {
@@ -705,7 +686,7 @@ impl Inventory {
             }
             dashmap::Entry::Vacant(slot) => {
                 let shared = self.shared.clone();
-                let arbiter = &self.arbiters[shard_of(sku, self.arbiters.len())];
+                let arbiter = &self.arbiters[arbiter_of(sku, self.arbiters.len())];
                 let inventory = SkuInventory::restore(record.stock, record.reservations);
                 // Published before the actor is reachable: a default 0 would read as
                 // "sold out" to the fast path until the actor's first change.
@@ -794,7 +775,7 @@ impl Inventory {
     }
 
     pub async fn set_stock(&self, sku: &Sku, stock: i64) -> Result<InventoryView, InventoryFailure> {
-        if self.strategy == Strategy::SqlRowLock {
+        if self.strategy == InventoryStrategy::SqlRowLock {
             use crate::persistence::row_lock::Refusal;
             let (stock, reserved) = self
                 .shared
@@ -817,7 +798,7 @@ impl Inventory {
     }
 
     pub async fn view(&self, sku: &Sku) -> Result<InventoryView, InventoryFailure> {
-        if self.strategy == Strategy::SqlRowLock {
+        if self.strategy == InventoryStrategy::SqlRowLock {
             let (stock, reserved) = self
                 .shared
                 .store
@@ -844,8 +825,8 @@ fn mark_used(stats: &SkuStats) {
 }
 
 /// Which arbiter runs a key's actor: a fixed-key hash, so a SKU always lands on the same thread.
-pub fn shard_of<K: Hash>(key: &K, shards: usize) -> usize {
+pub fn arbiter_of<K: Hash>(key: &K, arbiters: usize) -> usize {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut hasher);
-    (hasher.finish() % shards.max(1) as u64) as usize
+    (hasher.finish() % arbiters.max(1) as u64) as usize
 }

@@ -11,12 +11,12 @@ pub mod payment_service;
 pub mod seed;
 
 use crate::actors::cluster::{self, LeaseKeeper, Ownership, PeerClient, ShardHolders};
-use crate::actors::inventory::{Inventory, InventoryOptions, Strategy};
+use crate::actors::inventory::{Inventory, InventoryOptions};
 use crate::actors::order::{Orders, SagaOptions};
 use crate::actors::payment::PaymentActor;
 use crate::actors::refunds::{RefundOptions, Refunder};
 use crate::actors::write_behind::WriteBehind;
-use crate::config::{BusKind, PaymentMode, Settings};
+use crate::config::{BusKind, InventoryStrategy, PaymentMode, Settings};
 use crate::domain::cluster::Shard;
 use crate::domain::order::OrderLimits;
 use crate::events::consumer::{self, ConsumerSpec};
@@ -78,7 +78,7 @@ fn check_cluster_settings(settings: &Settings) -> anyhow::Result<()> {
          the store's lease table; the SQLite file of one node cannot be shared"
     );
     anyhow::ensure!(
-        settings.inventory.strategy == "actor",
+        settings.inventory.strategy == InventoryStrategy::Actor,
         "cluster.enabled = true needs inventory.strategy = \"actor\""
     );
     anyhow::ensure!(
@@ -237,12 +237,7 @@ fn cores(configured: usize) -> usize {
 impl App {
     /// Builds every part. Must run inside an actix `System` (the actors need arbiters).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let strategy = Strategy::parse(&settings.inventory.strategy).ok_or_else(|| {
-            anyhow::anyhow!(
-                "inventory.strategy must be \"actor\" or \"sql_row_lock\", got {:?}",
-                settings.inventory.strategy
-            )
-        })?;
+        let strategy = settings.inventory.strategy;
         let external_payment = settings.payment.mode == PaymentMode::Kafka;
         anyhow::ensure!(
             !external_payment || settings.bus.kind == BusKind::Kafka,

@@ -3,17 +3,17 @@
 //! recovers in-flight orders at start-up; and, one file each:
 //!
 //! - [`saga`]: the actor per open order (its Owns/Takes/Promises header is there);
-//! - [`write_sets`]: the pure builders of what placement and each saga step commit;
+//! - [`step_sets`]: the pure builders of what placement and each saga step commit;
 //! - [`stock_keeper`]: the inventory strategy, chosen once at start (actors or row locks);
 //! - [`retry`]: the one backoff loop for steps that must finish.
 
 mod retry;
 mod saga;
+mod step_sets;
 mod stock_keeper;
-mod write_sets;
 
 use crate::actors::cluster::{Ownership, PeerClient, RemoteFailure, RemotePayment, RemoteReserve};
-use crate::actors::inventory::{shard_of, Inventory, InventoryFailure};
+use crate::actors::inventory::{arbiter_of, Inventory, InventoryFailure};
 use crate::actors::payment::PaymentActor;
 use crate::actors::refunds::Refunder;
 use crate::actors::write_behind::{CommitError, WriteBehind};
@@ -37,8 +37,8 @@ use tracing::{error, info, warn};
 use retry::*;
 pub use saga::OrderActor;
 use saga::*;
+use step_sets::*;
 use stock_keeper::*;
-use write_sets::*;
 const ACTOR: &str = "order";
 
 #[derive(Debug, Clone)]
@@ -218,7 +218,7 @@ impl Orders {
             info!(order_id = %order.id, "the order's shard is no longer this node's; its owner runs the saga");
             return;
         }
-        let arbiter = &self.deps.arbiters[shard_of(&order.id, self.deps.arbiters.len())];
+        let arbiter = &self.deps.arbiters[arbiter_of(&order.id, self.deps.arbiters.len())];
         // The address is registered here, before the 201 leaves, and the actor starts on
         // its arbiter afterwards: a cancel that follows the answer at once must find the
         // saga (messages wait in its mailbox until it runs). Registering before the start

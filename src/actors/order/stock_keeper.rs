@@ -1,7 +1,7 @@
 //! Where an order's stock is taken and settled, chosen once at start: the design's
 //! inventory actors + write-behind, or the prototype's row locks (the benchmark baseline).
 
-use crate::actors::inventory::Strategy;
+use crate::config::InventoryStrategy;
 use crate::domain::ids::{OrderId, Sku};
 use crate::domain::inventory::ChangeKind;
 use crate::domain::order::OrderStatus;
@@ -41,10 +41,10 @@ pub(super) trait StockKeeper: Send + Sync {
 }
 
 impl dyn StockKeeper {
-    pub(super) fn of(strategy: Strategy) -> Box<dyn StockKeeper> {
+    pub(super) fn of(strategy: InventoryStrategy) -> Box<dyn StockKeeper> {
         match strategy {
-            Strategy::Actor => Box::new(InMemory),
-            Strategy::SqlRowLock => Box::new(RowLocked),
+            InventoryStrategy::Actor => Box::new(InMemory),
+            InventoryStrategy::SqlRowLock => Box::new(RowLocked),
         }
     }
 }

@@ -236,7 +236,7 @@ impl TestApp {
             settings.store.url = url.clone();
         }
         if matches!(backend, Backend::MySqlRowLock(_)) {
-            settings.inventory.strategy = "sql_row_lock".into();
+            settings.inventory.strategy = emporium::config::InventoryStrategy::SqlRowLock;
         }
         let cluster = matches!(backend, Backend::MySqlCluster(_));
         if cluster {
