@@ -762,7 +762,8 @@ async fn a_rolling_restart_under_load_loses_no_order() {
     finish(nodes, &store).await;
 }
 
-/// SKU names whose shards have owners `a` and `b` (different nodes), from the lease table.
+/// Two SKU names whose shards have different owners, from the lease table, the smaller
+/// first (an order spanning them is placed and decided by the first one's owner).
 async fn skus_owned_by_two(store: &str, prefix: &str) -> (String, String) {
     let mut by_owner: BTreeMap<String, String> = BTreeMap::new();
     for i in 0..200 {
@@ -772,8 +773,10 @@ async fn skus_owned_by_two(store: &str, prefix: &str) -> (String, String) {
             break;
         }
     }
-    let mut skus = by_owner.into_values();
-    (skus.next().unwrap(), skus.next().unwrap())
+    let mut skus: Vec<String> = by_owner.into_values().take(2).collect();
+    skus.sort();
+    let high = skus.pop().unwrap();
+    (skus.pop().unwrap(), high)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -862,7 +865,7 @@ async fn an_order_whose_skus_have_different_owners_is_all_or_nothing() {
         }
     };
     admin_put(x.clone(), 5).await;
-    let (low, high) = if x < y { (&x, &y) } else { (&y, &x) };
+    let (low, high) = (&x, &y);
     let r = client
         .post(format!("{}/v1/orders", nodes[0].base()))
         .bearer_auth(&user)
@@ -1005,8 +1008,7 @@ async fn a_decision_outlives_its_node(cancel: bool) {
     else {
         return;
     };
-    let (x, y) = skus_owned_by_two(&store, "DECIDE").await;
-    let (low, high) = if x < y { (x, y) } else { (y, x) };
+    let (low, high) = skus_owned_by_two(&store, "DECIDE").await;
     create_product(&client, &nodes[0], &admin, &[(&low, 5), (&high, 5)]).await;
     let deciding = owner_of(&store, &low).await;
     let other = owner_of(&store, &high).await;
@@ -1104,8 +1106,7 @@ async fn a_settle_lost_with_its_owner_is_applied_by_the_next_owner() {
     else {
         return;
     };
-    let (x, y) = skus_owned_by_two(&store, "SLOWSETTLE").await;
-    let (low, high) = if x < y { (x, y) } else { (y, x) };
+    let (low, high) = skus_owned_by_two(&store, "SLOWSETTLE").await;
     create_product(&client, &nodes[0], &admin, &[(&low, 5), (&high, 5)]).await;
     let applying = owner_of(&store, &high).await;
     let applying = THREE.iter().position(|n| *n == applying).unwrap();
