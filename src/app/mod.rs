@@ -156,7 +156,11 @@ impl ShardHolders for Holders {
 pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
     std::fs::create_dir_all(&settings.server.data_dir)
         .with_context(|| format!("cannot create data dir {}", settings.server.data_dir.display()))?;
-    let options = StoreOptions {
+    open_pool(settings, store_options(settings), "the store").await
+}
+
+fn store_options(settings: &Settings) -> StoreOptions {
+    StoreOptions {
         max_connections: settings.store.max_connections,
         acquire_timeout: Duration::from_millis(settings.store.acquire_timeout_ms),
         sqlite_synchronous: settings.store.sqlite_synchronous.clone(),
@@ -164,11 +168,14 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
             .cluster
             .enabled
             .then(|| settings.cluster.lease_ttl_ms.div_ceil(1000)),
-    };
+    }
+}
+
+async fn open_pool(settings: &Settings, options: StoreOptions, what: &str) -> anyhow::Result<SqlStore> {
     let url = settings.store_url();
     SqlStore::connect(&url, &options)
         .await
-        .with_context(|| format!("cannot open the store at {}", crate::persistence::sql::redact(&url)))
+        .with_context(|| format!("cannot open {what} at {}", crate::persistence::sql::redact(&url)))
 }
 
 /// The lease keeper's own small pool: its statements never queue behind the group
@@ -176,20 +183,13 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
 /// transaction holds its lease rows until the server ends it; the claim is tried again
 /// next round).
 async fn connect_keeper_store(settings: &Settings) -> anyhow::Result<SqlStore> {
-    let round = Duration::from_millis(settings.cluster.lease_ttl_ms.max(300) / 3);
     let options = StoreOptions {
         max_connections: 2,
-        acquire_timeout: round,
-        sqlite_synchronous: settings.store.sqlite_synchronous.clone(),
+        acquire_timeout: Duration::from_millis(settings.cluster.lease_ttl_ms.max(300) / 3),
         lock_timeouts_secs: Some(1),
+        ..store_options(settings)
     };
-    let url = settings.store_url();
-    SqlStore::connect(&url, &options).await.with_context(|| {
-        format!(
-            "cannot open the lease keeper's pool at {}",
-            crate::persistence::sql::redact(&url)
-        )
-    })
+    open_pool(settings, options, "the lease keeper's pool").await
 }
 
 /// Runs the migrations, retrying a few times: nodes of a cluster starting together on a

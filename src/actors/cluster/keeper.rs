@@ -97,17 +97,24 @@ impl LeaseKeeper {
             .map_err(|_| StoreError::Unavailable(format!("{what}: no answer within a lease round")))?
     }
 
+    /// `shards` were dropped here (taken over, or their deadline passed): counted,
+    /// logged, and what memory held for them goes.
+    async fn lost(&self, shards: &[Shard], why: &'static str) {
+        if shards.is_empty() {
+            return;
+        }
+        warn!(shards = ?shards, "{why}");
+        self.metrics.cluster_leases_lost.inc_by(shards.len() as u64);
+        self.holders.lost(shards).await;
+    }
+
     async fn renewals(&self) {
         loop {
             let sent = Instant::now();
             match self.renew(sent).await {
                 Ok(lost) => {
                     self.metrics.cluster_lease_renewals.with_label_values(&["ok"]).inc();
-                    if !lost.is_empty() {
-                        warn!(shards = ?lost, "leases taken over by another node");
-                        self.metrics.cluster_leases_lost.inc_by(lost.len() as u64);
-                        self.holders.lost(&lost).await;
-                    }
+                    self.lost(&lost, "leases taken over by another node").await;
                 }
                 Err(e) => {
                     self.metrics.cluster_lease_renewals.with_label_values(&["failed"]).inc();
@@ -145,14 +152,10 @@ impl LeaseKeeper {
         let period = (self.ttl / 30).max(Duration::from_millis(10));
         loop {
             tokio::time::sleep(period).await;
+            // No renewal of these came back in time: another node may own them now.
+            // Stop acting on them (the fence would refuse their writes anyway).
             let lost = self.ownership.drop_expired(Instant::now());
-            if !lost.is_empty() {
-                // No renewal of these came back in time: another node may own them now.
-                // Stop acting on them (the fence would refuse their writes anyway).
-                warn!(shards = lost.len(), "leases not renewed in time; dropping them");
-                self.metrics.cluster_leases_lost.inc_by(lost.len() as u64);
-                self.holders.lost(&lost).await;
-            }
+            self.lost(&lost, "leases not renewed in time; dropping them").await;
             self.metrics
                 .cluster_shards_owned
                 .set(self.ownership.held().len() as i64);
