@@ -6,6 +6,8 @@
 //! function and costs nothing.
 //!
 //! The points: `after_capture` (a saga's payment succeeded, its settle not committed yet),
+//! `after_cancel_commit` (a saga's cancel is durable; a charge it sent may still be at
+//! the gateway),
 //! `before_decision_commit` (a cross-owner order's step settled its own shard's SKUs in
 //! memory, its decision not committed yet), `after_decision_commit` (the decision is
 //! durable, the owners of its other SKUs not told yet), `apply_decision_before_commit` (a SKU's owner settled the

@@ -177,7 +177,7 @@ impl Metrics {
             refunds: gated!(IntCounterVec::new(
                 Opts::new(
                     "emporium_refunds_total",
-                    "Refunds of payments captured for cancelled orders, by step (requested, refunded, retried, failed)"
+                    "Refunds of payments that may have been captured for cancelled orders, by step (requested, refunded, voided, retried, failed)"
                 ),
                 &["outcome"]
             )?),
@@ -346,7 +346,7 @@ impl Metrics {
         }
         // Refunds are rare: without their series at zero, a rate over them is "no data"
         // rather than 0, and the failed-refund alert has nothing to compare.
-        for outcome in ["requested", "refunded", "retried", "failed"] {
+        for outcome in ["requested", "refunded", "voided", "retried", "failed"] {
             self.refunds.raw().with_label_values(&[outcome]);
         }
         for outcome in ["ok", "failed"] {

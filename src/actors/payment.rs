@@ -60,11 +60,12 @@ pub struct Charge {
     pub attempt: u32,
 }
 
-/// Gives back what a charge of `order` took. The gateway keys refunds by the order id,
-/// so asking twice (a retry, a restart between the gateway's answer and our commit)
-/// refunds once.
+/// Gives back what a charge of `order` took, or, where the gateway took nothing, voids
+/// the order there so that no charge of it still in flight captures anything. The
+/// gateway keys refunds by the order id, so asking twice (a retry, a restart between
+/// the gateway's answer and our commit) refunds once.
 #[derive(Message, Debug, Clone)]
-#[rtype(result = "Result<(), PaymentError>")]
+#[rtype(result = "Result<RefundOutcome, PaymentError>")]
 pub struct Refund {
     pub order: OrderId,
     pub amount: Money,
@@ -72,11 +73,23 @@ pub struct Refund {
     pub token: String,
 }
 
+/// What a refund came to at the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundOutcome {
+    /// The capture was given back (now or by an earlier call).
+    Refunded,
+    /// Nothing had been captured; the order is void at the gateway: a charge of it that
+    /// is still in flight answers declined and takes nothing.
+    Voided,
+}
+
 /// One gateway call (a charge attempt or a refund): the actor's answer, or `Timeout`
 /// when it does not come within `timeout`.
-pub async fn call<M>(payment: &Addr<PaymentActor>, request: M, timeout: Duration) -> Result<(), PaymentError>
+pub async fn call<M, T>(payment: &Addr<PaymentActor>, request: M, timeout: Duration) -> Result<T, PaymentError>
 where
-    M: Message<Result = Result<(), PaymentError>> + Send + 'static,
+    M: Message<Result = Result<T, PaymentError>> + Send + 'static,
+    T: Send + 'static,
     PaymentActor: Handler<M>,
 {
     match tokio::time::timeout(timeout, payment.send(request)).await {
@@ -191,10 +204,10 @@ impl RemoteGateway {
         })
     }
 
-    async fn post(self, path: &str, body: &impl serde::Serialize) -> Result<(), PaymentError> {
+    async fn post(self, path: &str, body: &impl serde::Serialize) -> Result<reqwest::Response, PaymentError> {
         let sent = self.client.post(format!("{}{path}", self.base)).json(body).send().await;
         match sent {
-            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) if r.status().is_success() => Ok(r),
             Ok(r) if r.status() == reqwest::StatusCode::PAYMENT_REQUIRED => Err(PaymentError::Declined),
             Ok(r) if r.status() == reqwest::StatusCode::GATEWAY_TIMEOUT => Err(PaymentError::Timeout),
             Ok(r) => Err(PaymentError::Transient(format!("gateway answered {}", r.status()))),
@@ -202,6 +215,25 @@ impl RemoteGateway {
             Err(e) => Err(PaymentError::Transient(format!("gateway unreachable: {e}"))),
         }
     }
+
+    async fn charge(self, body: ChargeRequest) -> Result<(), PaymentError> {
+        self.post("/charges", &body).await.map(|_| ())
+    }
+
+    async fn refund(self, body: RefundRequest) -> Result<RefundOutcome, PaymentError> {
+        let answered = self.post("/refunds", &body).await?;
+        let answer: RefundAnswer = answered
+            .json()
+            .await
+            .map_err(|e| PaymentError::Transient(format!("gateway's refund answer unreadable: {e}")))?;
+        Ok(answer.outcome)
+    }
+}
+
+/// The gateway's answer to `POST /refunds`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RefundAnswer {
+    pub outcome: RefundOutcome,
 }
 
 impl Actor for PaymentActor {
@@ -219,7 +251,7 @@ impl Handler<Charge> for PaymentActor {
                 token: msg.token,
                 attempt: msg.attempt,
             };
-            return Box::pin(async move { remote.post("/charges", &body).await });
+            return Box::pin(remote.charge(body));
         }
         let (latency, hang, slow) = (self.latency, self.hang, self.slow);
         let span = tracing::debug_span!("payment_charge", order_id = %msg.order, attempt = msg.attempt);
@@ -248,15 +280,17 @@ impl Handler<Charge> for PaymentActor {
 }
 
 impl Handler<Refund> for PaymentActor {
-    type Result = ResponseFuture<Result<(), PaymentError>>;
+    type Result = ResponseFuture<Result<RefundOutcome, PaymentError>>;
 
+    /// The simulation keeps no captures (they die with the process): it gives back
+    /// whatever the charge took, so every refund it answers is `Refunded`.
     fn handle(&mut self, msg: Refund, _ctx: &mut Self::Context) -> Self::Result {
         if let Some(remote) = self.remote.clone() {
             let body = RefundRequest {
                 order_id: msg.order,
                 amount: msg.amount,
             };
-            return Box::pin(async move { remote.post("/refunds", &body).await });
+            return Box::pin(remote.refund(body));
         }
         let calls = self.refund_calls.entry(msg.order).or_insert(0);
         *calls += 1;
@@ -269,12 +303,12 @@ impl Handler<Refund> for PaymentActor {
                 match msg.token.as_str() {
                     "test_slow" => {
                         tokio::time::sleep(slow).await;
-                        Ok(())
+                        Ok(RefundOutcome::Refunded)
                     }
                     "test_slow_refund_flaky" if call <= FLAKY_REFUND_FAILURES => {
                         Err(PaymentError::Transient("simulated refund failure".into()))
                     }
-                    _ => Ok(()),
+                    _ => Ok(RefundOutcome::Refunded),
                 }
             },
             span,

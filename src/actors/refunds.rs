@@ -1,18 +1,23 @@
 //! The refunder: gives back payments the gateway captured for orders that were
 //! cancelled meanwhile (a customer cancel or the expiry won while the charge was in
-//! flight; docs/design.md, "Refunds").
+//! flight, or the node that charged died), and voids at the gateway the orders whose
+//! charge may still be in flight (docs/design.md, "Refunds").
 //!
 //! Owns: nothing in memory: the `refunds` table is its whole state, so a restart (or a
 //! `kill -9`) continues where it stopped. Takes: a wake-up when a refund is requested
 //! ([`Refunder::wake`]); besides, it polls for refunds whose next attempt is due.
-//! Promises: each requested refund is asked of the gateway (keyed by the order id, so
-//! asking again refunds once) until it succeeds or `payment.refund_attempts` are spent;
-//! the outcome and its event (`payment_refunded` / `refund_failed`) commit together, and
-//! a refund given up on is kept in `failed_events` for `emporium replay`.
+//! Promises: a refund is asked of the gateway only once its order is `CANCELLED` in the
+//! store (one may be requested just before its cancel commits; if the cancel loses to
+//! the payment, the request is dropped); then until it succeeds or
+//! `payment.refund_attempts` are spent (keyed by the order id, so asking again refunds
+//! once); the outcome and its event (`payment_refunded` / `refund_failed`; a void has
+//! none) commit together, and a refund given up on is kept in `failed_events` for
+//! `emporium replay`.
 
-use crate::actors::payment::{self, PaymentActor, Refund};
+use crate::actors::payment::{self, PaymentActor, Refund, RefundOutcome};
 use crate::domain::events::{Event, EventType, PaymentMoved, PaymentRefused};
 use crate::domain::now_millis;
+use crate::domain::order::OrderStatus;
 use crate::persistence::sql::DueRefund;
 use crate::persistence::SqlStore;
 use crate::telemetry::Metrics;
@@ -24,6 +29,10 @@ use tracing::{info, warn};
 
 /// Refunds handled per round.
 const ROUND: i64 = 32;
+
+/// How long a refund requested for a cancel not committed yet waits before its order
+/// is looked at again.
+const UNDECIDED_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct RefundOptions {
@@ -70,6 +79,12 @@ impl Refunder {
     /// A refund was just recorded: count it and look at once instead of at the next poll.
     pub fn requested(&self) {
         self.metrics.refunds.with_label_values(&["requested"]).inc();
+        self.wake();
+    }
+
+    /// Something became due (the cancel a refund was requested for committed): look at
+    /// once instead of at the next poll.
+    pub fn wake(&self) {
         self.wake.notify_one();
     }
 
@@ -109,6 +124,18 @@ impl Refunder {
     }
 
     async fn attempt(&self, refund: &DueRefund) -> Result<(), crate::persistence::StoreError> {
+        match self.store.get_order(refund.order_id).await?.map(|o| o.status) {
+            Some(OrderStatus::Cancelled) => {}
+            Some(OrderStatus::Completed) => {
+                info!(order_id = %refund.order_id, "the cancel lost to the payment; refund request dropped");
+                return self.store.refund_dropped(refund.order_id).await;
+            }
+            status => {
+                let next = now_millis() + i64::try_from(UNDECIDED_WAIT.as_millis()).unwrap_or(i64::MAX / 2);
+                info!(order_id = %refund.order_id, ?status, "order not decided yet; refund waits");
+                return self.store.refund_postponed(refund.order_id, next).await;
+            }
+        }
         let attempt = refund.attempts + 1;
         let request = Refund {
             order: refund.order_id,
@@ -118,7 +145,13 @@ impl Refunder {
         let outcome = payment::call(&self.payment, request, self.options.call_timeout).await;
         let now = now_millis();
         match outcome {
-            Ok(()) => {
+            Ok(RefundOutcome::Voided) => {
+                if self.store.refund_voided(refund.order_id, now).await? {
+                    info!(order_id = %refund.order_id, attempt, "nothing was captured; the order is void at the gateway");
+                    self.metrics.refunds.with_label_values(&["voided"]).inc();
+                }
+            }
+            Ok(RefundOutcome::Refunded) => {
                 let refunded = Event::of(
                     EventType::PaymentRefunded,
                     refund.order_id,

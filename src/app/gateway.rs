@@ -7,14 +7,21 @@
 //!   order (captured: 200, declined: 402) is recorded; a later charge of that order
 //!   answers the recorded one without charging again. A transient failure (503) or a
 //!   timeout (504) is not recorded: the next attempt charges.
-//! - `POST /refunds` `{order_id, amount}`: gives a capture back once; a repeated refund
-//!   answers 200 without refunding again. A refund of an order with no capture is 404.
+//! - `POST /refunds` `{order_id, amount}`: gives a capture back once (200
+//!   `{"outcome":"refunded"}`; a repeated refund answers the same without refunding
+//!   again). An order with nothing captured is voided (200 `{"outcome":"voided"}`): its
+//!   outcome is recorded as `voided`, so a charge of it still in flight, or any later
+//!   one, answers 402 and captures nothing. This is what lets a node cancel an order
+//!   whose charge it may have sent and then die: the refund asked for with the cancel
+//!   either gives the money back or makes sure none is taken.
 //! - `GET /captures`: every capture with its refunded flag, for audits.
 //!
 //! Captures and refunds are kept in the gateway's own SQLite file (`--store`), so a
 //! restarted gateway still knows them.
 
-use crate::actors::payment::{self, Charge, ChargeRequest, PaymentActor, PaymentError, Refund, RefundRequest};
+use crate::actors::payment::{
+    self, Charge, ChargeRequest, PaymentActor, PaymentError, Refund, RefundAnswer, RefundOutcome, RefundRequest,
+};
 use crate::config::Settings;
 use crate::domain::money::{Currency, Money};
 use actix::prelude::*;
@@ -29,20 +36,11 @@ use std::time::Duration;
 pub(crate) enum GatewayError {
     #[error("gateway store: {0}")]
     Store(#[from] sqlx::Error),
-    #[error("no capture for order {0}")]
-    NoCapture(String),
     #[error("stored amount of order {0} is not valid money")]
     BadRecord(String),
 }
 
-impl ResponseError for GatewayError {
-    fn status_code(&self) -> actix_web::http::StatusCode {
-        match self {
-            Self::NoCapture(_) => actix_web::http::StatusCode::NOT_FOUND,
-            _ => actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
+impl ResponseError for GatewayError {}
 
 /// One recorded charge, as `GET /captures` lists it.
 #[derive(Debug, Serialize)]
@@ -66,6 +64,18 @@ pub(crate) struct GatewayStore {
 
 const CAPTURED: &str = "captured";
 const DECLINED: &str = "declined";
+/// Refunded before anything was captured: no charge of the order captures any more.
+const VOIDED: &str = "voided";
+
+/// What a refund call finds for its order.
+#[derive(Debug, PartialEq)]
+enum RefundTarget {
+    /// A capture not given back yet: its amount and token.
+    Capture(Money, String),
+    RefundedAlready,
+    /// Declined, or voided by this call or an earlier one.
+    NothingCaptured,
+}
 
 impl GatewayStore {
     pub(crate) async fn open(path: &Path) -> Result<Self, GatewayError> {
@@ -119,31 +129,40 @@ impl GatewayStore {
         Ok(self.outcome(&order).await?.unwrap_or_else(|| outcome.to_owned()))
     }
 
-    /// Counts a refund call; the captured charge (amount and token) when there is one
-    /// that has not been refunded, `Ok(None)` when it was refunded already.
-    async fn refund_call(&self, order: &str) -> Result<Option<(Money, String)>, GatewayError> {
-        let updated =
-            sqlx::query("UPDATE charges SET refund_requests = refund_requests + 1 WHERE order_id = ? AND outcome = ?")
-                .bind(order)
-                .bind(CAPTURED)
-                .execute(&self.pool)
-                .await?;
-        if updated.rows_affected() == 0 {
-            return Err(GatewayError::NoCapture(order.to_owned()));
-        }
-        let row = sqlx::query("SELECT amount, currency, token, refunds FROM charges WHERE order_id = ?")
-            .bind(order)
+    /// Counts a refund call and says what it refunds. An order with no outcome yet is
+    /// voided first, in one statement, so a charge that finishes later finds `voided`
+    /// recorded and captures nothing.
+    async fn refund_call(&self, refund: &RefundRequest) -> Result<RefundTarget, GatewayError> {
+        let order = refund.order_id.to_string();
+        sqlx::query(
+            "INSERT OR IGNORE INTO charges (order_id, amount, currency, token, outcome) VALUES (?, ?, ?, '', ?)",
+        )
+        .bind(&order)
+        .bind(refund.amount.amount)
+        .bind(refund.amount.currency.as_str())
+        .bind(VOIDED)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("UPDATE charges SET refund_requests = refund_requests + 1 WHERE order_id = ?")
+            .bind(&order)
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query("SELECT outcome, amount, currency, token, refunds FROM charges WHERE order_id = ?")
+            .bind(&order)
             .fetch_one(&self.pool)
             .await?;
+        if row.try_get::<String, _>("outcome")? != CAPTURED {
+            return Ok(RefundTarget::NothingCaptured);
+        }
         if row.try_get::<i64, _>("refunds")? > 0 {
-            return Ok(None);
+            return Ok(RefundTarget::RefundedAlready);
         }
         let currency: String = row.try_get("currency")?;
         let amount = Currency::parse(&currency)
             .ok()
             .and_then(|c| Money::new(row.try_get("amount").ok()?, c).ok())
-            .ok_or_else(|| GatewayError::BadRecord(order.to_owned()))?;
-        Ok(Some((amount, row.try_get("token")?)))
+            .ok_or_else(|| GatewayError::BadRecord(order.clone()))?;
+        Ok(RefundTarget::Capture(amount, row.try_get("token")?))
     }
 
     /// Marks the refund done; a concurrent refund that got there first leaves it at one.
@@ -186,12 +205,13 @@ struct Gateway {
     timeout: Duration,
 }
 
+/// A charge's answer: 200 when captured, 402 when declined or voided.
 fn answer(outcome: &str) -> HttpResponse {
     let body = serde_json::json!({ "outcome": outcome });
-    if outcome == DECLINED {
-        HttpResponse::PaymentRequired().json(body)
-    } else {
+    if outcome == CAPTURED {
         HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::PaymentRequired().json(body)
     }
 }
 
@@ -215,9 +235,19 @@ async fn charge(gateway: web::Data<Gateway>, body: web::Json<ChargeRequest>) -> 
 }
 
 async fn refund(gateway: web::Data<Gateway>, body: web::Json<RefundRequest>) -> Result<HttpResponse, GatewayError> {
-    let order = body.order_id.to_string();
-    let Some((amount, token)) = gateway.store.refund_call(&order).await? else {
-        return Ok(HttpResponse::Ok().json(serde_json::json!({ "refunded": true })));
+    let refunded = || {
+        HttpResponse::Ok().json(RefundAnswer {
+            outcome: RefundOutcome::Refunded,
+        })
+    };
+    let (amount, token) = match gateway.store.refund_call(&body).await? {
+        RefundTarget::Capture(amount, token) => (amount, token),
+        RefundTarget::RefundedAlready => return Ok(refunded()),
+        RefundTarget::NothingCaptured => {
+            return Ok(HttpResponse::Ok().json(RefundAnswer {
+                outcome: RefundOutcome::Voided,
+            }));
+        }
     };
     let simulated = Refund {
         order: body.order_id,
@@ -225,9 +255,9 @@ async fn refund(gateway: web::Data<Gateway>, body: web::Json<RefundRequest>) -> 
         token,
     };
     match payment::call(&gateway.simulated, simulated, gateway.timeout).await {
-        Ok(()) => {
-            gateway.store.refunded(&order).await?;
-            Ok(HttpResponse::Ok().json(serde_json::json!({ "refunded": true })))
+        Ok(_) => {
+            gateway.store.refunded(&body.order_id.to_string()).await?;
+            Ok(refunded())
         }
         Err(PaymentError::Timeout) => Ok(HttpResponse::GatewayTimeout().finish()),
         Err(e) => Ok(HttpResponse::ServiceUnavailable().body(e.to_string())),
@@ -281,12 +311,23 @@ mod tests {
     use super::*;
     use crate::domain::ids::OrderId;
 
+    fn krw(amount: i64) -> Money {
+        Money::new(amount, Currency::parse("KRW").unwrap()).unwrap()
+    }
+
     fn charge(order: OrderId, token: &str) -> ChargeRequest {
         ChargeRequest {
             order_id: order,
-            amount: Money::new(10, Currency::parse("KRW").unwrap()).unwrap(),
+            amount: krw(10),
             token: token.into(),
             attempt: 1,
+        }
+    }
+
+    fn refund(order: OrderId) -> RefundRequest {
+        RefundRequest {
+            order_id: order,
+            amount: krw(10),
         }
     }
 
@@ -309,17 +350,24 @@ mod tests {
             DECLINED
         );
 
-        let (amount, token) = store.refund_call(&paid.to_string()).await.unwrap().unwrap();
-        assert_eq!((amount.amount, token.as_str()), (10, "test_ok"));
-        store.refunded(&paid.to_string()).await.unwrap();
-        assert!(
-            store.refund_call(&paid.to_string()).await.unwrap().is_none(),
-            "refunded already"
+        assert_eq!(
+            store.refund_call(&refund(paid)).await.unwrap(),
+            RefundTarget::Capture(krw(10), "test_ok".into())
         );
-        assert!(matches!(
-            store.refund_call(&declined.to_string()).await,
-            Err(GatewayError::NoCapture(_))
-        ));
+        store.refunded(&paid.to_string()).await.unwrap();
+        assert_eq!(
+            store.refund_call(&refund(paid)).await.unwrap(),
+            RefundTarget::RefundedAlready
+        );
+        assert_eq!(
+            store.refund_call(&refund(declined)).await.unwrap(),
+            RefundTarget::NothingCaptured
+        );
+        assert_eq!(
+            store.outcome(&declined.to_string()).await.unwrap().as_deref(),
+            Some(DECLINED),
+            "a refund does not rewrite a decline"
+        );
 
         let captures = store.captures().await.unwrap();
         assert_eq!(captures.len(), 1, "declines are not captures");
@@ -335,6 +383,31 @@ mod tests {
         assert_eq!(
             store.outcome(&paid.to_string()).await.unwrap().as_deref(),
             Some(CAPTURED)
+        );
+    }
+
+    /// The node cancelled while its charge was still at the gateway and asked for the
+    /// refund with the cancel: the refund comes first, voids the order, and the charge
+    /// finishing afterwards captures nothing (it answers `voided`, a 402).
+    #[tokio::test]
+    async fn a_refund_before_the_capture_voids_the_order_and_the_late_charge_takes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = GatewayStore::open(&dir.path().join("gateway.db")).await.unwrap();
+        let order = OrderId::generate();
+        assert_eq!(
+            store.refund_call(&refund(order)).await.unwrap(),
+            RefundTarget::NothingCaptured
+        );
+        assert_eq!(
+            store.record(&charge(order, "test_slow"), CAPTURED).await.unwrap(),
+            VOIDED
+        );
+        assert_eq!(answer(VOIDED).status(), actix_web::http::StatusCode::PAYMENT_REQUIRED);
+        assert!(store.captures().await.unwrap().is_empty(), "nothing captured");
+        // Asked again (a retry after a crash): still nothing to give back.
+        assert_eq!(
+            store.refund_call(&refund(order)).await.unwrap(),
+            RefundTarget::NothingCaptured
         );
     }
 }

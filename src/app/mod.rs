@@ -350,6 +350,7 @@ impl App {
                     max_qty_per_item: settings.orders.max_qty_per_item,
                 },
                 external_payment,
+                shared_gateway: !settings.payment.gateway_url.trim().is_empty(),
             },
             refunder,
             peers.clone(),

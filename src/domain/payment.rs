@@ -1,10 +1,12 @@
 //! What happened to an order's money: the payment outcome an order's view shows, and
 //! the states of a refund.
 //!
-//! A refund exists for exactly one situation: the gateway captured a payment for an
+//! A refund exists for one situation: the gateway may have captured a payment for an
 //! order that was cancelled meanwhile (a customer cancel or the reservation expiry won
-//! while the charge was still in flight). The order stays `CANCELLED`; the money goes
-//! back (docs/design.md, "Refunds").
+//! while the charge was still in flight, or the node that charged died). The order stays
+//! `CANCELLED`; any money taken goes back, and where nothing was taken the gateway voids
+//! the order so that a charge still in flight captures nothing (docs/design.md,
+//! "Refunds").
 
 use super::order::{CancelReason, OrderStatus};
 use serde::{Deserialize, Serialize};
@@ -17,6 +19,9 @@ pub enum RefundStatus {
     Requested,
     /// The gateway gave the money back (`payment_refunded` event).
     Refunded,
+    /// The gateway had captured nothing for the order and now refuses any capture of it
+    /// (a void): nothing was taken, nothing goes back, no event.
+    Voided,
     /// Given up after `payment.refund_attempts` (`refund_failed` event, `failed_events`
     /// row; `emporium replay` requests it again).
     Failed,
@@ -27,6 +32,7 @@ impl RefundStatus {
         match self {
             Self::Requested => "requested",
             Self::Refunded => "refunded",
+            Self::Voided => "voided",
             Self::Failed => "failed",
         }
     }
@@ -35,6 +41,7 @@ impl RefundStatus {
         match s {
             "requested" => Some(Self::Requested),
             "refunded" => Some(Self::Refunded),
+            "voided" => Some(Self::Voided),
             "failed" => Some(Self::Failed),
             _ => None,
         }
@@ -53,7 +60,8 @@ pub enum PaymentStatus {
     Failed,
     /// Cancelled before any charge succeeded; nothing was taken.
     NotCharged,
-    /// Charged after the order was cancelled; the refund is under way.
+    /// Cancelled while a charge may have been taken (or still be under way): the
+    /// gateway is being asked to give it back, or to void the order if it took nothing.
     RefundPending,
     /// Charged after the order was cancelled, and given back.
     Refunded,
@@ -62,20 +70,27 @@ pub enum PaymentStatus {
     RefundFailed,
 }
 
-/// The rule: an order's payment status from its state and its refund, if it has one.
+/// The rule: an order's payment status from its state and its refund, if it has one. A
+/// refund counts only once the order is `CANCELLED`: one may be requested just before
+/// a cancel that then loses to the payment (the refunder drops it).
 pub fn payment_status(
     status: OrderStatus,
     cancel_reason: Option<CancelReason>,
     refund: Option<RefundStatus>,
 ) -> PaymentStatus {
-    match (refund, status) {
-        (Some(RefundStatus::Requested), _) => PaymentStatus::RefundPending,
-        (Some(RefundStatus::Refunded), _) => PaymentStatus::Refunded,
-        (Some(RefundStatus::Failed), _) => PaymentStatus::RefundFailed,
-        (None, OrderStatus::PendingPayment) => PaymentStatus::Pending,
-        (None, OrderStatus::Paid | OrderStatus::Completed) => PaymentStatus::Captured,
-        (None, OrderStatus::Cancelled) if cancel_reason == Some(CancelReason::PaymentFailed) => PaymentStatus::Failed,
-        (None, OrderStatus::Cancelled) => PaymentStatus::NotCharged,
+    match (status, refund) {
+        (OrderStatus::PendingPayment, _) => PaymentStatus::Pending,
+        (OrderStatus::Paid | OrderStatus::Completed, _) => PaymentStatus::Captured,
+        (OrderStatus::Cancelled, Some(RefundStatus::Requested)) => PaymentStatus::RefundPending,
+        (OrderStatus::Cancelled, Some(RefundStatus::Refunded)) => PaymentStatus::Refunded,
+        (OrderStatus::Cancelled, Some(RefundStatus::Failed)) => PaymentStatus::RefundFailed,
+        (OrderStatus::Cancelled, Some(RefundStatus::Voided) | None) => {
+            if cancel_reason == Some(CancelReason::PaymentFailed) {
+                PaymentStatus::Failed
+            } else {
+                PaymentStatus::NotCharged
+            }
+        }
     }
 }
 
@@ -101,6 +116,20 @@ mod tests {
             (RefundStatus::Refunded, PaymentStatus::Refunded),
             (RefundStatus::Failed, PaymentStatus::RefundFailed),
         ];
+        // A void: nothing was taken, as if no refund had been asked for.
+        assert_eq!(
+            payment_status(Cancelled, Some(CancelReason::Customer), Some(RefundStatus::Voided)),
+            PaymentStatus::NotCharged
+        );
+        assert_eq!(
+            payment_status(Cancelled, Some(CancelReason::PaymentFailed), Some(RefundStatus::Voided)),
+            PaymentStatus::Failed
+        );
+        // Requested before a cancel that lost to the payment: the order shows its own state.
+        assert_eq!(
+            payment_status(Completed, None, Some(RefundStatus::Requested)),
+            PaymentStatus::Captured
+        );
         for (refund, shown) in cases {
             assert_eq!(
                 payment_status(Cancelled, Some(CancelReason::Customer), Some(refund)),

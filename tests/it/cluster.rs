@@ -1349,3 +1349,109 @@ async fn a_capture_whose_owner_died_is_refunded_when_a_survivor_expires_the_orde
     inventory_becomes(&client, nodes[1].base(), &sku, (4, 0), Duration::from_secs(10)).await;
     finish(nodes, &store).await;
 }
+
+/// The status of order `id`'s refund row in the store, if it has one.
+async fn stored_refund(store: &str, id: &str) -> Option<String> {
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::MySqlConnection::connect(store).await.unwrap();
+    let row = sqlx::query("SELECT status FROM refunds WHERE order_id = ?")
+        .bind(id)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap()?;
+    let status: Vec<u8> = row.try_get("status").unwrap();
+    Some(String::from_utf8(status).unwrap())
+}
+
+/// The F9 gap the nemesis found (seed 12497241351254603777): with a shared gateway, the
+/// customer's cancel commits while the charge is still at the gateway, and the node
+/// dies at once (failpoint `after_cancel_commit=abort`), so no task of it hears the
+/// charge's late success. The refund was requested before the cancel committed; the
+/// leader asks the gateway, which captured nothing yet and voids the order: the charge
+/// that finishes afterwards takes nothing. The order shows `not_charged`, its refund
+/// `voided`, the gateway lists no capture, the stock is whole, the store reconciles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_charge_in_flight_when_its_cancelling_node_dies_captures_nothing() {
+    const DYING: &str = "node-a";
+    const SLOW: Duration = Duration::from_secs(8);
+    let root = tempfile::tempdir().unwrap();
+    let gateway = common::process::Gateway::start(root.path(), SLOW);
+    let Some(Cluster {
+        mut nodes,
+        store,
+        client,
+        admin,
+        user,
+        serial: _serial,
+        ..
+    }) = Cluster::start_each(&THREE, |name| {
+        let mut env = vec![
+            ("EMPORIUM__PAYMENT__GATEWAY_URL", gateway.base.as_str()),
+            ("EMPORIUM__PAYMENT__ATTEMPT_TIMEOUT_MS", "20000"),
+        ];
+        if name == DYING {
+            env.push(("EMPORIUM_FAILPOINTS", "after_cancel_commit=abort"));
+        }
+        env
+    })
+    .await
+    else {
+        return;
+    };
+    let sku = sku_owned(&store, "INFLIGHT", |owner| owner == DYING).await;
+    create_product(&client, &nodes[1], &admin, &[(&sku, 4)]).await;
+    let r = client
+        .post(format!("{}/v1/orders", nodes[0].base()))
+        .bearer_auth(&user)
+        .json(&json!({"items": [{"sku": sku, "qty": 1}], "payment": {"token": "test_slow"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let charge_done = Instant::now() + SLOW + Duration::from_secs(1);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    // The owner commits the cancel and dies before it can answer.
+    let cancelled = client
+        .post(format!("{}/v1/orders/{id}/cancel", nodes[0].base()))
+        .bearer_auth(&user)
+        .send()
+        .await;
+    assert!(cancelled.is_err(), "the node must die before answering: {cancelled:?}");
+    exited(&mut nodes[0], Duration::from_secs(15)).await;
+    assert_eq!(stored_status(&store, &id).await.as_deref(), Some("CANCELLED"));
+    assert!(
+        stored_refund(&store, &id).await.is_some(),
+        "the refund is requested before the cancel commits"
+    );
+
+    // A survivor leads the refunds (at once, or after the dead node's lease runs out).
+    let deadline = Instant::now() + SLOW;
+    while stored_refund(&store, &id).await.as_deref() != Some("voided") {
+        assert!(
+            Instant::now() < deadline,
+            "not voided while the charge was in flight: {:?}",
+            stored_refund(&store, &id).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past the end of the charge that was in flight: it captured nothing.
+    tokio::time::sleep_until(charge_done.into()).await;
+    let captures = gateway.captures(&client).await;
+    assert!(
+        captures.iter().all(|c| c["order_id"] != id.as_str()),
+        "the late charge captured: {captures:?}"
+    );
+    let order: Value = client
+        .get(format!("{}/v1/orders/{id}", nodes[1].base()))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["status"], "CANCELLED", "{order}");
+    assert_eq!(order["payment"]["status"], "not_charged", "{order}");
+    inventory_becomes(&client, nodes[1].base(), &sku, (4, 0), Duration::from_secs(10)).await;
+    finish(nodes, &store).await;
+}

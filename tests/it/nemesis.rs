@@ -49,16 +49,15 @@
 
 use crate::common;
 
-use common::process::{self, bin, Process};
+use common::process::{self, bin, Gateway, Process};
 use common::proxy::Proxy;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -531,40 +530,6 @@ fn server_addr(store: &str) -> SocketAddr {
     let host_port = rest.split_once('/').map_or(rest, |(h, _)| h);
     let host_port = host_port.replace("localhost", "127.0.0.1");
     host_port.parse().expect("the test MariaDB's address is ip:port")
-}
-
-struct Gateway {
-    child: Child,
-    base: String,
-}
-
-impl Gateway {
-    fn start(root: &std::path::Path) -> Self {
-        let log = std::fs::File::create(root.join("gateway.log")).unwrap();
-        let mut child = Command::new(bin())
-            .args(["gateway", "--listen", "127.0.0.1:0", "--store"])
-            .arg(root.join("gateway.db"))
-            .env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
-            .env("EMPORIUM__PAYMENT__SLOW_MS", GATEWAY_SLOW.as_millis().to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("emporium gateway starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line.trim().rsplit(' ').next().unwrap().to_owned();
-        assert!(base.starts_with("http://"), "unexpected first line {line:?}");
-        Self { child, base }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One node slot: a stable listen port behind its peer proxy, its own database proxy;
@@ -1109,7 +1074,7 @@ async fn run(faults: usize, seconds: u64) {
         .unwrap();
     // Node logs, the gateway's store and log: kept when the run fails.
     let root = tempfile::Builder::new().prefix("nemesis-").tempdir().unwrap();
-    let gateway = Gateway::start(root.path());
+    let gateway = Gateway::start(root.path(), GATEWAY_SLOW);
     let mut nodes = Vec::new();
     for name in ["node-a", "node-b", "node-c"] {
         let mut node = Node::create(root.path(), name, &store, &gateway.base).await;

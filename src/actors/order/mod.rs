@@ -51,6 +51,9 @@ pub struct SagaOptions {
     /// `payment.mode = "kafka"`: the saga does not charge; it waits for the payment
     /// service's outcome ([`PaymentReported`], from `emporium.payments`).
     pub external_payment: bool,
+    /// `payment.gateway_url` set: the gateway outlives this process, so a charge sent
+    /// before a crash may still capture after it (a cancel then asks for a refund first).
+    pub shared_gateway: bool,
 }
 
 struct Deps {
@@ -812,6 +815,13 @@ impl Orders {
             cancel_reason: Some(CancelReason::Expired),
             at: now_millis(),
         };
+        // The run that placed it may have been paid before it stopped (F9): the refund is
+        // requested before the cancel commits (the refunder waits for the CANCELLED); the
+        // gateway refunds by order id, and voids an order it captured nothing for.
+        let refund_first = !self.deps.options.external_payment;
+        if refund_first {
+            request_refund_until_recorded(&self.deps, &order).await;
+        }
         let step = settle_and_commit(
             &self.deps,
             order.id,
@@ -824,10 +834,8 @@ impl Orders {
         )
         .await;
         if step == Step::Committed {
-            // The run that placed it may have been paid before it stopped (F9): the
-            // gateway refunds by order id, so an order never captured costs one call.
-            if !self.deps.options.external_payment {
-                request_refund_until_recorded(&self.deps, &order).await;
+            if refund_first {
+                self.deps.refunder.wake();
             }
             self.deps.metrics.reservation_expirations.inc();
             self.deps
@@ -928,7 +936,7 @@ async fn apply_decision_once(deps: &Deps, sku: &Sku, order: OrderId) -> Result<O
 }
 
 /// [`request_refund`] retried until the store has it: a cancel that may have been paid
-/// must not leave without its refund request.
+/// must not commit without its refund request.
 async fn request_refund_until_recorded(deps: &Deps, order: &Order) {
     with_backoff(Duration::from_millis(50), Duration::from_secs(5), || async {
         request_refund(deps, order, None)
@@ -937,7 +945,7 @@ async fn request_refund_until_recorded(deps: &Deps, order: &Order) {
             .ok()
     })
     .await;
-    info!(order_id = %order.id, "cancelled after a possible payment; refund requested");
+    info!(order_id = %order.id, "cancelling after a possible payment; refund requested");
 }
 
 /// Records that `order`'s captured payment must be given back (idempotent per order;

@@ -23,11 +23,16 @@
 //! resumed from the store never decides a final order again: it only runs while the
 //! order is PENDING_PAYMENT or PAID.
 //!
-//! Money (F9 of the cluster review): a saga resumed from the store does not know
-//! whether an earlier run captured the payment, so any cancel it records also records a
-//! refund request (keyed by the order id: the gateway refunds once, and nothing when
-//! nothing was captured); so does a completion refused because the order was cancelled
-//! meanwhile.
+//! Money (F9 of the cluster review): a cancel of an order that may have been charged
+//! without this saga hearing the answer records a refund request *before* the cancel
+//! commits, so no crash between the two loses it: a saga resumed from the store (an
+//! earlier run may have been paid), and, with a shared gateway (`payment.gateway_url`,
+//! which outlives this process), any saga that sent a charge not declined: if this node
+//! dies before the gateway answers, the charge may still capture. The refund is keyed by
+//! the order id: the gateway refunds a capture once, and where it captured nothing it
+//! voids the order, so the charge in flight takes nothing. The refunder acts only once
+//! the order is CANCELLED (and drops the request if the payment won). A completion
+//! refused because the order was cancelled meanwhile requests a refund too.
 
 use crate::actors::cluster::RemoteSettle;
 use crate::actors::payment::{self, Charge, PaymentError};
@@ -54,6 +59,9 @@ pub struct OrderActor {
     /// Started from the store (recovery, takeover) rather than by its placement: an
     /// earlier run may have captured the payment, so a cancel also requests a refund.
     resumed: bool,
+    /// The gateway declined a charge of this order: its answer is final there, so
+    /// nothing can be captured later.
+    declined: bool,
     /// The saga stopped without finishing because its shard moved (a fenced step, a
     /// relinquish): once stopped, it looks whether this node holds the shard again and
     /// then resumes the order (a recovery at the re-claim skipped it while it was live).
@@ -162,8 +170,16 @@ impl OrderActor {
             traceparent,
             deps,
             resumed,
+            declined: false,
             recheck_owner: false,
         }
+    }
+
+    /// Whether a cancel must request a refund before it commits (see the module's
+    /// "Money"): never with the payment service, which refunds on its own events.
+    fn may_have_been_charged_unheard(&self) -> bool {
+        let options = &self.deps.options;
+        !options.external_payment && (self.resumed || (options.shared_gateway && self.attempt > 0 && !self.declined))
     }
 
     fn skus(&self) -> Vec<Sku> {
@@ -240,6 +256,7 @@ impl OrderActor {
             Err(PaymentError::Transient(_)) => "error",
         };
         self.deps.metrics.payment_attempts.with_label_values(&[label]).inc();
+        self.declined |= outcome == Err(PaymentError::Declined);
         if self.order.status != OrderStatus::PendingPayment {
             info!(order_id = %self.order.id, "payment outcome after cancellation");
             return false;
@@ -412,14 +429,16 @@ impl OrderActor {
         let traceparent = self.traceparent.clone();
         // With an external payment service, payment_failed is its event, not ours.
         let announce_failure = reason == CancelReason::PaymentFailed && !deps.options.external_payment;
-        // Resumed from the store: an earlier run may have been paid (F9).
-        let refund = (self.resumed && !deps.options.external_payment).then(|| self.order.clone());
+        let refund_first = self.may_have_been_charged_unheard().then(|| self.order.clone());
         let span = self.step_span("cancel");
         tracing::Instrument::instrument(
             async move {
                 let Some(change) = change else {
                     return Err(Step::Refused);
                 };
+                if let Some(order) = &refund_first {
+                    request_refund_until_recorded(&deps, order).await;
+                }
                 let mut prefix = Vec::new();
                 if announce_failure {
                     prefix.push(Event::of(
@@ -447,8 +466,9 @@ impl OrderActor {
                 )
                 .await;
                 if step == Step::Committed {
-                    if let Some(order) = &refund {
-                        request_refund_until_recorded(&deps, order).await;
+                    crate::failpoints::hit("after_cancel_commit").await;
+                    if refund_first.is_some() {
+                        deps.refunder.wake();
                     }
                     Ok(change)
                 } else {

@@ -1,6 +1,7 @@
-//! The `refunds` table: payments captured for orders that were cancelled meanwhile, and
-//! where giving each back stands (docs/design.md, "Refunds"). The refunder
-//! (`actors::refunds`) is the only writer after the request.
+//! The `refunds` table: payments that may have been captured for orders that were
+//! cancelled, and where giving each back (or voiding the order at the gateway) stands
+//! (docs/design.md, "Refunds"). The refunder (`actors::refunds`) is the only writer
+//! after the request.
 
 use super::{corrupt, insert_outbox, text, SqlStore};
 use crate::domain::events::Event;
@@ -96,8 +97,14 @@ impl SqlStore {
     /// (`payment_refunded`) goes out through the outbox, in one transaction. A refund
     /// that is no longer `requested` (finished by an earlier attempt) changes nothing.
     pub async fn refund_succeeded(&self, order: OrderId, event: &Event, now: Millis) -> Result<bool, StoreError> {
-        self.finish_refund(order, RefundStatus::Refunded, None, event, now)
+        self.finish_refund(order, RefundStatus::Refunded, None, Some(event), now)
             .await
+    }
+
+    /// The gateway had captured nothing and voided the order: the refund is done, with
+    /// no event (no money moved).
+    pub async fn refund_voided(&self, order: OrderId, now: Millis) -> Result<bool, StoreError> {
+        self.finish_refund(order, RefundStatus::Voided, None, None, now).await
     }
 
     /// The refund is given up on after its last attempt: `event` (`refund_failed`) goes
@@ -109,7 +116,7 @@ impl SqlStore {
         event: &Event,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        self.finish_refund(order, RefundStatus::Failed, Some(error), event, now)
+        self.finish_refund(order, RefundStatus::Failed, Some(error), Some(event), now)
             .await
     }
 
@@ -118,7 +125,7 @@ impl SqlStore {
         order: OrderId,
         to: RefundStatus,
         error: Option<&str>,
-        event: &Event,
+        event: Option<&Event>,
         now: Millis,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
@@ -137,6 +144,10 @@ impl SqlStore {
         if changed == 0 {
             return Ok(false);
         }
+        let Some(event) = event else {
+            tx.commit().await?;
+            return Ok(true);
+        };
         insert_outbox(&mut tx, &[event]).await?;
         if let Some(error) = error {
             // A failed refund replaces the row its earlier replay left behind.
@@ -160,6 +171,29 @@ impl SqlStore {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The order is not decided yet (its refund was requested just before its cancel
+    /// commits): look again at `next_attempt_at`, without spending an attempt.
+    pub async fn refund_postponed(&self, order: OrderId, next_attempt_at: Millis) -> Result<(), StoreError> {
+        sqlx::query("UPDATE refunds SET next_attempt_at = ? WHERE order_id = ? AND status = ?")
+            .bind(next_attempt_at)
+            .bind(order.to_string())
+            .bind(RefundStatus::Requested.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The cancel the refund was requested for lost to the payment (the order
+    /// completed): nothing is owed, the request goes.
+    pub async fn refund_dropped(&self, order: OrderId) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM refunds WHERE order_id = ? AND status = ?")
+            .bind(order.to_string())
+            .bind(RefundStatus::Requested.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// A failed attempt with attempts left: try again at `next_attempt_at`.

@@ -50,6 +50,54 @@ impl Process {
     }
 }
 
+/// A running `emporium gateway` (the shared payment gateway of a test cluster), its
+/// store and log in `root`; `test_slow` charges and refunds take `slow`. Killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub base: String,
+}
+
+impl Gateway {
+    pub fn start(root: &Path, slow: Duration) -> Self {
+        let log = std::fs::File::create(root.join("gateway.log")).expect("gateway log");
+        let mut child = Command::new(bin())
+            .args(["gateway", "--listen", "127.0.0.1:0", "--store"])
+            .arg(root.join("gateway.db"))
+            .env("EMPORIUM__TELEMETRY__LOG_LEVEL", "warn")
+            .env("EMPORIUM__PAYMENT__SLOW_MS", slow.as_millis().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("emporium gateway starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("listening line");
+        let base = line.trim().rsplit(' ').next().expect("address").to_owned();
+        assert!(base.starts_with("http://"), "unexpected first line {line:?}");
+        Self { child, base }
+    }
+
+    /// Every capture the gateway recorded (`GET /captures`).
+    pub async fn captures(&self, client: &reqwest::Client) -> Vec<Value> {
+        client
+            .get(format!("{}/captures", self.base))
+            .send()
+            .await
+            .expect("gateway answers")
+            .json()
+            .await
+            .expect("captures")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `emporium token` for `sub`: signed with the secret `env` configures, or the one
 /// generated in `data_dir`.
 pub fn token(data_dir: &Path, env: &[(&str, &str)], sub: &str, admin: bool) -> String {
