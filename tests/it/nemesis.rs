@@ -1211,6 +1211,11 @@ async fn run(faults: usize, seconds: u64) {
         fin.captures.len()
     );
     eprintln!("answers: {statuses:?}");
+    let mut refunds: BTreeMap<&str, usize> = BTreeMap::new();
+    for refund in fin.refunds.values() {
+        *refunds.entry(refund.split(',').next().unwrap_or("")).or_default() += 1;
+    }
+    eprintln!("refunds by status: {refunds:?}");
     eprintln!("violations by invariant: {by_invariant:?}");
     if !violations.is_empty() {
         for f in &applied {
