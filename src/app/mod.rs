@@ -12,7 +12,7 @@ pub mod seed;
 
 use crate::actors::cluster::{self, LeaseKeeper, Ownership, PeerClient, ShardHolders};
 use crate::actors::inventory::{Inventory, InventoryOptions};
-use crate::actors::order::{Orders, SagaOptions};
+use crate::actors::order::{OrderServices, Orders, SagaOptions};
 use crate::actors::payment::PaymentActor;
 use crate::actors::refunds::{RefundOptions, Refunder};
 use crate::actors::write_behind::WriteBehind;
@@ -334,12 +334,16 @@ impl App {
         );
         refunder.run_in_background();
         let orders = Orders::new(
-            inventory.clone(),
-            write_behind.clone(),
-            store.clone(),
-            payment,
-            metrics.clone(),
-            arbiters,
+            OrderServices {
+                inventory: inventory.clone(),
+                write_behind: write_behind.clone(),
+                store: store.clone(),
+                payment,
+                metrics: metrics.clone(),
+                arbiters,
+                refunder,
+                peers: peers.clone(),
+            },
             SagaOptions {
                 payment_attempts: settings.payment.attempts.max(1),
                 attempt_timeout,
@@ -352,8 +356,6 @@ impl App {
                 external_payment,
                 shared_gateway: !settings.payment.gateway_url.trim().is_empty(),
             },
-            refunder,
-            peers.clone(),
         );
         // Cluster mode: every lease round, the decisions recorded for orders whose other
         // SKUs are this node's are applied to reservations nobody settled (docs/cluster.md).

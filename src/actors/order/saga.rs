@@ -34,22 +34,31 @@
 //! the order is CANCELLED (and drops the request if the payment won). A completion
 //! refused because the order was cancelled meanwhile requests a refund too.
 
-use crate::actors::cluster::RemoteSettle;
+use super::decision::{settle_and_commit, Step};
+use super::order_shard;
+use super::request_refund;
+use super::request_refund_until_recorded;
+use super::retry::with_backoff;
+use super::Cancel;
+use super::CancelRefused;
+use super::Orders;
+use super::PaymentReported;
+use super::Reported;
+use super::ACTOR;
 use crate::actors::payment::{self, Charge, PaymentError};
-use crate::domain::cluster::Shard;
 use crate::domain::events::{Event, EventType, PaymentMoved, PaymentRefused};
 use crate::domain::ids::{OrderId, Sku};
 use crate::domain::inventory::ChangeKind;
 use crate::domain::now_millis;
 use crate::domain::order::{next_status, CancelReason, Order, OrderStatus, Transition};
-use crate::persistence::{Consumed, JournalEntry, StatusChange, StoreError, WriteSet};
+use crate::persistence::{Consumed, StatusChange};
 use actix::prelude::*;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use super::*;
+use super::Deps;
 
 pub struct OrderActor {
     order: Order,
@@ -332,7 +341,6 @@ impl OrderActor {
                 crate::failpoints::hit("after_capture").await;
                 let step = settle_and_commit(
                     &deps,
-                    id,
                     &skus,
                     ChangeKind::Confirm,
                     &change,
@@ -374,7 +382,7 @@ impl OrderActor {
         let Some(change) = self.status_change(Transition::Complete) else {
             return;
         };
-        let (deps, skus, id) = (self.deps.clone(), self.skus(), self.order.id);
+        let (deps, skus) = (self.deps.clone(), self.skus());
         let traceparent = self.traceparent.clone();
         let span = self.step_span("complete");
         ctx.wait(
@@ -382,7 +390,6 @@ impl OrderActor {
                 async move {
                     let step = settle_and_commit(
                         &deps,
-                        id,
                         &skus,
                         ChangeKind::Confirm,
                         &change,
@@ -456,7 +463,6 @@ impl OrderActor {
                 }
                 let step = settle_and_commit(
                     &deps,
-                    id,
                     &skus,
                     ChangeKind::Release,
                     &change,
@@ -515,197 +521,4 @@ async fn refund_if_cancelled(deps: &Deps, id: OrderId) {
         }
     })
     .await
-}
-
-/// What a saga step came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Step {
-    /// The order's decision (its final status) is durable.
-    Committed,
-    /// This node does not hold the order's shard (any more): nothing was decided here.
-    /// The saga stops; the shard's owner resumes the order from the store.
-    NotOwner,
-    /// The store refused the step for good: the order is no longer in the status the
-    /// step expected (another decision was recorded first).
-    Refused,
-}
-
-/// Splits an order's SKUs (sorted, the order's shard first) into those of the order's
-/// own shard, settled in memory and committed with the decision, and the others, whose
-/// owners apply the decision once it is durable. Outside cluster mode every SKU is in
-/// the one shard.
-pub(super) fn split_by_order_shard(skus: &[Sku], shard_of: impl Fn(&Sku) -> Shard) -> (Vec<Sku>, Vec<Sku>) {
-    let Some(order_shard) = skus.first().map(&shard_of) else {
-        return (Vec::new(), Vec::new());
-    };
-    skus.iter().cloned().partition(|sku| shard_of(sku) == order_shard)
-}
-
-/// Confirms or releases the order's reservation on each SKU of the order's own shard in
-/// this node's SKU actors, retrying an actor that is briefly unavailable (a saga step
-/// must finish, not give up). `None` when the order's shard is no longer this node's:
-/// the step stops before anything is decided, and the shard's owner resumes the order.
-/// (The actors of a lost shard are dropped, so what was settled in their memory here
-/// is reloaded from the store by the next owner.)
-pub(super) async fn settle_in_order_shard(
-    deps: &Deps,
-    skus: &[Sku],
-    order: OrderId,
-    how: ChangeKind,
-) -> Option<Vec<JournalEntry>> {
-    let order_shard = skus.first().map(|sku| deps.ownership.shard_of(sku));
-    let mut journal = Vec::new();
-    for sku in skus {
-        let entry = with_backoff(Duration::from_millis(20), Duration::from_secs(2), || async move {
-            if order_shard.is_some_and(|shard| deps.ownership.epoch(shard).is_none()) {
-                return Some(None);
-            }
-            let result = match how {
-                ChangeKind::Confirm => deps.inventory.confirm(sku, order).await,
-                _ => deps.inventory.release(sku, order).await,
-            };
-            match result {
-                Ok(entry) => Some(Some(entry)),
-                Err(InventoryFailure::NotOwner(_)) => Some(None),
-                Err(e) => {
-                    warn!(%sku, order_id = %order, error = %e, "inventory not answering, retrying");
-                    None
-                }
-            }
-        })
-        .await;
-        journal.extend(entry?);
-    }
-    Some(journal)
-}
-
-/// How long a step tells the owners of its other SKUs about its decision before it
-/// leaves them to their owners' sweeps (which apply it from the store in any case).
-const TELL_OWNERS_WITHIN: Duration = Duration::from_secs(10);
-
-/// After the order's decision is durable: each SKU outside the order's shard has the
-/// decision applied by its owner (this node's own SKU actors through the same path, the
-/// others through `/internal/v1/reservations/settle`), each owner under its own fence
-/// and with its own inventory event. Retried until acknowledged, for a while: an owner
-/// that cannot be reached applies it from the store in its sweep.
-pub(super) async fn tell_owners(deps: &Deps, skus: &[Sku], order: OrderId, how: ChangeKind) {
-    let deadline = std::time::Instant::now() + TELL_OWNERS_WITHIN;
-    for sku in skus {
-        let told = with_backoff(Duration::from_millis(20), Duration::from_secs(2), || async move {
-            let result = if deps.ownership.holds_sku(sku) {
-                apply_decision(deps, sku, order).await.map(|_| ()).map_err(|e| format!("{e}"))
-            } else {
-                let request = RemoteSettle {
-                    order,
-                    sku: sku.clone(),
-                    confirm: how == ChangeKind::Confirm,
-                };
-                deps.peers.settle(&request).await.map(|_| ()).map_err(|e| format!("{e:?}"))
-            };
-            match result {
-                Ok(()) => Some(true),
-                Err(_) if std::time::Instant::now() >= deadline => Some(false),
-                Err(e) => {
-                    warn!(%sku, order_id = %order, error = e, "owner of the SKU has not applied the decision yet, retrying");
-                    None
-                }
-            }
-        })
-        .await;
-        if !told {
-            warn!(%sku, order_id = %order, "decision not acknowledged by the SKU's owner; its sweep applies it");
-        }
-    }
-}
-
-/// Confirms (towards COMPLETED) or releases (towards CANCELLED) every reservation of
-/// the order and commits the step, under the configured inventory strategy.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn settle_and_commit(
-    deps: &Deps,
-    order: OrderId,
-    skus: &[Sku],
-    how: ChangeKind,
-    change: &StatusChange,
-    traceparent: Option<String>,
-    prefix: Vec<Event>,
-    consumed: Option<Consumed>,
-) -> Step {
-    let order_sku = skus.first();
-    let build = |journal| WriteSet {
-        consumed: consumed.clone(),
-        ..settle_set(how, change, order_sku, traceparent.as_deref(), &prefix, journal)
-    };
-    deps.keeper.settle(deps, order, skus, how, change.to, &build).await
-}
-
-/// Commits a saga step's write-set through the write-behind.
-pub(super) async fn commit_step(deps: &Deps, set: WriteSet, order: OrderId, target: OrderStatus) -> Step {
-    retry_until_durable(deps, order, target, || async {
-        Ok(deps.write_behind.commit(set.clone()).await?)
-    })
-    .await
-}
-
-/// Runs a saga step until it is durable, retrying while the store is down. `Refused`
-/// only if the store refuses the step for good and the order is not already in `target`
-/// (an earlier attempt may have committed even though it reported failure).
-pub(super) async fn retry_until_durable<F, Fut>(
-    deps: &Deps,
-    order: OrderId,
-    target: OrderStatus,
-    mut attempt: F,
-) -> Step
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), StoreError>>,
-{
-    with_backoff(Duration::from_millis(50), Duration::from_secs(5), || {
-        let tried = attempt();
-        async move {
-            match tried.await {
-                Ok(()) => Some(Step::Committed),
-                Err(StoreError::NotOwner) => {
-                    info!(order_id = %order, "the order's shard moved to another node; it resumes there");
-                    Some(Step::NotOwner)
-                }
-                Err(StoreError::Rejected(e) | StoreError::Conflict(e) | StoreError::Corrupt(e)) => {
-                    if let Ok(Some(stored)) = deps.store.get_order(order).await {
-                        if stored.status == target {
-                            return Some(Step::Committed);
-                        }
-                    }
-                    error!(order_id = %order, error = %e, "saga step refused by the store");
-                    Some(Step::Refused)
-                }
-                Err(e) => {
-                    warn!(order_id = %order, error = %e, "saga step not durable yet, retrying");
-                    None
-                }
-            }
-        }
-    })
-    .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn skus(names: &[&str]) -> Vec<Sku> {
-        names.iter().map(|n| Sku::parse(*n).unwrap()).collect()
-    }
-
-    #[test]
-    fn the_decision_carries_the_order_shards_skus_and_the_rest_are_told_after() {
-        // Shard = first letter: the order's shard is its smallest SKU's ("A").
-        let shard = |sku: &Sku| Shard::from(sku.as_str().as_bytes()[0]);
-        let (with, after) = split_by_order_shard(&skus(&["A-1", "A-2", "B-1", "C-1"]), shard);
-        assert_eq!(with, skus(&["A-1", "A-2"]));
-        assert_eq!(after, skus(&["B-1", "C-1"]));
-        // One node (every SKU in shard 0): everything settles with the decision.
-        let (with, after) = split_by_order_shard(&skus(&["A-1", "B-1"]), |_| 0);
-        assert_eq!((with.len(), after.len()), (2, 0));
-        assert_eq!(split_by_order_shard(&[], shard), (vec![], vec![]));
-    }
 }

@@ -2,14 +2,14 @@
 //! step commit (rows, journal entries, events in their order). No I/O: the caller hands
 //! the result to the write-behind (or to the row-lock transaction).
 
+use super::PlaceError;
+use super::PlaceOrder;
 use crate::domain::events::{Event, EventType, InventoryChanged, OrderCreated, OrderFinished, PaymentRef};
 use crate::domain::ids::{OrderId, Sku};
 use crate::domain::inventory::ChangeKind;
 use crate::domain::order::{total, Order, OrderLine, OrderRequestError, OrderStatus};
 use crate::persistence::{IdempotencyRecord, JournalEntry, StatusChange, WriteSet};
 use std::collections::HashMap;
-
-use super::*;
 
 /// The event a confirm or release of `order`'s reservation publishes for its SKU.
 fn inventory_event(how: ChangeKind, order: OrderId, entry: &JournalEntry, traceparent: Option<&str>) -> Event {

@@ -1,6 +1,13 @@
 //! Where an order's stock is taken and settled, chosen once at start: the design's
 //! inventory actors + write-behind, or the prototype's row locks (the benchmark baseline).
 
+use super::decision::{
+    commit_step, retry_until_durable, settle_in_order_shard, split_by_order_shard, tell_owners, Step,
+};
+use super::Orders;
+use super::PlaceError;
+use super::PlaceOrder;
+use super::Placed;
 use crate::config::InventoryStrategy;
 use crate::domain::ids::{OrderId, Sku};
 use crate::domain::inventory::ChangeKind;
@@ -8,7 +15,7 @@ use crate::domain::order::OrderStatus;
 use crate::persistence::{JournalEntry, WriteSet};
 use std::collections::BTreeMap;
 
-use super::*;
+use super::Deps;
 
 /// Where an order's stock is taken and settled, chosen once at start from
 /// `inventory.strategy`: the design's inventory actors + write-behind, or the
