@@ -7,17 +7,22 @@
 //! 503, in-flight requests finish, the write-behind queue and the outbox are flushed.
 
 pub mod gateway;
+mod membership;
 pub mod payment_service;
 pub mod seed;
+mod store;
 
-use crate::actors::cluster::{self, LeaseKeeper, Ownership, PeerClient, ShardHolders};
+use membership::check_cluster_settings;
+pub use store::connect_store;
+use store::migrate;
+
+use crate::actors::cluster::{self, Ownership, PeerClient};
 use crate::actors::inventory::{Inventory, InventoryOptions};
 use crate::actors::order::{OrderServices, Orders, SagaOptions};
 use crate::actors::payment::PaymentActor;
 use crate::actors::refunds::{RefundOptions, Refunder};
 use crate::actors::write_behind::WriteBehind;
-use crate::config::{BusKind, InventoryStrategy, PaymentMode, Settings};
-use crate::domain::cluster::Shard;
+use crate::config::{BusKind, PaymentMode, Settings};
 use crate::domain::order::OrderLimits;
 use crate::events::consumer::{self, ConsumerSpec};
 use crate::events::kafka::KafkaBus;
@@ -25,7 +30,6 @@ use crate::events::outbox::OutboxRelay;
 use crate::events::payment_outcomes::{self, PaymentOutcomes};
 use crate::events::{EventBus, InProcessBus};
 use crate::http::{self, AppState, Lifecycle};
-use crate::persistence::sql::StoreOptions;
 use crate::persistence::SqlStore;
 use crate::services::accounts::tokens::Keys;
 use crate::services::accounts::Accounts;
@@ -62,151 +66,6 @@ pub struct App {
     pub ownership: Arc<Ownership>,
     /// Cluster mode: calls to the other nodes.
     pub peers: Arc<PeerClient>,
-}
-
-/// Cluster mode's refusals, checked before anything starts: what cluster mode cannot
-/// run with is named, instead of a cluster that quietly misbehaves.
-fn check_cluster_settings(settings: &Settings) -> anyhow::Result<()> {
-    let cluster = &settings.cluster;
-    if !cluster.enabled {
-        return Ok(());
-    }
-    let store = settings.store_url();
-    anyhow::ensure!(
-        crate::persistence::sql::Dialect::of_url(&store) == Some(crate::persistence::sql::Dialect::MySql),
-        "cluster.enabled = true needs a MySQL/MariaDB store (store.url = mysql://...): the nodes share \
-         the store's lease table; the SQLite file of one node cannot be shared"
-    );
-    anyhow::ensure!(
-        settings.inventory.strategy == InventoryStrategy::Actor,
-        "cluster.enabled = true needs inventory.strategy = \"actor\""
-    );
-    anyhow::ensure!(
-        !settings.auth.jwt_secret.is_empty() || !settings.auth.jwt_secret_file.is_empty(),
-        "cluster.enabled = true needs auth.jwt_secret or auth.jwt_secret_file: every node must accept the same tokens"
-    );
-    anyhow::ensure!(cluster.shards >= 1, "cluster.shards must be at least 1");
-    Ok(())
-}
-
-/// What follows shard ownership in memory: the SKU actors and the sagas.
-struct Holders {
-    inventory: Inventory,
-    orders: Orders,
-    write_behind: WriteBehind,
-    ownership: Arc<Ownership>,
-    metrics: Arc<Metrics>,
-}
-
-#[async_trait::async_trait]
-impl ShardHolders for Holders {
-    async fn lost(&self, shards: &[Shard]) {
-        if shards.is_empty() {
-            return;
-        }
-        let ownership = self.ownership.clone();
-        self.inventory
-            .relinquish(|sku| shards.contains(&ownership.shard_of(sku)));
-        self.orders.relinquish(shards);
-    }
-
-    async fn settle_writes(&self, within: Duration) {
-        self.write_behind.drain(within).await;
-    }
-
-    async fn gained(&self, shards: &[Shard]) {
-        // The dead or departed owner's in-flight orders resume here; retried until the
-        // store answers, since nothing else would resume them. On a task of its own: the
-        // lease keeper must go on renewing meanwhile.
-        let (orders, metrics, shards) = (self.orders.clone(), self.metrics.clone(), shards.to_vec());
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            loop {
-                match orders.recover_shards(&shards).await {
-                    Ok(report) => {
-                        // The claimed SKUs' reservations whose order was decided while
-                        // their previous owner could not apply it.
-                        if let Err(e) = orders.sweep_decided().await {
-                            warn!(error = %e, "cannot sweep the claimed shards' decided reservations yet");
-                        }
-                        metrics
-                            .actor_restarts
-                            .with_label_values(&["order"])
-                            .inc_by(report.resumed as u64);
-                        if report.resumed + report.expired > 0 {
-                            info!(
-                                resumed = report.resumed,
-                                expired = report.expired,
-                                "took over in-flight orders"
-                            );
-                        }
-                        return;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "cannot resume the orders of claimed shards yet");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        });
-    }
-}
-
-pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
-    std::fs::create_dir_all(&settings.server.data_dir)
-        .with_context(|| format!("cannot create data dir {}", settings.server.data_dir.display()))?;
-    open_pool(settings, store_options(settings), "the store").await
-}
-
-fn store_options(settings: &Settings) -> StoreOptions {
-    StoreOptions {
-        max_connections: settings.store.max_connections,
-        acquire_timeout: Duration::from_millis(settings.store.acquire_timeout_ms),
-        sqlite_synchronous: settings.store.sqlite_synchronous.clone(),
-        lock_timeouts_secs: settings
-            .cluster
-            .enabled
-            .then(|| settings.cluster.lease_ttl_ms.div_ceil(1000)),
-    }
-}
-
-async fn open_pool(settings: &Settings, options: StoreOptions, what: &str) -> anyhow::Result<SqlStore> {
-    let url = settings.store_url();
-    SqlStore::connect(&url, &options)
-        .await
-        .with_context(|| format!("cannot open {what} at {}", crate::persistence::sql::redact(&url)))
-}
-
-/// The lease keeper's own small pool: its statements never queue behind the group
-/// commit for a connection, and wait at most a second for a row lock (a frozen node's
-/// transaction holds its lease rows until the server ends it; the claim is tried again
-/// next round).
-async fn connect_keeper_store(settings: &Settings) -> anyhow::Result<SqlStore> {
-    let options = StoreOptions {
-        max_connections: 2,
-        acquire_timeout: Duration::from_millis(settings.cluster.lease_ttl_ms.max(300) / 3),
-        lock_timeouts_secs: Some(1),
-        ..store_options(settings)
-    };
-    open_pool(settings, options, "the lease keeper's pool").await
-}
-
-/// Runs the migrations, retrying a few times: nodes of a cluster starting together on a
-/// fresh database race for the first migration, and the loser finds it applied.
-async fn migrate(store: &SqlStore) -> anyhow::Result<()> {
-    let mut attempt = 1;
-    loop {
-        match store.migrate().await {
-            Ok(()) => return Ok(()),
-            Err(e) if attempt < 5 => {
-                warn!(error = %e, attempt, "migration failed, retrying");
-                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 /// The bus the outbox relays to, chosen by `bus.kind`.
@@ -510,46 +369,6 @@ impl App {
             server_task,
             keeper,
         })
-    }
-
-    fn holders(&self) -> Holders {
-        Holders {
-            inventory: self.inventory.clone(),
-            orders: self.orders.clone(),
-            write_behind: self.write_behind.clone(),
-            ownership: self.ownership.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-
-    /// Cluster mode: advertises this node and starts keeping its leases.
-    async fn join_cluster(&self, addr: SocketAddr) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-        if !self.ownership.enabled() {
-            return Ok(None);
-        }
-        let settings = &self.settings.cluster;
-        let url = if settings.advertise_url.is_empty() {
-            // Peers cannot reach "0.0.0.0": the address to give them must be said.
-            anyhow::ensure!(
-                !addr.ip().is_unspecified(),
-                "cluster mode listening on {addr} needs cluster.advertise_url (how the other nodes reach this one)"
-            );
-            format!("http://{addr}")
-        } else {
-            settings.advertise_url.clone()
-        };
-        info!(node = self.ownership.node_id(), %url, shards = settings.shards, "joining the cluster");
-        self.ownership.advertise(url);
-        let keeper = LeaseKeeper::start(
-            connect_keeper_store(&self.settings).await?,
-            settings,
-            self.ownership.clone(),
-            Arc::new(self.holders()),
-            self.metrics.clone(),
-        )
-        .await
-        .context("cannot join the cluster (lease table)")?;
-        Ok(Some(keeper))
     }
 }
 
