@@ -4,6 +4,7 @@
 //! re-implement a rule. Everything here is unit- and property-tested in place.
 
 pub mod catalog;
+pub mod categories;
 pub mod cluster;
 pub mod events;
 pub mod idempotency;

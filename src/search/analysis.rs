@@ -18,7 +18,9 @@
 //! Autocomplete indexes edge n-grams (1..=20 characters) of each word, partial matching
 //! n-grams (2..=3 characters); both work on plain lowercased words.
 
+use super::grams::NGRAM_MIN;
 use super::mecab::{Mecab, Morpheme};
+use super::nori::nori_forms;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -27,10 +29,6 @@ pub const DEFAULT_SYNONYMS: &str = include_str!("../../config/search/synonyms.tx
 pub const DEFAULT_DICTIONARY: &str = include_str!("../../config/search/userdict.txt");
 pub const DEFAULT_PARTICLES: &str = include_str!("../../config/search/particles.txt");
 
-pub const EDGE_MIN: usize = 1;
-pub const EDGE_MAX: usize = 20;
-pub const NGRAM_MIN: usize = 2;
-pub const NGRAM_MAX: usize = 3;
 /// Words shorter than this are not decompounded (Elasticsearch's `min_word_size`).
 pub const DECOMPOUND_MIN_WORD: usize = 5;
 
@@ -62,64 +60,6 @@ pub struct Analysis {
     /// are then split into morphemes like Nori does, instead of particle stripping and
     /// bigrams.
     morphology: Option<Arc<Mecab>>,
-}
-
-/// Nori's default stop tags (`KoreanPartOfSpeechStopFilter`): endings (E*), particles
-/// (J*), interjections, adverbs, determiners, suffixes and prefixes, symbols.
-fn nori_stop_tag(pos: &str) -> bool {
-    pos.starts_with('E')
-        || pos.starts_with('J')
-        || matches!(
-            pos,
-            "IC" | "MAG"
-                | "MAJ"
-                | "MM"
-                | "SP"
-                | "SSC"
-                | "SSO"
-                | "SC"
-                | "SE"
-                | "XPN"
-                | "XSA"
-                | "XSN"
-                | "XSV"
-                | "UNA"
-                | "NA"
-                | "VSV"
-                | "SF"
-                | "SY"
-        )
-}
-
-/// What Nori (decompound mode `discard`, default stop tags) makes of a word's morphemes:
-/// compounds and inflected forms become their parts, and every part whose part of speech
-/// is a stop tag is dropped (`가곡역은` → `가곡`, `역`; `샀어요` → `사`). A morpheme for
-/// which `whole` is true (a synonym) is kept whole instead of split. Lowercased.
-pub fn nori_forms<'a>(morphemes: impl IntoIterator<Item = &'a Morpheme>, whole: impl Fn(&str) -> bool) -> Vec<String> {
-    let mut out = Vec::new();
-    for m in morphemes {
-        // An inflected form is tagged by all its parts (`VV+EP`): the first one decides.
-        let first = m.pos.split('+').next().unwrap_or_default();
-        if nori_stop_tag(first) {
-            continue;
-        }
-        let surface = m.surface.to_lowercase();
-        let split = matches!(m.kind.as_str(), "Compound" | "Inflect" | "Preanalysis") && m.expression != "*";
-        if !split || whole(&surface) {
-            out.push(surface);
-            continue;
-        }
-        for part in m.expression.split('+') {
-            let mut fields = part.split('/');
-            let (Some(form), Some(pos)) = (fields.next(), fields.next()) else {
-                continue;
-            };
-            if !form.is_empty() && !nori_stop_tag(pos) {
-                out.push(form.to_lowercase());
-            }
-        }
-    }
-    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -505,52 +445,6 @@ fn bigrams(form: &str, from: usize, to: usize, original: &str, out: &mut Vec<Ter
     }
 }
 
-/// Edge n-grams of each word, for autocomplete (`노트북` → `노`, `노트`, `노트북`).
-pub fn edge_grams(text: &str) -> Vec<Term> {
-    let mut out = Vec::new();
-    for w in words(text) {
-        let ends: Vec<usize> = w
-            .text
-            .char_indices()
-            .map(|(i, c)| i + c.len_utf8())
-            .take(EDGE_MAX)
-            .collect();
-        for (n, end) in ends.iter().enumerate() {
-            if n + 1 >= EDGE_MIN {
-                out.push(Term {
-                    text: w.text[..*end].to_owned(),
-                    from: w.from,
-                    to: w.to,
-                });
-            }
-        }
-    }
-    out
-}
-
-/// N-grams (2..=3 characters) of each word, for partial matches inside words.
-pub fn ngrams(text: &str) -> Vec<Term> {
-    let mut out = Vec::new();
-    for w in words(text) {
-        let chars: Vec<(usize, char)> = w.text.char_indices().collect();
-        for start in 0..chars.len() {
-            for n in NGRAM_MIN..=NGRAM_MAX {
-                if start + n > chars.len() {
-                    break;
-                }
-                let s = chars[start].0;
-                let e = chars[start + n - 1].0 + chars[start + n - 1].1.len_utf8();
-                out.push(Term {
-                    text: w.text[s..e].to_owned(),
-                    from: w.from,
-                    to: w.to,
-                });
-            }
-        }
-    }
-    out
-}
-
 fn escape_into(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
@@ -609,15 +503,6 @@ mod tests {
         let terms = a.query_terms("무선이어폰");
         assert!(terms.contains(&"이어폰".to_owned()), "{terms:?}");
         assert!(terms.contains(&"무선".to_owned()), "{terms:?}");
-    }
-
-    #[test]
-    fn grams_for_autocomplete_and_partial_words() {
-        assert_eq!(
-            texts(&edge_grams("노트북 Pro")),
-            ["노", "노트", "노트북", "p", "pr", "pro"]
-        );
-        assert_eq!(texts(&ngrams("phone")), ["ph", "pho", "ho", "hon", "on", "one", "ne"]);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! built-in analysis (particle list + CJK bigrams) and says so in its log.
 //!
 //! Only the morphemes come from here; what becomes a search term (which parts of
-//! speech are dropped, how compounds split) is [`super::analysis::nori_forms`], a pure
+//! speech are dropped, how compounds split) is [`super::nori::nori_forms`], a pure
 //! function checked against Nori's own output.
 
 use std::ffi::{c_char, c_void, CStr, CString};

@@ -14,8 +14,10 @@ pub mod elastic;
 pub mod embedded;
 pub mod facets;
 pub mod feed;
+pub mod grams;
 pub mod indexer;
 pub mod mecab;
+pub mod nori;
 pub mod reindex;
 
 use crate::domain::search::{SearchDoc, SearchQuery, SearchResults};

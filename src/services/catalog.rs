@@ -13,6 +13,7 @@
 
 use crate::config::Settings;
 use crate::domain::catalog::{self as rules, Category, Page, Product, ProductFilter, ProductInput};
+use crate::domain::categories;
 use crate::domain::events::{Event, EventType};
 use crate::domain::ids::ProductId;
 use crate::domain::now_millis;
@@ -124,7 +125,7 @@ impl CatalogService {
     async fn resolve_category(&self, input: &ProductInput) -> Result<Option<Category>, CatalogFailure> {
         let by_path = match &input.category_path {
             Some(path) => {
-                let ids = rules::parse_path(path)?;
+                let ids = categories::parse_path(path)?;
                 let last = ids.last().copied().unwrap_or_default();
                 let found = self.store.category_row(last).await?.filter(|c| &c.path == path);
                 Some(found.ok_or_else(|| CatalogFailure::Invalid(format!("no category has the path {path}")))?)
@@ -341,7 +342,7 @@ impl CatalogService {
             None => None,
         };
         let height = self.store.subtree_height(&node).await?;
-        let plan = rules::plan_move(&node, parent.as_ref(), height)?;
+        let plan = categories::plan_move(&node, parent.as_ref(), height)?;
         let at = now_millis();
         self.store
             .move_category(&node, parent_id, &plan, traceparent, self.projected, at)

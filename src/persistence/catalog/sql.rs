@@ -10,7 +10,8 @@
 //! every descendant path (and depth), one rewrites the `category_path` of every product
 //! below it, inside the same transaction as the `product_upserted` events they cause.
 
-use crate::domain::catalog::{descendants_range, Category, Move, Page, Product, ProductFilter};
+use crate::domain::catalog::{Category, Page, Product, ProductFilter};
+use crate::domain::categories::{child_path, descendants_range, Move};
 use crate::domain::events::{Event, EventType};
 use crate::domain::ids::ProductId;
 use crate::domain::money::Money;
@@ -275,7 +276,7 @@ impl SqlStore {
                 .last_insert_id()
                 .ok_or_else(|| StoreError::Rejected("the store did not return the new category's id".into()))?,
         };
-        let (path, depth) = crate::domain::catalog::child_path(parent, id);
+        let (path, depth) = child_path(parent, id);
         sqlx::query("UPDATE categories SET path = ?, depth = ? WHERE id = ?")
             .bind(path.clone())
             .bind(depth)

@@ -29,6 +29,7 @@
 
 use super::analysis::{self, Analysis, Term as AnalyzedTerm};
 use super::facets::FacetCollector;
+use super::grams;
 use super::{newest_per_product, IndexChange, Rebuild, SearchError, SearchIndex};
 use crate::domain::search::{Facets, SearchDoc, SearchQuery, SearchResults, Sort, EXPAND_BELOW};
 use async_trait::async_trait;
@@ -296,7 +297,7 @@ impl Shared {
         let clauses: Vec<(Occur, Box<dyn Query>)> = words
             .iter()
             .map(|w| {
-                let prefix: String = w.text.chars().take(analysis::EDGE_MAX).collect();
+                let prefix: String = w.text.chars().take(grams::EDGE_MAX).collect();
                 (
                     Occur::Must,
                     boxed(TermQuery::new(

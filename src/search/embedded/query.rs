@@ -114,7 +114,7 @@ impl Shared {
             }
         }
         let grams: Vec<String> = if expand {
-            analysis::ngrams(text).into_iter().map(|t| t.text).collect()
+            grams::ngrams(text).into_iter().map(|t| t.text).collect()
         } else {
             Vec::new()
         };

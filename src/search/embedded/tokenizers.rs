@@ -40,8 +40,8 @@ impl Tokenizer for AnalyzedTokenizer {
     fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream {
         let terms: Vec<AnalyzedTerm> = match self.mode {
             Mode::Korean => self.analysis.analyze(text),
-            Mode::Edge => analysis::edge_grams(text),
-            Mode::Ngram => analysis::ngrams(text),
+            Mode::Edge => grams::edge_grams(text),
+            Mode::Ngram => grams::ngrams(text),
         };
         let tokens = terms
             .into_iter()
