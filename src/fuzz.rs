@@ -282,7 +282,7 @@ fn quantity(byte: u8) -> i64 {
 
 /// Reads bytes as transitions applied to one order.
 pub fn order_machine(data: &[u8]) {
-    use OrderStatus::*;
+    use OrderStatus::{Cancelled, Completed, Paid, PendingPayment};
     let mut status = PendingPayment;
     let mut paid = 0;
     for byte in data {

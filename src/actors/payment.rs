@@ -17,7 +17,12 @@
 
 use crate::domain::ids::OrderId;
 use crate::domain::money::Money;
-use actix::prelude::*;
+use actix::Actor;
+use actix::Addr;
+use actix::Context;
+use actix::Handler;
+use actix::Message;
+use actix::ResponseFuture;
 use std::time::Duration;
 
 /// The payment tokens the simulated gateway knows.

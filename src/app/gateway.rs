@@ -24,7 +24,8 @@ use crate::actors::payment::{
 };
 use crate::config::Settings;
 use crate::domain::money::{Currency, Money};
-use actix::prelude::*;
+use actix::Actor;
+use actix::Addr;
 use actix_web::{web, HttpResponse, ResponseError};
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};

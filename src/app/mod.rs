@@ -12,6 +12,8 @@ pub mod payment_service;
 pub mod seed;
 mod store;
 
+use actix::Actor;
+use actix::Arbiter;
 use membership::check_cluster_settings;
 pub use store::connect_store;
 use store::migrate;
@@ -34,7 +36,6 @@ use crate::persistence::SqlStore;
 use crate::services::accounts::tokens::Keys;
 use crate::services::accounts::Accounts;
 use crate::telemetry::Metrics;
-use actix::prelude::*;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, HttpServer};
 use anyhow::Context as _;

@@ -76,7 +76,7 @@ pub struct IllegalTransition {
 
 /// The state machine, as one function.
 pub fn next_status(from: OrderStatus, transition: Transition) -> Result<OrderStatus, IllegalTransition> {
-    use OrderStatus::*;
+    use OrderStatus::{Cancelled, Completed, Paid, PendingPayment};
     match (from, transition) {
         (PendingPayment, Transition::PaymentSucceeded) => Ok(Paid),
         (Paid, Transition::Complete) => Ok(Completed),
@@ -170,7 +170,7 @@ pub fn total(lines: &[OrderLine]) -> Result<Money, MoneyError> {
 mod tests {
     use super::*;
     use crate::domain::money::Currency;
-    use OrderStatus::*;
+    use OrderStatus::{Cancelled, Completed, Paid, PendingPayment};
 
     #[test]
     fn the_state_machine_allows_only_the_documented_paths() {

@@ -15,6 +15,11 @@
 mod eviction;
 mod sku_actor;
 
+use actix::Actor;
+use actix::Addr;
+use actix::Handler;
+use actix::MailboxError;
+use actix::Message;
 use eviction::mark_used;
 
 use crate::actors::cluster::Ownership;
@@ -26,7 +31,6 @@ use crate::domain::money::Money;
 use crate::domain::Millis;
 use crate::persistence::{JournalEntry, SqlStore, StoreError};
 use crate::telemetry::{ActorProbe, Metrics};
-use actix::prelude::*;
 use actix::ArbiterHandle;
 use dashmap::DashMap;
 use serde::Serialize;

@@ -31,8 +31,10 @@ use crate::domain::order::{CancelReason, Order, OrderLimits, OrderRequestError, 
 use crate::events::consumer::ConsumeError;
 use crate::persistence::{Consumed, SqlStore, StoreError};
 use crate::telemetry::Metrics;
-use actix::prelude::*;
+use actix::Addr;
 use actix::ArbiterHandle;
+use actix::Context;
+use actix::Message;
 use dashmap::DashMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,13 @@
 //! What consumers record: events applied (`processed_events`) and messages given up on
 //! (`failed_events` from a consumer, `emporium.dlq`).
-
-use super::*;
+use super::corrupt;
+use crate::persistence::Consumed;
+use crate::persistence::DeadLetter;
+use crate::persistence::SqlStore;
+use crate::persistence::StoreError;
+use crate::persistence::WriteSet;
+use sqlx::Row;
+use std::collections::BTreeMap;
 
 impl SqlStore {
     /// Whether `consumer` has already applied the event (its effect is committed).

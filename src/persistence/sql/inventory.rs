@@ -1,6 +1,15 @@
 //! Reading a SKU's inventory: what its actor loads on activation, and its snapshot row.
-
-use super::*;
+use super::corrupt;
+use crate::domain::ids::OrderId;
+use crate::domain::ids::ProductId;
+use crate::domain::ids::Sku;
+use crate::domain::inventory::Reservation;
+use crate::domain::money::Currency;
+use crate::domain::money::Money;
+use crate::persistence::SkuRecord;
+use crate::persistence::SqlStore;
+use crate::persistence::StoreError;
+use sqlx::Row;
 
 impl SqlStore {
     pub async fn load_sku(&self, sku: &Sku) -> Result<Option<SkuRecord>, StoreError> {

@@ -12,17 +12,10 @@
 //! `outbox.rs` (relay, failed events, replay), `consumers.rs` (processed events, dead
 //! letters), `refunds.rs`, `reconcile.rs`.
 
-use super::{Consumed, DeadLetter, FailedEvent, IdempotencyRecord, OutboxRow, SkuRecord, StoreError, WriteSet};
-use crate::domain::events::Event;
-use crate::domain::ids::{OrderId, ProductId, Sku, UserId};
-use crate::domain::inventory::Reservation;
-use crate::domain::money::{Currency, Money};
-use crate::domain::order::{CancelReason, Order, OrderLine, OrderStatus};
-use crate::domain::Millis;
+use super::{StoreError, WriteSet};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, Executor, QueryBuilder, Row};
-use std::collections::{BTreeMap, HashMap};
+use sqlx::{AnyPool, Executor, Row};
 use std::time::Duration;
 
 mod cluster;

@@ -1,7 +1,18 @@
 //! The outbox: pending events for the relay, marking them published, deferring and giving
 //! up on them (`failed_events`), and replaying what was given up on.
-
-use super::*;
+use super::corrupt;
+use super::text;
+use super::Dialect;
+use super::ROWS_PER_INSERT;
+use crate::domain::events::Event;
+use crate::domain::Millis;
+use crate::persistence::FailedEvent;
+use crate::persistence::OutboxRow;
+use crate::persistence::SqlStore;
+use crate::persistence::StoreError;
+use sqlx::Any;
+use sqlx::QueryBuilder;
+use sqlx::Row;
 
 impl SqlStore {
     /// The oldest unpublished outbox rows, in id order.

@@ -1,7 +1,9 @@
 //! `emporium reconcile`: the offline invariant check over inventory, reservations, journal
 //! and orders.
-
-use super::*;
+use crate::persistence::SqlStore;
+use crate::persistence::StoreError;
+use sqlx::any::AnyRow;
+use sqlx::Row;
 
 impl SqlStore {
     /// Offline invariant check over inventory, reservations, journal and orders.

@@ -1,7 +1,11 @@
 //! The result cache: answers keyed by the normalised request, valid for one searcher
 //! generation of one index version.
-
-use super::*;
+use crate::domain::search::SearchQuery;
+use crate::domain::search::SearchResults;
+use crate::domain::search::Sort;
+use crate::search::analysis;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
 
 /// A search request normalised to what its answer depends on: the words (lowercased,
 /// punctuation dropped), the filters, the order and the page.

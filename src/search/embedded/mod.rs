@@ -27,27 +27,19 @@
 //! (the result cache); this file: the index itself (the alias, applying changes,
 //! rebuilds, searching).
 
-use super::analysis::{self, Analysis, Term as AnalyzedTerm};
-use super::facets::FacetCollector;
+use super::analysis::{self, Analysis};
 use super::grams;
-use super::{newest_per_product, IndexChange, Rebuild, SearchError, SearchIndex};
-use crate::domain::search::{Facets, SearchDoc, SearchQuery, SearchResults, Sort, EXPAND_BELOW};
+use super::{IndexChange, Rebuild, SearchError, SearchIndex};
+use crate::domain::search::{SearchDoc, SearchQuery, SearchResults};
 use async_trait::async_trait;
 use std::num::NonZeroUsize;
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{
-    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, FuzzyTermQuery, Occur, Query, RangeQuery,
-    TermQuery,
-};
-use tantivy::schema::{
-    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value, FAST, STORED, STRING,
-};
-use tantivy::tokenizer::{TextAnalyzer, Token, TokenStream, Tokenizer};
-use tantivy::{DocAddress, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher, TantivyDocument, Term};
+use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, TermQuery};
+use tantivy::schema::{IndexRecordOption, Value};
+use tantivy::{TantivyDocument, Term};
 
 const KIND_PRODUCT: &str = "p";
 const KIND_TOMBSTONE: &str = "t";
@@ -71,10 +63,9 @@ mod query;
 mod schema;
 mod tokenizers;
 
-use cache::*;
-use query::*;
-use schema::*;
-use tokenizers::*;
+use cache::{CacheKey, ResultCache};
+use query::{boxed, run_plan};
+use schema::{unavailable, Version};
 
 /// The embedded [`SearchIndex`]: a cheap handle on the shared state.
 #[derive(Clone)]

@@ -1,6 +1,37 @@
 //! The embedded index's schema and fields, and an index version on disk.
-
-use super::*;
+use super::tokenizers::AnalyzedTokenizer;
+use super::tokenizers::Mode;
+use super::KIND_PRODUCT;
+use super::KIND_TOMBSTONE;
+use super::SERVING_HEAP;
+use crate::domain::search::SearchDoc;
+use crate::search::analysis::Analysis;
+use crate::search::newest_per_product;
+use crate::search::IndexChange;
+use crate::search::SearchError;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use tantivy::collector::TopDocs;
+use tantivy::query::TermQuery;
+use tantivy::schema::Field;
+use tantivy::schema::IndexRecordOption;
+use tantivy::schema::NumericOptions;
+use tantivy::schema::Schema;
+use tantivy::schema::TextFieldIndexing;
+use tantivy::schema::TextOptions;
+use tantivy::schema::FAST;
+use tantivy::schema::STORED;
+use tantivy::schema::STRING;
+use tantivy::tokenizer::TextAnalyzer;
+use tantivy::Index;
+use tantivy::IndexReader;
+use tantivy::IndexWriter;
+use tantivy::ReloadPolicy;
+use tantivy::Searcher;
+use tantivy::TantivyDocument;
+use tantivy::Term;
 
 #[derive(Clone, Copy)]
 pub(super) struct Fields {

@@ -1,7 +1,12 @@
 //! The embedded index's tokenizers: the shared analysis ([`super::super::analysis`]) run as
 //! tantivy tokenizers.
-
-use super::*;
+use crate::search::analysis::Analysis;
+use crate::search::analysis::Term as AnalyzedTerm;
+use crate::search::grams;
+use std::sync::Arc;
+use tantivy::tokenizer::Token;
+use tantivy::tokenizer::TokenStream;
+use tantivy::tokenizer::Tokenizer;
 
 #[derive(Clone, Copy)]
 pub(super) enum Mode {
