@@ -298,7 +298,12 @@ async fn kill_9_between_accept_and_settle_at_many_points(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let url = store_env(&backend).await;
     let store: Vec<(&str, &str)> = url.iter().map(|u| ("EMPORIUM__STORE__URL", u.as_str())).collect();
-    let client = reqwest::Client::new();
+    // Every request bounded: a request caught by the SIGKILL must end (as an error)
+    // rather than leave its client task, and so the round, waiting forever.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
     let mut server = start(dir.path(), &store);
     wait_ready(&client, &server.base, READY_WITHIN).await;
     let admin = token(dir.path(), "admin", true);
@@ -369,7 +374,10 @@ async fn kill_9_between_accept_and_settle_at_many_points(backend: Backend) {
         server.child.wait().unwrap();
         stop.store(true, Ordering::SeqCst);
         for c in clients {
-            c.await.unwrap();
+            tokio::time::timeout(Duration::from_secs(30), c)
+                .await
+                .unwrap_or_else(|_| panic!("a client of round {round} is still waiting after the kill"))
+                .unwrap();
         }
         caught_between += between_commits(dir.path(), url.as_deref()).await;
     }
