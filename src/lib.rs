@@ -36,6 +36,7 @@ pub mod actors;
 pub mod app;
 pub mod config;
 pub mod domain;
+pub mod error;
 pub mod events;
 mod failpoints;
 #[doc(hidden)]

@@ -130,7 +130,7 @@ fn run() -> anyhow::Result<ExitCode> {
             let store = connect_store(&settings).await?;
             let index = emporium::search::open(&settings)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot open the search index: {e}"))?;
+                .context("cannot open the search index")?;
             let total = emporium::search::reindex::catalog_size(&store).await?;
             let bar = if quiet {
                 indicatif::ProgressBar::hidden()

@@ -22,6 +22,7 @@
 use crate::actors::cluster::Ownership;
 use crate::config::WriteBehindSettings;
 use crate::domain::cluster::{Fence, Shard};
+use crate::error::Cause;
 use crate::persistence::{SqlStore, StoreError, WriteSet};
 use crate::telemetry::Metrics;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -52,7 +53,7 @@ impl From<CommitError> for StoreError {
     fn from(e: CommitError) -> Self {
         match e {
             CommitError::Store(e) => e,
-            other => StoreError::Unavailable(other.to_string()),
+            other => StoreError::Unavailable(Cause::new(other)),
         }
     }
 }

@@ -225,7 +225,7 @@ impl App {
         // the relay also copies acknowledged product events there (search/feed.rs).
         let search = crate::search::open(&settings)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot open the search index: {e}"))?;
+            .context("cannot open the search index")?;
         crate::search::indexer::start(search.clone(), bus.subscribe());
         let relayed = event_bus(&settings, &bus)?;
         let relayed: Arc<dyn EventBus> = if settings.bus.kind == BusKind::Embedded {

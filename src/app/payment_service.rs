@@ -21,6 +21,7 @@ use crate::actors::payment::{self, PaymentActor};
 use crate::config::Settings;
 use crate::domain::events::{Event, EventType, OrderCreated, PaymentMoved, PaymentRefused};
 use crate::domain::now_millis;
+use crate::error::Cause;
 use crate::events::consumer::{self, ConsumeError, ConsumerSpec, EventHandler};
 use crate::events::kafka::KafkaBus;
 use crate::events::outbox::OutboxRelay;
@@ -60,7 +61,7 @@ impl EventHandler for ChargeOrders {
         }
         let created: OrderCreated = event
             .payload()
-            .map_err(|e| ConsumeError::Failed(format!("order_created without a valid payload: {e}")))?;
+            .map_err(|e| ConsumeError::Failed(format!("order_created without a valid payload: {e}").into()))?;
         let (order, amount, token) = (created.order_id, created.total, created.payment.token);
         let (outcome, attempts) = payment::charge_until_final(
             &self.payment,
@@ -113,7 +114,7 @@ impl EventHandler for ChargeOrders {
                 Ok(())
             }
             Err(StoreError::Unavailable(e)) => Err(ConsumeError::Unavailable(e)),
-            Err(e) => Err(ConsumeError::Failed(e.to_string())),
+            Err(e) => Err(ConsumeError::Failed(Cause::new(e))),
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::domain::ids::ProductId;
 use crate::domain::inventory::SkuInventory;
 use crate::domain::money::{Currency, Money};
 use crate::domain::now_millis;
+use crate::error::Cause;
 use crate::persistence::{SqlStore, StoreError};
 use serde_json::{json, Map, Value};
 use sqlx::{Any, QueryBuilder};
@@ -285,7 +286,7 @@ pub async fn seed(
             }
         }
     }
-    let krw = Currency::parse("KRW").map_err(|e| StoreError::Rejected(e.to_string()))?;
+    let krw = Currency::parse("KRW").map_err(|e| StoreError::Rejected(Cause::new(e)))?;
     let when = crate::http::rfc3339(at);
     let (mut written, mut skus) = (0_u64, 0_u64);
     while written < count {
@@ -295,7 +296,7 @@ pub async fn seed(
             let leaf = &leaves[rng.below(leaves.len())];
             let dept = &DEPARTMENTS[leaf.department];
             let amount = (1 + rng.below(5_000)) as i64 * 100;
-            let price = Money::new(amount, krw).map_err(|e| StoreError::Rejected(e.to_string()))?;
+            let price = Money::new(amount, krw).map_err(|e| StoreError::Rejected(Cause::new(e)))?;
             let number = written + i as u64;
             let variants: Vec<Variant> = (0..1 + rng.below(3))
                 .map(|v| Variant {
@@ -350,7 +351,7 @@ pub async fn seed(
 async fn write_batch(store: &SqlStore, products: &[Product], rng: &mut Rng, at: i64) -> Result<u64, StoreError> {
     let docs = products
         .iter()
-        .map(|p| serde_json::to_string(p).map_err(|e| StoreError::Corrupt(e.to_string())))
+        .map(|p| serde_json::to_string(p).map_err(|e| StoreError::Corrupt(Cause::new(e))))
         .collect::<Result<Vec<_>, _>>()?;
     let variants: Vec<(&str, &Variant, i64)> = products
         .iter()
@@ -393,7 +394,7 @@ async fn write_batch(store: &SqlStore, products: &[Product], rng: &mut Rng, at: 
             .map(|(_, _, stock)| {
                 SkuInventory::default()
                     .set_stock(*stock)
-                    .map_err(|e| StoreError::Rejected(e.to_string()))
+                    .map_err(|e| StoreError::Rejected(Cause::new(e)))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut q = QueryBuilder::<Any>::new(

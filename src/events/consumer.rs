@@ -28,6 +28,7 @@
 
 use crate::config::{BusSettings, ConsumerSettings};
 use crate::domain::events::Event;
+use crate::error::Cause;
 use crate::events::kafka::{client_config, producer};
 use crate::persistence::{Consumed, DeadLetter, SqlStore};
 use crate::telemetry::Metrics;
@@ -50,10 +51,10 @@ pub const DLQ_TOPIC: &str = "emporium.dlq";
 pub enum ConsumeError {
     /// Something it depends on is down or not ready yet: retried without limit.
     #[error("unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// The event itself cannot be applied: retried `max_attempts` times, then dead-lettered.
     #[error("{0}")]
-    Failed(String),
+    Failed(#[source] Cause),
 }
 
 #[async_trait]
@@ -399,12 +400,12 @@ impl ConsumerLoop {
                     return Outcome::Duplicate;
                 }
                 Ok(false) => self.handler.apply(&event, consumed.clone()).await,
-                Err(e) => Err(ConsumeError::Unavailable(e.to_string())),
+                Err(e) => Err(ConsumeError::Unavailable(Cause::new(e))),
             };
             match result {
                 Ok(()) => return Outcome::Applied,
                 Err(ConsumeError::Unavailable(e)) => {
-                    warn!(consumer = self.spec.name, event_id = %event.id, error = e, "cannot apply event yet; retrying");
+                    warn!(consumer = self.spec.name, event_id = %event.id, error = %e, "cannot apply event yet; retrying");
                     tokio::time::sleep(outage_backoff).await;
                     outage_backoff = (outage_backoff * 2).min(Duration::from_secs(5));
                 }
@@ -412,10 +413,10 @@ impl ConsumerLoop {
                     failures += 1;
                     if failures >= self.settings.max_attempts.max(1) {
                         return self
-                            .dead_letter(message, Some(event), e, i64::from(failures), stop)
+                            .dead_letter(message, Some(event), crate::error::chain(&e), i64::from(failures), stop)
                             .await;
                     }
-                    warn!(consumer = self.spec.name, event_id = %event.id, attempt = failures, error = e, "event failed; retrying");
+                    warn!(consumer = self.spec.name, event_id = %event.id, attempt = failures, error = %e, "event failed; retrying");
                     let backoff = self
                         .settings
                         .backoff_base_ms

@@ -10,6 +10,7 @@
 
 use crate::config::BusSettings;
 use crate::domain::events::Event;
+use crate::error::Cause;
 use crate::events::{BusError, EventBus};
 use async_trait::async_trait;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -196,9 +197,9 @@ fn classify(error: KafkaError) -> BusError {
         )
     );
     if permanent {
-        BusError::Rejected(error.to_string())
+        BusError::Rejected(Cause::new(error))
     } else {
-        BusError::Unavailable(error.to_string())
+        BusError::Unavailable(Cause::new(error))
     }
 }
 
@@ -214,7 +215,7 @@ impl EventBus for KafkaBus {
             let payload = match serde_json::to_vec(event) {
                 Ok(p) => p,
                 Err(e) => {
-                    pending.push(Err(BusError::Rejected(e.to_string())));
+                    pending.push(Err(BusError::Rejected(Cause::new(e))));
                     continue;
                 }
             };

@@ -8,6 +8,7 @@ pub mod outbox;
 pub mod payment_outcomes;
 
 use crate::domain::events::Event;
+use crate::error::Cause;
 use async_trait::async_trait;
 use std::sync::Arc;
 use tokio::sync::broadcast;
@@ -17,11 +18,11 @@ pub enum BusError {
     /// The bus cannot be reached or did not acknowledge in time: retried without limit
     /// (with capped backoff), because waiting out an outage loses nothing.
     #[error("event bus unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// The bus refused this event (too large, not allowed): retried `max_attempts`
     /// times, then moved to `failed_events`.
     #[error("event bus rejected the event: {0}")]
-    Rejected(String),
+    Rejected(#[source] Cause),
 }
 
 #[async_trait]

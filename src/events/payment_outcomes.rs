@@ -23,10 +23,7 @@ pub struct PaymentOutcomes {
 /// The order a payment event is about, from its `data.order_id`.
 fn order_of(event: &Event) -> Result<OrderId, ConsumeError> {
     event.payload::<AboutOrder>().map(|about| about.order_id).map_err(|_| {
-        ConsumeError::Failed(format!(
-            "{} event without a valid data.order_id",
-            event.event_type.as_str()
-        ))
+        ConsumeError::Failed((format!("{} event without a valid data.order_id", event.event_type.as_str())).into())
     })
 }
 

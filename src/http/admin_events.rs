@@ -7,6 +7,7 @@
 use super::auth::Admin;
 use super::problem::ApiError;
 use super::AppState;
+use crate::error::Cause;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -27,6 +28,6 @@ pub async fn replay_failed_events(state: web::Data<AppState>, _admin: Admin) -> 
         .store
         .replay_failed()
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(|e| ApiError::Unavailable(Cause::new(e)))?;
     Ok(HttpResponse::Ok().json(Replayed { replayed }))
 }

@@ -45,9 +45,9 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
         .ok_or_else(|| ApiError::Unauthorized("Authorization must be 'Bearer <token>'".into()))?;
     let claims = keys
         .verify(token.trim())
-        .map_err(|e| ApiError::Unauthorized(format!("invalid token: {e}")))?;
+        .map_err(|e| ApiError::Unauthorized(format!("invalid token: {e}").into()))?;
     let user = UserId::parse(claims.sub.as_str())
-        .map_err(|e| ApiError::Unauthorized(format!("invalid token subject: {e}")))?;
+        .map_err(|e| ApiError::Unauthorized(format!("invalid token subject: {e}").into()))?;
     Ok(Caller {
         user,
         admin: claims.is_admin(),

@@ -9,6 +9,7 @@ use crate::actors::inventory::{InventoryFailure, InventoryView};
 use crate::domain::catalog::{ProductFilter, ProductInput, ProductStatus, MAX_STOCK};
 use crate::domain::ids::{ProductId, Sku};
 use crate::domain::inventory::InventoryError;
+use crate::error::Cause;
 use crate::persistence::catalog::PageRequest;
 use crate::services::catalog::CatalogFailure;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
@@ -29,9 +30,9 @@ impl From<CatalogFailure> for ApiError {
     fn from(e: CatalogFailure) -> Self {
         match e {
             CatalogFailure::Invalid(detail) => ApiError::unprocessable(detail),
-            CatalogFailure::NotFound(detail) => ApiError::NotFound(detail),
-            CatalogFailure::Conflict(detail) => ApiError::Conflict(detail),
-            CatalogFailure::Store(e) => ApiError::Unavailable(e.to_string()),
+            CatalogFailure::NotFound(detail) => ApiError::NotFound(detail.into()),
+            CatalogFailure::Conflict(detail) => ApiError::Conflict(detail.into()),
+            CatalogFailure::Store(e) => ApiError::Unavailable(Cause::new(e)),
         }
     }
 }
@@ -123,13 +124,13 @@ pub(super) async fn category_path_of(state: &AppState, id: i64) -> Result<String
         .catalog
         .category(id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no category {id}")))?;
+        .ok_or_else(|| ApiError::NotFound(format!("no category {id}").into()))?;
     Ok(category.path)
 }
 
 fn product_id(raw: &str) -> Result<ProductId, ApiError> {
     ProductId::parse(raw)
-        .map_err(|_| ApiError::NotFound(format!("no product {:?}", raw.chars().take(40).collect::<String>())))
+        .map_err(|_| ApiError::NotFound(format!("no product {:?}", raw.chars().take(40).collect::<String>()).into()))
 }
 
 /// Create a product with its variants (one SKU each) and their initial stock.
@@ -164,7 +165,7 @@ pub async fn get_product(state: web::Data<AppState>, id: web::Path<String>) -> R
         .catalog
         .product(id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no product {id}")))?;
+        .ok_or_else(|| ApiError::NotFound(format!("no product {id}").into()))?;
     Ok(HttpResponse::Ok().json(product))
 }
 
@@ -245,16 +246,16 @@ pub async fn delete_product(
 }
 
 fn parse_sku(raw: &str) -> Result<Sku, ApiError> {
-    Sku::parse(raw).map_err(|_| ApiError::NotFound(format!("no sku {raw:?}")))
+    Sku::parse(raw).map_err(|_| ApiError::NotFound(format!("no sku {raw:?}").into()))
 }
 
 impl From<InventoryFailure> for ApiError {
     fn from(e: InventoryFailure) -> Self {
         match e {
-            InventoryFailure::UnknownSku(_) => ApiError::NotFound(e.to_string()),
-            InventoryFailure::Rule(InventoryError::BelowReserved { .. }) => ApiError::Conflict(e.to_string()),
-            InventoryFailure::Rule(_) => ApiError::unprocessable(e.to_string()),
-            InventoryFailure::Unavailable(_) | InventoryFailure::NotOwner(_) => ApiError::Unavailable(e.to_string()),
+            InventoryFailure::UnknownSku(_) => ApiError::NotFound(Cause::new(e)),
+            InventoryFailure::Rule(InventoryError::BelowReserved { .. }) => ApiError::Conflict(Cause::new(e)),
+            InventoryFailure::Rule(_) => ApiError::unprocessable(Cause::new(e)),
+            InventoryFailure::Unavailable(_) | InventoryFailure::NotOwner(_) => ApiError::Unavailable(Cause::new(e)),
         }
     }
 }

@@ -54,7 +54,7 @@ fn category_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::NotFound(format!("no category {:?}", raw.chars().take(40).collect::<String>())))
+        .ok_or_else(|| ApiError::NotFound(format!("no category {:?}", raw.chars().take(40).collect::<String>()).into()))
 }
 
 fn page(limit: Option<i64>, cursor: Option<&str>) -> Result<PageRequest<i64>, ApiError> {
@@ -98,7 +98,7 @@ pub async fn get_category(state: web::Data<AppState>, id: web::Path<String>) -> 
         .catalog
         .category(id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no category {id}")))?;
+        .ok_or_else(|| ApiError::NotFound(format!("no category {id}").into()))?;
     Ok(HttpResponse::Ok().json(category))
 }
 

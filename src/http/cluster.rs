@@ -19,6 +19,7 @@ use crate::actors::cluster::{
 use crate::actors::inventory::InventoryFailure;
 use crate::domain::ids::Sku;
 use crate::domain::inventory::InventoryError;
+use crate::error::Cause;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::Arc;
@@ -126,7 +127,7 @@ impl Peers {
         let started = Instant::now();
         let url = format!("{}{}", base.trim_end_matches('/'), req.uri());
         let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            .map_err(|e| ApiError::Unavailable(Cause::new(e)))?;
         // The owner may have handed the shard on meanwhile and forward once more: it
         // learns how many hops this request has made so far.
         let hops = if self.is_peer_call(req)? { hops_of(req) } else { 0 } + 1;
@@ -166,7 +167,7 @@ impl Peers {
             Ok((status, headers, bytes)) => {
                 metrics.cluster_forwarded.with_label_values(&["ok"]).inc();
                 let status =
-                    actix_web::http::StatusCode::from_u16(status).map_err(|e| ApiError::Unavailable(e.to_string()))?;
+                    actix_web::http::StatusCode::from_u16(status).map_err(|e| ApiError::Unavailable(Cause::new(e)))?;
                 let mut response = HttpResponse::build(status);
                 for (name, value) in headers {
                     response.insert_header((name, value));
@@ -200,7 +201,7 @@ fn hops_of(req: &HttpRequest) -> u32 {
 /// The owner of a request body's SKUs answers; the JSON is re-encoded from the parsed
 /// body (the owner hashes the same parsed value for its Idempotency-Key check).
 pub fn json_body<T: serde::Serialize>(body: &T) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(body).map_err(|e| ApiError::Unavailable(e.to_string()))
+    serde_json::to_vec(body).map_err(|e| ApiError::Unavailable(Cause::new(e)))
 }
 
 /// Who owns what: this node, the live members and their share of the shards.
@@ -269,7 +270,7 @@ pub async fn remote_reserve(
             Ok(HttpResponse::Conflict().json(refusal("out_of_stock", requested, available)))
         }
         Err(InventoryFailure::UnknownSku(_)) => Ok(HttpResponse::NotFound().json(refusal("unknown_sku", 0, 0))),
-        Err(other) => Err(ApiError::Unavailable(other.to_string())),
+        Err(other) => Err(ApiError::Unavailable(Cause::new(other))),
     }
 }
 
@@ -330,7 +331,9 @@ pub async fn remote_payment(
         .await
     {
         Ok(()) => Ok(HttpResponse::Ok().json(serde_json::json!({}))),
-        Err(ConsumeError::Failed(reason)) => Ok(HttpResponse::UnprocessableEntity().json(refusal(&reason, 0, 0))),
+        Err(ConsumeError::Failed(reason)) => {
+            Ok(HttpResponse::UnprocessableEntity().json(refusal(&reason.to_string(), 0, 0)))
+        }
         Err(ConsumeError::Unavailable(cause)) => Err(ApiError::Unavailable(cause)),
     }
 }

@@ -92,5 +92,7 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
             allow: super::openapi::allowed_methods(&pattern),
         });
     }
-    Err(ApiError::NotFound(format!("no route {} {}", req.method(), req.path())))
+    Err(ApiError::NotFound(
+        format!("no route {} {}", req.method(), req.path()).into(),
+    ))
 }

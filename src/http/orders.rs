@@ -11,6 +11,7 @@ use crate::domain::ids::{OrderId, Sku};
 use crate::domain::money::Money;
 use crate::domain::order::{quantities_by_sku, CancelReason, Order, OrderLimits, OrderLine, OrderStatus};
 use crate::domain::payment::{payment_status, PaymentStatus, RefundStatus};
+use crate::error::Cause;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -117,12 +118,12 @@ impl From<PlaceError> for ApiError {
     fn from(e: PlaceError) -> Self {
         match e {
             PlaceError::Invalid(_) | PlaceError::UnknownSku(_) | PlaceError::Rejected(_) => {
-                ApiError::unprocessable(e.to_string())
+                ApiError::unprocessable(Cause::new(e))
             }
-            PlaceError::OutOfStock { .. } => ApiError::OutOfStock(e.to_string()),
-            PlaceError::IdempotencyMismatch => ApiError::IdempotencyMismatch(e.to_string()),
-            PlaceError::KeyInProgress => ApiError::Conflict(e.to_string()),
-            PlaceError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            PlaceError::OutOfStock { .. } => ApiError::OutOfStock(Cause::new(e)),
+            PlaceError::IdempotencyMismatch => ApiError::IdempotencyMismatch(Cause::new(e)),
+            PlaceError::KeyInProgress => ApiError::Conflict(Cause::new(e)),
+            PlaceError::Unavailable(_) => ApiError::Unavailable(Cause::new(e)),
         }
     }
 }
@@ -130,9 +131,9 @@ impl From<PlaceError> for ApiError {
 impl From<CancelRefused> for ApiError {
     fn from(e: CancelRefused) -> Self {
         match e {
-            CancelRefused::NotFound => ApiError::NotFound(e.to_string()),
-            CancelRefused::NotPending(_) => ApiError::Conflict(e.to_string()),
-            CancelRefused::Unavailable => ApiError::Unavailable(e.to_string()),
+            CancelRefused::NotFound => ApiError::NotFound(Cause::new(e)),
+            CancelRefused::NotPending(_) => ApiError::Conflict(Cause::new(e)),
+            CancelRefused::Unavailable => ApiError::Unavailable(Cause::new(e)),
         }
     }
 }
@@ -149,12 +150,12 @@ pub fn idempotency_key(
         .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?;
     IdempotencyKey::parse(key)
         .map(Some)
-        .map_err(|e| ApiError::bad_request(e.to_string()))
+        .map_err(|e| ApiError::bad_request(Cause::new(e)))
 }
 
 fn parse_order_id(raw: &str) -> Result<OrderId, ApiError> {
     // A malformed id cannot name an order: not found, like any other unknown id.
-    OrderId::parse(raw).map_err(|_| ApiError::NotFound(format!("no order {raw:?}")))
+    OrderId::parse(raw).map_err(|_| ApiError::NotFound(format!("no order {raw:?}").into()))
 }
 
 /// Place an order: reserves every item or none, answers 201 once the order is durable.
@@ -261,7 +262,7 @@ pub async fn get_order(
         .store
         .refund_statuses(&[order.id])
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(|e| ApiError::Unavailable(Cause::new(e)))?;
     Ok(HttpResponse::Ok().json(OrderView::new(&order, refunds.get(&order.id).copied())))
 }
 
@@ -271,10 +272,10 @@ async fn visible_order(state: &AppState, caller: &Caller, raw_id: &str) -> Resul
         .store
         .get_order(id)
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(|e| ApiError::Unavailable(Cause::new(e)))?;
     order
         .filter(|o| caller.may_see(&o.user_id))
-        .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))
+        .ok_or_else(|| ApiError::NotFound(format!("no order {id}").into()))
 }
 
 /// List the caller's orders, newest first (an admin sees every order).
@@ -299,7 +300,7 @@ pub async fn list_orders(
         .store
         .list_orders(owner, cursor, limit)
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(|e| ApiError::Unavailable(Cause::new(e)))?;
     let next_cursor = (orders.len() as i64 == limit)
         .then(|| orders.last().map(|o| o.id.to_string()))
         .flatten();
@@ -308,7 +309,7 @@ pub async fn list_orders(
         .store
         .refund_statuses(&ids)
         .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .map_err(|e| ApiError::Unavailable(Cause::new(e)))?;
     Ok(HttpResponse::Ok().json(OrderPage {
         items: orders
             .iter()

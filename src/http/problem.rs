@@ -7,6 +7,7 @@
 //! shutdown, a timed-out confirmation) [`ApiError::UnavailableFor`] names it with a fixed
 //! sentence.
 
+use crate::error::Cause;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
@@ -14,26 +15,30 @@ use serde::Serialize;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
-    OutOfStock(String),
+    OutOfStock(#[source] Cause),
     /// Malformed request (400) or well-formed but invalid content (422).
     #[error("{detail}")]
-    Invalid { status: StatusCode, detail: String },
+    Invalid {
+        status: StatusCode,
+        #[source]
+        detail: Cause,
+    },
     #[error("{0}")]
-    NotFound(String),
+    NotFound(#[source] Cause),
     #[error("{0}")]
-    Unauthorized(String),
+    Unauthorized(#[source] Cause),
     #[error("{0}")]
-    Forbidden(String),
+    Forbidden(#[source] Cause),
     #[error("{0}")]
-    Conflict(String),
+    Conflict(#[source] Cause),
     #[error("{0}")]
-    IdempotencyMismatch(String),
+    IdempotencyMismatch(#[source] Cause),
     /// Over a rate limit (429); the client may retry after `retry_after_secs`.
     #[error("{detail}")]
     RateLimited { detail: String, retry_after_secs: u64 },
     /// A backend failed; the text is the internal cause, logged and never sent.
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// Unavailable for a reason the client may read (a fixed sentence).
     #[error("{0}")]
     UnavailableFor(&'static str),
@@ -43,13 +48,13 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn bad_request(detail: impl Into<String>) -> Self {
+    pub fn bad_request(detail: impl Into<Cause>) -> Self {
         Self::Invalid {
             status: StatusCode::BAD_REQUEST,
             detail: detail.into(),
         }
     }
-    pub fn unprocessable(detail: impl Into<String>) -> Self {
+    pub fn unprocessable(detail: impl Into<Cause>) -> Self {
         Self::Invalid {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             detail: detail.into(),
@@ -123,7 +128,7 @@ impl ResponseError for ApiError {
         match self {
             Self::Unavailable(cause) => {
                 // The cause stays here, in the log line of the request's span (trace id).
-                tracing::warn!(%cause, "answered 503");
+                tracing::warn!(cause = %crate::error::chain(cause), "answered 503");
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
             }
             Self::UnavailableFor(_) => {
@@ -156,27 +161,27 @@ impl ResponseError for ApiError {
 /// a body over the limit is 413 (all `/problems/invalid-request`).
 pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as E;
-    let api = match &err {
+    let api = match err {
         E::Deserialize(e) if e.classify() == serde_json::error::Category::Data => {
-            ApiError::unprocessable(e.to_string())
+            ApiError::unprocessable(Cause::new(e))
         }
         E::Overflow { limit } | E::OverflowKnownLength { limit, .. } => ApiError::Invalid {
             status: StatusCode::PAYLOAD_TOO_LARGE,
-            detail: format!("request body is larger than {limit} bytes"),
+            detail: format!("request body is larger than {limit} bytes").into(),
         },
         E::ContentType => ApiError::Invalid {
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
             detail: "Content-Type must be application/json".into(),
         },
-        other => ApiError::bad_request(other.to_string()),
+        other => ApiError::bad_request(Cause::new(other)),
     };
     api.into()
 }
 
 pub fn path_error(err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
-    ApiError::NotFound(err.to_string()).into()
+    ApiError::NotFound(Cause::new(err)).into()
 }
 
 pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
-    ApiError::bad_request(err.to_string()).into()
+    ApiError::bad_request(Cause::new(err)).into()
 }

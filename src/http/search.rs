@@ -7,6 +7,7 @@
 use super::problem::ApiError;
 use super::AppState;
 use crate::domain::search::{SearchParams, SearchQuery, SearchResults};
+use crate::error::Cause;
 use crate::search::SearchError;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -74,7 +75,7 @@ impl From<SearchError> for ApiError {
         (status = 422, body = super::problem::Problem),
         (status = 503, body = super::problem::Problem, description = "The search backend is unavailable")))]
 pub async fn search(state: web::Data<AppState>, params: web::Query<SearchParams>) -> Result<HttpResponse, ApiError> {
-    let query = SearchQuery::parse(params.into_inner()).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    let query = SearchQuery::parse(params.into_inner()).map_err(|e| ApiError::unprocessable(Cause::new(e)))?;
     let results = state.search.search(&query).await?;
     Ok(HttpResponse::Ok().json(results))
 }
@@ -85,7 +86,7 @@ pub async fn search(state: web::Data<AppState>, params: web::Query<SearchParams>
         (status = 503, body = super::problem::Problem, description = "The search backend is unavailable")))]
 pub async fn suggest(state: web::Data<AppState>, params: web::Query<SuggestParams>) -> Result<HttpResponse, ApiError> {
     let prefix =
-        SearchQuery::parse_prefix(params.into_inner().q).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+        SearchQuery::parse_prefix(params.into_inner().q).map_err(|e| ApiError::unprocessable(Cause::new(e)))?;
     let suggestions = if prefix.is_empty() {
         Vec::new()
     } else {

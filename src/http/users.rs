@@ -8,6 +8,7 @@ use super::auth::Caller;
 use super::problem::{ApiError, Problem};
 use super::{rfc3339, AppState};
 use crate::domain::user::Email;
+use crate::error::Cause;
 use crate::persistence::users::Account;
 use crate::services::accounts::{AccountError, Accounts};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -104,11 +105,11 @@ impl From<&Account> for ProfileView {
 impl From<AccountError> for ApiError {
     fn from(e: AccountError) -> Self {
         match e {
-            AccountError::Invalid(_) => ApiError::unprocessable(e.to_string()),
-            AccountError::EmailTaken(_) => ApiError::Conflict(e.to_string()),
-            AccountError::WrongCredentials => ApiError::Unauthorized(e.to_string()),
-            AccountError::NoAccount => ApiError::NotFound(e.to_string()),
-            AccountError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            AccountError::Invalid(_) => ApiError::unprocessable(Cause::new(e)),
+            AccountError::EmailTaken(_) => ApiError::Conflict(Cause::new(e)),
+            AccountError::WrongCredentials => ApiError::Unauthorized(Cause::new(e)),
+            AccountError::NoAccount => ApiError::NotFound(Cause::new(e)),
+            AccountError::Unavailable(_) => ApiError::Unavailable(Cause::new(e)),
         }
     }
 }

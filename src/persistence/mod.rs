@@ -13,6 +13,7 @@ use crate::domain::inventory::{Change, Reservation};
 use crate::domain::money::Money;
 use crate::domain::order::{CancelReason, Order, OrderStatus};
 use crate::domain::Millis;
+use crate::error::Cause;
 
 pub use sql::SqlStore;
 
@@ -20,20 +21,20 @@ pub use sql::SqlStore;
 pub enum StoreError {
     /// The database could not be reached or did not answer: retry later.
     #[error("store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// A uniqueness rule refused the write (duplicate SKU, duplicate key).
     #[error("conflict: {0}")]
-    Conflict(String),
+    Conflict(#[source] Cause),
     /// A constraint refused the write: a bug upstream, never retried as is.
     #[error("rejected by the store: {0}")]
-    Rejected(String),
+    Rejected(#[source] Cause),
     /// Cluster mode: this node does not own (any more) a shard the write is for;
     /// nothing was written, and the shard's new owner carries on.
     #[error("this node does not own the shard any more")]
     NotOwner,
     /// Stored data that does not parse back into domain types.
     #[error("corrupt stored data: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Cause),
 }
 
 /// One accepted inventory operation with the SKU and sequence number its actor gave it.

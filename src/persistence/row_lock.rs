@@ -11,6 +11,7 @@ use crate::domain::ids::{OrderId, Sku};
 use crate::domain::inventory::{reserve_change, settle_change, ChangeKind, InventoryError};
 use crate::domain::money::{Currency, Money};
 use crate::domain::{now_millis, Millis};
+use crate::error::Cause;
 use sqlx::{Any, Row};
 use std::collections::{BTreeMap, HashMap};
 
@@ -51,13 +52,13 @@ impl SqlStore {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let currency =
-            Currency::parse(&row.try_get::<String, _>("currency")?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Currency::parse(&row.try_get::<String, _>("currency")?).map_err(|e| StoreError::Corrupt(Cause::new(e)))?;
         Ok(Some(LockedRow {
             stock: row.try_get("stock")?,
             reserved: row.try_get("reserved")?,
             seq: row.try_get("seq")?,
             price: Money::new(row.try_get("price_amount")?, currency)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                .map_err(|e| StoreError::Corrupt(Cause::new(e)))?,
         }))
     }
 

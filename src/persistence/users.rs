@@ -8,6 +8,7 @@ use super::{SqlStore, StoreError};
 use crate::domain::ids::UserId;
 use crate::domain::user::{DisplayName, Email};
 use crate::domain::Millis;
+use crate::error::Cause;
 use sqlx::any::AnyRow;
 use sqlx::{Any, QueryBuilder, Row};
 
@@ -46,7 +47,7 @@ pub struct Credentials {
 
 fn account_from_row(row: &AnyRow) -> Result<Account, StoreError> {
     Ok(Account {
-        id: UserId::parse(row.try_get::<String, _>("id")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        id: UserId::parse(row.try_get::<String, _>("id")?).map_err(|e| StoreError::Corrupt(Cause::new(e)))?,
         email: row.try_get("email")?,
         name: row.try_get("name")?,
         created_at: row.try_get("created_at")?,
@@ -71,7 +72,7 @@ impl SqlStore {
         .execute(self.pool())
         .await
         .map_err(|e| match StoreError::from(e) {
-            StoreError::Conflict(_) => StoreError::Conflict(format!("{} already has an account", account.email)),
+            StoreError::Conflict(_) => StoreError::Conflict(format!("{} already has an account", account.email).into()),
             other => other,
         })?;
         Ok(())
@@ -94,7 +95,7 @@ impl SqlStore {
             .await?;
         row.map(|r| {
             Ok(Credentials {
-                id: UserId::parse(r.try_get::<String, _>("id")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                id: UserId::parse(r.try_get::<String, _>("id")?).map_err(|e| StoreError::Corrupt(Cause::new(e)))?,
                 password_hash: r.try_get("password_hash")?,
             })
         })

@@ -24,6 +24,7 @@ use crate::domain::search::{
     category_ancestors, price_range_key, Bucket, Facets, SearchDoc, SearchQuery, SearchResults, Sort, FACET_SIZE,
     PRICE_RANGES,
 };
+use crate::error::Cause;
 use async_trait::async_trait;
 use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
@@ -37,14 +38,14 @@ const INDEX_FILE: &str = include_str!("../../config/search/elasticsearch/product
 const NORI_FILE: &str = include_str!("../../config/search/elasticsearch/analysis-nori.v1.json");
 const RECENT_CHANGES: usize = 100_000;
 
-fn unavailable(e: impl std::fmt::Display) -> SearchError {
-    SearchError::Unavailable(e.to_string())
+fn unavailable(what: impl std::fmt::Display) -> SearchError {
+    SearchError::Unavailable(Cause::from(what.to_string()))
 }
 
 /// Index settings for a new version: the file, with the analysis lists filled in, and the
 /// Nori analyzer swapped in when the server has it.
 pub fn index_body(analysis: &Analysis, nori: bool) -> Result<Value, SearchError> {
-    let bad = |e: &dyn std::fmt::Display| SearchError::Rejected(format!("config/search/elasticsearch: {e}"));
+    let bad = |e: &dyn std::fmt::Display| SearchError::Rejected(format!("config/search/elasticsearch: {e}").into());
     let mut body: Value = serde_json::from_str(INDEX_FILE).map_err(|e| bad(&e))?;
     if let Some(o) = body.as_object_mut() {
         o.remove("_comment");
@@ -131,12 +132,12 @@ pub struct Inner {
 impl ElasticIndex {
     /// Builds the client; nothing is sent until the first request.
     pub fn connect(s: &SearchSettings, analysis: Arc<Analysis>) -> Result<Self, SearchError> {
-        let url = Url::parse(&s.url).map_err(|e| SearchError::Rejected(format!("search.url: {e}")))?;
+        let url = Url::parse(&s.url).map_err(|e| SearchError::Rejected(format!("search.url: {e}").into()))?;
         let timeout = Duration::from_millis(s.request_timeout_ms.max(1));
         let transport = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(timeout)
             .build()
-            .map_err(|e| SearchError::Rejected(e.to_string()))?;
+            .map_err(|e| SearchError::Rejected(Cause::new(e)))?;
         Ok(Self(Arc::new(Inner {
             client: Elasticsearch::new(transport),
             alias: s.alias.clone(),
@@ -182,7 +183,7 @@ impl Inner {
     async fn ok(&self, method: Method, path: &str, body: Value) -> Result<Value, SearchError> {
         let (status, v) = self.call(method, path, Some(body.to_string()), false).await?;
         if status >= 300 {
-            return Err(SearchError::Rejected(format!("{path}: {status} {v}")));
+            return Err(SearchError::Rejected(format!("{path}: {status} {v}").into()));
         }
         Ok(v)
     }
@@ -289,7 +290,7 @@ impl Inner {
         let path = format!("/{target}/_bulk{}", if refresh { "?refresh=true" } else { "" });
         let (status, v) = self.call(Method::Post, &path, Some(body), true).await?;
         if status >= 300 {
-            return Err(SearchError::Rejected(format!("bulk: {status} {v}")));
+            return Err(SearchError::Rejected(format!("bulk: {status} {v}").into()));
         }
         if v.get("errors").and_then(Value::as_bool) == Some(true) {
             let items = v.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -425,7 +426,7 @@ impl SearchIndex for ElasticIndex {
         let mut hits = Vec::new();
         for h in v.pointer("/hits/hits").and_then(Value::as_array).into_iter().flatten() {
             let Some(src) = h.get("_source") else { continue };
-            let d: SearchDoc = serde_json::from_value(src.clone()).map_err(|e| SearchError::Rejected(e.to_string()))?;
+            let d: SearchDoc = serde_json::from_value(src.clone()).map_err(|e| SearchError::Rejected(Cause::new(e)))?;
             let mut hit = d.hit();
             // Highlighted here with the same analysis as the embedded index, so both
             // engines mark the same words.

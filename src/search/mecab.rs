@@ -73,7 +73,7 @@ unsafe impl Sync for Mecab {}
 const LIBRARIES: [&str; 2] = ["libmecab.so.2", "libmecab.so"];
 
 fn symbol<T: Copy>(lib: *mut c_void, name: &str) -> Result<T, String> {
-    let cname = CString::new(name).map_err(|e| e.to_string())?;
+    let cname = CString::new(name).map_err(|_| format!("symbol name {name:?} has a NUL byte"))?;
     // SAFETY: `lib` is a live handle from dlopen; the symbol's type is MeCab's C API.
     let p = unsafe { libc::dlsym(lib, cname.as_ptr()) };
     if p.is_null() {
@@ -105,7 +105,8 @@ impl Mecab {
         let new_model: NewModel = symbol(lib, "mecab_model_new2")?;
         let strerror: StrError = symbol(lib, "mecab_strerror")?;
         // `-r /dev/null`: not Debian's mecabrc, which names a Japanese dictionary.
-        let arg = CString::new(format!("-r /dev/null -d {}", dicdir.display())).map_err(|e| e.to_string())?;
+        let arg = CString::new(format!("-r /dev/null -d {}", dicdir.display()))
+            .map_err(|_| format!("{} has a NUL byte", dicdir.display()))?;
         // SAFETY: a valid C string; returns null on failure.
         let model = unsafe { new_model(arg.as_ptr()) };
         if model.is_null() {

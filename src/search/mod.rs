@@ -21,16 +21,17 @@ pub mod nori;
 pub mod reindex;
 
 use crate::domain::search::{SearchDoc, SearchQuery, SearchResults};
+use crate::error::Cause;
 use async_trait::async_trait;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SearchError {
     /// The engine cannot be reached or failed: search answers 503, orders go on.
     #[error("search unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// The engine refused what we sent (a bug or a broken index): not retried as is.
     #[error("search index rejected the request: {0}")]
-    Rejected(String),
+    Rejected(#[source] Cause),
 }
 
 /// One change to apply, from a `product_upserted` or `product_deleted` event.
@@ -107,20 +108,20 @@ pub fn version_of(name: &str, alias: &str) -> Option<u64> {
 }
 
 /// The analysis files named in the settings, or the compiled-in defaults.
-pub fn load_analysis(s: &crate::config::SearchSettings) -> Result<analysis::Analysis, String> {
-    let read = |path: &str, default: &str| -> Result<String, String> {
+pub fn load_analysis(s: &crate::config::SearchSettings) -> anyhow::Result<analysis::Analysis> {
+    use anyhow::Context as _;
+    let read = |path: &str, default: &str| -> anyhow::Result<String> {
         if path.is_empty() {
             Ok(default.to_owned())
         } else {
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))
         }
     };
     let analysis = analysis::Analysis::parse(
         &read(&s.synonyms_file, analysis::DEFAULT_SYNONYMS)?,
         &read(&s.dictionary_file, analysis::DEFAULT_DICTIONARY)?,
         &read(&s.particles_file, analysis::DEFAULT_PARTICLES)?,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     if s.mecab_dicdir.is_empty() {
         return Ok(analysis);
     }
@@ -137,7 +138,7 @@ pub fn load_analysis(s: &crate::config::SearchSettings) -> Result<analysis::Anal
 
 /// The search index chosen by the settings: Elasticsearch when `search.url` is set,
 /// otherwise the embedded index in `<data_dir>/search`.
-pub async fn open(settings: &crate::config::Settings) -> Result<std::sync::Arc<dyn SearchIndex>, String> {
+pub async fn open(settings: &crate::config::Settings) -> anyhow::Result<std::sync::Arc<dyn SearchIndex>> {
     let analysis = std::sync::Arc::new(load_analysis(&settings.search)?);
     tracing::info!(korean = %analysis.korean(), "search analysis");
     if settings.search.url.is_empty() {
@@ -147,14 +148,12 @@ pub async fn open(settings: &crate::config::Settings) -> Result<std::sync::Arc<d
             let cache = settings.search.cache_entries;
             move || embedded::EmbeddedIndex::open_with_cache(&root, &alias, analysis, cache)
         })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .await??;
         index.spawn_alias_follower(std::time::Duration::from_millis(settings.search.alias_poll_ms.max(50)));
         Ok(std::sync::Arc::new(index))
     } else {
         elastic::ElasticIndex::connect(&settings.search, analysis)
             .map(|i| std::sync::Arc::new(i) as std::sync::Arc<dyn SearchIndex>)
-            .map_err(|e| e.to_string())
+            .map_err(anyhow::Error::from)
     }
 }

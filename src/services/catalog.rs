@@ -17,6 +17,7 @@ use crate::domain::categories;
 use crate::domain::events::{Event, EventType};
 use crate::domain::ids::ProductId;
 use crate::domain::now_millis;
+use crate::error::Cause;
 use crate::persistence::catalog::mongo::MongoCatalog;
 use crate::persistence::catalog::sql::{SkuChanges, SqlCatalog};
 use crate::persistence::catalog::{Catalog, PageRequest};
@@ -40,7 +41,7 @@ pub enum CatalogFailure {
 impl From<StoreError> for CatalogFailure {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(detail) => Self::Conflict(detail),
+            StoreError::Conflict(detail) => Self::Conflict(detail.to_string()),
             other => Self::Store(other),
         }
     }
@@ -76,10 +77,13 @@ impl CatalogService {
         } else if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {
             Arc::new(MongoCatalog::connect(url, store.clone()).await?)
         } else {
-            return Err(StoreError::Rejected(format!(
-                "catalog.url must be empty (embedded) or mongodb://…, got {:?}",
-                crate::persistence::sql::redact(url)
-            )));
+            return Err(StoreError::Rejected(
+                (format!(
+                    "catalog.url must be empty (embedded) or mongodb://…, got {:?}",
+                    crate::persistence::sql::redact(url)
+                ))
+                .into(),
+            ));
         };
         catalog.prepare().await?;
         Ok(Self {
@@ -152,7 +156,7 @@ impl CatalogService {
 
     fn upserted(product: &Product, at: i64, traceparent: Option<String>) -> Result<Event, CatalogFailure> {
         let data =
-            serde_json::to_value(product).map_err(|e| CatalogFailure::Store(StoreError::Corrupt(e.to_string())))?;
+            serde_json::to_value(product).map_err(|e| CatalogFailure::Store(StoreError::Corrupt(Cause::new(e))))?;
         Ok(Event::new(
             EventType::ProductUpserted,
             &product.id,

@@ -95,14 +95,16 @@ pub fn traces_url(endpoint: &str) -> String {
     }
 }
 
-fn exporter_provider(endpoint: &str, delay: Duration) -> Result<SdkTracerProvider, String> {
+fn exporter_provider(
+    endpoint: &str,
+    delay: Duration,
+) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
     use opentelemetry_otlp::{Protocol, WithExportConfig};
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(traces_url(endpoint))
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     // The batch processor exports from its own thread: a slow or absent collector
     // never blocks a request; when its queue is full, spans are dropped, not waited for.
     let processor = BatchSpanProcessor::builder(exporter)

@@ -41,7 +41,7 @@ impl EventHandler for HeldHandler {
             .permits
             .acquire()
             .await
-            .map_err(|e| ConsumeError::Unavailable(e.to_string()))?;
+            .map_err(|e| ConsumeError::Unavailable((e.to_string()).into()))?;
         permit.forget();
         Ok(())
     }

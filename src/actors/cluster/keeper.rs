@@ -94,7 +94,7 @@ impl LeaseKeeper {
     ) -> Result<T, StoreError> {
         tokio::time::timeout(self.tick(), statement)
             .await
-            .map_err(|_| StoreError::Unavailable(format!("{what}: no answer within a lease round")))?
+            .map_err(|_| StoreError::Unavailable(format!("{what}: no answer within a lease round").into()))?
     }
 
     /// `shards` were dropped here (taken over, or their deadline passed): counted,

@@ -4,6 +4,7 @@
 use super::Ownership;
 use crate::domain::cluster::Fence;
 use crate::domain::ids::Sku;
+use crate::error::Cause;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,7 +73,7 @@ pub struct RemotePayment {
 pub enum RemoteFailure {
     Refused(RemoteRefusal),
     /// The owner did not answer, or no longer owns the SKU: retry (maybe elsewhere).
-    Unavailable(String),
+    Unavailable(Cause),
 }
 
 /// Calls other nodes' SKU actors (orders spanning owners). One pooled HTTP client.
@@ -115,7 +116,7 @@ impl PeerClient {
         body: &B,
     ) -> Result<T, RemoteFailure> {
         let Some(base) = self.ownership.peer_of(sku) else {
-            return Err(RemoteFailure::Unavailable(format!("no live owner of {sku}")));
+            return Err(RemoteFailure::Unavailable(format!("no live owner of {sku}").into()));
         };
         let answer = self
             .client
@@ -124,20 +125,22 @@ impl PeerClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| RemoteFailure::Unavailable(e.to_string()))?;
+            .map_err(|e| RemoteFailure::Unavailable(Cause::new(e)))?;
         let status = answer.status();
         if status.is_success() {
             return answer
                 .json()
                 .await
-                .map_err(|e| RemoteFailure::Unavailable(e.to_string()));
+                .map_err(|e| RemoteFailure::Unavailable(Cause::new(e)));
         }
         if matches!(status.as_u16(), 404 | 409 | 422) {
             if let Ok(refusal) = answer.json::<RemoteRefusal>().await {
                 return Err(RemoteFailure::Refused(refusal));
             }
         }
-        Err(RemoteFailure::Unavailable(format!("{base}{path} answered {status}")))
+        Err(RemoteFailure::Unavailable(
+            format!("{base}{path} answered {status}").into(),
+        ))
     }
 
     pub async fn reserve(&self, request: &RemoteReserve) -> Result<RemoteReserved, RemoteFailure> {

@@ -15,6 +15,7 @@
 mod eviction;
 mod sku_actor;
 
+use crate::error::Cause;
 use actix::Actor;
 use actix::Addr;
 use actix::Handler;
@@ -58,7 +59,7 @@ pub enum InventoryFailure {
     #[error(transparent)]
     Rule(#[from] InventoryError),
     #[error("inventory unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// Cluster mode: another node owns this SKU's shard (or nobody does right now).
     #[error("this node does not own sku {0}")]
     NotOwner(Sku),
@@ -66,12 +67,12 @@ pub enum InventoryFailure {
 
 impl From<StoreError> for InventoryFailure {
     fn from(e: StoreError) -> Self {
-        Self::Unavailable(e.to_string())
+        Self::Unavailable(Cause::new(e))
     }
 }
 impl From<CommitError> for InventoryFailure {
     fn from(e: CommitError) -> Self {
-        Self::Unavailable(e.to_string())
+        Self::Unavailable(Cause::new(e))
     }
 }
 
@@ -347,9 +348,9 @@ impl Inventory {
                 }
             }
         }
-        Err(InventoryFailure::Unavailable(format!(
-            "inventory actor for {sku} is not answering"
-        )))
+        Err(InventoryFailure::Unavailable(
+            (format!("inventory actor for {sku} is not answering")).into(),
+        ))
     }
 
     pub async fn reserve(
@@ -391,7 +392,7 @@ impl Inventory {
                 .map_err(|r| match r {
                     Refusal::UnknownSku(sku) => InventoryFailure::UnknownSku(sku),
                     Refusal::Rule { rule, .. } => InventoryFailure::Rule(rule),
-                    other => InventoryFailure::Unavailable(other.to_string()),
+                    other => InventoryFailure::Unavailable(Cause::new(other)),
                 })?;
             return Ok(InventoryView {
                 sku: sku.to_string(),

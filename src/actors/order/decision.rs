@@ -215,9 +215,9 @@ pub(super) async fn apply_decision(
     let key = (sku.clone(), order);
     match deps.settling.entry(key.clone()) {
         dashmap::Entry::Occupied(_) => {
-            return Err(InventoryFailure::Unavailable(format!(
-                "the decision of order {order} is being applied to {sku}; not durable yet"
-            )))
+            return Err(InventoryFailure::Unavailable(
+                (format!("the decision of order {order} is being applied to {sku}; not durable yet")).into(),
+            ))
         }
         dashmap::Entry::Vacant(slot) => {
             slot.insert(());
@@ -244,15 +244,14 @@ async fn apply_decision_once(deps: &Deps, sku: &Sku, order: OrderId) -> Result<O
         Some(OrderStatus::Completed) => ChangeKind::Confirm,
         Some(OrderStatus::Cancelled) => ChangeKind::Release,
         Some(status) => {
-            return Err(InventoryFailure::Unavailable(format!(
-                "order {order} is {} (no decision recorded yet)",
-                status.as_str()
-            )))
+            return Err(InventoryFailure::Unavailable(
+                (format!("order {order} is {} (no decision recorded yet)", status.as_str())).into(),
+            ))
         }
         None => {
-            return Err(InventoryFailure::Unavailable(format!(
-                "order {order} is not in the store"
-            )))
+            return Err(InventoryFailure::Unavailable(
+                (format!("order {order} is not in the store")).into(),
+            ))
         }
     };
     let entry = match how {
@@ -300,7 +299,9 @@ impl Orders {
         let (deps, owned_sku) = (self.deps.clone(), sku.clone());
         let applied = tokio::spawn(async move { apply_decision(&deps, &owned_sku, order).await })
             .await
-            .map_err(|e| InventoryFailure::Unavailable(format!("applying the decision of order {order}: {e}")))??;
+            .map_err(|e| {
+                InventoryFailure::Unavailable(format!("applying the decision of order {order}: {e}").into())
+            })??;
         if let Some(entry) = &applied {
             let confirmed = entry.change.kind == ChangeKind::Confirm;
             if confirmed != confirm {

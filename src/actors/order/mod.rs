@@ -28,6 +28,7 @@ use crate::domain::idempotency::{IdempotencyKey, RequestHash};
 use crate::domain::ids::{OrderId, Sku, UserId};
 use crate::domain::now_millis;
 use crate::domain::order::{CancelReason, Order, OrderLimits, OrderRequestError, OrderStatus};
+use crate::error::Cause;
 use crate::events::consumer::ConsumeError;
 use crate::persistence::{Consumed, SqlStore, StoreError};
 use crate::telemetry::Metrics;
@@ -103,7 +104,7 @@ pub enum PlaceError {
     #[error("{0}")]
     Rejected(String),
     #[error("the order could not be made durable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
 }
 
 /// Why a cancellation was refused.
@@ -338,13 +339,13 @@ impl Orders {
             // Cluster mode: the consumer that got the event may not run the order's saga.
             let order = match self.deps.store.get_order(id).await {
                 Ok(Some(order)) => order,
-                Ok(None) => return Err(ConsumeError::Failed(format!("order {id} does not exist"))),
-                Err(e) => return Err(ConsumeError::Unavailable(e.to_string())),
+                Ok(None) => return Err(ConsumeError::Failed(format!("order {id} does not exist").into())),
+                Err(e) => return Err(ConsumeError::Unavailable(Cause::new(e))),
             };
             let shard = order_shard(&self.deps.ownership, &order);
             if self.deps.ownership.epoch(shard).is_none() {
                 let Some(sku) = order.lines.iter().map(|l| l.sku.clone()).min() else {
-                    return Err(ConsumeError::Failed(format!("order {id} has no lines")));
+                    return Err(ConsumeError::Failed(format!("order {id} has no lines").into()));
                 };
                 let request = RemotePayment {
                     order: id,
@@ -354,7 +355,7 @@ impl Orders {
                 };
                 return match self.deps.peers.payment(&request).await {
                     Ok(()) => Ok(()),
-                    Err(RemoteFailure::Refused(refusal)) => Err(ConsumeError::Failed(refusal.reason)),
+                    Err(RemoteFailure::Refused(refusal)) => Err(ConsumeError::Failed(refusal.reason.into())),
                     Err(RemoteFailure::Unavailable(e)) => Err(ConsumeError::Unavailable(e)),
                 };
             }
@@ -379,17 +380,17 @@ impl Orders {
             match addr.send(report).await {
                 Ok(Ok(Reported::Applied)) => return Ok(()),
                 Ok(Ok(Reported::Ignored(status))) => return self.no_effect(id, status, &outcome, &consumed).await,
-                Ok(Err(e)) => return Err(ConsumeError::Unavailable(e.to_string())),
+                Ok(Err(e)) => return Err(ConsumeError::Unavailable(Cause::new(e))),
                 // The saga finished in between: the store knows the outcome.
                 Err(_) => {}
             }
         }
         match self.deps.store.get_order(id).await {
-            Err(e) => Err(ConsumeError::Unavailable(e.to_string())),
-            Ok(None) => Err(ConsumeError::Failed(format!("order {id} does not exist"))),
-            Ok(Some(order)) if order.status == OrderStatus::PendingPayment => Err(ConsumeError::Unavailable(format!(
-                "the saga of order {id} is not running yet"
-            ))),
+            Err(e) => Err(ConsumeError::Unavailable(Cause::new(e))),
+            Ok(None) => Err(ConsumeError::Failed(format!("order {id} does not exist").into())),
+            Ok(Some(order)) if order.status == OrderStatus::PendingPayment => Err(ConsumeError::Unavailable(
+                (format!("the saga of order {id} is not running yet")).into(),
+            )),
             Ok(Some(order)) => self.no_effect(id, order.status, &outcome, &consumed).await,
         }
     }
@@ -408,13 +409,13 @@ impl Orders {
         if outcome.is_ok() && status == OrderStatus::Cancelled {
             let order = match self.deps.store.get_order(id).await {
                 Ok(Some(order)) => order,
-                Ok(None) => return Err(ConsumeError::Failed(format!("order {id} does not exist"))),
-                Err(e) => return Err(ConsumeError::Unavailable(e.to_string())),
+                Ok(None) => return Err(ConsumeError::Failed(format!("order {id} does not exist").into())),
+                Err(e) => return Err(ConsumeError::Unavailable(Cause::new(e))),
             };
             warn!(order_id = %id, "payment succeeded for a cancelled order; refund requested");
             return request_refund(&self.deps, &order, Some(consumed))
                 .await
-                .map_err(|e| ConsumeError::Unavailable(e.to_string()));
+                .map_err(|e| ConsumeError::Unavailable(Cause::new(e)));
         } else {
             info!(order_id = %id, status = status.as_str(), "payment outcome for a settled order ignored");
         }
@@ -422,7 +423,7 @@ impl Orders {
             .store
             .mark_processed(consumed)
             .await
-            .map_err(|e| ConsumeError::Unavailable(e.to_string()))
+            .map_err(|e| ConsumeError::Unavailable(Cause::new(e)))
     }
 }
 

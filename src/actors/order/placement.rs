@@ -22,6 +22,7 @@ use crate::domain::inventory::InventoryError;
 use crate::domain::now_millis;
 use crate::domain::order::quantities_by_sku;
 use crate::domain::order::Order;
+use crate::error::Cause;
 use crate::persistence::StoreError;
 use crate::persistence::WriteSet;
 use std::collections::BTreeMap;
@@ -42,7 +43,7 @@ impl Orders {
             span,
         ))
         .await
-        .unwrap_or_else(|e| Err(PlaceError::Unavailable(e.to_string())))
+        .unwrap_or_else(|e| Err(PlaceError::Unavailable(Cause::new(e))))
     }
 
     async fn place_detached(&self, request: PlaceOrder) -> Result<Placed, PlaceError> {
@@ -77,7 +78,7 @@ impl Orders {
             .store
             .find_idempotency(user, key.as_str())
             .await
-            .map_err(|e| PlaceError::Unavailable(e.to_string()))?;
+            .map_err(|e| PlaceError::Unavailable(Cause::new(e)))?;
         let Some(record) = stored else {
             return Ok(None);
         };
@@ -85,7 +86,7 @@ impl Orders {
             Replay::Mismatch => Err(PlaceError::IdempotencyMismatch),
             Replay::StoredAnswer => {
                 let order =
-                    serde_json::from_str(&record.response).map_err(|e| PlaceError::Unavailable(e.to_string()))?;
+                    serde_json::from_str(&record.response).map_err(|e| PlaceError::Unavailable(Cause::new(e)))?;
                 Ok(Some(Placed { order, replayed: true }))
             }
         }
@@ -121,7 +122,7 @@ impl Orders {
             .is_some_and(|first| !deps.ownership.holds_sku(first))
         {
             return Err(PlaceError::Unavailable(
-                "this node does not hold the order's shard (any more)".to_owned(),
+                ("this node does not hold the order's shard (any more)".to_owned()).into(),
             ));
         }
         let mut journal = Vec::with_capacity(wanted.len());
@@ -153,7 +154,7 @@ impl Orders {
                                 available: refusal.available,
                             },
                             "unknown_sku" => PlaceError::UnknownSku(sku.clone()),
-                            other => PlaceError::Unavailable(format!("{sku}: {other}")),
+                            other => PlaceError::Unavailable(format!("{sku}: {other}").into()),
                         });
                     }
                     Err(RemoteFailure::Unavailable(e)) => failure = Some(PlaceError::Unavailable(e)),
@@ -175,7 +176,7 @@ impl Orders {
                                 available,
                             }
                         }
-                        other => PlaceError::Unavailable(other.to_string()),
+                        other => PlaceError::Unavailable(Cause::new(other)),
                     });
                     break;
                 }
@@ -211,7 +212,7 @@ impl Orders {
             Err(e) => {
                 // Memory never keeps what the database does not.
                 self.forget_all(prices.keys(), id).await;
-                Err(PlaceError::Unavailable(e.to_string()))
+                Err(PlaceError::Unavailable(Cause::new(e)))
             }
         }
     }
@@ -253,7 +254,7 @@ impl Orders {
             Err(Refusal::Invalid(e)) => Err(PlaceError::Rejected(e)),
             // A duplicate idempotency key: another process placed this request at the same time.
             Err(Refusal::Store(StoreError::Conflict(_))) => Err(PlaceError::KeyInProgress),
-            Err(Refusal::Store(e)) => Err(PlaceError::Unavailable(e.to_string())),
+            Err(Refusal::Store(e)) => Err(PlaceError::Unavailable(Cause::new(e))),
         }
     }
 

@@ -8,6 +8,7 @@ use crate::domain::events::{Event, EventType, InventoryChanged, OrderCreated, Or
 use crate::domain::ids::{OrderId, Sku};
 use crate::domain::inventory::ChangeKind;
 use crate::domain::order::{total, Order, OrderLine, OrderRequestError, OrderStatus};
+use crate::error::Cause;
 use crate::persistence::{IdempotencyRecord, JournalEntry, StatusChange, WriteSet};
 use std::collections::HashMap;
 
@@ -141,7 +142,7 @@ pub(super) fn order_write_set(
             key: key.as_str().to_owned(),
             request_hash: hash.as_str().to_owned(),
             order_id: id,
-            response: serde_json::to_string(&order).map_err(|e| PlaceError::Unavailable(e.to_string()))?,
+            response: serde_json::to_string(&order).map_err(|e| PlaceError::Unavailable(Cause::new(e)))?,
         }),
         None => None,
     };

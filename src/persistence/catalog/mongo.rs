@@ -30,11 +30,11 @@ use std::time::Duration;
 const PROJECTION_BATCH: i64 = 500;
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("mongodb: {e}"))
+    StoreError::Unavailable(format!("mongodb: {e}").into())
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("mongodb document: {e}"))
+    StoreError::Corrupt(format!("mongodb document: {e}").into())
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

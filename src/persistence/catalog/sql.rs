@@ -16,6 +16,7 @@ use crate::domain::events::{Event, EventType};
 use crate::domain::ids::ProductId;
 use crate::domain::money::Money;
 use crate::domain::Millis;
+use crate::error::Cause;
 use crate::persistence::catalog::{Catalog, PageRequest};
 use crate::persistence::sql::{corrupt, insert_outbox, text, ROWS_PER_INSERT};
 use crate::persistence::{JournalEntry, NewSku, SqlStore, StoreError};
@@ -78,7 +79,7 @@ impl SqlStore {
                 .execute(&mut **tx)
                 .await
                 .map_err(|e| match StoreError::from(e) {
-                    StoreError::Conflict(_) => StoreError::Conflict(format!("sku {} already exists", s.sku)),
+                    StoreError::Conflict(_) => StoreError::Conflict(format!("sku {} already exists", s.sku).into()),
                     other => other,
                 })?;
             sqlx::query("INSERT INTO inventory (sku, stock, reserved, seq, updated_at) VALUES (?, 0, 0, 0, ?)")
@@ -92,7 +93,7 @@ impl SqlStore {
             .map(|s| {
                 let change = crate::domain::inventory::SkuInventory::default()
                     .set_stock(s.stock)
-                    .map_err(|e| StoreError::Rejected(e.to_string()))?;
+                    .map_err(|e| StoreError::Rejected(Cause::new(e)))?;
                 Ok(JournalEntry {
                     sku: s.sku.clone(),
                     seq: 1,
@@ -176,10 +177,13 @@ impl SqlStore {
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() != 1 {
-            return Err(StoreError::Conflict(format!(
-                "product {} changed while this request was being made; read it again and retry",
-                product.id
-            )));
+            return Err(StoreError::Conflict(
+                (format!(
+                    "product {} changed while this request was being made; read it again and retry",
+                    product.id
+                ))
+                .into(),
+            ));
         }
         for (sku, price) in &skus.prices {
             sqlx::query("UPDATE skus SET price_amount = ? WHERE sku = ? AND product_id = ?")

@@ -54,10 +54,13 @@ impl SqlStore {
         if version.contains("MariaDB") {
             return Ok(());
         }
-        Err(StoreError::Rejected(format!(
-            "cluster mode needs MariaDB: this server ({version}) has no idle_transaction_timeout, so a frozen \
+        Err(StoreError::Rejected(
+            (format!(
+                "cluster mode needs MariaDB: this server ({version}) has no idle_transaction_timeout, so a frozen \
              node's open transaction would hold its lease locks until its connection dies and stall the others"
-        )))
+            ))
+            .into(),
+        ))
     }
 
     /// I-am-alive: records (or refreshes) this node's row.

@@ -13,6 +13,7 @@
 //! letters), `refunds.rs`, `reconcile.rs`.
 
 use super::{StoreError, WriteSet};
+use crate::error::Cause;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor, Row};
@@ -96,7 +97,9 @@ pub struct SqlStore {
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         match &err {
-            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(db.message().to_owned()),
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict((db.message().to_owned()).into())
+            }
             sqlx::Error::Database(db) => {
                 // SQLite reports a locked or busy database as a database error: that is an outage, not a bad write.
                 // A deadlock victim (MySQL 1213) or a lock wait timeout (1205) was rolled back
@@ -108,16 +111,16 @@ impl From<sqlx::Error> for StoreError {
                     || msg.contains("readonly")
                     || is_lock_conflict(&msg)
                 {
-                    StoreError::Unavailable(msg)
+                    StoreError::Unavailable(msg.into())
                 } else {
-                    StoreError::Rejected(msg)
+                    StoreError::Rejected(msg.into())
                 }
             }
             sqlx::Error::ColumnDecode { .. }
             | sqlx::Error::Decode(_)
             | sqlx::Error::ColumnNotFound(_)
-            | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(err.to_string()),
-            _ => StoreError::Unavailable(err.to_string()),
+            | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(Cause::new(err)),
+            _ => StoreError::Unavailable(Cause::new(err)),
         }
     }
 }
@@ -131,14 +134,17 @@ fn is_lock_conflict(message: &str) -> bool {
 /// The store rolled a transaction back whole to break a lock conflict (several nodes
 /// commit to the same tables in cluster mode): nothing was written; retry at once.
 pub fn lost_a_lock_conflict(err: &StoreError) -> bool {
-    matches!(err, StoreError::Unavailable(msg) if is_lock_conflict(msg))
+    matches!(err, StoreError::Unavailable(cause) if is_lock_conflict(&cause.to_string()))
 }
 
 /// The store refused a write because an inventory snapshot would leave
 /// `0 <= reserved <= stock` (MariaDB names the constraint, SQLite quotes it).
 pub fn breaks_inventory_bounds(err: &StoreError) -> bool {
-    matches!(err, StoreError::Rejected(msg)
-        if msg.contains("inventory_bounds") || msg.contains("CHECK constraint failed: reserved"))
+    let StoreError::Rejected(cause) = err else {
+        return false;
+    };
+    let message = cause.to_string();
+    message.contains("inventory_bounds") || message.contains("CHECK constraint failed: reserved")
 }
 
 /// A long text column: MySQL reports `LONGTEXT` as a BLOB through the Any driver, so
@@ -150,18 +156,16 @@ pub(super) fn text(row: &AnyRow, column: &str) -> Result<String, StoreError> {
     }
 }
 
+/// Stored data that does not read back: `what` says what and why.
 pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(what.to_string())
+    StoreError::Corrupt(Cause::from(what.to_string()))
 }
 
 impl SqlStore {
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let dialect = Dialect::of_url(url).ok_or_else(|| {
-            StoreError::Rejected(format!(
-                "store.url must start with sqlite: or mysql:, got {:?}",
-                redact(url)
-            ))
+            StoreError::Rejected((format!("store.url must start with sqlite: or mysql:, got {:?}", redact(url))).into())
         })?;
         let synchronous = match options.sqlite_synchronous.as_str() {
             "normal" => "NORMAL",
@@ -224,7 +228,7 @@ impl SqlStore {
         migrator
             .run(&self.pool)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))
+            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}").into()))
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

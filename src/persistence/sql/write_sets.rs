@@ -192,8 +192,8 @@ impl SqlStore {
         if matched != rows.status.len() as u64 {
             // Which one is for the one-by-one retry to find: a batch of one names its order.
             return Err(StoreError::Rejected(match rows.status.as_slice() {
-                [one] => format!("order {} is not {} any more", one[0], one[1]),
-                _ => "an order of the batch is not in its expected status any more".to_owned(),
+                [one] => format!("order {} is not {} any more", one[0], one[1]).into(),
+                _ => "an order of the batch is not in its expected status any more".into(),
             }));
         }
         self.journal_statements(tx, &rows.journal).await?;
@@ -233,7 +233,9 @@ impl SqlStore {
                 .map(|r| r[0].to_string())
                 .collect::<Vec<_>>()
                 .join(", ");
-            return Err(StoreError::Rejected(format!("no inventory row for one of {skus}")));
+            return Err(StoreError::Rejected(
+                format!("no inventory row for one of {skus}").into(),
+            ));
         }
         Ok(())
     }

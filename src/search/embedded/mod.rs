@@ -31,6 +31,7 @@ use super::analysis::{self, Analysis};
 use super::grams;
 use super::{IndexChange, Rebuild, SearchError, SearchIndex};
 use crate::domain::search::{SearchDoc, SearchQuery, SearchResults};
+use crate::error::Cause;
 use async_trait::async_trait;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -263,7 +264,7 @@ impl Shared {
             else {
                 continue;
             };
-            let d: SearchDoc = serde_json::from_str(&json).map_err(|e| SearchError::Rejected(e.to_string()))?;
+            let d: SearchDoc = serde_json::from_str(&json).map_err(|e| SearchError::Rejected(Cause::new(e)))?;
             let mut hit = d.hit();
             hit.highlight = self.analysis.highlight(&d.name, &plan.highlight_terms);
             hits.push(hit);
@@ -310,7 +311,7 @@ impl Shared {
             else {
                 continue;
             };
-            let d: SearchDoc = serde_json::from_str(&json).map_err(|e| SearchError::Rejected(e.to_string()))?;
+            let d: SearchDoc = serde_json::from_str(&json).map_err(|e| SearchError::Rejected(Cause::new(e)))?;
             if !out.contains(&d.name) {
                 out.push(d.name);
             }

@@ -5,6 +5,7 @@ use super::KIND_PRODUCT;
 use super::KIND_TOMBSTONE;
 use super::SERVING_HEAP;
 use crate::domain::search::SearchDoc;
+use crate::error::Cause;
 use crate::search::analysis::Analysis;
 use crate::search::newest_per_product;
 use crate::search::IndexChange;
@@ -83,7 +84,7 @@ pub(super) fn fields(schema: &Schema) -> Result<Fields, SearchError> {
     let f = |name: &str| {
         schema
             .get_field(name)
-            .map_err(|e| SearchError::Rejected(format!("index schema lacks {name}: {e}")))
+            .map_err(|e| SearchError::Rejected(format!("index schema lacks {name}: {e}").into()))
     };
     Ok(Fields {
         id: f("id")?,
@@ -104,8 +105,8 @@ pub(super) fn fields(schema: &Schema) -> Result<Fields, SearchError> {
     })
 }
 
-pub(super) fn unavailable(e: impl std::fmt::Display) -> SearchError {
-    SearchError::Unavailable(e.to_string())
+pub(super) fn unavailable(what: impl std::fmt::Display) -> SearchError {
+    SearchError::Unavailable(Cause::from(what.to_string()))
 }
 
 /// One open index version: its reader, and its writer when this process owns it.
@@ -190,7 +191,7 @@ impl Version {
         doc.add_u64(f.price, d.price);
         doc.add_text(
             f.doc,
-            serde_json::to_string(d).map_err(|e| SearchError::Rejected(e.to_string()))?,
+            serde_json::to_string(d).map_err(|e| SearchError::Rejected(Cause::new(e)))?,
         );
         Ok(doc)
     }

@@ -16,6 +16,7 @@ use crate::config::UserSettings;
 use crate::domain::ids::UserId;
 use crate::domain::user::{dormancy_cutoff, DisplayName, Email, InvalidField, Password};
 use crate::domain::{now_millis, Millis};
+use crate::error::Cause;
 use crate::persistence::users::{Account, NewAccount};
 use crate::persistence::{SqlStore, StoreError};
 use passwords::{PasswordError, Passwords, Verdict};
@@ -37,21 +38,21 @@ pub enum AccountError {
     #[error("no account for this token's subject")]
     NoAccount,
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
 }
 
 impl From<StoreError> for AccountError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(detail) => Self::EmailTaken(detail),
-            other => Self::Unavailable(other.to_string()),
+            StoreError::Conflict(detail) => Self::EmailTaken(detail.to_string()),
+            other => Self::Unavailable(Cause::new(other)),
         }
     }
 }
 
 impl From<PasswordError> for AccountError {
     fn from(e: PasswordError) -> Self {
-        Self::Unavailable(e.to_string())
+        Self::Unavailable(Cause::new(e))
     }
 }
 
@@ -85,7 +86,7 @@ impl Accounts {
         let name = DisplayName::parse(name)?;
         let new = NewAccount {
             id: UserId::parse(uuid::Uuid::now_v7().to_string())
-                .map_err(|e| AccountError::Unavailable(e.to_string()))?,
+                .map_err(|e| AccountError::Unavailable(Cause::new(e)))?,
             password_hash: self.passwords.hash(&password).await?,
             email,
             name,
@@ -124,7 +125,7 @@ impl Accounts {
         let token = self
             .keys
             .issue(credentials.id.as_str(), false)
-            .map_err(|e| AccountError::Unavailable(e.to_string()))?;
+            .map_err(|e| AccountError::Unavailable(Cause::new(e)))?;
         Ok(Login {
             user_id: credentials.id,
             token,

@@ -15,6 +15,7 @@
 
 use crate::config::UserSettings;
 use crate::domain::user::Password;
+use crate::error::Cause;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use rand::RngCore;
@@ -25,13 +26,13 @@ use tokio::sync::Semaphore;
 pub enum PasswordError {
     /// The hashing pool is gone (shutting down) or the hash could not be computed.
     #[error("password hashing unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// A stored hash that does not parse: the account cannot log in until it is reset.
     #[error("stored password hash is unreadable: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Cause),
     /// `users.argon2_*` out of argon2's ranges.
     #[error("invalid argon2 parameters: {0}")]
-    Config(String),
+    Config(#[source] Cause),
 }
 
 /// The outcome of checking a password.
@@ -70,7 +71,7 @@ impl Passwords {
             settings.argon2_parallelism,
             None,
         )
-        .map_err(|e| PasswordError::Config(e.to_string()))?;
+        .map_err(|e| PasswordError::Config(Cause::new(e)))?;
         let hasher = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
         let mut unguessable = [0u8; 32];
         rand::rng().fill_bytes(&mut unguessable);
@@ -113,7 +114,7 @@ impl Passwords {
         let known = stored.is_some();
         let phc = stored.map_or_else(|| self.dummy.to_string(), str::to_owned);
         self.off_worker(move || {
-            let parsed = PasswordHash::new(&phc).map_err(|e| PasswordError::Corrupt(e.to_string()))?;
+            let parsed = PasswordHash::new(&phc).map_err(|e| PasswordError::Corrupt(Cause::new(e)))?;
             let matches = hasher.verify_password(candidate.as_bytes(), &parsed).is_ok();
             Ok(match (known, matches) {
                 (true, true) => Verdict::Right {
@@ -134,10 +135,10 @@ impl Passwords {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|e| PasswordError::Unavailable(e.to_string()))?;
+            .map_err(|e| PasswordError::Unavailable(Cause::new(e)))?;
         tokio::task::spawn_blocking(work)
             .await
-            .map_err(|e| PasswordError::Unavailable(e.to_string()))?
+            .map_err(|e| PasswordError::Unavailable(Cause::new(e)))?
     }
 }
 
@@ -145,11 +146,11 @@ fn hash_with(hasher: &Argon2<'_>, password: &str) -> Result<String, PasswordErro
     // 16 random bytes of salt (the PHC recommendation) from the same CSPRNG as the JWT secret.
     let mut salt = [0u8; 16];
     rand::rng().fill_bytes(&mut salt);
-    let salt = SaltString::encode_b64(&salt).map_err(|e| PasswordError::Unavailable(e.to_string()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| PasswordError::Unavailable(Cause::new(e)))?;
     hasher
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| PasswordError::Unavailable(e.to_string()))
+        .map_err(|e| PasswordError::Unavailable(Cause::new(e)))
 }
 
 /// Whether a stored hash is argon2id with exactly the current parameters.
