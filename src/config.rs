@@ -17,7 +17,7 @@ pub struct Settings {
     pub store: StoreSettings,
     pub write_behind: WriteBehindSettings,
     pub inventory: InventorySettings,
-    pub orders: OrderSettings,
+    pub(crate) orders: OrderSettings,
     pub limits: LimitSettings,
     pub payment: PaymentSettings,
     pub outbox: OutboxSettings,
@@ -37,26 +37,26 @@ pub struct ServerSettings {
     pub listen: String,
     pub data_dir: PathBuf,
     pub workers: usize,
-    pub body_limit_bytes: usize,
+    pub(crate) body_limit_bytes: usize,
     pub request_timeout_ms: u64,
-    pub shutdown_grace_secs: u64,
+    pub(crate) shutdown_grace_secs: u64,
     pub public_introspection: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct StoreSettings {
     pub url: String,
-    pub max_connections: u32,
-    pub migrate_on_start: bool,
+    pub(crate) max_connections: u32,
+    pub(crate) migrate_on_start: bool,
     pub acquire_timeout_ms: u64,
     pub sqlite_synchronous: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct WriteBehindSettings {
-    pub max_batch: usize,
-    pub linger_ms: u64,
-    pub queue_capacity: usize,
+    pub(crate) max_batch: usize,
+    pub(crate) linger_ms: u64,
+    pub(crate) queue_capacity: usize,
 }
 
 /// Where reservations are decided (`inventory.strategy`).
@@ -73,19 +73,19 @@ pub enum InventoryStrategy {
 #[derive(Debug, Clone, Deserialize)]
 pub struct InventorySettings {
     pub strategy: InventoryStrategy,
-    pub shards: usize,
+    pub(crate) shards: usize,
     pub idle_passivate_secs: u64,
     pub reservation_ttl_secs: u64,
-    pub mailbox_capacity: usize,
+    pub(crate) mailbox_capacity: usize,
     /// Live SKU actors kept at most (0 = no cap); the least recently used go first.
     #[serde(default)]
     pub max_live_actors: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct OrderSettings {
-    pub max_items: usize,
-    pub max_qty_per_item: i64,
+pub(crate) struct OrderSettings {
+    pub(crate) max_items: usize,
+    pub(crate) max_qty_per_item: i64,
 }
 
 /// Rate limits on order creation; a rate of 0 turns that limit off.
@@ -124,7 +124,7 @@ pub enum BusKind {
 #[derive(Debug, Clone, Deserialize)]
 pub struct PaymentSettings {
     pub mode: PaymentMode,
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     pub attempt_timeout_ms: u64,
     pub backoff_base_ms: u64,
     pub gateway_latency_ms: u64,
@@ -133,7 +133,7 @@ pub struct PaymentSettings {
     /// Empty: the simulated gateway in this process. Otherwise the URL of a shared
     /// `emporium gateway` that every charge and refund goes to.
     #[serde(default)]
-    pub gateway_url: String,
+    pub(crate) gateway_url: String,
     /// Refund attempts before a refund is given up on (`refund_failed`, `failed_events`).
     pub refund_attempts: u32,
     /// Backoff before the second refund attempt; doubles with each further one.
@@ -143,7 +143,7 @@ pub struct PaymentSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct OutboxSettings {
     pub poll_interval_ms: u64,
-    pub batch_size: i64,
+    pub(crate) batch_size: i64,
     pub max_attempts: i64,
     pub backoff_base_ms: u64,
 }
@@ -161,11 +161,11 @@ pub struct BusSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ConsumerSettings {
     /// Consumer group of Emporium's own consumers (the saga reading `emporium.payments`).
-    pub group_id: String,
+    pub(crate) group_id: String,
     /// Attempts at one message before it goes to `emporium.dlq` and `failed_events`.
     pub max_attempts: u32,
     pub backoff_base_ms: u64,
-    pub session_timeout_ms: u64,
+    pub(crate) session_timeout_ms: u64,
     /// How often the consumer samples its lag into the `emporium_consumer_*` metrics.
     pub lag_interval_ms: u64,
 }
@@ -175,8 +175,8 @@ pub struct ConsumerSettings {
 pub struct PaymentServiceSettings {
     /// Its own database (outbox, processed events). Empty = SQLite at
     /// `<data_dir>/payment-service.db`.
-    pub store_url: String,
-    pub group_id: String,
+    pub(crate) store_url: String,
+    pub(crate) group_id: String,
     /// Its health and metrics listener (probes, Prometheus).
     pub listen: String,
 }
@@ -184,7 +184,7 @@ pub struct PaymentServiceSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
     pub jwt_secret: String,
-    pub jwt_secret_file: String,
+    pub(crate) jwt_secret_file: String,
     pub token_ttl_secs: u64,
 }
 
@@ -197,19 +197,19 @@ pub struct UserSettings {
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
     /// Password hashes computed at once; 0 = one per core.
-    pub max_concurrent_hashes: usize,
+    pub(crate) max_concurrent_hashes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct TelemetrySettings {
-    pub log_format: String,
-    pub log_level: String,
-    pub otlp_endpoint: String,
+    pub(crate) log_format: String,
+    pub(crate) log_level: String,
+    pub(crate) otlp_endpoint: String,
     /// How long finished spans are batched before one OTLP export request.
-    pub otlp_export_delay_ms: u64,
+    pub(crate) otlp_export_delay_ms: u64,
     /// Record Prometheus metrics (false: `/metrics` still answers, with counters and
     /// histograms left at zero; used to measure what recording costs).
-    pub metrics: bool,
+    pub(crate) metrics: bool,
 }
 
 /// Product search (issue 8): the embedded index, or Elasticsearch when `url` is set.
@@ -217,17 +217,17 @@ pub struct TelemetrySettings {
 pub struct SearchSettings {
     pub url: String,
     pub alias: String,
-    pub synonyms_file: String,
-    pub dictionary_file: String,
-    pub particles_file: String,
-    pub suggest_size: usize,
+    pub(crate) synonyms_file: String,
+    pub(crate) dictionary_file: String,
+    pub(crate) particles_file: String,
+    pub(crate) suggest_size: usize,
     pub request_timeout_ms: u64,
-    pub alias_poll_ms: u64,
+    pub(crate) alias_poll_ms: u64,
     /// Embedded index: how many recent search answers to keep (0 = no cache).
-    pub cache_entries: usize,
+    pub(crate) cache_entries: usize,
     /// Compiled mecab-ko-dic directory (scripts/mecab.sh): Korean morphemes by MeCab.
     /// Empty, or not loadable: the built-in analysis (particle list + CJK bigrams).
-    pub mecab_dicdir: String,
+    pub(crate) mecab_dicdir: String,
 }
 
 /// Where products and categories are kept and queried (src/persistence/catalog/mod.rs).
@@ -247,13 +247,13 @@ pub struct ClusterSettings {
     /// Empty: the host name and a random suffix (a restarted node is a new member).
     pub node_id: String,
     /// How peers reach this node's HTTP API. Empty: `http://` + the bound listen address.
-    pub advertise_url: String,
+    pub(crate) advertise_url: String,
     /// Virtual shards (SKU hash modulo this). Every node of a cluster must agree.
     pub shards: u32,
     /// A lease not renewed for this long may be taken by another node.
     pub lease_ttl_ms: u64,
     /// Shared secret of peer-to-peer calls. Empty: derived from the JWT secret.
-    pub peer_secret: String,
+    pub(crate) peer_secret: String,
 }
 
 impl Settings {
@@ -300,7 +300,7 @@ impl Settings {
         }
     }
 
-    pub fn reservation_ttl(&self) -> Duration {
+    pub(crate) fn reservation_ttl(&self) -> Duration {
         Duration::from_secs(self.inventory.reservation_ttl_secs)
     }
 }

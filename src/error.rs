@@ -69,7 +69,7 @@ impl Error for Cause {
 /// `error` and every source under it, on one line (`a: b: c`), for logs. Text a
 /// message repeats from its source (`"store unavailable: x"` over `"x"`) is not
 /// printed twice.
-pub fn chain(error: &(dyn Error + 'static)) -> String {
+pub(crate) fn chain(error: &(dyn Error + 'static)) -> String {
     let mut line = error.to_string();
     let mut next = error.source();
     while let Some(e) = next {

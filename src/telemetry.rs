@@ -11,15 +11,16 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-pub mod actor;
+pub(crate) mod actor;
 pub mod context;
-pub mod gate;
+pub(crate) mod gate;
 pub mod traces;
 
-pub use actor::ActorProbe;
-pub use gate::Gate;
+pub(crate) use actor::ActorProbe;
+pub(crate) use gate::Gate;
 
-pub use traces::{continue_trace, traceparent_of};
+pub use traces::continue_trace;
+pub(crate) use traces::traceparent_of;
 
 /// Sets up logging (and trace export when `telemetry.otlp_endpoint` is set); keep the
 /// returned guard alive for as long as traces should be exported.
@@ -33,69 +34,69 @@ pub fn init(settings: &crate::config::TelemetrySettings) -> traces::Telemetry {
 }
 
 pub struct Metrics {
-    pub registry: Registry,
-    pub http_requests: Gate<IntCounterVec>,
-    pub http_duration: Gate<HistogramVec>,
-    pub actors_active: IntGaugeVec,
-    pub actor_activations: Gate<IntCounterVec>,
-    pub actor_passivations: Gate<IntCounterVec>,
-    pub actor_messages: Gate<IntCounterVec>,
-    pub reservations: Gate<IntCounterVec>,
-    pub reservation_expirations: Gate<IntCounter>,
-    pub orders_created: Gate<IntCounter>,
-    pub orders_finished: Gate<IntCounterVec>,
-    pub payment_attempts: Gate<IntCounterVec>,
-    pub refunds: Gate<IntCounterVec>,
-    pub commit_batch_size: Gate<Histogram>,
-    pub commit_duration: Gate<Histogram>,
-    pub commit_failures: Gate<IntCounter>,
-    pub write_queue_depth: IntGauge,
-    pub outbox_backlog: IntGauge,
-    pub outbox_published: Gate<IntCounter>,
-    pub outbox_retries: Gate<IntCounter>,
-    pub outbox_failed: Gate<IntCounter>,
-    pub outbox_publish_duration: Gate<Histogram>,
-    pub db_pool_connections: IntGaugeVec,
-    pub actor_restarts: Gate<IntCounterVec>,
-    pub actor_mailbox_depth: Gate<IntGaugeVec>,
-    pub actor_handle_duration: Gate<HistogramVec>,
+    pub(crate) registry: Registry,
+    pub(crate) http_requests: Gate<IntCounterVec>,
+    pub(crate) http_duration: Gate<HistogramVec>,
+    pub(crate) actors_active: IntGaugeVec,
+    pub(crate) actor_activations: Gate<IntCounterVec>,
+    pub(crate) actor_passivations: Gate<IntCounterVec>,
+    pub(crate) actor_messages: Gate<IntCounterVec>,
+    pub(crate) reservations: Gate<IntCounterVec>,
+    pub(crate) reservation_expirations: Gate<IntCounter>,
+    pub(crate) orders_created: Gate<IntCounter>,
+    pub(crate) orders_finished: Gate<IntCounterVec>,
+    pub(crate) payment_attempts: Gate<IntCounterVec>,
+    pub(crate) refunds: Gate<IntCounterVec>,
+    pub(crate) commit_batch_size: Gate<Histogram>,
+    pub(crate) commit_duration: Gate<Histogram>,
+    pub(crate) commit_failures: Gate<IntCounter>,
+    pub(crate) write_queue_depth: IntGauge,
+    pub(crate) outbox_backlog: IntGauge,
+    pub(crate) outbox_published: Gate<IntCounter>,
+    pub(crate) outbox_retries: Gate<IntCounter>,
+    pub(crate) outbox_failed: Gate<IntCounter>,
+    pub(crate) outbox_publish_duration: Gate<Histogram>,
+    pub(crate) db_pool_connections: IntGaugeVec,
+    pub(crate) actor_restarts: Gate<IntCounterVec>,
+    pub(crate) actor_mailbox_depth: Gate<IntGaugeVec>,
+    pub(crate) actor_handle_duration: Gate<HistogramVec>,
     /// Available units of the [`HOT_SKUS`] busiest active SKUs, refreshed per scrape.
-    pub inventory_available: IntGaugeVec,
-    pub db_pool_waiters: IntGauge,
+    pub(crate) inventory_available: IntGaugeVec,
+    pub(crate) db_pool_waiters: IntGauge,
     // ---- Kafka consumer lag (events::consumer samples these; issue 21) ----
     /// Per consumer group, topic and assigned partition: the group's committed offset.
-    pub consumer_committed_offset: IntGaugeVec,
+    pub(crate) consumer_committed_offset: IntGaugeVec,
     /// The partition's end offset (high watermark: the offset the next message gets).
-    pub consumer_end_offset: IntGaugeVec,
+    pub(crate) consumer_end_offset: IntGaugeVec,
     /// Messages published and not yet committed by the group (end - committed).
-    pub consumer_lag_messages: IntGaugeVec,
+    pub(crate) consumer_lag_messages: IntGaugeVec,
     /// Age of the oldest message the group has not committed; 0 when caught up.
-    pub consumer_lag_seconds: GaugeVec,
+    pub(crate) consumer_lag_seconds: GaugeVec,
     /// Partition assignments the group's consumer received (a rebalance each).
     pub consumer_rebalances: IntCounterVec,
     // ---- Cluster mode (actors/cluster/; docs/cluster.md) ----
     /// Shards this node holds a lease on (0 outside cluster mode).
-    pub cluster_shards_owned: IntGauge,
+    pub(crate) cluster_shards_owned: IntGauge,
     /// Live members as this node last read the membership table.
-    pub cluster_members: IntGauge,
+    pub(crate) cluster_members: IntGauge,
     /// Lease renewal rounds by outcome (ok, failed).
-    pub cluster_lease_renewals: IntCounterVec,
+    pub(crate) cluster_lease_renewals: IntCounterVec,
     /// Leases this node held and lost (taken over after a pause, or expired unrenewed).
-    pub cluster_leases_lost: IntCounter,
+    pub(crate) cluster_leases_lost: IntCounter,
     /// Shards this node claimed (a new epoch each: a takeover or a first claim).
-    pub cluster_takeovers: IntCounter,
+    pub(crate) cluster_takeovers: IntCounter,
     /// Shards this node handed over (released: rebalance or shutdown).
-    pub cluster_handovers: IntCounter,
+    pub(crate) cluster_handovers: IntCounter,
     /// Requests forwarded to the owning node, by outcome (ok, failed).
-    pub cluster_forwarded: IntCounterVec,
-    pub cluster_forward_duration: Histogram,
+    pub(crate) cluster_forwarded: IntCounterVec,
+    pub(crate) cluster_forward_duration: Histogram,
     /// Write-sets refused by the fence: their shard had passed to another node.
-    pub cluster_fenced_commits: IntCounter,
+    pub(crate) cluster_fenced_commits: IntCounter,
 }
 
 /// How many SKUs `emporium_inventory_available_units` shows: the busiest active ones,
 /// so the series count stays bounded however many SKUs the shop has.
-pub const HOT_SKUS: usize = 10;
+pub(crate) const HOT_SKUS: usize = 10;
 
 impl Metrics {
     /// Every collector, recording.
@@ -105,7 +106,7 @@ impl Metrics {
 
     /// `recording = false` keeps the collectors but records nothing per message
     /// (`telemetry.metrics`), to measure what recording costs.
-    pub fn with_recording(recording: bool) -> Result<Self, prometheus::Error> {
+    pub(crate) fn with_recording(recording: bool) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let latency_buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

@@ -2,8 +2,8 @@
 //! messages it takes and what it promises.
 
 pub mod cluster;
-pub mod inventory;
+pub(crate) mod inventory;
 pub mod order;
-pub mod payment;
-pub mod refunds;
+pub(crate) mod payment;
+pub(crate) mod refunds;
 pub mod write_behind;

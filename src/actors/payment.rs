@@ -26,7 +26,7 @@ use actix::ResponseFuture;
 use std::time::Duration;
 
 /// The payment tokens the simulated gateway knows.
-pub const TEST_TOKENS: [&str; 6] = [
+pub(crate) const TEST_TOKENS: [&str; 6] = [
     "test_ok",
     "test_decline",
     "test_flaky",
@@ -39,7 +39,7 @@ pub const TEST_TOKENS: [&str; 6] = [
 const FLAKY_REFUND_FAILURES: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PaymentError {
+pub(crate) enum PaymentError {
     #[error("payment declined")]
     Declined,
     #[error("payment gateway error: {0}")]
@@ -50,19 +50,19 @@ pub enum PaymentError {
 
 impl PaymentError {
     /// A declined card stays declined; anything else may work on the next attempt.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         !matches!(self, Self::Declined)
     }
 }
 
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<(), PaymentError>")]
-pub struct Charge {
-    pub order: OrderId,
-    pub amount: Money,
-    pub token: String,
+pub(crate) struct Charge {
+    pub(crate) order: OrderId,
+    pub(crate) amount: Money,
+    pub(crate) token: String,
     /// 1-based attempt number; the gateway sees the order id as its idempotency key.
-    pub attempt: u32,
+    pub(crate) attempt: u32,
 }
 
 /// Gives back what a charge of `order` took, or, where the gateway took nothing, voids
@@ -71,17 +71,17 @@ pub struct Charge {
 /// the gateway's answer and our commit) refunds once.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "Result<RefundOutcome, PaymentError>")]
-pub struct Refund {
-    pub order: OrderId,
-    pub amount: Money,
+pub(crate) struct Refund {
+    pub(crate) order: OrderId,
+    pub(crate) amount: Money,
     /// The token the order was charged with.
-    pub token: String,
+    pub(crate) token: String,
 }
 
 /// What a refund came to at the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RefundOutcome {
+pub(crate) enum RefundOutcome {
     /// The capture was given back (now or by an earlier call).
     Refunded,
     /// Nothing had been captured; the order is void at the gateway: a charge of it that
@@ -91,7 +91,7 @@ pub enum RefundOutcome {
 
 /// One gateway call (a charge attempt or a refund): the actor's answer, or `Timeout`
 /// when it does not come within `timeout`.
-pub async fn call<M, T>(payment: &Addr<PaymentActor>, request: M, timeout: Duration) -> Result<T, PaymentError>
+pub(crate) async fn call<M, T>(payment: &Addr<PaymentActor>, request: M, timeout: Duration) -> Result<T, PaymentError>
 where
     M: Message<Result = Result<T, PaymentError>> + Send + 'static,
     T: Send + 'static,
@@ -107,13 +107,18 @@ where
 /// The retry rule, one place for the local saga and the payment service: after failed
 /// attempt `attempt` (1-based) of `attempts`, try again after the returned backoff
 /// (doubling from `backoff_base`), or give up (`None`: declined, or no attempts left).
-pub fn retry_after(error: &PaymentError, attempt: u32, attempts: u32, backoff_base: Duration) -> Option<Duration> {
+pub(crate) fn retry_after(
+    error: &PaymentError,
+    attempt: u32,
+    attempts: u32,
+    backoff_base: Duration,
+) -> Option<Duration> {
     (error.is_retryable() && attempt < attempts).then(|| backoff_base * 2u32.saturating_pow(attempt.saturating_sub(1)))
 }
 
 /// Charges until the gateway gives a final answer under [`retry_after`]; returns it
 /// with the number of attempts made. The payment service runs this per order.
-pub async fn charge_until_final(
+pub(crate) async fn charge_until_final(
     payment: &Addr<PaymentActor>,
     order: OrderId,
     amount: Money,
@@ -141,7 +146,7 @@ pub async fn charge_until_final(
     }
 }
 
-pub struct PaymentActor {
+pub(crate) struct PaymentActor {
     latency: Duration,
     /// How long `test_down` hangs: longer than any attempt timeout, bounded so hung
     /// simulated calls do not pile up forever.
@@ -169,7 +174,7 @@ impl PaymentActor {
 
     /// Charges and refunds through the gateway at `url` (`emporium gateway`); each call
     /// waits at most `timeout`.
-    pub fn with_remote(mut self, url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub(crate) fn with_remote(mut self, url: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
         self.remote = Some(RemoteGateway::new(url, timeout)?);
         Ok(self)
     }
@@ -178,17 +183,17 @@ impl PaymentActor {
 /// A charge as the gateway's `POST /charges` takes it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ChargeRequest {
-    pub order_id: OrderId,
-    pub amount: Money,
-    pub token: String,
-    pub attempt: u32,
+    pub(crate) order_id: OrderId,
+    pub(crate) amount: Money,
+    pub(crate) token: String,
+    pub(crate) attempt: u32,
 }
 
 /// A refund as the gateway's `POST /refunds` takes it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct RefundRequest {
-    pub order_id: OrderId,
-    pub amount: Money,
+    pub(crate) order_id: OrderId,
+    pub(crate) amount: Money,
 }
 
 /// The client of a shared gateway (`emporium gateway`). Its answers: 200 done, 402
@@ -238,7 +243,7 @@ impl RemoteGateway {
 /// The gateway's answer to `POST /refunds`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct RefundAnswer {
-    pub outcome: RefundOutcome,
+    pub(crate) outcome: RefundOutcome,
 }
 
 impl Actor for PaymentActor {

@@ -35,16 +35,16 @@ const ROUND: i64 = 32;
 const UNDECIDED_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
-pub struct RefundOptions {
-    pub attempts: u32,
-    pub backoff_base: Duration,
+pub(crate) struct RefundOptions {
+    pub(crate) attempts: u32,
+    pub(crate) backoff_base: Duration,
     /// How long one gateway call may take.
-    pub call_timeout: Duration,
+    pub(crate) call_timeout: Duration,
     /// How often due refunds are looked for when nobody wakes the refunder.
-    pub poll: Duration,
+    pub(crate) poll: Duration,
 }
 
-pub struct Refunder {
+pub(crate) struct Refunder {
     store: SqlStore,
     payment: Addr<PaymentActor>,
     options: RefundOptions,
@@ -77,18 +77,18 @@ impl Refunder {
     }
 
     /// A refund was just recorded: count it and look at once instead of at the next poll.
-    pub fn requested(&self) {
+    pub(crate) fn requested(&self) {
         self.metrics.refunds.with_label_values(&["requested"]).inc();
         self.wake();
     }
 
     /// Something became due (the cancel a refund was requested for committed): look at
     /// once instead of at the next poll.
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         self.wake.notify_one();
     }
 
-    pub fn run_in_background(self: &Arc<Self>) {
+    pub(crate) fn run_in_background(self: &Arc<Self>) {
         let me = self.clone();
         tokio::spawn(async move {
             loop {

@@ -149,7 +149,7 @@ impl WriteBehind {
     }
 
     /// The last commit attempt reached the database.
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 

@@ -46,15 +46,15 @@ impl ResponseError for GatewayError {}
 /// One recorded charge, as `GET /captures` lists it.
 #[derive(Debug, Serialize)]
 pub(crate) struct Capture {
-    pub order_id: String,
-    pub amount: i64,
-    pub currency: String,
-    pub token: String,
+    pub(crate) order_id: String,
+    pub(crate) amount: i64,
+    pub(crate) currency: String,
+    pub(crate) token: String,
     /// Refunds that gave money back: 0 or 1.
-    pub refunds: i64,
-    pub refunded: bool,
+    pub(crate) refunds: i64,
+    pub(crate) refunded: bool,
     /// Refund calls received (repeats included).
-    pub refund_requests: i64,
+    pub(crate) refund_requests: i64,
 }
 
 /// The gateway's SQLite file: one row per order with a final charge outcome.
@@ -79,7 +79,7 @@ enum RefundTarget {
 }
 
 impl GatewayStore {
-    pub(crate) async fn open(path: &Path) -> Result<Self, GatewayError> {
+    pub async fn open(path: &Path) -> Result<Self, GatewayError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)

@@ -52,21 +52,21 @@ pub struct App {
     pub inventory: Inventory,
     pub orders: Orders,
     pub write_behind: WriteBehind,
-    pub metrics: Arc<Metrics>,
-    pub lifecycle: Arc<Lifecycle>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) lifecycle: Arc<Lifecycle>,
     pub bus: InProcessBus,
     pub keys: Arc<Keys>,
-    pub relay: Arc<OutboxRelay>,
-    pub accounts: Arc<Accounts>,
+    pub(crate) relay: Arc<OutboxRelay>,
+    pub(crate) accounts: Arc<Accounts>,
     pub search: Arc<dyn crate::search::SearchIndex>,
     /// Set to true to stop the Kafka consumers (shutdown).
-    pub consumers: Arc<tokio::sync::watch::Sender<bool>>,
+    pub(crate) consumers: Arc<tokio::sync::watch::Sender<bool>>,
     /// Products and categories (embedded or MongoDB, from `catalog.url`).
-    pub catalog: Arc<crate::services::catalog::CatalogService>,
+    pub(crate) catalog: Arc<crate::services::catalog::CatalogService>,
     /// Which shards this node owns (everything, outside cluster mode).
     pub ownership: Arc<Ownership>,
     /// Cluster mode: calls to the other nodes.
-    pub peers: Arc<PeerClient>,
+    pub(crate) peers: Arc<PeerClient>,
 }
 
 /// The bus the outbox relays to, chosen by `bus.kind`.

@@ -33,7 +33,6 @@ use actix::Addr;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use serde_json::json;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +40,7 @@ use tokio::sync::{watch, Notify};
 use tracing::info;
 
 /// The consumer name recorded in the payment service's `processed_events`.
-pub const CONSUMER: &str = "payment-service";
+pub(crate) const CONSUMER: &str = "payment-service";
 
 /// Charges each new order once and records the outcome event in the outbox.
 struct ChargeOrders {
@@ -123,10 +122,6 @@ impl EventHandler for ChargeOrders {
 pub struct PaymentService {
     stop: watch::Sender<bool>,
     relay: Arc<OutboxRelay>,
-    pub store: SqlStore,
-    pub metrics: Arc<Metrics>,
-    /// Where its health and metrics listener is bound (`payment_service.listen`).
-    pub addr: SocketAddr,
     http: actix_web::dev::ServerHandle,
     stopping: Arc<AtomicBool>,
 }
@@ -253,9 +248,6 @@ impl PaymentService {
         Ok(Self {
             stop,
             relay,
-            store,
-            metrics,
-            addr,
             http,
             stopping,
         })

@@ -15,22 +15,22 @@ use serde_json::{Map, Value};
 use std::collections::HashSet;
 use utoipa::ToSchema;
 
-pub const MAX_VARIANTS: usize = 100;
-pub const MAX_STOCK: i64 = 1_000_000_000;
-pub const MAX_IMAGES: usize = 20;
-pub const MAX_ATTRIBUTES_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_VARIANTS: usize = 100;
+pub(crate) const MAX_STOCK: i64 = 1_000_000_000;
+pub(crate) const MAX_IMAGES: usize = 20;
+pub(crate) const MAX_ATTRIBUTES_BYTES: usize = 8 * 1024;
 /// Deep enough for any shop's navigation; keeps paths (and the indexes on them) short.
-pub const MAX_CATEGORY_DEPTH: i64 = 16;
+pub(crate) const MAX_CATEGORY_DEPTH: i64 = 16;
 /// How deep a free-form JSON field (`attributes`) may nest: `{"a":{"b":1}}` is 2.
 ///
 /// Why a limit when serde_json already stops at 128 levels (answered 400): documents are
 /// stored and re-read by other backends (MongoDB refuses documents nested past 100 levels),
 /// and recursive code that walks them (indexers, `Drop`) uses stack per level. 16 levels is
 /// far more than any product attribute needs.
-pub const MAX_JSON_DEPTH: usize = 16;
+pub(crate) const MAX_JSON_DEPTH: usize = 16;
 
 /// The nesting depth of a JSON value, without recursion (a scalar is 0, `{}` and `[]` 1).
-pub fn json_depth(value: &Value) -> usize {
+pub(crate) fn json_depth(value: &Value) -> usize {
     let mut deepest = 0;
     let mut stack = vec![(value, 0usize)];
     while let Some((value, depth)) = stack.pop() {
@@ -52,7 +52,7 @@ pub fn json_depth(value: &Value) -> usize {
 /// from every read and list, but their SKUs (and their inventory history) stay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum ProductStatus {
+pub(crate) enum ProductStatus {
     #[default]
     Active,
     Draft,
@@ -80,108 +80,108 @@ impl ProductStatus {
 /// The body of `POST /v1/products` and `PUT /v1/products/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ProductInput {
+pub(crate) struct ProductInput {
     // The schema states what `validate` checks (lengths, no control characters, counts,
     // ranges), so generated and hand-written clients learn the rules from the document.
     #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$")]
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
     #[schema(max_length = 10000)]
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     #[serde(default)]
     #[schema(min_length = 1, max_length = 100, pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$")]
-    pub brand: Option<String>,
+    pub(crate) brand: Option<String>,
     /// The category, by id ...
     #[serde(default)]
     #[schema(minimum = 1)]
-    pub category_id: Option<i64>,
+    pub(crate) category_id: Option<i64>,
     /// ... or by its path (`1/4/28`); when both are given they must name the same category.
     #[serde(default)]
     #[schema(pattern = r"^[1-9][0-9]{0,17}(/[1-9][0-9]{0,17}){0,15}$")]
-    pub category_path: Option<String>,
+    pub(crate) category_path: Option<String>,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    pub attributes: Option<Map<String, Value>>,
+    pub(crate) attributes: Option<Map<String, Value>>,
     /// http(s) URLs or absolute paths, without whitespace.
     #[serde(default)]
     #[schema(max_items = 20)]
-    pub images: Option<Vec<String>>,
-    pub price: Money,
+    pub(crate) images: Option<Vec<String>>,
+    pub(crate) price: Money,
     #[serde(default)]
-    pub status: Option<ProductStatus>,
+    pub(crate) status: Option<ProductStatus>,
     /// 1-100 variants, each SKU once.
     #[schema(min_items = 1, max_items = 100)]
-    pub variants: Vec<VariantInput>,
+    pub(crate) variants: Vec<VariantInput>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct VariantInput {
+pub(crate) struct VariantInput {
     #[schema(value_type = String, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    pub sku: Sku,
+    pub(crate) sku: Sku,
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    pub attributes: Option<Map<String, Value>>,
+    pub(crate) attributes: Option<Map<String, Value>>,
     #[serde(default)]
-    pub price: Option<Money>,
+    pub(crate) price: Option<Money>,
     /// Initial stock of a new SKU. Stock of an existing SKU changes only through
     /// `PUT /v1/inventory/{sku}`: the catalog never holds a second copy.
     #[serde(default)]
     #[schema(minimum = 0, maximum = 1_000_000_000)]
-    pub stock: Option<i64>,
+    pub(crate) stock: Option<i64>,
 }
 
 /// The product document: what the API answers, what the catalog stores and what
 /// `product_upserted` carries as its `data`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Product {
-    pub id: String,
-    pub name: String,
+pub(crate) struct Product {
+    pub(crate) id: String,
+    pub(crate) name: String,
     #[serde(default)]
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     #[serde(default)]
-    pub brand: Option<String>,
+    pub(crate) brand: Option<String>,
     #[serde(default)]
-    pub category_id: Option<i64>,
+    pub(crate) category_id: Option<i64>,
     #[serde(default)]
-    pub category_path: Option<String>,
+    pub(crate) category_path: Option<String>,
     #[schema(value_type = Object)]
     #[serde(default)]
-    pub attributes: Map<String, Value>,
+    pub(crate) attributes: Map<String, Value>,
     // Defaults: documents stored before the catalog migration (0003) lack these fields.
     #[serde(default)]
-    pub images: Vec<String>,
-    pub price: Money,
+    pub(crate) images: Vec<String>,
+    pub(crate) price: Money,
     #[serde(default)]
-    pub status: ProductStatus,
-    pub variants: Vec<Variant>,
-    pub created_at: String,
+    pub(crate) status: ProductStatus,
+    pub(crate) variants: Vec<Variant>,
+    pub(crate) created_at: String,
     #[serde(default)]
-    pub updated_at: String,
+    pub(crate) updated_at: String,
 }
 
 /// A variant as the catalog keeps it: stock lives only in the inventory actors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Variant {
-    pub sku: String,
+pub(crate) struct Variant {
+    pub(crate) sku: String,
     #[schema(value_type = Object)]
-    pub attributes: Map<String, Value>,
-    pub price: Money,
+    pub(crate) attributes: Map<String, Value>,
+    pub(crate) price: Money,
 }
 
 /// A category node. `path` is the ids from the root down to this node, `depth` 0 at a root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Category {
-    pub id: i64,
-    pub name: String,
-    pub parent_id: Option<i64>,
-    pub path: String,
-    pub depth: i64,
+pub(crate) struct Category {
+    pub(crate) id: i64,
+    pub(crate) name: String,
+    pub(crate) parent_id: Option<i64>,
+    pub(crate) path: String,
+    pub(crate) depth: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct Invalid(pub String);
+pub(crate) struct Invalid(pub String);
 
 pub(super) fn invalid(msg: impl Into<String>) -> Invalid {
     Invalid(msg.into())
@@ -210,7 +210,7 @@ fn check_price(what: &str, price: &Money) -> Result<(), Invalid> {
 }
 
 /// Everything about a product body that can be checked without a database.
-pub fn validate(p: &ProductInput) -> Result<(), Invalid> {
+pub(crate) fn validate(p: &ProductInput) -> Result<(), Invalid> {
     check_len("name", &p.name, 200)?;
     if let Some(d) = &p.description {
         if d.chars().count() > 10_000 {
@@ -292,7 +292,7 @@ fn check_attributes(what: &str, attributes: Option<&Map<String, Value>>) -> Resu
 }
 
 /// Builds the stored document from a validated body and its resolved category.
-pub fn build(
+pub(crate) fn build(
     id: ProductId,
     input: &ProductInput,
     category: Option<&Category>,
@@ -328,7 +328,7 @@ pub fn build(
 /// What a replace may do to an existing product's variants: keep every SKU (a SKU owns
 /// inventory and order history, so it is never dropped), give initial stock only to new
 /// ones. Returns the new SKUs.
-pub fn check_replace<'a>(current: &Product, next: &'a ProductInput) -> Result<Vec<&'a VariantInput>, Invalid> {
+pub(crate) fn check_replace<'a>(current: &Product, next: &'a ProductInput) -> Result<Vec<&'a VariantInput>, Invalid> {
     let existing: HashSet<&str> = current.variants.iter().map(|v| v.sku.as_str()).collect();
     let kept: HashSet<&str> = next.variants.iter().map(|v| v.sku.as_str()).collect();
     if let Some(dropped) = existing.iter().find(|s| !kept.contains(*s)) {
@@ -374,7 +374,7 @@ const PATCHABLE: [&str; 9] = [
 
 /// Applies a JSON merge patch (RFC 7396) to a product and returns the replace body it
 /// amounts to. A patch that names its category by id replaces the category by id.
-pub fn patch(current: &Product, patch: &Value) -> Result<ProductInput, Invalid> {
+pub(crate) fn patch(current: &Product, patch: &Value) -> Result<ProductInput, Invalid> {
     let Value::Object(fields) = patch else {
         return Err(invalid("a merge patch must be a JSON object"));
     };
@@ -401,7 +401,7 @@ pub fn patch(current: &Product, patch: &Value) -> Result<ProductInput, Invalid> 
 }
 
 /// RFC 7396: objects merge recursively, `null` removes, anything else replaces.
-pub fn merge(target: &mut Value, patch: &Value) {
+pub(crate) fn merge(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
         *target = patch.clone();
         return;
@@ -421,7 +421,7 @@ pub fn merge(target: &mut Value, patch: &Value) {
 }
 
 /// The replace body that reproduces `p` (variants without stock).
-pub fn as_input(p: &Product) -> ProductInput {
+pub(crate) fn as_input(p: &Product) -> ProductInput {
     ProductInput {
         name: p.name.clone(),
         description: p.description.clone(),
@@ -449,25 +449,25 @@ pub fn as_input(p: &Product) -> ProductInput {
 
 /// Filters of a product list; every one is optional and they combine with AND.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProductFilter {
+pub(crate) struct ProductFilter {
     /// The category and everything below it.
-    pub category_path: Option<String>,
-    pub brand: Option<String>,
-    pub min_price: Option<i64>,
-    pub max_price: Option<i64>,
-    pub status: Option<ProductStatus>,
+    pub(crate) category_path: Option<String>,
+    pub(crate) brand: Option<String>,
+    pub(crate) min_price: Option<i64>,
+    pub(crate) max_price: Option<i64>,
+    pub(crate) status: Option<ProductStatus>,
 }
 
 /// One page of a list, in id order; `next_cursor` is the last id when more may follow.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_cursor: Option<String>,
+pub(crate) struct Page<T> {
+    pub(crate) items: Vec<T>,
+    pub(crate) next_cursor: Option<String>,
 }
 
 impl<T> Page<T> {
     /// Builds a page from up to `limit + 1` rows (the extra one only says "there is more").
-    pub fn from_rows(mut rows: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> String) -> Self {
+    pub(crate) fn from_rows(mut rows: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> String) -> Self {
         let more = rows.len() > limit;
         rows.truncate(limit);
         let next_cursor = if more { rows.last().map(cursor_of) } else { None };

@@ -7,7 +7,7 @@ use super::catalog::{invalid, Category, Invalid, MAX_CATEGORY_DEPTH};
 
 /// Checks the shape of a path (`1/4/28`: positive ids, at most [`MAX_CATEGORY_DEPTH`] deep)
 /// and returns its ids.
-pub fn parse_path(path: &str) -> Result<Vec<i64>, Invalid> {
+pub(crate) fn parse_path(path: &str) -> Result<Vec<i64>, Invalid> {
     let bad = || {
         invalid(format!(
             "category path must look like 1/4/28, got {:?}",
@@ -31,7 +31,7 @@ pub fn parse_path(path: &str) -> Result<Vec<i64>, Invalid> {
 }
 
 /// Path and depth of a new category `id` under `parent` (a root when `None`).
-pub fn child_path(parent: Option<&Category>, id: i64) -> (String, i64) {
+pub(crate) fn child_path(parent: Option<&Category>, id: i64) -> (String, i64) {
     match parent {
         Some(p) => (format!("{}/{id}", p.path), p.depth + 1),
         None => (id.to_string(), 0),
@@ -39,34 +39,35 @@ pub fn child_path(parent: Option<&Category>, id: i64) -> (String, i64) {
 }
 
 /// The half-open range `[lo, hi)` holding exactly the strict descendants of `path`.
-pub fn descendants_range(path: &str) -> (String, String) {
+pub(crate) fn descendants_range(path: &str) -> (String, String) {
     (format!("{path}/"), format!("{path}0"))
 }
 
 /// Whether `path` is `ancestor` or below it.
-pub fn is_within(path: &str, ancestor: &str) -> bool {
+pub(crate) fn is_within(path: &str, ancestor: &str) -> bool {
     path == ancestor || path.strip_prefix(ancestor).is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// A planned subtree move: every path starting with `old_prefix` gets `new_prefix`
 /// instead, and every depth in the subtree changes by `depth_delta`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Move {
-    pub old_prefix: String,
-    pub new_prefix: String,
-    pub depth_delta: i64,
+pub(crate) struct Move {
+    pub(crate) old_prefix: String,
+    pub(crate) new_prefix: String,
+    pub(crate) depth_delta: i64,
 }
 
 impl Move {
     /// The path of a node of the moved subtree after the move.
-    pub fn rebase(&self, path: &str) -> Option<String> {
+    #[cfg(test)]
+    pub(crate) fn rebase(&self, path: &str) -> Option<String> {
         is_within(path, &self.old_prefix).then(|| format!("{}{}", self.new_prefix, &path[self.old_prefix.len()..]))
     }
 }
 
 /// Plans moving `node` (with its subtree, `subtree_depth` levels below it) under
 /// `new_parent` (to the top level when `None`).
-pub fn plan_move(node: &Category, new_parent: Option<&Category>, subtree_depth: i64) -> Result<Move, Invalid> {
+pub(crate) fn plan_move(node: &Category, new_parent: Option<&Category>, subtree_depth: i64) -> Result<Move, Invalid> {
     if let Some(parent) = new_parent {
         if is_within(&parent.path, &node.path) {
             return Err(invalid(format!(

@@ -4,7 +4,7 @@
 //! store (`persistence/sql/cluster.rs`) applies their decisions.
 
 /// A virtual shard: SKU hash modulo the configured shard count.
-pub type Shard = u32;
+pub(crate) type Shard = u32;
 
 /// The shard of a key. FNV-1a over the bytes, so every node (whatever its build or
 /// platform) maps a SKU to the same shard; `std`'s hasher makes no such promise.
@@ -21,15 +21,15 @@ pub fn shard_of(key: &str, shards: u32) -> Shard {
 /// group commit in its own transaction. A write-set carries one per shard it writes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Fence {
-    pub shard: Shard,
-    pub node: String,
-    pub epoch: i64,
+    pub(crate) shard: Shard,
+    pub(crate) node: String,
+    pub(crate) epoch: i64,
 }
 
 /// How many shards the member at `rank` (0-based, in node-id order) should hold when
 /// `members` live nodes share `shards`: an even split, the first `shards % members`
 /// members taking one more.
-pub fn fair_share(shards: u32, members: usize, rank: usize) -> usize {
+pub(crate) fn fair_share(shards: u32, members: usize, rank: usize) -> usize {
     let members = members.max(1);
     let shards = shards as usize;
     shards / members + usize::from(rank < shards % members)
@@ -45,7 +45,7 @@ fn ranked<'a>(me: &'a str, live_members: &'a [String]) -> Vec<&'a str> {
 }
 
 /// The fair share of `shards` that node `me` should hold among the live members.
-pub fn share_of(me: &str, live_members: &[String], shards: u32) -> usize {
+pub(crate) fn share_of(me: &str, live_members: &[String], shards: u32) -> usize {
     let members = ranked(me, live_members);
     let rank = members.iter().position(|m| *m == me).unwrap_or(0);
     fair_share(shards, members.len(), rank)
@@ -53,26 +53,26 @@ pub fn share_of(me: &str, live_members: &[String], shards: u32) -> usize {
 
 /// One row of the lease table as read, with the database's verdict on its expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseView {
-    pub shard: Shard,
+pub(crate) struct LeaseView {
+    pub(crate) shard: Shard,
     /// `None`: released, never taken, or its owner's lease has expired.
-    pub owner: Option<String>,
+    pub(crate) owner: Option<String>,
 }
 
 /// What a node should do after reading the lease table.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Rebalance {
+pub(crate) struct Rebalance {
     /// Free shards to claim, up to this node's fair share.
-    pub claim: Vec<Shard>,
+    pub(crate) claim: Vec<Shard>,
     /// Shards this node holds beyond its fair share while another live member holds
     /// less than its own: handed over (released) so that member can claim them.
-    pub release: Vec<Shard>,
+    pub(crate) release: Vec<Shard>,
 }
 
 /// Decides the claims and releases of node `me` from the lease table and the live
 /// members (node ids). Deterministic, so every node reading the same table agrees on
 /// who should move: only nodes over their share release, only nodes under it claim.
-pub fn rebalance(me: &str, live_members: &[String], leases: &[LeaseView]) -> Rebalance {
+pub(crate) fn rebalance(me: &str, live_members: &[String], leases: &[LeaseView]) -> Rebalance {
     let members = ranked(me, live_members);
     let shards = leases.len() as u32;
     let share_of = |node: &str| {

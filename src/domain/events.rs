@@ -11,7 +11,7 @@ use super::Millis;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub const SCHEMA_VERSION: u16 = 1;
+pub(crate) const SCHEMA_VERSION: u16 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -51,7 +51,7 @@ impl EventType {
     }
 
     /// The topic (Kafka) or stream (embedded) the event is published on.
-    pub fn topic(self) -> &'static str {
+    pub(crate) fn topic(self) -> &'static str {
         match self {
             Self::OrderCreated | Self::OrderCompleted | Self::OrderCancelled => "emporium.orders",
             Self::PaymentSucceeded | Self::PaymentFailed | Self::PaymentRefunded | Self::RefundFailed => {
@@ -67,16 +67,16 @@ impl EventType {
 pub struct Event {
     pub id: Uuid,
     #[serde(rename = "type")]
-    pub event_type: EventType,
+    pub(crate) event_type: EventType,
     pub aggregate_id: String,
-    pub occurred_at: Millis,
-    pub schema_version: u16,
+    pub(crate) occurred_at: Millis,
+    pub(crate) schema_version: u16,
     pub traceparent: Option<String>,
     /// The W3C `tracestate` of the request, when it had one (vendor trace data that
     /// travels with `traceparent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tracestate: Option<String>,
-    pub data: serde_json::Value,
+    pub(crate) tracestate: Option<String>,
+    pub(crate) data: serde_json::Value,
 }
 
 impl Event {
@@ -102,7 +102,7 @@ impl Event {
 
 impl Event {
     /// An event whose `data` is one of the payload types below.
-    pub fn of(
+    pub(crate) fn of(
         event_type: EventType,
         aggregate_id: impl ToString,
         occurred_at: Millis,
@@ -116,7 +116,7 @@ impl Event {
     }
 
     /// The event's `data` read as payload `T` (consumers name what they need).
-    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+    pub(crate) fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         T::deserialize(&self.data)
     }
 }
@@ -127,63 +127,63 @@ impl Event {
 
 /// `order_created`: everything a payment service needs to charge the order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OrderCreated {
-    pub order_id: OrderId,
-    pub user_id: UserId,
-    pub items: Vec<OrderLine>,
-    pub total: Money,
+pub(crate) struct OrderCreated {
+    pub(crate) order_id: OrderId,
+    pub(crate) user_id: UserId,
+    pub(crate) items: Vec<OrderLine>,
+    pub(crate) total: Money,
     /// The payment token travels with the order: an external payment service charges it.
-    pub payment: PaymentRef,
+    pub(crate) payment: PaymentRef,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PaymentRef {
-    pub token: String,
+pub(crate) struct PaymentRef {
+    pub(crate) token: String,
 }
 
 /// `payment_succeeded`, `payment_refunded`: money moved (in, or back out).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PaymentMoved {
-    pub order_id: OrderId,
-    pub amount: Money,
-    pub attempts: u32,
+pub(crate) struct PaymentMoved {
+    pub(crate) order_id: OrderId,
+    pub(crate) amount: Money,
+    pub(crate) attempts: u32,
 }
 
 /// `payment_failed`, `refund_failed`: the gateway refused or never answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PaymentRefused {
-    pub order_id: OrderId,
+pub(crate) struct PaymentRefused {
+    pub(crate) order_id: OrderId,
     /// Why, when known.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub amount: Option<Money>,
+    pub(crate) amount: Option<Money>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attempts: Option<u32>,
+    pub(crate) attempts: Option<u32>,
 }
 
 /// What a consumer of payment outcomes needs: whose order (any payment event).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct AboutOrder {
-    pub order_id: OrderId,
+pub(crate) struct AboutOrder {
+    pub(crate) order_id: OrderId,
 }
 
 /// `order_completed`, `order_cancelled` (with its reason).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderFinished {
-    pub order_id: OrderId,
+pub(crate) struct OrderFinished {
+    pub(crate) order_id: OrderId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<CancelReason>,
+    pub(crate) reason: Option<CancelReason>,
 }
 
 /// `inventory_reserved` (with the reservation's deadline), `inventory_confirmed`,
 /// `inventory_released`: one SKU's units for one order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InventoryChanged {
-    pub sku: Sku,
-    pub order_id: OrderId,
-    pub qty: i64,
+pub(crate) struct InventoryChanged {
+    pub(crate) sku: Sku,
+    pub(crate) order_id: OrderId,
+    pub(crate) qty: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<Millis>,
+    pub(crate) expires_at: Option<Millis>,
 }
 
 #[cfg(test)]

@@ -43,14 +43,14 @@ impl fmt::Display for IdempotencyKey {
 pub struct RequestHash(String);
 
 impl RequestHash {
-    pub fn of(request: &impl Serialize) -> Self {
+    pub(crate) fn of(request: &impl Serialize) -> Self {
         // A parsed request body serializes back without fail (plain structs, string keys).
         let canonical = serde_json::to_vec(request).unwrap_or_default();
         Self(hex::encode(Sha256::digest(canonical)))
     }
 
     /// A hash as stored.
-    pub fn stored(hex: String) -> Self {
+    pub(crate) fn stored(hex: String) -> Self {
         Self(hex)
     }
 
@@ -61,7 +61,7 @@ impl RequestHash {
 
 /// What a request with a key that already has a stored answer gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Replay {
+pub(crate) enum Replay {
     /// The same request: the stored answer, again.
     StoredAnswer,
     /// Another request under the same key: refused (422), nothing changes.
@@ -69,7 +69,7 @@ pub enum Replay {
 }
 
 /// The rule for a key that already has an answer stored with `stored` as its request hash.
-pub fn replay(stored: &RequestHash, this: &RequestHash) -> Replay {
+pub(crate) fn replay(stored: &RequestHash, this: &RequestHash) -> Replay {
     if stored == this {
         Replay::StoredAnswer
     } else {

@@ -25,7 +25,7 @@ pub enum InventoryError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ChangeKind {
+pub(crate) enum ChangeKind {
     Reserve,
     Confirm,
     Release,
@@ -41,34 +41,29 @@ impl ChangeKind {
             Self::SetStock => "set_stock",
         }
     }
-    pub fn parse(raw: &str) -> Option<Self> {
-        [Self::Reserve, Self::Confirm, Self::Release, Self::SetStock]
-            .into_iter()
-            .find(|k| k.as_str() == raw)
-    }
 }
 
 /// One accepted inventory operation, as the journal records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Change {
-    pub kind: ChangeKind,
-    pub order: Option<OrderId>,
-    pub qty: i64,
-    pub stock_delta: i64,
-    pub reserved_delta: i64,
+pub(crate) struct Change {
+    pub(crate) kind: ChangeKind,
+    pub(crate) order: Option<OrderId>,
+    pub(crate) qty: i64,
+    pub(crate) stock_delta: i64,
+    pub(crate) reserved_delta: i64,
     /// Set for reservations: when the unpaid order expires.
-    pub expires_at: Option<Millis>,
+    pub(crate) expires_at: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reservation {
-    pub qty: i64,
-    pub expires_at: Millis,
+pub(crate) struct Reservation {
+    pub(crate) qty: i64,
+    pub(crate) expires_at: Millis,
 }
 
 /// What an idempotent operation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Applied(Change),
     /// The order's reservation already exists (reserve) or no longer exists
     /// (confirm, release): repeating the operation changes nothing.
@@ -76,7 +71,7 @@ pub enum Outcome {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SkuInventory {
+pub(crate) struct SkuInventory {
     stock: i64,
     reserved: i64,
     reservations: HashMap<OrderId, Reservation>,
@@ -94,7 +89,7 @@ impl SkuInventory {
     }
 
     /// Rebuilds state from a snapshot's stock and its live reservations.
-    pub fn restore(stock: i64, reservations: impl IntoIterator<Item = (OrderId, Reservation)>) -> Self {
+    pub(crate) fn restore(stock: i64, reservations: impl IntoIterator<Item = (OrderId, Reservation)>) -> Self {
         let reservations: HashMap<_, _> = reservations.into_iter().collect();
         let reserved = reservations.values().map(|r| r.qty).sum();
         Self {
@@ -104,19 +99,19 @@ impl SkuInventory {
         }
     }
 
-    pub fn stock(&self) -> i64 {
+    pub(crate) fn stock(&self) -> i64 {
         self.stock
     }
-    pub fn reserved(&self) -> i64 {
+    pub(crate) fn reserved(&self) -> i64 {
         self.reserved
     }
-    pub fn available(&self) -> i64 {
+    pub(crate) fn available(&self) -> i64 {
         self.stock - self.reserved
     }
-    pub fn reservation(&self, order: &OrderId) -> Option<&Reservation> {
+    pub(crate) fn reservation(&self, order: &OrderId) -> Option<&Reservation> {
         self.reservations.get(order)
     }
-    pub fn has_reservations(&self) -> bool {
+    pub(crate) fn has_reservations(&self) -> bool {
         !self.reservations.is_empty()
     }
 
@@ -132,12 +127,12 @@ impl SkuInventory {
     }
 
     /// The order was paid: its units leave stock for good.
-    pub fn confirm(&mut self, order: OrderId) -> Outcome {
+    pub(crate) fn confirm(&mut self, order: OrderId) -> Outcome {
         self.settle(order, ChangeKind::Confirm)
     }
 
     /// The order will not be paid (failed, cancelled, expired): its units become available again.
-    pub fn release(&mut self, order: OrderId) -> Outcome {
+    pub(crate) fn release(&mut self, order: OrderId) -> Outcome {
         self.settle(order, ChangeKind::Release)
     }
 
@@ -160,7 +155,7 @@ impl SkuInventory {
     }
 
     /// Admin change of stock on hand; never below what unpaid orders hold.
-    pub fn set_stock(&mut self, stock: i64) -> Result<Change, InventoryError> {
+    pub(crate) fn set_stock(&mut self, stock: i64) -> Result<Change, InventoryError> {
         if stock < self.reserved {
             return Err(InventoryError::BelowReserved {
                 requested: stock,
@@ -180,7 +175,7 @@ impl SkuInventory {
     }
 
     /// Orders whose reservation is past its deadline at `now`.
-    pub fn expired(&self, now: Millis) -> Vec<OrderId> {
+    pub(crate) fn expired(&self, now: Millis) -> Vec<OrderId> {
         self.reservations
             .iter()
             .filter(|(_, r)| r.expires_at <= now)
@@ -192,7 +187,12 @@ impl SkuInventory {
 /// The reservation rule on its own: `qty` units for `order` if `available` allows.
 /// [`SkuInventory::reserve`] applies it in memory; the `sql_row_lock` strategy applies
 /// it to a locked database row.
-pub fn reserve_change(order: OrderId, qty: i64, expires_at: Millis, available: i64) -> Result<Change, InventoryError> {
+pub(crate) fn reserve_change(
+    order: OrderId,
+    qty: i64,
+    expires_at: Millis,
+    available: i64,
+) -> Result<Change, InventoryError> {
     if qty <= 0 {
         return Err(InventoryError::InvalidQuantity(qty));
     }
@@ -214,7 +214,7 @@ pub fn reserve_change(order: OrderId, qty: i64, expires_at: Millis, available: i
 
 /// What confirming (units leave stock) or releasing (units become available) a
 /// reservation of `qty` changes. `kind` is `Confirm` or `Release`.
-pub fn settle_change(kind: ChangeKind, order: OrderId, qty: i64) -> Change {
+pub(crate) fn settle_change(kind: ChangeKind, order: OrderId, qty: i64) -> Change {
     let stock_delta = if kind == ChangeKind::Confirm { -qty } else { 0 };
     Change {
         kind,
@@ -234,7 +234,7 @@ pub fn settle_change(kind: ChangeKind, order: OrderId, qty: i64) -> Change {
 /// line is known; `None` (ask the actors) as soon as an unknown line comes first. Invalid
 /// quantities are never refused here: the reservation rule answers those, so a line with
 /// one is treated as unknown.
-pub fn first_short<K>(lines: impl IntoIterator<Item = Option<(K, i64, i64)>>) -> Option<(K, i64, i64)> {
+pub(crate) fn first_short<K>(lines: impl IntoIterator<Item = Option<(K, i64, i64)>>) -> Option<(K, i64, i64)> {
     for line in lines {
         let (key, qty, available) = line?;
         if qty <= 0 {

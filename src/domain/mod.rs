@@ -3,22 +3,22 @@
 //! Actors own instances of these types and call these functions; they never
 //! re-implement a rule. Everything here is unit- and property-tested in place.
 
-pub mod catalog;
-pub mod categories;
+pub(crate) mod catalog;
+pub(crate) mod categories;
 pub mod cluster;
 pub mod events;
-pub mod idempotency;
+pub(crate) mod idempotency;
 pub mod ids;
-pub mod inventory;
-pub mod money;
-pub mod number;
-pub mod order;
-pub mod payment;
+pub(crate) mod inventory;
+pub(crate) mod money;
+pub(crate) mod number;
+pub(crate) mod order;
+pub(crate) mod payment;
 pub mod search;
 pub mod user;
 
 /// Milliseconds since the Unix epoch: the one time representation stored in every backend.
-pub type Millis = i64;
+pub(crate) type Millis = i64;
 
 /// The current wall-clock time in [`Millis`].
 pub fn now_millis() -> Millis {

@@ -19,7 +19,7 @@ pub enum MoneyError {
 /// The largest price a request may name: 10^12 minor units (ten billion dollars). With at
 /// most 50 lines of at most 1000 units an order total stays below 2^63, so a total never
 /// overflows whatever the prices. Checked at the edge only: totals may exceed it.
-pub const MAX_PRICE: i64 = 1_000_000_000_000;
+pub(crate) const MAX_PRICE: i64 = 1_000_000_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -57,13 +57,13 @@ impl fmt::Display for Currency {
 /// `{amount, currency}`; the amount is in minor units and never negative.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "RawMoney")]
-pub struct Money {
+pub(crate) struct Money {
     /// Minor units (cents, won), never negative; a price at most 10^12.
     #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
-    pub amount: i64,
+    pub(crate) amount: i64,
     /// ISO 4217 code, e.g. `KRW`.
     #[schema(value_type = String, example = "KRW", pattern = "^[A-Z]{3}$")]
-    pub currency: Currency,
+    pub(crate) currency: Currency,
 }
 
 #[derive(Deserialize)]
@@ -87,14 +87,11 @@ impl Money {
         }
         Ok(Self { amount, currency })
     }
-    pub fn zero(currency: Currency) -> Self {
-        Self { amount: 0, currency }
-    }
-    pub fn times(self, qty: i64) -> Result<Self, MoneyError> {
+    pub(crate) fn times(self, qty: i64) -> Result<Self, MoneyError> {
         let amount = self.amount.checked_mul(qty).ok_or(MoneyError::Overflow)?;
         Self::new(amount, self.currency)
     }
-    pub fn plus(self, other: Self) -> Result<Self, MoneyError> {
+    pub(crate) fn plus(self, other: Self) -> Result<Self, MoneyError> {
         if self.currency != other.currency {
             return Err(MoneyError::CurrencyMismatch(other.currency, self.currency));
         }

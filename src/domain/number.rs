@@ -9,7 +9,7 @@ use serde::de::{self, Deserializer, Visitor};
 use std::fmt;
 
 /// `#[serde(deserialize_with = "crate::domain::number::whole")]` on an `i64` field.
-pub fn whole<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+pub(crate) fn whole<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
     deserializer.deserialize_any(WholeVisitor)
 }
 

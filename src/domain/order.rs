@@ -31,7 +31,7 @@ impl OrderStatus {
             .into_iter()
             .find(|s| s.as_str() == raw)
     }
-    pub fn is_final(self) -> bool {
+    pub(crate) fn is_final(self) -> bool {
         matches!(self, Self::Completed | Self::Cancelled)
     }
 }
@@ -39,7 +39,7 @@ impl OrderStatus {
 /// Why an order was cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum CancelReason {
+pub(crate) enum CancelReason {
     PaymentFailed,
     Customer,
     Expired,
@@ -61,7 +61,7 @@ impl CancelReason {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
+pub(crate) enum Transition {
     PaymentSucceeded,
     Complete,
     Cancel(CancelReason),
@@ -69,13 +69,13 @@ pub enum Transition {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("order is {from:?}: cannot apply {transition:?}")]
-pub struct IllegalTransition {
-    pub from: OrderStatus,
-    pub transition: Transition,
+pub(crate) struct IllegalTransition {
+    pub(crate) from: OrderStatus,
+    pub(crate) transition: Transition,
 }
 
 /// The state machine, as one function.
-pub fn next_status(from: OrderStatus, transition: Transition) -> Result<OrderStatus, IllegalTransition> {
+pub(crate) fn next_status(from: OrderStatus, transition: Transition) -> Result<OrderStatus, IllegalTransition> {
     use OrderStatus::{Cancelled, Completed, Paid, PendingPayment};
     match (from, transition) {
         (PendingPayment, Transition::PaymentSucceeded) => Ok(Paid),
@@ -89,22 +89,22 @@ pub fn next_status(from: OrderStatus, transition: Transition) -> Result<OrderSta
 pub struct OrderLine {
     #[schema(value_type = String)]
     pub sku: Sku,
-    pub qty: i64,
-    pub unit_price: Money,
+    pub(crate) qty: i64,
+    pub(crate) unit_price: Money,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
     pub id: OrderId,
-    pub user_id: UserId,
+    pub(crate) user_id: UserId,
     pub status: OrderStatus,
     pub lines: Vec<OrderLine>,
-    pub total: Money,
-    pub payment_token: String,
-    pub cancel_reason: Option<CancelReason>,
-    pub created_at: Millis,
-    pub updated_at: Millis,
-    pub expires_at: Millis,
+    pub(crate) total: Money,
+    pub(crate) payment_token: String,
+    pub(crate) cancel_reason: Option<CancelReason>,
+    pub(crate) created_at: Millis,
+    pub(crate) updated_at: Millis,
+    pub(crate) expires_at: Millis,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,15 +121,18 @@ pub enum OrderRequestError {
 
 /// Limits a shop sets on a single order.
 #[derive(Debug, Clone, Copy)]
-pub struct OrderLimits {
-    pub max_items: usize,
-    pub max_qty_per_item: i64,
+pub(crate) struct OrderLimits {
+    pub(crate) max_items: usize,
+    pub(crate) max_qty_per_item: i64,
 }
 
 /// Checks an order request's lines and returns the quantity to reserve per SKU,
 /// in SKU order: reserving in one global order keeps multi-item orders from
 /// deadlocking each other, and two lines on the same SKU reserve their sum.
-pub fn quantities_by_sku(items: &[(Sku, i64)], limits: OrderLimits) -> Result<BTreeMap<Sku, i64>, OrderRequestError> {
+pub(crate) fn quantities_by_sku(
+    items: &[(Sku, i64)],
+    limits: OrderLimits,
+) -> Result<BTreeMap<Sku, i64>, OrderRequestError> {
     if items.is_empty() {
         return Err(OrderRequestError::NoItems);
     }
@@ -154,7 +157,7 @@ pub fn quantities_by_sku(items: &[(Sku, i64)], limits: OrderLimits) -> Result<BT
 }
 
 /// The order total: the sum of qty × unit price; all lines must share one currency.
-pub fn total(lines: &[OrderLine]) -> Result<Money, MoneyError> {
+pub(crate) fn total(lines: &[OrderLine]) -> Result<Money, MoneyError> {
     let mut lines = lines.iter();
     let first = lines.next().map(|l| l.unit_price.times(l.qty)).transpose()?;
     let Some(mut sum) = first else {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// Where a refund stands. Stored as its snake_case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RefundStatus {
+pub(crate) enum RefundStatus {
     /// Recorded; the refunder calls the gateway (again) when it is due.
     Requested,
     /// The gateway gave the money back (`payment_refunded` event).
@@ -51,7 +51,7 @@ impl RefundStatus {
 /// The payment outcome of an order, as its view shows it (`payment.status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum PaymentStatus {
+pub(crate) enum PaymentStatus {
     /// No final answer from the gateway yet.
     Pending,
     /// Charged; the order completed.
@@ -73,7 +73,7 @@ pub enum PaymentStatus {
 /// The rule: an order's payment status from its state and its refund, if it has one. A
 /// refund counts only once the order is `CANCELLED`: one may be requested just before
 /// a cancel that then loses to the payment (the refunder drops it).
-pub fn payment_status(
+pub(crate) fn payment_status(
     status: OrderStatus,
     cancel_reason: Option<CancelReason>,
     refund: Option<RefundStatus>,

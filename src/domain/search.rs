@@ -8,14 +8,14 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-pub const MAX_QUERY_CHARS: usize = 200;
-pub const MAX_FILTER_CHARS: usize = 200;
-pub const MAX_PAGE_SIZE: usize = 100;
-pub const DEFAULT_PAGE_SIZE: usize = 20;
+pub(crate) const MAX_QUERY_CHARS: usize = 200;
+pub(crate) const MAX_FILTER_CHARS: usize = 200;
+pub(crate) const MAX_PAGE_SIZE: usize = 100;
+pub(crate) const DEFAULT_PAGE_SIZE: usize = 20;
 /// Deep pages cost the engine `page * size` hits; like Elasticsearch's
 /// `max_result_window`, we stop at 10,000.
-pub const MAX_WINDOW: usize = 10_000;
-pub const MAX_SUGGEST_CHARS: usize = 100;
+pub(crate) const MAX_WINDOW: usize = 10_000;
+pub(crate) const MAX_SUGGEST_CHARS: usize = 100;
 /// Typo-tolerant (fuzzy) and partial-word (n-gram) matching is added to a search only
 /// when its words, as analyzed, match fewer products than this: it is the costly part of
 /// a query, and where the words already fill a page it would only add hits that rank
@@ -127,14 +127,14 @@ impl SearchDoc {
 
     /// Whether a catalog document is one search should show. The catalog engineer adds a
     /// `status`; anything but an explicit non-active status is listed.
-    pub fn listed(doc: &serde_json::Value) -> bool {
+    pub(crate) fn listed(doc: &serde_json::Value) -> bool {
         doc.get("status")
             .and_then(|s| s.as_str())
             .is_none_or(|s| s.eq_ignore_ascii_case("active"))
     }
 
     /// Everything searchable in one text (the `all_text` field).
-    pub fn all_text(&self) -> String {
+    pub(crate) fn all_text(&self) -> String {
         [
             Some(self.name.as_str()),
             self.brand.as_deref(),
@@ -149,12 +149,12 @@ impl SearchDoc {
     }
 
     /// `1/4/28` → `1`, `1/4`, `1/4/28`: a category filter matches the whole subtree.
-    pub fn category_ancestors(&self) -> Vec<String> {
+    pub(crate) fn category_ancestors(&self) -> Vec<String> {
         category_ancestors(self.category_path.as_deref().unwrap_or_default())
     }
 
     /// What a hit shows (without the highlight).
-    pub fn hit(&self) -> Hit {
+    pub(crate) fn hit(&self) -> Hit {
         Hit {
             id: self.id.clone(),
             name: self.name.clone(),
@@ -168,7 +168,7 @@ impl SearchDoc {
     }
 }
 
-pub fn category_ancestors(path: &str) -> Vec<String> {
+pub(crate) fn category_ancestors(path: &str) -> Vec<String> {
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     (1..=parts.len()).map(|n| parts[..n].join("/")).collect()
 }
@@ -187,15 +187,15 @@ pub enum Sort {
 /// parsed as a query language, so no input can inject query syntax.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct SearchQuery {
-    pub text: String,
-    pub category: Option<String>,
-    pub brand: Option<String>,
-    pub min_price: Option<u64>,
-    pub max_price: Option<u64>,
+    pub(crate) text: String,
+    pub(crate) category: Option<String>,
+    pub(crate) brand: Option<String>,
+    pub(crate) min_price: Option<u64>,
+    pub(crate) max_price: Option<u64>,
     pub sort: Sort,
     /// 0-based offset of the first hit.
-    pub offset: usize,
-    pub size: usize,
+    pub(crate) offset: usize,
+    pub(crate) size: usize,
 }
 
 /// The raw request, as the HTTP layer receives it.
@@ -281,7 +281,7 @@ impl SearchQuery {
     }
 
     /// The autocomplete input, validated the same way (empty is allowed: no suggestions).
-    pub fn parse_prefix(q: Option<String>) -> Result<String, InvalidSearch> {
+    pub(crate) fn parse_prefix(q: Option<String>) -> Result<String, InvalidSearch> {
         Ok(bounded(q, "q", MAX_SUGGEST_CHARS)?.unwrap_or_default())
     }
 }
@@ -289,13 +289,13 @@ impl SearchQuery {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Hit {
     pub id: String,
-    pub name: String,
-    pub brand: Option<String>,
-    pub category_path: Option<String>,
+    pub(crate) name: String,
+    pub(crate) brand: Option<String>,
+    pub(crate) category_path: Option<String>,
     /// Minor units.
     pub price: u64,
-    pub currency: String,
-    pub image: Option<String>,
+    pub(crate) currency: String,
+    pub(crate) image: Option<String>,
     /// The name with matched terms in `<em>…</em>`, HTML-escaped; null when only other
     /// fields matched.
     pub highlight: Option<String>,

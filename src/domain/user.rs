@@ -12,8 +12,8 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct InvalidField {
-    pub field: &'static str,
-    pub reason: String,
+    pub(crate) field: &'static str,
+    pub(crate) reason: String,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidField {
@@ -116,8 +116,8 @@ fn validate_domain(domain: &str) -> Result<(), InvalidField> {
 /// passphrase counts what the user typed. NIST SP 800-63B: length is what makes a
 /// password strong, composition rules are not required, and at least 64 characters
 /// must be accepted. The maximum only bounds the work and memory of one request.
-pub const PASSWORD_MIN_CHARS: usize = 12;
-pub const PASSWORD_MAX_CHARS: usize = 128;
+pub(crate) const PASSWORD_MIN_CHARS: usize = 12;
+pub(crate) const PASSWORD_MAX_CHARS: usize = 128;
 
 /// A password that meets the sign-up rules. Never printed: `Debug` hides it.
 #[derive(Clone, PartialEq, Eq)]
@@ -148,7 +148,7 @@ impl Password {
         Ok(Self(raw.to_owned()))
     }
 
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -159,11 +159,11 @@ impl fmt::Debug for Password {
     }
 }
 
-pub const NAME_MAX_CHARS: usize = 100;
+pub(crate) const NAME_MAX_CHARS: usize = 100;
 
 /// The name a user is greeted with: trimmed, 1-100 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DisplayName(String);
+pub(crate) struct DisplayName(String);
 
 impl DisplayName {
     pub fn parse(raw: &str) -> Result<Self, InvalidField> {
@@ -189,20 +189,22 @@ pub const DAY_MILLIS: Millis = 24 * 60 * 60 * 1000;
 
 /// When a user was last active: their last login, or their sign-up if they never logged in
 /// (a new account is not dormant from birth).
-pub fn last_active(created_at: Millis, last_login_at: Option<Millis>) -> Millis {
+#[cfg(test)]
+pub(crate) fn last_active(created_at: Millis, last_login_at: Option<Millis>) -> Millis {
     last_login_at.map_or(created_at, |login| login.max(created_at))
 }
 
 /// The latest last-activity time that counts as dormant at `now`: activity at or before
 /// it is `dormant_after_days` or more old. `0` days makes every account dormant at the
 /// next sweep (for tests); it never underflows.
-pub fn dormancy_cutoff(now: Millis, dormant_after_days: u32) -> Millis {
+pub(crate) fn dormancy_cutoff(now: Millis, dormant_after_days: u32) -> Millis {
     now.saturating_sub(Millis::from(dormant_after_days).saturating_mul(DAY_MILLIS))
 }
 
 /// Whether an account last active at `last_active` is dormant at `now`: no login for
 /// `dormant_after_days` days or more.
-pub fn is_dormant(last_active: Millis, now: Millis, dormant_after_days: u32) -> bool {
+#[cfg(test)]
+pub(crate) fn is_dormant(last_active: Millis, now: Millis, dormant_after_days: u32) -> bool {
     last_active <= dormancy_cutoff(now, dormant_after_days)
 }
 

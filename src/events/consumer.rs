@@ -44,7 +44,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 /// The topic dead letters go to.
-pub const DLQ_TOPIC: &str = "emporium.dlq";
+pub(crate) const DLQ_TOPIC: &str = "emporium.dlq";
 
 /// Why a handler could not apply an event.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -114,7 +114,7 @@ pub async fn run(
 }
 
 /// Counts the group's rebalances as they happen (librdkafka calls it on its own thread).
-pub struct LagContext {
+pub(crate) struct LagContext {
     metrics: Arc<Metrics>,
     group: String,
 }

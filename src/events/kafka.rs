@@ -24,7 +24,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 /// Every topic Emporium writes, created on start when missing.
-pub const TOPICS: [&str; 5] = [
+pub(crate) const TOPICS: [&str; 5] = [
     "emporium.orders",
     "emporium.payments",
     "emporium.inventory",

@@ -5,7 +5,7 @@
 pub mod consumer;
 pub mod kafka;
 pub mod outbox;
-pub mod payment_outcomes;
+pub(crate) mod payment_outcomes;
 
 use crate::domain::events::Event;
 use crate::error::Cause;

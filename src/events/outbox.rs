@@ -50,21 +50,21 @@ impl OutboxRelay {
     }
 
     /// Cluster mode: relays only while this node leads (`Ownership::leads`).
-    pub fn in_cluster(mut self, ownership: Arc<crate::actors::cluster::Ownership>) -> Self {
+    pub(crate) fn in_cluster(mut self, ownership: Arc<crate::actors::cluster::Ownership>) -> Self {
         self.ownership = ownership;
         self
     }
 
     /// Whether the last publish reached the bus (shown by `/health/ready`).
-    pub fn bus_reachable(&self) -> bool {
+    pub(crate) fn bus_reachable(&self) -> bool {
         self.bus_reachable.load(Ordering::Relaxed)
     }
 
-    pub fn bus_kind(&self) -> &'static str {
+    pub(crate) fn bus_kind(&self) -> &'static str {
         self.bus.kind()
     }
 
-    pub fn poll_interval_ms(&self) -> u64 {
+    pub(crate) fn poll_interval_ms(&self) -> u64 {
         self.settings.poll_interval_ms
     }
 

@@ -14,10 +14,10 @@ use crate::persistence::Consumed;
 use async_trait::async_trait;
 
 /// The consumer name recorded in `processed_events` and `failed_events`.
-pub const CONSUMER: &str = "saga-payments";
+pub(crate) const CONSUMER: &str = "saga-payments";
 
-pub struct PaymentOutcomes {
-    pub orders: Orders,
+pub(crate) struct PaymentOutcomes {
+    pub(crate) orders: Orders,
 }
 
 /// The order a payment event is about, from its `data.order_id`.

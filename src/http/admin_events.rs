@@ -13,9 +13,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Replayed {
+pub(crate) struct Replayed {
     /// How many failed events were put back into the outbox.
-    pub replayed: usize,
+    pub(crate) replayed: usize,
 }
 
 /// Re-publish every failed event (admin).
@@ -23,7 +23,7 @@ pub struct Replayed {
     responses((status = 200, body = Replayed), (status = 401, body = super::problem::Problem),
         (status = 403, body = super::problem::Problem), (status = 503, body = super::problem::Problem)),
     security(("bearer" = [])))]
-pub async fn replay_failed_events(state: web::Data<AppState>, _admin: Admin) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn replay_failed_events(state: web::Data<AppState>, _admin: Admin) -> Result<HttpResponse, ApiError> {
     let replayed = state
         .store
         .replay_failed()

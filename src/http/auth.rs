@@ -9,14 +9,14 @@ use actix_web::{web, FromRequest, HttpRequest};
 use std::future::{ready, Ready};
 
 #[derive(Debug, Clone)]
-pub struct Caller {
-    pub user: UserId,
-    pub admin: bool,
+pub(crate) struct Caller {
+    pub(crate) user: UserId,
+    pub(crate) admin: bool,
 }
 
 impl Caller {
     /// Whether this caller may see something owned by `owner`.
-    pub fn may_see(&self, owner: &UserId) -> bool {
+    pub(crate) fn may_see(&self, owner: &UserId) -> bool {
         self.admin || &self.user == owner
     }
 }
@@ -55,7 +55,7 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
 }
 
 #[derive(Debug, Clone)]
-pub struct Admin(pub Caller);
+pub(crate) struct Admin;
 
 impl FromRequest for Admin {
     type Error = ApiError;
@@ -64,7 +64,7 @@ impl FromRequest for Admin {
     fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         ready(authenticate(req).and_then(|caller| {
             if caller.admin {
-                Ok(Admin(caller))
+                Ok(Admin)
             } else {
                 Err(ApiError::Forbidden("this route needs the admin role".into()))
             }

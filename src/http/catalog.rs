@@ -16,14 +16,14 @@ use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-pub use crate::domain::catalog::{Category, Product, Variant};
+pub(crate) use crate::domain::catalog::Product;
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SetStockBody {
+pub(crate) struct SetStockBody {
     #[schema(minimum = 0, maximum = 1_000_000_000_i64)]
     #[serde(deserialize_with = "crate::domain::number::whole")]
-    pub stock: i64,
+    pub(crate) stock: i64,
 }
 
 impl From<CatalogFailure> for ApiError {
@@ -45,27 +45,27 @@ pub(super) fn traceparent(req: &HttpRequest) -> Option<String> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct ProductQuery {
+pub(crate) struct ProductQuery {
     /// 1-1000, default 50.
     #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
+    pub(crate) limit: Option<i64>,
     /// `next_cursor` of the previous page.
     #[param(format = Uuid)]
-    pub cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
     /// Only this category and the categories below it.
     #[param(minimum = 1)]
-    pub category_id: Option<i64>,
+    pub(crate) category_id: Option<i64>,
     #[param(min_length = 1, max_length = 100)]
-    pub brand: Option<String>,
+    pub(crate) brand: Option<String>,
     /// Minimum price in minor units (inclusive).
     #[param(minimum = 0)]
-    pub min_price: Option<i64>,
+    pub(crate) min_price: Option<i64>,
     /// Maximum price in minor units (inclusive).
     #[param(minimum = 0)]
-    pub max_price: Option<i64>,
+    pub(crate) max_price: Option<i64>,
     /// `active`, `draft` or `archived`.
     #[param(pattern = "^(active|draft|archived)$")]
-    pub status: Option<String>,
+    pub(crate) status: Option<String>,
 }
 
 pub(super) fn limit_of(limit: Option<i64>) -> Result<usize, ApiError> {
@@ -138,7 +138,7 @@ fn product_id(raw: &str) -> Result<ProductId, ApiError> {
     responses((status = 201, body = Product), (status = 401, body = super::problem::Problem), (status = 403, body = super::problem::Problem),
         (status = 409, body = super::problem::Problem, description = "A SKU already exists"), (status = 422, body = super::problem::Problem)),
     security(("bearer" = [])))]
-pub async fn create_product(
+pub(crate) async fn create_product(
     state: web::Data<AppState>,
     _admin: Admin,
     req: HttpRequest,
@@ -159,7 +159,7 @@ pub async fn create_product(
 /// Read a product (soft-deleted ones are 404).
 #[utoipa::path(get, path = "/v1/products/{id}", tag = "catalog", params(("id" = String, Path)),
     responses((status = 200, body = Product), (status = 404, body = super::problem::Problem)))]
-pub async fn get_product(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn get_product(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = product_id(&id)?;
     let product = state
         .catalog
@@ -173,7 +173,7 @@ pub async fn get_product(state: web::Data<AppState>, id: web::Path<String>) -> R
 #[utoipa::path(get, path = "/v1/products", tag = "catalog", params(ProductQuery),
     responses((status = 200, description = "`{items, next_cursor}`"), (status = 400, body = super::problem::Problem),
         (status = 404, body = super::problem::Problem, description = "No such category")))]
-pub async fn list_products(
+pub(crate) async fn list_products(
     state: web::Data<AppState>,
     query: web::Query<ProductQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -191,7 +191,7 @@ pub async fn list_products(
     responses((status = 200, body = Product), (status = 401, body = super::problem::Problem), (status = 403, body = super::problem::Problem),
         (status = 404, body = super::problem::Problem), (status = 409, body = super::problem::Problem), (status = 422, body = super::problem::Problem)),
     security(("bearer" = [])))]
-pub async fn replace_product(
+pub(crate) async fn replace_product(
     state: web::Data<AppState>,
     _admin: Admin,
     req: HttpRequest,
@@ -213,7 +213,7 @@ pub async fn replace_product(
     responses((status = 200, body = Product), (status = 401, body = super::problem::Problem), (status = 403, body = super::problem::Problem),
         (status = 404, body = super::problem::Problem), (status = 409, body = super::problem::Problem), (status = 422, body = super::problem::Problem)),
     security(("bearer" = [])))]
-pub async fn patch_product(
+pub(crate) async fn patch_product(
     state: web::Data<AppState>,
     _admin: Admin,
     req: HttpRequest,
@@ -234,7 +234,7 @@ pub async fn patch_product(
     responses((status = 204), (status = 401, body = super::problem::Problem), (status = 403, body = super::problem::Problem),
         (status = 404, body = super::problem::Problem)),
     security(("bearer" = [])))]
-pub async fn delete_product(
+pub(crate) async fn delete_product(
     state: web::Data<AppState>,
     _admin: Admin,
     req: HttpRequest,
@@ -263,7 +263,7 @@ impl From<InventoryFailure> for ApiError {
 /// Live stock of a SKU: `available = stock - reserved`.
 #[utoipa::path(get, path = "/v1/inventory/{sku}", tag = "inventory", params(("sku" = String, Path)),
     responses((status = 200, body = InventoryView), (status = 404, body = super::problem::Problem)))]
-pub async fn get_inventory(
+pub(crate) async fn get_inventory(
     state: web::Data<AppState>,
     req: HttpRequest,
     sku: web::Path<String>,
@@ -280,7 +280,7 @@ pub async fn get_inventory(
     responses((status = 200, body = InventoryView), (status = 401, body = super::problem::Problem), (status = 403, body = super::problem::Problem),
         (status = 404, body = super::problem::Problem), (status = 409, body = super::problem::Problem), (status = 422, body = super::problem::Problem)),
     security(("bearer" = [])))]
-pub async fn set_inventory(
+pub(crate) async fn set_inventory(
     state: web::Data<AppState>,
     _admin: Admin,
     req: HttpRequest,

@@ -14,39 +14,39 @@ use utoipa::{IntoParams, ToSchema};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct NewCategory {
+pub(crate) struct NewCategory {
     #[schema(
         min_length = 1,
         max_length = 100,
         pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
     )]
-    pub name: String,
+    pub(crate) name: String,
     /// The parent; a top-level category when absent.
     #[serde(default)]
     #[schema(minimum = 1)]
-    pub parent_id: Option<i64>,
+    pub(crate) parent_id: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct MoveCategory {
+pub(crate) struct MoveCategory {
     /// The new parent; `null` makes it a top-level category.
     #[schema(minimum = 1)]
-    pub parent_id: Option<i64>,
+    pub(crate) parent_id: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct CategoryQuery {
+pub(crate) struct CategoryQuery {
     /// Children of this category; the top level when absent.
-    pub parent_id: Option<i64>,
+    pub(crate) parent_id: Option<i64>,
     /// 1-1000, default 50.
     #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
+    pub(crate) limit: Option<i64>,
     /// `next_cursor` of the previous page.
     #[param(pattern = "^[0-9]{1,18}$")]
-    pub cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
 }
 
 /// A category id from the path: anything but a positive integer names no category.
@@ -75,7 +75,7 @@ fn page(limit: Option<i64>, cursor: Option<&str>) -> Result<PageRequest<i64>, Ap
     responses((status = 201, body = Category), (status = 401, body = super::problem::Problem), (status = 403, body = super::problem::Problem),
         (status = 422, body = super::problem::Problem)),
     security(("bearer" = [])))]
-pub async fn create_category(
+pub(crate) async fn create_category(
     state: web::Data<AppState>,
     _admin: Admin,
     body: web::Json<NewCategory>,
@@ -92,7 +92,7 @@ pub async fn create_category(
 /// Read a category.
 #[utoipa::path(get, path = "/v1/categories/{id}", tag = "catalog", params(("id" = i64, Path)),
     responses((status = 200, body = Category), (status = 404, body = super::problem::Problem)))]
-pub async fn get_category(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn get_category(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = category_id(&id)?;
     let category = state
         .catalog
@@ -105,7 +105,7 @@ pub async fn get_category(state: web::Data<AppState>, id: web::Path<String>) -> 
 /// The children of `parent_id` (the top level when absent), paged.
 #[utoipa::path(get, path = "/v1/categories", tag = "catalog", params(CategoryQuery),
     responses((status = 200, description = "`{items, next_cursor}`"), (status = 400, body = super::problem::Problem)))]
-pub async fn list_categories(
+pub(crate) async fn list_categories(
     state: web::Data<AppState>,
     query: web::Query<CategoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -119,7 +119,7 @@ pub async fn list_categories(
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
-pub struct SubtreeProductQuery {
+pub(crate) struct SubtreeProductQuery {
     /// 1-1000, default 50.
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
@@ -142,19 +142,19 @@ pub struct SubtreeProductQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-pub struct ChildrenQuery {
+pub(crate) struct ChildrenQuery {
     /// 1-1000, default 50.
     #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
+    pub(crate) limit: Option<i64>,
     /// `next_cursor` of the previous page.
     #[param(pattern = "^[0-9]{1,18}$")]
-    pub cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
 }
 
 /// The direct children of a category, paged.
 #[utoipa::path(get, path = "/v1/categories/{id}/children", tag = "catalog", params(("id" = i64, Path), ChildrenQuery),
     responses((status = 200, description = "`{items, next_cursor}`"), (status = 404, body = super::problem::Problem)))]
-pub async fn children(
+pub(crate) async fn children(
     state: web::Data<AppState>,
     id: web::Path<String>,
     query: web::Query<ChildrenQuery>,
@@ -173,7 +173,7 @@ pub async fn children(
         (status = 404, body = super::problem::Problem),
         (status = 422, body = super::problem::Problem, description = "Into its own subtree, unknown parent, or too deep")),
     security(("bearer" = [])))]
-pub async fn move_category(
+pub(crate) async fn move_category(
     state: web::Data<AppState>,
     _admin: Admin,
     req: HttpRequest,
@@ -192,7 +192,7 @@ pub async fn move_category(
 /// the indexed `category_path`, paged, with the same filters as `GET /v1/products`.
 #[utoipa::path(get, path = "/v1/categories/{id}/products", tag = "catalog", params(("id" = i64, Path), SubtreeProductQuery),
     responses((status = 200, description = "`{items, next_cursor}`"), (status = 404, body = super::problem::Problem)))]
-pub async fn products(
+pub(crate) async fn products(
     state: web::Data<AppState>,
     id: web::Path<String>,
     query: web::Query<ProductQuery>,

@@ -45,7 +45,7 @@ const PASSED_ON: [&str; 6] = [
 const PASSED_BACK: [&str; 3] = ["content-type", "location", "retry-after"];
 
 /// Where a request is served.
-pub enum Route {
+pub(crate) enum Route {
     Here,
     /// At this peer's base URL.
     Peer(String),
@@ -53,7 +53,7 @@ pub enum Route {
 
 /// The forwarding side of cluster mode: ownership, the peer secret and one pooled client
 /// (the same [`PeerClient`] the order side uses for remote reservations).
-pub struct Peers {
+pub(crate) struct Peers {
     peer: Arc<PeerClient>,
 }
 
@@ -62,7 +62,7 @@ impl Peers {
         Self { peer }
     }
 
-    pub fn ownership(&self) -> &Arc<Ownership> {
+    pub(crate) fn ownership(&self) -> &Arc<Ownership> {
         self.peer.ownership()
     }
 
@@ -85,7 +85,7 @@ impl Peers {
     /// outside cluster mode), at its owner otherwise. An order is routed by its smallest
     /// SKU: that SKU's owner places it (reserving at the other SKUs' owners) and runs its
     /// saga.
-    pub async fn route(&self, req: &HttpRequest, sku: Option<&Sku>) -> Result<Route, ApiError> {
+    pub(crate) async fn route(&self, req: &HttpRequest, sku: Option<&Sku>) -> Result<Route, ApiError> {
         if !self.ownership().enabled() {
             return Ok(Route::Here);
         }
@@ -108,7 +108,7 @@ impl Peers {
     }
 
     /// Refuses a call to the peer-only API that does not carry the peer secret.
-    pub fn require_peer(&self, req: &HttpRequest) -> Result<(), ApiError> {
+    pub(crate) fn require_peer(&self, req: &HttpRequest) -> Result<(), ApiError> {
         if self.is_peer_call(req)? {
             Ok(())
         } else {
@@ -117,7 +117,7 @@ impl Peers {
     }
 
     /// Sends `req` (with `body`) to the peer at `base` and answers with its response.
-    pub async fn forward(
+    pub(crate) async fn forward(
         &self,
         state: &AppState,
         req: &HttpRequest,
@@ -200,14 +200,14 @@ fn hops_of(req: &HttpRequest) -> u32 {
 
 /// The owner of a request body's SKUs answers; the JSON is re-encoded from the parsed
 /// body (the owner hashes the same parsed value for its Idempotency-Key check).
-pub fn json_body<T: serde::Serialize>(body: &T) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn json_body<T: serde::Serialize>(body: &T) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(body).map_err(|e| ApiError::Unavailable(Cause::new(e)))
 }
 
 /// Who owns what: this node, the live members and their share of the shards.
 #[utoipa::path(get, path = "/health/cluster", tag = "health",
     responses((status = 200, description = "Cluster membership and shard ownership (outside cluster mode: one standalone node owning its one shard)")))]
-pub async fn health(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn health(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     super::ops::introspection_allowed(&state, &req).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -237,7 +237,7 @@ fn refusal(reason: &str, requested: i64, available: i64) -> RemoteRefusal {
 /// reservation is tentative: the placing node commits its journal entry under this
 /// node's fence, or tells this node to forget it. If neither is heard, this node asks
 /// the store after a while (`Orders::resolve_remote_reservation`).
-pub async fn remote_reserve(
+pub(crate) async fn remote_reserve(
     state: web::Data<AppState>,
     req: HttpRequest,
     body: web::Json<RemoteReserve>,
@@ -275,7 +275,7 @@ pub async fn remote_reserve(
 }
 
 /// Peer only: the placing node will not commit this reservation.
-pub async fn remote_forget(
+pub(crate) async fn remote_forget(
     state: web::Data<AppState>,
     req: HttpRequest,
     body: web::Json<RemoteSettle>,
@@ -291,7 +291,7 @@ pub async fn remote_forget(
 /// asks only after the decision is durable. 503 while the order has no decision yet or an
 /// earlier application of it is not durable yet; repeated after that, it finds nothing to
 /// do and answers 200.
-pub async fn remote_settle(
+pub(crate) async fn remote_settle(
     state: web::Data<AppState>,
     req: HttpRequest,
     body: web::Json<RemoteSettle>,
@@ -310,7 +310,7 @@ pub async fn remote_settle(
 /// (`payment.mode = "kafka"`), applied with the consumed event's id as a local consumer
 /// would. 503 tells the consumer to try again (not the owner, saga not running yet); 422
 /// that the event cannot be applied (it is dead-lettered there).
-pub async fn remote_payment(
+pub(crate) async fn remote_payment(
     state: web::Data<AppState>,
     req: HttpRequest,
     body: web::Json<RemotePayment>,

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// or address ever seen.
 const HOUSEKEEPING_EVERY: u64 = 4096;
 
-pub struct RateLimits {
+pub(crate) struct RateLimits {
     per_user: Option<DefaultKeyedRateLimiter<UserId>>,
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     logins_per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
@@ -61,7 +61,7 @@ impl RateLimits {
     /// Counts one order request; `Err` (429 with `Retry-After`) when over a limit.
     /// The caller's own limit is checked first, so a user over it does not use up the
     /// allowance of others behind the same address.
-    pub fn check_order(&self, user: &UserId, ip: Option<IpAddr>) -> Result<(), ApiError> {
+    pub(crate) fn check_order(&self, user: &UserId, ip: Option<IpAddr>) -> Result<(), ApiError> {
         self.housekeeping();
         if let Some(limiter) = &self.per_user {
             limiter
@@ -77,13 +77,13 @@ impl RateLimits {
     }
 
     /// Counts one login attempt from `ip` (before the body is looked at).
-    pub fn check_login_ip(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
+    pub(crate) fn check_login_ip(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
         self.housekeeping();
         check_ip(&self.logins_per_ip, ip).map_err(|not_until| self.refused("logins from this address", &not_until))
     }
 
     /// Counts one login attempt for `email` (normalised), from any address.
-    pub fn check_login_email(&self, email: &str) -> Result<(), ApiError> {
+    pub(crate) fn check_login_email(&self, email: &str) -> Result<(), ApiError> {
         let Some(limiter) = &self.logins_per_email else {
             return Ok(());
         };
@@ -93,7 +93,7 @@ impl RateLimits {
     }
 
     /// Counts one sign-up from `ip`.
-    pub fn check_signup(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
+    pub(crate) fn check_signup(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
         self.housekeeping();
         check_ip(&self.signups_per_ip, ip).map_err(|not_until| self.refused("sign-ups from this address", &not_until))
     }

@@ -1,18 +1,18 @@
 //! The actix-web HTTP API: thin handlers (extract, call, map), one error type
 //! ([`problem::ApiError`]), shared state in [`AppState`].
 
-pub mod admin_events;
-pub mod auth;
-pub mod catalog;
-pub mod categories;
-pub mod cluster;
-pub mod limits;
-pub mod openapi;
-pub mod ops;
-pub mod orders;
+pub(crate) mod admin_events;
+pub(crate) mod auth;
+pub(crate) mod catalog;
+pub(crate) mod categories;
+pub(crate) mod cluster;
+pub(crate) mod limits;
+pub(crate) mod openapi;
+pub(crate) mod ops;
+pub(crate) mod orders;
 pub mod problem;
-pub mod search;
-pub mod users;
+pub(crate) mod search;
+pub(crate) mod users;
 
 use crate::actors::inventory::Inventory;
 use crate::actors::order::Orders;
@@ -32,48 +32,48 @@ use std::time::Instant;
 
 /// Where the server is in its life: readiness and order intake follow it.
 #[derive(Debug, Default)]
-pub struct Lifecycle {
+pub(crate) struct Lifecycle {
     recovered: AtomicBool,
     draining: AtomicBool,
 }
 
 impl Lifecycle {
-    pub fn mark_recovered(&self) {
+    pub(crate) fn mark_recovered(&self) {
         self.recovered.store(true, Ordering::SeqCst);
     }
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
-    pub fn is_recovered(&self) -> bool {
+    pub(crate) fn is_recovered(&self) -> bool {
         self.recovered.load(Ordering::SeqCst)
     }
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
 }
 
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub store: SqlStore,
-    pub inventory: Inventory,
-    pub orders: Orders,
-    pub write_behind: WriteBehind,
-    pub metrics: Arc<Metrics>,
-    pub lifecycle: Arc<Lifecycle>,
-    pub outbox: Arc<crate::events::outbox::OutboxRelay>,
+pub(crate) struct AppState {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) store: SqlStore,
+    pub(crate) inventory: Inventory,
+    pub(crate) orders: Orders,
+    pub(crate) write_behind: WriteBehind,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) outbox: Arc<crate::events::outbox::OutboxRelay>,
     /// Rate limits on order creation (`[limits]`).
-    pub limits: limits::RateLimits,
+    pub(crate) limits: limits::RateLimits,
     /// Product search (`[search]`).
-    pub search: Arc<dyn crate::search::SearchIndex>,
+    pub(crate) search: Arc<dyn crate::search::SearchIndex>,
     /// Products and categories.
-    pub catalog: Arc<crate::services::catalog::CatalogService>,
+    pub(crate) catalog: Arc<crate::services::catalog::CatalogService>,
     /// Cluster mode: ownership and forwarding to the owning node.
-    pub peers: Arc<cluster::Peers>,
+    pub(crate) peers: Arc<cluster::Peers>,
 }
 
 impl AppState {
     /// Orders are taken only after recovery and before shutdown.
-    pub fn accepting_orders(&self) -> Result<(), ApiError> {
+    pub(crate) fn accepting_orders(&self) -> Result<(), ApiError> {
         if !self.lifecycle.is_recovered() {
             return Err(ApiError::UnavailableFor("recovery is still running"));
         }
@@ -91,7 +91,7 @@ impl AppState {
 /// label), and every `{param}` pattern it passes is a regex match. So the routes of a sale
 /// come first: measured with perf on a sold-out flood, matching `POST /v1/orders` at the
 /// end of this list took 12 % of the server's CPU.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1")
             .route("/orders", web::post().to(orders::create_order))
@@ -138,7 +138,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// The W3C trace context of a request: the caller's `traceparent`, or a new one.
 #[derive(Debug, Clone)]
-pub struct TraceParent(pub String);
+pub(crate) struct TraceParent(pub String);
 
 /// The caller's `traceparent` header, when it is a well-formed W3C one.
 fn caller_traceparent(req: &ServiceRequest) -> Option<String> {
@@ -151,7 +151,7 @@ fn caller_traceparent(req: &ServiceRequest) -> Option<String> {
 
 /// Request span, trace context and RED metrics for every request. The route label is
 /// the matched pattern (`/v1/orders/{id}`), so its cardinality is bounded.
-pub async fn observe(
+pub(crate) async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
@@ -207,7 +207,7 @@ pub async fn observe(
 }
 
 /// Renders a stored millisecond time as RFC 3339.
-pub fn rfc3339(millis: i64) -> String {
+pub(crate) fn rfc3339(millis: i64) -> String {
     chrono::DateTime::from_timestamp_millis(millis)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()

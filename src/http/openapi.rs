@@ -49,7 +49,7 @@ use utoipa::{Modify, OpenApi};
     ),
     modifiers(&BearerAuth, &ProblemResponses, &StatefulLinks)
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct BearerAuth;
 
@@ -223,7 +223,7 @@ impl Modify for StatefulLinks {
 }
 
 /// The document, built once: the 405 answer reads its methods from it.
-pub fn document() -> &'static utoipa::openapi::OpenApi {
+pub(crate) fn document() -> &'static utoipa::openapi::OpenApi {
     static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
     DOC.get_or_init(ApiDoc::openapi)
 }
@@ -232,7 +232,7 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
 /// fields in snake_case (`operation_id`, `request_body`, `operation_ref`), which no
 /// OpenAPI tool reads: schemathesis then saw links without a target and had no stateful
 /// phase to run. The keys are renamed to the spec's camelCase here, once.
-pub fn served() -> &'static serde_json::Value {
+pub(crate) fn served() -> &'static serde_json::Value {
     static JSON: OnceLock<serde_json::Value> = OnceLock::new();
     JSON.get_or_init(|| {
         let mut doc = serde_json::to_value(document()).unwrap_or_default();
@@ -266,7 +266,7 @@ pub fn served() -> &'static serde_json::Value {
 
 /// The methods the document lists for a route pattern (`/v1/orders/{id}`), for `Allow`.
 /// Routes outside the document (`/metrics`, `/dashboard`) are GET only.
-pub fn allowed_methods(pattern: &str) -> Vec<&'static str> {
+pub(crate) fn allowed_methods(pattern: &str) -> Vec<&'static str> {
     let Some(item) = document().paths.paths.get(pattern) else {
         return vec!["GET"];
     };

@@ -8,7 +8,7 @@ use serde_json::json;
 
 /// The process is up.
 #[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, description = "Live")))]
-pub async fn live() -> HttpResponse {
+pub(crate) async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "live"}))
 }
 
@@ -18,7 +18,7 @@ pub async fn live() -> HttpResponse {
 /// are still taken and their events wait in the outbox (`outbox_backlog`).
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses((status = 200, description = "Ready"), (status = 503, description = "Recovering, draining or a backend is down")))]
-pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let recovered = state.lifecycle.is_recovered();
     let draining = state.lifecycle.is_draining();
     let store = state.write_behind.is_healthy() && state.store.ping().await.is_ok();
@@ -49,7 +49,7 @@ pub(super) async fn introspection_allowed(state: &AppState, req: &HttpRequest) -
     Admin::extract(req).await.map(|_| ())
 }
 
-pub async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     introspection_allowed(&state, &req).await?;
     let (size, idle) = state.store.pool_usage();
     let m = &state.metrics;
@@ -68,7 +68,7 @@ pub async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
         .body(m.render()))
 }
 
-pub async fn openapi(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn openapi(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     introspection_allowed(&state, &req).await?;
     // The served form: the links' keys fixed up (see openapi::served).
     Ok(HttpResponse::Ok().json(super::openapi::served()))
@@ -76,7 +76,7 @@ pub async fn openapi(state: web::Data<AppState>, req: HttpRequest) -> Result<Htt
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-pub async fn dashboard(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn dashboard(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     introspection_allowed(&state, &req).await?;
     Ok(HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
@@ -85,7 +85,7 @@ pub async fn dashboard(state: web::Data<AppState>, req: HttpRequest) -> Result<H
 
 /// Every request no route took: 405 with `Allow` when the path is a route and only the
 /// method is wrong (RFC 9110 15.5.6), else 404.
-pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     if let Some(pattern) = req.resource_map().match_pattern(req.path()) {
         return Err(ApiError::MethodNotAllowed {
             detail: format!("{pattern} does not take {}", req.method()),

@@ -19,57 +19,57 @@ use utoipa::{IntoParams, ToSchema};
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateOrder {
+pub(crate) struct CreateOrder {
     /// At most `orders.max_items` lines (default 50).
     #[schema(min_items = 1, max_items = 50)]
-    pub items: Vec<OrderItem>,
+    pub(crate) items: Vec<OrderItem>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payment: Option<PaymentInput>,
+    pub(crate) payment: Option<PaymentInput>,
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct OrderItem {
+pub(crate) struct OrderItem {
     #[schema(value_type = String, example = "TSHIRT-RED-M", pattern = r"^[A-Za-z0-9._-]{1,64}$")]
-    pub sku: Sku,
+    pub(crate) sku: Sku,
     /// At most `orders.max_qty_per_item` (default 1000).
     #[schema(minimum = 1, maximum = 1000)]
     #[serde(deserialize_with = "crate::domain::number::whole")]
-    pub qty: i64,
+    pub(crate) qty: i64,
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PaymentInput {
+pub(crate) struct PaymentInput {
     /// Simulated gateway token: `test_ok` (default), `test_decline`, `test_flaky`, `test_down`,
     /// `test_slow` (succeeds after `payment.slow_ms`), `test_slow_refund_flaky` (like
     /// `test_slow`; its refund fails three times before it succeeds).
     #[schema(value_type = String, pattern = "^test_(ok|decline|flaky|down|slow|slow_refund_flaky)$")]
-    pub token: String,
+    pub(crate) token: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct OrderView {
-    pub id: String,
-    pub user_id: String,
-    pub status: OrderStatus,
-    pub items: Vec<OrderLine>,
-    pub total: Money,
-    pub created_at: String,
-    pub updated_at: String,
+pub(crate) struct OrderView {
+    pub(crate) id: String,
+    pub(crate) user_id: String,
+    pub(crate) status: OrderStatus,
+    pub(crate) items: Vec<OrderLine>,
+    pub(crate) total: Money,
+    pub(crate) created_at: String,
+    pub(crate) updated_at: String,
     /// When an unpaid order's reservation expires.
-    pub expires_at: String,
+    pub(crate) expires_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cancel_reason: Option<CancelReason>,
-    pub payment: PaymentView,
+    pub(crate) cancel_reason: Option<CancelReason>,
+    pub(crate) payment: PaymentView,
 }
 
 /// What happened to the order's money.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct PaymentView {
+pub(crate) struct PaymentView {
     /// `pending`, `captured`, `failed`, `not_charged`; for a payment captured after the
     /// order was cancelled: `refund_pending`, `refunded` or `refund_failed`.
-    pub status: PaymentStatus,
+    pub(crate) status: PaymentStatus,
 }
 
 impl From<&Order> for OrderView {
@@ -98,20 +98,20 @@ impl OrderView {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct OrderPage {
-    pub items: Vec<OrderView>,
-    pub next_cursor: Option<String>,
+pub(crate) struct OrderPage {
+    pub(crate) items: Vec<OrderView>,
+    pub(crate) next_cursor: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct PageQuery {
+pub(crate) struct PageQuery {
     /// 1 to 1000, default 50.
     #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
+    pub(crate) limit: Option<i64>,
     /// `next_cursor` of the previous page.
     #[param(format = Uuid)]
-    pub cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
 }
 
 impl From<PlaceError> for ApiError {
@@ -139,7 +139,7 @@ impl From<CancelRefused> for ApiError {
 }
 
 /// The `Idempotency-Key` header: absent, or a valid [`IdempotencyKey`].
-pub fn idempotency_key(
+pub(crate) fn idempotency_key(
     value: Option<&actix_web::http::header::HeaderValue>,
 ) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(value) = value else {
@@ -170,7 +170,7 @@ fn parse_order_id(raw: &str) -> Result<OrderId, ApiError> {
         (status = 429, body = super::problem::Problem, description = "Over a rate limit; retry after Retry-After"),
         (status = 503, body = super::problem::Problem, description = "Not durable; retry after Retry-After")),
     security(("bearer" = [])))]
-pub async fn create_order(
+pub(crate) async fn create_order(
     state: web::Data<AppState>,
     caller: Caller,
     req: HttpRequest,
@@ -324,7 +324,7 @@ pub async fn list_orders(
     responses((status = 200, body = OrderView), (status = 401, body = super::problem::Problem), (status = 404, body = super::problem::Problem),
         (status = 409, body = super::problem::Problem, description = "No longer PENDING_PAYMENT"), (status = 503, body = super::problem::Problem)),
     security(("bearer" = [])))]
-pub async fn cancel_order(
+pub(crate) async fn cancel_order(
     state: web::Data<AppState>,
     caller: Caller,
     req: HttpRequest,

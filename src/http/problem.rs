@@ -13,7 +13,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("{0}")]
     OutOfStock(#[source] Cause),
     /// Malformed request (400) or well-formed but invalid content (422).
@@ -48,13 +48,13 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn bad_request(detail: impl Into<Cause>) -> Self {
+    pub(crate) fn bad_request(detail: impl Into<Cause>) -> Self {
         Self::Invalid {
             status: StatusCode::BAD_REQUEST,
             detail: detail.into(),
         }
     }
-    pub fn unprocessable(detail: impl Into<Cause>) -> Self {
+    pub(crate) fn unprocessable(detail: impl Into<Cause>) -> Self {
         Self::Invalid {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             detail: detail.into(),
@@ -94,16 +94,16 @@ pub const UNAVAILABLE_DETAIL: &str = "The service cannot complete this request r
 
 /// The problem document (RFC 9457).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Problem {
+pub(crate) struct Problem {
     #[serde(rename = "type")]
-    pub problem_type: &'static str,
-    pub title: &'static str,
-    pub status: u16,
-    pub detail: String,
+    pub(crate) problem_type: &'static str,
+    pub(crate) title: &'static str,
+    pub(crate) status: u16,
+    pub(crate) detail: String,
 }
 
 /// Seconds a client should wait before retrying after a 503.
-pub const RETRY_AFTER_SECS: u64 = 1;
+pub(crate) const RETRY_AFTER_SECS: u64 = 1;
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
@@ -159,7 +159,7 @@ impl ResponseError for ApiError {
 
 /// JSON body errors: syntax is 400, a well-formed body with wrong content is 422,
 /// a body over the limit is 413 (all `/problems/invalid-request`).
-pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub(crate) fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as E;
     let api = match err {
         E::Deserialize(e) if e.classify() == serde_json::error::Category::Data => {
@@ -178,10 +178,10 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::Htt
     api.into()
 }
 
-pub fn path_error(err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub(crate) fn path_error(err: actix_web::error::PathError, _req: &actix_web::HttpRequest) -> actix_web::Error {
     ApiError::NotFound(Cause::new(err)).into()
 }
 
-pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+pub(crate) fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
     ApiError::bad_request(Cause::new(err)).into()
 }

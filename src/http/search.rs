@@ -18,7 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
-pub struct SearchQueryDoc {
+pub(crate) struct SearchQueryDoc {
     /// Free text (at most 200 characters). Korean particles and synonyms are handled; typos
     /// and partial words are matched when the words as written find fewer than 20 products
     /// (then `total` counts those matches too). Facet counts are exact over all matches.
@@ -49,15 +49,15 @@ pub struct SearchQueryDoc {
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct SuggestParams {
+pub(crate) struct SuggestParams {
     /// What the user typed so far (at most 100 characters).
     #[param(max_length = 100, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
-    pub q: Option<String>,
+    pub(crate) q: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Suggestions {
-    pub suggestions: Vec<String>,
+pub(crate) struct Suggestions {
+    pub(crate) suggestions: Vec<String>,
 }
 
 impl From<SearchError> for ApiError {
@@ -74,7 +74,10 @@ impl From<SearchError> for ApiError {
     responses((status = 200, body = SearchResults), (status = 400, body = super::problem::Problem),
         (status = 422, body = super::problem::Problem),
         (status = 503, body = super::problem::Problem, description = "The search backend is unavailable")))]
-pub async fn search(state: web::Data<AppState>, params: web::Query<SearchParams>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn search(
+    state: web::Data<AppState>,
+    params: web::Query<SearchParams>,
+) -> Result<HttpResponse, ApiError> {
     let query = SearchQuery::parse(params.into_inner()).map_err(|e| ApiError::unprocessable(Cause::new(e)))?;
     let results = state.search.search(&query).await?;
     Ok(HttpResponse::Ok().json(results))
@@ -84,7 +87,10 @@ pub async fn search(state: web::Data<AppState>, params: web::Query<SearchParams>
 #[utoipa::path(get, path = "/v1/search/suggest", tag = "search", params(SuggestParams),
     responses((status = 200, body = Suggestions), (status = 422, body = super::problem::Problem),
         (status = 503, body = super::problem::Problem, description = "The search backend is unavailable")))]
-pub async fn suggest(state: web::Data<AppState>, params: web::Query<SuggestParams>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn suggest(
+    state: web::Data<AppState>,
+    params: web::Query<SuggestParams>,
+) -> Result<HttpResponse, ApiError> {
     let prefix =
         SearchQuery::parse_prefix(params.into_inner().q).map_err(|e| ApiError::unprocessable(Cause::new(e)))?;
     let suggestions = if prefix.is_empty() {

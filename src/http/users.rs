@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// The account routes, inside the `/v1` scope.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/users", web::post().to(sign_up))
         .route("/users/me", web::get().to(me))
         .route("/auth/login", web::post().to(login));
@@ -24,29 +24,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SignUp {
+pub(crate) struct SignUp {
     /// Stored trimmed and lower-cased; one account per address.
     #[schema(example = "kim@example.com", format = Email, max_length = 254)]
-    pub email: String,
+    pub(crate) email: String,
     /// 12 to 128 characters, kept exactly as typed.
     #[schema(
         min_length = 12,
         max_length = 128,
         pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
     )]
-    pub password: String,
+    pub(crate) password: String,
     #[schema(
         min_length = 1,
         max_length = 100,
         example = "김민수",
         pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
     )]
-    pub name: String,
+    pub(crate) name: String,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LoginBody {
+pub(crate) struct LoginBody {
     // format email: an address sign-up would refuse cannot log in either (422), so
     // generated logins should be addresses.
     #[schema(
@@ -55,37 +55,37 @@ pub struct LoginBody {
         max_length = 254,
         pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
     )]
-    pub email: String,
+    pub(crate) email: String,
     #[schema(
         min_length = 1,
         max_length = 128,
         pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"
     )]
-    pub password: String,
+    pub(crate) password: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct TokenView {
+pub(crate) struct TokenView {
     /// A bearer JWT: `sub` is the account id.
-    pub token: String,
+    pub(crate) token: String,
     /// Always `Bearer`.
-    pub token_type: &'static str,
+    pub(crate) token_type: &'static str,
     /// Seconds until the token expires.
-    pub expires_in: u64,
+    pub(crate) expires_in: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ProfileView {
+pub(crate) struct ProfileView {
     /// The account id: the `sub` of its tokens and the `user_id` of its orders.
-    pub id: String,
-    pub email: String,
-    pub name: String,
-    pub created_at: String,
+    pub(crate) id: String,
+    pub(crate) email: String,
+    pub(crate) name: String,
+    pub(crate) created_at: String,
     /// `null` until the first login.
-    pub last_login_at: Option<String>,
+    pub(crate) last_login_at: Option<String>,
     /// No login for `users.dormant_after_days`; the next login wakes the account.
-    pub dormant: bool,
-    pub dormant_since: Option<String>,
+    pub(crate) dormant: bool,
+    pub(crate) dormant_since: Option<String>,
 }
 
 impl From<&Account> for ProfileView {
@@ -122,7 +122,7 @@ impl From<AccountError> for ApiError {
         (status = 409, body = Problem, description = "The email already has an account"),
         (status = 422, body = Problem, description = "Invalid email, password or name (the detail names the field)"),
         (status = 429, body = Problem, description = "Too many sign-ups from this address; retry after Retry-After")))]
-pub async fn sign_up(
+pub(crate) async fn sign_up(
     state: web::Data<AppState>,
     accounts: web::Data<Accounts>,
     req: HttpRequest,
@@ -144,7 +144,7 @@ pub async fn sign_up(
         (status = 401, body = Problem, description = "Unknown email or wrong password (one answer for both)"),
         (status = 422, body = Problem, description = "Not an email address"),
         (status = 429, body = Problem, description = "Too many logins from this address or for this account; retry after Retry-After")))]
-pub async fn login(
+pub(crate) async fn login(
     state: web::Data<AppState>,
     accounts: web::Data<Accounts>,
     req: HttpRequest,
@@ -181,7 +181,7 @@ pub async fn login(
         (status = 401, body = Problem),
         (status = 404, body = Problem, description = "The token's subject has no account (e.g. a token from `emporium token`)")),
     security(("bearer" = [])))]
-pub async fn me(accounts: web::Data<Accounts>, caller: Caller) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn me(accounts: web::Data<Accounts>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let account = accounts.profile(&caller.user).await?;
     Ok(HttpResponse::Ok().json(ProfileView::from(&account)))
 }

@@ -2,13 +2,13 @@
 //! event bus. Everything above this layer speaks in domain types; everything SQL
 //! stays in [`sql`].
 
-pub mod catalog;
-pub mod row_lock;
+pub(crate) mod catalog;
+pub(crate) mod row_lock;
 pub mod sql;
 pub mod users;
 
 use crate::domain::events::Event;
-use crate::domain::ids::{OrderId, ProductId, Sku, UserId};
+use crate::domain::ids::{OrderId, Sku, UserId};
 use crate::domain::inventory::{Change, Reservation};
 use crate::domain::money::Money;
 use crate::domain::order::{CancelReason, Order, OrderStatus};
@@ -42,36 +42,36 @@ pub enum StoreError {
 /// settling an order that spans owners.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JournalEntry {
-    pub sku: Sku,
-    pub seq: i64,
-    pub change: Change,
-    pub at: Millis,
+    pub(crate) sku: Sku,
+    pub(crate) seq: i64,
+    pub(crate) change: Change,
+    pub(crate) at: Millis,
     /// Cluster mode: the epoch of its shard under which the SKU actor that decided it was
     /// activated. The write-set carrying it is committed only while this node still holds
     /// the shard at that epoch (a shard lost and re-claimed meanwhile has a new actor that
     /// never saw this entry). `None` outside the actors (row locks, catalog loads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<i64>,
+    pub(crate) epoch: Option<i64>,
 }
 
 /// A guarded order status change: applied only if the order is still in `from`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusChange {
-    pub order_id: OrderId,
-    pub from: OrderStatus,
-    pub to: OrderStatus,
-    pub cancel_reason: Option<CancelReason>,
-    pub at: Millis,
+    pub(crate) order_id: OrderId,
+    pub(crate) from: OrderStatus,
+    pub(crate) to: OrderStatus,
+    pub(crate) cancel_reason: Option<CancelReason>,
+    pub(crate) at: Millis,
 }
 
 /// The stored answer to an `Idempotency-Key`, replayed for the same key and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyRecord {
-    pub user_id: UserId,
-    pub key: String,
-    pub request_hash: String,
-    pub order_id: OrderId,
-    pub response: String,
+    pub(crate) user_id: UserId,
+    pub(crate) key: String,
+    pub(crate) request_hash: String,
+    pub(crate) order_id: OrderId,
+    pub(crate) response: String,
 }
 
 /// Everything one request or saga step makes durable, committed all together or not at
@@ -98,56 +98,52 @@ pub struct WriteSet {
 /// "Consumer `consumer` has applied event `event_id`" (a row of `processed_events`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Consumed {
-    pub consumer: String,
-    pub event_id: uuid::Uuid,
+    pub(crate) consumer: String,
+    pub(crate) event_id: uuid::Uuid,
 }
 
 /// What an inventory actor loads when it is activated.
 #[derive(Debug, Clone)]
-pub struct SkuRecord {
-    pub sku: Sku,
-    pub product_id: ProductId,
-    pub unit_price: Money,
-    pub stock: i64,
-    pub reserved: i64,
-    pub seq: i64,
-    pub reservations: Vec<(OrderId, Reservation)>,
+pub(crate) struct SkuRecord {
+    pub(crate) sku: Sku,
+    pub(crate) unit_price: Money,
+    pub(crate) stock: i64,
+    pub(crate) seq: i64,
+    pub(crate) reservations: Vec<(OrderId, Reservation)>,
 }
 
 #[derive(Debug, Clone)]
-pub struct NewSku {
-    pub sku: Sku,
-    pub price: Money,
-    pub stock: i64,
+pub(crate) struct NewSku {
+    pub(crate) sku: Sku,
+    pub(crate) price: Money,
+    pub(crate) stock: i64,
 }
 
 #[derive(Debug, Clone)]
-pub struct OutboxRow {
-    pub id: i64,
-    pub event: Event,
-    pub attempts: i64,
-    pub next_attempt_at: Millis,
+pub(crate) struct OutboxRow {
+    pub(crate) id: i64,
+    pub(crate) event: Event,
+    pub(crate) attempts: i64,
+    pub(crate) next_attempt_at: Millis,
 }
 
 #[derive(Debug, Clone)]
 pub struct FailedEvent {
-    pub id: i64,
-    pub event: Event,
-    pub error: String,
-    pub attempts: i64,
+    pub(crate) id: i64,
+    pub(crate) event: Event,
 }
 
 /// A message a consumer gave up on, as it goes into `failed_events` (and `emporium.dlq`).
 #[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub consumer: String,
-    pub topic: String,
+pub(crate) struct DeadLetter {
+    pub(crate) consumer: String,
+    pub(crate) topic: String,
     /// The message parsed as an event, when it is one: only those can be replayed.
-    pub event: Option<Event>,
+    pub(crate) event: Option<Event>,
     /// The raw payload (lossy UTF-8), kept when it is not an event.
-    pub payload: String,
-    pub key: String,
-    pub headers: Vec<(String, String)>,
-    pub error: String,
-    pub attempts: i64,
+    pub(crate) payload: String,
+    pub(crate) key: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) error: String,
+    pub(crate) attempts: i64,
 }

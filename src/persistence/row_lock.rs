@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 
 /// Why a row-locked operation was refused (nothing was written).
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("unknown sku {0}")]
     UnknownSku(Sku),
     #[error("{sku}: {rule}")]
@@ -64,7 +64,7 @@ impl SqlStore {
 
     /// Places an order under row locks. `build` receives the unit prices and the
     /// reservation journal entries and returns the order's write-set.
-    pub async fn place_row_locked(
+    pub(crate) async fn place_row_locked(
         &self,
         order: OrderId,
         wanted: &BTreeMap<Sku, i64>,
@@ -98,7 +98,7 @@ impl SqlStore {
 
     /// Confirms or releases an order's reservations under row locks and commits the
     /// write-set `build` makes of the journal entries.
-    pub async fn settle_row_locked(
+    pub(crate) async fn settle_row_locked(
         &self,
         order: OrderId,
         skus: &[Sku],
@@ -134,7 +134,7 @@ impl SqlStore {
     }
 
     /// Admin stock change under the row lock; returns `(stock, reserved)` after it.
-    pub async fn set_stock_row_locked(&self, sku: &Sku, stock: i64) -> Result<(i64, i64), Refusal> {
+    pub(crate) async fn set_stock_row_locked(&self, sku: &Sku, stock: i64) -> Result<(i64, i64), Refusal> {
         let mut tx = self.pool().begin().await.map_err(StoreError::from)?;
         let row = self
             .lock_row(&mut tx, sku)

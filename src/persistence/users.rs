@@ -18,22 +18,22 @@ const SWEEP_BATCH: i64 = 1000;
 
 /// A new account, its password already hashed.
 #[derive(Debug, Clone)]
-pub struct NewAccount {
-    pub id: UserId,
-    pub email: Email,
-    pub name: DisplayName,
-    pub password_hash: String,
-    pub created_at: Millis,
+pub(crate) struct NewAccount {
+    pub(crate) id: UserId,
+    pub(crate) email: Email,
+    pub(crate) name: DisplayName,
+    pub(crate) password_hash: String,
+    pub(crate) created_at: Millis,
 }
 
 /// An account as its owner sees it (never the password hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
-    pub id: UserId,
-    pub email: String,
-    pub name: String,
-    pub created_at: Millis,
-    pub last_login_at: Option<Millis>,
+    pub(crate) id: UserId,
+    pub(crate) email: String,
+    pub(crate) name: String,
+    pub(crate) created_at: Millis,
+    pub(crate) last_login_at: Option<Millis>,
     /// When the sweep marked it dormant; `None` while active.
     pub dormant_since: Option<Millis>,
 }
@@ -58,7 +58,7 @@ fn account_from_row(row: &AnyRow) -> Result<Account, StoreError> {
 
 impl SqlStore {
     /// Stores a new account; [`StoreError::Conflict`] when the email already has one.
-    pub async fn create_account(&self, account: &NewAccount) -> Result<(), StoreError> {
+    pub(crate) async fn create_account(&self, account: &NewAccount) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO users (id, email, name, password_hash, created_at, last_login_at, last_active_at, \
              dormant_since) VALUES (?, ?, ?, ?, ?, NULL, ?, NULL)",
@@ -105,7 +105,7 @@ impl SqlStore {
     /// Records a successful login at `at`: the account is active again (a dormant one
     /// wakes) and, when given, the password hash is replaced by one with today's
     /// parameters.
-    pub async fn record_login(&self, id: &UserId, at: Millis, rehashed: Option<&str>) -> Result<(), StoreError> {
+    pub(crate) async fn record_login(&self, id: &UserId, at: Millis, rehashed: Option<&str>) -> Result<(), StoreError> {
         let mut q = QueryBuilder::<Any>::new("UPDATE users SET last_login_at = ");
         q.push_bind(at)
             .push(", last_active_at = ")
@@ -123,7 +123,7 @@ impl SqlStore {
     /// `at`; returns how many it marked. Each batch re-checks the condition in its
     /// UPDATE, so a login that lands between the SELECT and the UPDATE keeps its account
     /// awake.
-    pub async fn mark_dormant(&self, cutoff: Millis, at: Millis) -> Result<u64, StoreError> {
+    pub(crate) async fn mark_dormant(&self, cutoff: Millis, at: Millis) -> Result<u64, StoreError> {
         let mut marked = 0;
         loop {
             let ids: Vec<String> = sqlx::query(

@@ -25,34 +25,34 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// The files compiled in as defaults (the `search.*_file` settings override them).
-pub const DEFAULT_SYNONYMS: &str = include_str!("../../config/search/synonyms.txt");
-pub const DEFAULT_DICTIONARY: &str = include_str!("../../config/search/userdict.txt");
-pub const DEFAULT_PARTICLES: &str = include_str!("../../config/search/particles.txt");
+pub(crate) const DEFAULT_SYNONYMS: &str = include_str!("../../config/search/synonyms.txt");
+pub(crate) const DEFAULT_DICTIONARY: &str = include_str!("../../config/search/userdict.txt");
+pub(crate) const DEFAULT_PARTICLES: &str = include_str!("../../config/search/particles.txt");
 
 /// Words shorter than this are not decompounded (Elasticsearch's `min_word_size`).
-pub const DECOMPOUND_MIN_WORD: usize = 5;
+pub(crate) const DECOMPOUND_MIN_WORD: usize = 5;
 
 /// One analyzed term with the byte range of the source text it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Term {
     pub text: String,
-    pub from: usize,
-    pub to: usize,
+    pub(crate) from: usize,
+    pub(crate) to: usize,
 }
 
 /// A synonym rule, normalized (lowercased, one word per side).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SynonymRule {
-    pub from: Vec<String>,
+pub(crate) struct SynonymRule {
+    pub(crate) from: Vec<String>,
     /// `None` for an equivalence list (`a, b, c`): every word maps to all of `from`.
-    pub to: Option<Vec<String>>,
+    pub(crate) to: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Analysis {
-    pub particles: Vec<String>,
-    pub dictionary: Vec<String>,
-    pub synonym_rules: Vec<SynonymRule>,
+    pub(crate) particles: Vec<String>,
+    pub(crate) dictionary: Vec<String>,
+    pub(crate) synonym_rules: Vec<SynonymRule>,
     synonyms: HashMap<String, Vec<String>>,
     /// Every word to all words of the rules it appears in (either side).
     groups: HashMap<String, Vec<String>>,
@@ -65,9 +65,9 @@ pub struct Analysis {
 #[derive(Debug, thiserror::Error)]
 #[error("{file} line {line}: {reason}")]
 pub struct AnalysisError {
-    pub file: &'static str,
-    pub line: usize,
-    pub reason: String,
+    pub(crate) file: &'static str,
+    pub(crate) line: usize,
+    pub(crate) reason: String,
 }
 
 pub(crate) fn is_hangul(c: char) -> bool {
@@ -84,7 +84,7 @@ fn entries(text: &str) -> impl Iterator<Item = (usize, &str)> {
 
 /// Words of `text`: maximal runs of alphanumeric characters of one script class
 /// (Hangul or not), lowercased, with their byte ranges in `text`.
-pub fn words(text: &str) -> Vec<Term> {
+pub(crate) fn words(text: &str) -> Vec<Term> {
     let mut out = Vec::new();
     let mut start: Option<(usize, bool)> = None;
     let flush = |out: &mut Vec<Term>, from: usize, to: usize| {
@@ -232,7 +232,7 @@ impl Analysis {
     }
 
     /// Which Korean analysis is live, for the log: `mecab-ko-dic (DIR)` or `built-in`.
-    pub fn korean(&self) -> String {
+    pub(crate) fn korean(&self) -> String {
         match &self.morphology {
             Some(m) => format!("mecab-ko-dic morphemes ({})", m.dicdir),
             None => "built-in (particle list + CJK bigrams)".into(),
@@ -240,7 +240,7 @@ impl Analysis {
     }
 
     /// `노트북을` → `노트북`: the longest particle whose removal leaves ≥ 2 syllables.
-    pub fn strip_particle<'a>(&self, word: &'a str) -> &'a str {
+    pub(crate) fn strip_particle<'a>(&self, word: &'a str) -> &'a str {
         if !word.chars().all(is_hangul) {
             return word;
         }
@@ -331,7 +331,7 @@ impl Analysis {
     /// Elasticsearch next to the raw text, so synonyms work even where the engine does
     /// not apply them (an engine that does, as OpenSearch does at index and query time,
     /// matches the same terms with this extra clause).
-    pub fn expand_synonyms(&self, text: &str) -> Option<String> {
+    pub(crate) fn expand_synonyms(&self, text: &str) -> Option<String> {
         let mut changed = false;
         let out: Vec<String> = words(text)
             .into_iter()
@@ -359,7 +359,7 @@ impl Analysis {
     /// The product name with every analyzed term of the query marked `<em>…</em>`, and
     /// the rest HTML-escaped (names come from admins, highlights go into web pages).
     /// `None` when no term of the name matches.
-    pub fn highlight(&self, text: &str, query: &[String]) -> Option<String> {
+    pub(crate) fn highlight(&self, text: &str, query: &[String]) -> Option<String> {
         let wanted: HashSet<&str> = query.iter().map(String::as_str).collect();
         let mut ranges: Vec<(usize, usize)> = self
             .analyze(text)

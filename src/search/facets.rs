@@ -16,17 +16,17 @@ use tantivy::columnar::{Column, StrColumn};
 use tantivy::{DocId, Score, SegmentOrdinal, SegmentReader};
 
 /// Counts matches and their category, brand and price-range buckets.
-pub struct FacetCollector;
+pub(crate) struct FacetCollector;
 
 /// What one segment counted, with the ordinals already turned into keys.
-pub struct SegmentFacets {
+pub(crate) struct SegmentFacets {
     count: u64,
     category: Vec<(String, u64)>,
     brand: Vec<(String, u64)>,
     price: [u64; PRICE_RANGES.len()],
 }
 
-pub struct FacetSegmentCollector {
+pub(crate) struct FacetSegmentCollector {
     count: u64,
     category: Option<(StrColumn, Vec<u32>)>,
     brand: Option<(StrColumn, Vec<u32>)>,

@@ -14,9 +14,9 @@ use crate::events::{BusError, EventBus, InProcessBus};
 use async_trait::async_trait;
 use std::sync::Arc;
 
-pub struct LocalCopy {
-    pub inner: Arc<dyn EventBus>,
-    pub local: InProcessBus,
+pub(crate) struct LocalCopy {
+    pub(crate) inner: Arc<dyn EventBus>,
+    pub(crate) local: InProcessBus,
 }
 
 fn is_product_event(e: &Event) -> bool {

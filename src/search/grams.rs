@@ -4,13 +4,13 @@
 
 use super::analysis::{words, Term};
 
-pub const EDGE_MIN: usize = 1;
-pub const EDGE_MAX: usize = 20;
-pub const NGRAM_MIN: usize = 2;
-pub const NGRAM_MAX: usize = 3;
+pub(crate) const EDGE_MIN: usize = 1;
+pub(crate) const EDGE_MAX: usize = 20;
+pub(crate) const NGRAM_MIN: usize = 2;
+pub(crate) const NGRAM_MAX: usize = 3;
 
 /// Edge n-grams of each word, for autocomplete (`노트북` → `노`, `노트`, `노트북`).
-pub fn edge_grams(text: &str) -> Vec<Term> {
+pub(crate) fn edge_grams(text: &str) -> Vec<Term> {
     let mut out = Vec::new();
     for w in words(text) {
         let ends: Vec<usize> = w
@@ -33,7 +33,7 @@ pub fn edge_grams(text: &str) -> Vec<Term> {
 }
 
 /// N-grams (2..=3 characters) of each word, for partial matches inside words.
-pub fn ngrams(text: &str) -> Vec<Term> {
+pub(crate) fn ngrams(text: &str) -> Vec<Term> {
     let mut out = Vec::new();
     for w in words(text) {
         let chars: Vec<(usize, char)> = w.text.char_indices().collect();

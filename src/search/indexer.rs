@@ -22,14 +22,14 @@ use std::time::Duration;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tracing::{debug, warn};
 
-pub const MAX_BATCH: usize = 1_000;
+pub(crate) const MAX_BATCH: usize = 1_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The order of an event among the events of its product: the time-ordered first 64
 /// bits of its UUIDv7 id (milliseconds first). Two events of one product within the same
 /// millisecond may tie; a tie is applied in arrival order (the bus keeps a product's
 /// events in order). Ids that are not v7 fall back to the event time.
-pub fn event_version(e: &Event) -> u64 {
+pub(crate) fn event_version(e: &Event) -> u64 {
     if e.id.get_version_num() == 7 {
         let b = e.id.as_bytes();
         u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
@@ -39,7 +39,7 @@ pub fn event_version(e: &Event) -> u64 {
 }
 
 /// What an event asks of the search index, if anything.
-pub fn change_of(e: &Event) -> Option<IndexChange> {
+pub(crate) fn change_of(e: &Event) -> Option<IndexChange> {
     let version = event_version(e);
     match e.event_type {
         EventType::ProductUpserted => {
@@ -71,7 +71,7 @@ pub fn change_of(e: &Event) -> Option<IndexChange> {
 }
 
 /// Applies one batch, retrying with capped backoff until the index takes it.
-pub async fn apply_until_done(index: &dyn SearchIndex, changes: Vec<IndexChange>) {
+pub(crate) async fn apply_until_done(index: &dyn SearchIndex, changes: Vec<IndexChange>) {
     let mut backoff = Duration::from_millis(50);
     loop {
         match index.apply(changes.clone()).await {

@@ -17,18 +17,18 @@ use std::sync::Mutex;
 /// type,first,last,expression`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Morpheme {
-    pub surface: String,
+    pub(crate) surface: String,
     /// The part-of-speech tag, possibly joined (`VV+EP` for an inflected form).
-    pub pos: String,
+    pub(crate) pos: String,
     /// `Compound`, `Inflect`, `Preanalysis` or `*`.
-    pub kind: String,
+    pub(crate) kind: String,
     /// For compounds and inflected forms, the parts: `가곡/NNP/지명+역/NNG/*`; else `*`.
-    pub expression: String,
+    pub(crate) expression: String,
 }
 
 /// Parses MeCab's default output (one `surface\tfeatures` line per morpheme, `EOS` at
 /// the end of a sentence).
-pub fn parse_output(out: &str) -> Vec<Morpheme> {
+pub(crate) fn parse_output(out: &str) -> Vec<Morpheme> {
     out.lines()
         .filter(|l| *l != "EOS" && !l.is_empty())
         .filter_map(|l| {
@@ -62,7 +62,7 @@ pub struct Mecab {
     /// Idle taggers: a parse takes one (or makes one) and puts it back, so each is used
     /// by one thread at a time.
     taggers: Mutex<Vec<Tagger>>,
-    pub dicdir: String,
+    pub(crate) dicdir: String,
 }
 
 // SAFETY: the model is shared read-only (MeCab documents `mecab_model_t` as thread-safe);

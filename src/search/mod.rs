@@ -12,12 +12,12 @@
 pub mod analysis;
 pub mod elastic;
 pub mod embedded;
-pub mod facets;
-pub mod feed;
-pub mod grams;
-pub mod indexer;
+pub(crate) mod facets;
+pub(crate) mod feed;
+pub(crate) mod grams;
+pub(crate) mod indexer;
 pub mod mecab;
-pub mod nori;
+pub(crate) mod nori;
 pub mod reindex;
 
 use crate::domain::search::{SearchDoc, SearchQuery, SearchResults};
@@ -42,13 +42,13 @@ pub enum IndexChange {
 }
 
 impl IndexChange {
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         match self {
             Self::Upsert(d) => &d.id,
             Self::Delete { id, .. } => id,
         }
     }
-    pub fn version(&self) -> u64 {
+    pub(crate) fn version(&self) -> u64 {
         match self {
             Self::Upsert(d) => d.version,
             Self::Delete { version, .. } => *version,
@@ -58,7 +58,7 @@ impl IndexChange {
 
 /// Keeps, per product, only the newest change of a batch (events may arrive twice or
 /// out of order; the newest version wins, and on a tie a delete wins).
-pub fn newest_per_product(changes: Vec<IndexChange>) -> Vec<IndexChange> {
+pub(crate) fn newest_per_product(changes: Vec<IndexChange>) -> Vec<IndexChange> {
     let mut newest: std::collections::HashMap<String, IndexChange> = std::collections::HashMap::new();
     for c in changes {
         let replace = match newest.get(c.id()) {
@@ -108,7 +108,7 @@ pub fn version_of(name: &str, alias: &str) -> Option<u64> {
 }
 
 /// The analysis files named in the settings, or the compiled-in defaults.
-pub fn load_analysis(s: &crate::config::SearchSettings) -> anyhow::Result<analysis::Analysis> {
+pub(crate) fn load_analysis(s: &crate::config::SearchSettings) -> anyhow::Result<analysis::Analysis> {
     use anyhow::Context as _;
     let read = |path: &str, default: &str| -> anyhow::Result<String> {
         if path.is_empty() {

@@ -35,7 +35,10 @@ fn nori_stop_tag(pos: &str) -> bool {
 /// compounds and inflected forms become their parts, and every part whose part of speech
 /// is a stop tag is dropped (`가곡역은` → `가곡`, `역`; `샀어요` → `사`). A morpheme for
 /// which `whole` is true (a synonym) is kept whole instead of split. Lowercased.
-pub fn nori_forms<'a>(morphemes: impl IntoIterator<Item = &'a Morpheme>, whole: impl Fn(&str) -> bool) -> Vec<String> {
+pub(crate) fn nori_forms<'a>(
+    morphemes: impl IntoIterator<Item = &'a Morpheme>,
+    whole: impl Fn(&str) -> bool,
+) -> Vec<String> {
     let mut out = Vec::new();
     for m in morphemes {
         // An inflected form is tagged by all its parts (`VV+EP`): the first one decides.

@@ -17,7 +17,7 @@ use crate::domain::search::SearchDoc;
 use crate::persistence::SqlStore;
 use sqlx::Row;
 
-pub const PAGE: i64 = 2_000;
+pub(crate) const PAGE: i64 = 2_000;
 const CATCH_UP_MARGIN_MS: i64 = 5_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,7 @@ pub struct ReindexReport {
 }
 
 /// One page of `(id, doc, updated_at)` after `after` in id order.
-pub async fn catalog_page(store: &SqlStore, after: &str) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+pub(crate) async fn catalog_page(store: &SqlStore, after: &str) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
     let rows = sqlx::query("SELECT id, doc, updated_at FROM products WHERE id > ? ORDER BY id LIMIT ?")
         .bind(after.to_owned())
         .bind(PAGE)

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum CatalogFailure {
+pub(crate) enum CatalogFailure {
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -59,7 +59,7 @@ fn rfc3339(millis: i64) -> String {
         .unwrap_or_default()
 }
 
-pub struct CatalogService {
+pub(crate) struct CatalogService {
     store: SqlStore,
     catalog: Arc<dyn Catalog>,
     /// Whether writes queue a projection (MongoDB) or are the catalog write (embedded).
@@ -94,13 +94,9 @@ impl CatalogService {
         })
     }
 
-    pub fn catalog(&self) -> &dyn Catalog {
-        self.catalog.as_ref()
-    }
-
     /// Retries the projection in the background (after an outage of MongoDB, changes
     /// committed meanwhile are applied here). Nothing to do for the embedded catalog.
-    pub fn spawn_catch_up(self: &Arc<Self>, every: Duration) {
+    pub(crate) fn spawn_catch_up(self: &Arc<Self>, every: Duration) {
         if !self.projected {
             return;
         }
@@ -166,7 +162,7 @@ impl CatalogService {
         ))
     }
 
-    pub async fn create_product(
+    pub(crate) async fn create_product(
         &self,
         input: ProductInput,
         traceparent: Option<String>,
@@ -206,7 +202,7 @@ impl CatalogService {
         Ok(product)
     }
 
-    pub async fn replace_product(
+    pub(crate) async fn replace_product(
         &self,
         id: ProductId,
         input: ProductInput,
@@ -265,7 +261,7 @@ impl CatalogService {
     }
 
     /// A JSON merge patch (RFC 7396) of the product's fields other than its variants.
-    pub async fn patch_product(
+    pub(crate) async fn patch_product(
         &self,
         id: ProductId,
         patch: serde_json::Value,
@@ -282,7 +278,11 @@ impl CatalogService {
         self.replace(id, input, Some(version), traceparent).await
     }
 
-    pub async fn delete_product(&self, id: ProductId, traceparent: Option<String>) -> Result<(), CatalogFailure> {
+    pub(crate) async fn delete_product(
+        &self,
+        id: ProductId,
+        traceparent: Option<String>,
+    ) -> Result<(), CatalogFailure> {
         let at = now_millis();
         let data = serde_json::json!({"id": id.to_string(), "deleted_at": rfc3339(at)});
         let event = Event::new(EventType::ProductDeleted, id, at, traceparent, data);
@@ -293,7 +293,7 @@ impl CatalogService {
         Ok(())
     }
 
-    pub async fn create_category(&self, name: &str, parent_id: Option<i64>) -> Result<Category, CatalogFailure> {
+    pub(crate) async fn create_category(&self, name: &str, parent_id: Option<i64>) -> Result<Category, CatalogFailure> {
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 100 {
             return Err(CatalogFailure::Invalid("name must be 1-100 characters".into()));
@@ -324,7 +324,7 @@ impl CatalogService {
     }
 
     /// Moves a category with everything below it under `parent_id` (top level when None).
-    pub async fn move_category(
+    pub(crate) async fn move_category(
         &self,
         id: i64,
         parent_id: Option<i64>,
@@ -361,11 +361,11 @@ impl CatalogService {
         })
     }
 
-    pub async fn product(&self, id: ProductId) -> Result<Option<Product>, CatalogFailure> {
+    pub(crate) async fn product(&self, id: ProductId) -> Result<Option<Product>, CatalogFailure> {
         Ok(self.catalog.product(id).await?)
     }
 
-    pub async fn products(
+    pub(crate) async fn products(
         &self,
         filter: &ProductFilter,
         page: &PageRequest<ProductId>,
@@ -373,11 +373,11 @@ impl CatalogService {
         Ok(self.catalog.products(filter, page).await?)
     }
 
-    pub async fn category(&self, id: i64) -> Result<Option<Category>, CatalogFailure> {
+    pub(crate) async fn category(&self, id: i64) -> Result<Option<Category>, CatalogFailure> {
         Ok(self.catalog.category(id).await?)
     }
 
-    pub async fn children(
+    pub(crate) async fn children(
         &self,
         parent: Option<i64>,
         page: &PageRequest<i64>,
@@ -386,7 +386,7 @@ impl CatalogService {
     }
 
     /// The catalog's own health (the store's is checked separately).
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         self.catalog.ping().await
     }
 }

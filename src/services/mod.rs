@@ -7,4 +7,4 @@
 //!   ([`accounts::passwords`]) and bearer tokens ([`accounts::tokens`]).
 
 pub mod accounts;
-pub mod catalog;
+pub(crate) mod catalog;

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 /// The collectors of one actor type, resolved once.
 #[derive(Clone)]
-pub struct ActorProbe {
+pub(crate) struct ActorProbe {
     mailbox: Option<IntGauge>,
     handle: Option<Histogram>,
     messages: Option<IntCounter>,
@@ -29,21 +29,21 @@ impl ActorProbe {
     }
 
     /// A message was queued for an actor of this type.
-    pub fn sent(&self) {
+    pub(crate) fn sent(&self) {
         if let Some(g) = &self.mailbox {
             g.inc();
         }
     }
 
     /// A queued message never reached its actor (mailbox closed or full).
-    pub fn undelivered(&self) {
+    pub(crate) fn undelivered(&self) {
         if let Some(g) = &self.mailbox {
             g.dec();
         }
     }
 
     /// A message is being handled: keep the guard until the handler returns.
-    pub fn handling(&self, from_mailbox: bool) -> Handling {
+    pub(crate) fn handling(&self, from_mailbox: bool) -> Handling {
         if from_mailbox {
             self.undelivered();
         }
@@ -57,7 +57,7 @@ impl ActorProbe {
 }
 
 /// Observes the handle latency when dropped.
-pub struct Handling {
+pub(crate) struct Handling {
     timer: Option<(Histogram, Instant)>,
 }
 

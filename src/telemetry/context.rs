@@ -29,7 +29,7 @@ pub fn valid_traceparent(v: &str) -> bool {
 /// A fresh W3C `traceparent` (random, non-zero ids). From the thread's userspace RNG:
 /// every request without one needs it, and `Uuid::new_v4` asks the kernel for its bytes
 /// (two `getrandom` calls per request, measurable on a sold-out answer).
-pub fn new_traceparent() -> String {
+pub(crate) fn new_traceparent() -> String {
     let trace: u128 = rand::random::<u128>().max(1);
     let span: u64 = rand::random::<u64>().max(1);
     format!("00-{trace:032x}-{span:016x}-01")
@@ -37,7 +37,7 @@ pub fn new_traceparent() -> String {
 
 /// A W3C `tracestate` we pass on: at most 512 printable ASCII characters, trimmed.
 /// Anything else is dropped, as the spec asks, not refused.
-pub fn valid_tracestate(v: &str) -> Option<&str> {
+pub(crate) fn valid_tracestate(v: &str) -> Option<&str> {
     let value = v.trim();
     let valid = !value.is_empty() && value.len() <= 512 && value.bytes().all(|b| (0x20..=0x7e).contains(&b));
     valid.then_some(value)

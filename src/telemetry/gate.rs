@@ -14,7 +14,7 @@ use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{Histogram, IntCounter, IntGauge};
 
 #[derive(Clone)]
-pub struct Gate<T> {
+pub(crate) struct Gate<T> {
     inner: T,
     on: bool,
 }
@@ -27,34 +27,31 @@ impl<T: Collector + Clone + 'static> Gate<T> {
 
 impl<T> Gate<T> {
     /// Whether recording is on (`telemetry.metrics`).
-    pub fn is_on(&self) -> bool {
+    pub(crate) fn is_on(&self) -> bool {
         self.on
     }
 
     /// The collector itself (reading values in tests and on the readiness page).
-    pub fn raw(&self) -> &T {
+    pub(crate) fn raw(&self) -> &T {
         &self.inner
     }
 }
 
 impl Gate<IntCounter> {
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         if self.on {
             self.inner.inc();
         }
     }
-    pub fn inc_by(&self, v: u64) {
+    pub(crate) fn inc_by(&self, v: u64) {
         if self.on {
             self.inner.inc_by(v);
         }
     }
-    pub fn get(&self) -> u64 {
-        self.inner.get()
-    }
 }
 
 impl Gate<Histogram> {
-    pub fn observe(&self, v: f64) {
+    pub(crate) fn observe(&self, v: f64) {
         if self.on {
             self.inner.observe(v);
         }
@@ -63,25 +60,25 @@ impl Gate<Histogram> {
 
 impl<B: MetricVecBuilder> Gate<MetricVec<B>> {
     /// The child for these label values, or an inert one when recording is off.
-    pub fn with_label_values(&self, values: &[&str]) -> Child<B::M> {
+    pub(crate) fn with_label_values(&self, values: &[&str]) -> Child<B::M> {
         Child(self.on.then(|| self.inner.with_label_values(values)))
     }
 }
 
 /// One labelled series of a gated vector (`None`: recording is off).
-pub struct Child<M>(Option<M>);
+pub(crate) struct Child<M>(Option<M>);
 
 impl Child<IntCounter> {
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         if let Some(c) = &self.0 {
             c.inc();
         }
     }
     /// The series itself, to keep and count into without a label lookup per call.
-    pub fn into_inner(self) -> Option<IntCounter> {
+    pub(crate) fn into_inner(self) -> Option<IntCounter> {
         self.0
     }
-    pub fn inc_by(&self, v: u64) {
+    pub(crate) fn inc_by(&self, v: u64) {
         if let Some(c) = &self.0 {
             c.inc_by(v);
         }
@@ -89,34 +86,19 @@ impl Child<IntCounter> {
 }
 
 impl Child<Histogram> {
-    pub fn observe(&self, v: f64) {
+    pub(crate) fn observe(&self, v: f64) {
         if let Some(h) = &self.0 {
             h.observe(v);
         }
     }
     /// The series itself, to keep and observe into without a label lookup per call.
-    pub fn into_inner(self) -> Option<Histogram> {
+    pub(crate) fn into_inner(self) -> Option<Histogram> {
         self.0
     }
 }
 
 impl Child<IntGauge> {
-    pub fn inc(&self) {
-        if let Some(g) = &self.0 {
-            g.inc();
-        }
-    }
-    pub fn dec(&self) {
-        if let Some(g) = &self.0 {
-            g.dec();
-        }
-    }
-    pub fn set(&self, v: i64) {
-        if let Some(g) = &self.0 {
-            g.set(v);
-        }
-    }
-    pub fn into_inner(self) -> Option<IntGauge> {
+    pub(crate) fn into_inner(self) -> Option<IntGauge> {
         self.0
     }
 }

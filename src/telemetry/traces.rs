@@ -86,7 +86,7 @@ impl Drop for Telemetry {
 
 /// The OTLP/HTTP traces URL for a configured endpoint: a collector base URL
 /// (`http://otel-collector:4318`) gets the standard `/v1/traces` path.
-pub fn traces_url(endpoint: &str) -> String {
+pub(crate) fn traces_url(endpoint: &str) -> String {
     let base = endpoint.trim_end_matches('/');
     if base.ends_with("/v1/traces") {
         base.to_owned()
@@ -188,7 +188,7 @@ where
 
 /// Parses a W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`).
 /// Accepts exactly what [`super::context::valid_traceparent`] accepts.
-pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
+pub(crate) fn parse_traceparent(value: &str) -> Option<SpanContext> {
     if !super::context::valid_traceparent(value) {
         return None;
     }
@@ -221,7 +221,7 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
 
 /// The `traceparent` naming `span` itself, when traces are exported (else `None`):
 /// what a request stores with its events so their consumers become its children.
-pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+pub(crate) fn traceparent_of(span: &tracing::Span) -> Option<String> {
     if !EXPORTING.load(Ordering::Relaxed) || span.is_disabled() {
         return None;
     }

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 /// What holds state per shard and must follow its ownership: the SKU actors and the
 /// sagas (wired in `app`).
 #[async_trait::async_trait]
-pub trait ShardHolders: Send + Sync {
+pub(crate) trait ShardHolders: Send + Sync {
     /// Drops everything held in memory for these shards (another node owns them now).
     async fn lost(&self, shards: &[Shard]);
     /// This node now owns these shards: resume their in-flight orders from the store.
@@ -38,7 +38,7 @@ const PLACEMENT_KEPT_MS: i64 = 24 * 3600 * 1000;
 /// `t + TTL − margin` on this node's monotonic clock; the database's lease, counted from
 /// when it ran the statement, ends later. So however long a round, a lock wait or a
 /// silent network takes, this node stops acting on a shard before anybody may claim it.
-pub struct LeaseKeeper {
+pub(crate) struct LeaseKeeper {
     store: SqlStore,
     ownership: Arc<Ownership>,
     holders: Arc<dyn ShardHolders>,
@@ -291,7 +291,7 @@ impl LeaseKeeper {
 
 /// Leaves the cluster on shutdown: drops every shard and releases the leases at once,
 /// so the other nodes claim them on their next round instead of after the TTL.
-pub async fn leave(store: &SqlStore, ownership: &Ownership, holders: &dyn ShardHolders) {
+pub(crate) async fn leave(store: &SqlStore, ownership: &Ownership, holders: &dyn ShardHolders) {
     if !ownership.enabled() {
         return;
     }
@@ -307,7 +307,7 @@ pub async fn leave(store: &SqlStore, ownership: &Ownership, holders: &dyn ShardH
 
 /// A node id for `cluster.node_id = ""`: the host name and a random suffix, so a
 /// restarted process is a new member (its old leases expire or were released).
-pub fn default_node_id() -> String {
+pub(crate) fn default_node_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_owned())

@@ -23,8 +23,8 @@
 mod keeper;
 mod peers;
 
-pub use keeper::{default_node_id, leave, LeaseKeeper, ShardHolders};
-pub use peers::*;
+pub(crate) use keeper::{default_node_id, leave, LeaseKeeper, ShardHolders};
+pub(crate) use peers::*;
 
 use crate::domain::cluster::{shard_of, Fence, Shard};
 use crate::domain::ids::Sku;
@@ -37,15 +37,15 @@ use std::time::{Duration, Instant};
 
 /// A member as `GET /health/cluster` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct MemberView {
-    pub node: String,
-    pub url: String,
-    pub shards: usize,
+pub(crate) struct MemberView {
+    pub(crate) node: String,
+    pub(crate) url: String,
+    pub(crate) shards: usize,
 }
 
 /// Who to ask about a shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Owner {
+pub(crate) enum Owner {
     /// This node holds the shard.
     Me,
     /// Another node holds it; its advertised URL.
@@ -104,7 +104,7 @@ impl Ownership {
         })
     }
 
-    pub fn clustered(node_id: String, shards: u32, lease_ttl: Duration) -> Arc<Self> {
+    pub(crate) fn clustered(node_id: String, shards: u32, lease_ttl: Duration) -> Arc<Self> {
         let shards = shards.max(1);
         Arc::new(Self {
             enabled: true,
@@ -122,7 +122,7 @@ impl Ownership {
     }
 
     /// Sets the URL peers reach this node at (once, when the listener is bound).
-    pub fn advertise(&self, url: String) {
+    pub(crate) fn advertise(&self, url: String) {
         let _ = self.url.set(url);
     }
 
@@ -130,19 +130,19 @@ impl Ownership {
         self.url.get().map_or("", String::as_str)
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.enabled
     }
 
-    pub fn node_id(&self) -> &str {
+    pub(crate) fn node_id(&self) -> &str {
         &self.node_id
     }
 
-    pub fn shards(&self) -> u32 {
+    pub(crate) fn shards(&self) -> u32 {
         self.shards
     }
 
-    pub fn is_settled(&self) -> bool {
+    pub(crate) fn is_settled(&self) -> bool {
         self.settled.load(Ordering::SeqCst)
     }
 
@@ -156,7 +156,7 @@ impl Ownership {
 
     /// The epoch under which this node holds `shard`, if it does (always 0 outside
     /// cluster mode).
-    pub fn epoch(&self, shard: Shard) -> Option<i64> {
+    pub(crate) fn epoch(&self, shard: Shard) -> Option<i64> {
         if !self.enabled {
             return Some(0);
         }
@@ -167,7 +167,7 @@ impl Ownership {
     /// Whether this node runs the cluster's singletons (the outbox relay, the refunder):
     /// the holder of shard 0 does, so exactly one node does while leases hold, and a
     /// new one takes over with the shard. Always true outside cluster mode.
-    pub fn leads(&self) -> bool {
+    pub(crate) fn leads(&self) -> bool {
         self.epoch(0).is_some()
     }
 
@@ -176,7 +176,7 @@ impl Ownership {
     }
 
     /// Who owns `sku`'s shard.
-    pub fn owner_of(&self, sku: &Sku) -> Owner {
+    pub(crate) fn owner_of(&self, sku: &Sku) -> Owner {
         let shard = self.shard_of(sku);
         if self.epoch(shard).is_some() {
             return Owner::Me;
@@ -192,7 +192,7 @@ impl Ownership {
     /// Who owns `sku`'s shard, waiting up to two and a half lease rounds while nobody
     /// does: a shard handed over is claimed on its next owner's next round, and the other
     /// nodes see the claim on their own next round.
-    pub async fn await_owner(&self, sku: &Sku) -> Owner {
+    pub(crate) async fn await_owner(&self, sku: &Sku) -> Owner {
         let deadline = Instant::now() + self.round * 5 / 2;
         loop {
             let owner = self.owner_of(sku);
@@ -210,7 +210,7 @@ impl Ownership {
     /// with their fences (`remote_fences`). `Err` names the shards nobody vouches for: the
     /// write-set must not be committed. A write-set about an order that does not say
     /// which order shard it is under (`order_sku`) is refused, not committed unfenced.
-    pub fn fences(&self, set: &WriteSet) -> Result<Vec<Fence>, Vec<Shard>> {
+    pub(crate) fn fences(&self, set: &WriteSet) -> Result<Vec<Fence>, Vec<Shard>> {
         if !self.enabled {
             return Ok(Vec::new());
         }
@@ -249,7 +249,7 @@ impl Ownership {
     }
 
     /// This node's fence for `sku`'s shard, if it holds it.
-    pub fn fence_of(&self, sku: &Sku) -> Option<Fence> {
+    pub(crate) fn fence_of(&self, sku: &Sku) -> Option<Fence> {
         self.own_fence(self.shard_of(sku))
     }
 
@@ -262,7 +262,7 @@ impl Ownership {
     }
 
     /// The URL of `sku`'s owner when that is another node.
-    pub fn peer_of(&self, sku: &Sku) -> Option<String> {
+    pub(crate) fn peer_of(&self, sku: &Sku) -> Option<String> {
         match self.owner_of(sku) {
             Owner::Peer(url) => Some(url),
             _ => None,
@@ -329,7 +329,7 @@ impl Ownership {
 
     /// The fence refused a commit for `shards`: they are no longer this node's. Their
     /// actors are dropped by the keeper's next round.
-    pub fn fenced(&self, shards: &[Shard]) {
+    pub(crate) fn fenced(&self, shards: &[Shard]) {
         let dropped = self.drop_shards(shards);
         self.fenced.lock().unwrap_or_else(|e| e.into_inner()).extend(dropped);
     }
@@ -347,7 +347,7 @@ impl Ownership {
 
     /// `GET /health/cluster`: this node, the live members and how many shards each holds
     /// (outside cluster mode: one standalone node owning its one shard).
-    pub fn report(&self) -> serde_json::Value {
+    pub(crate) fn report(&self) -> serde_json::Value {
         if !self.enabled {
             return serde_json::json!({
                 "node": "standalone", "members": [], "shards_owned": 1, "shards_total": 1, "cluster": false,

@@ -10,74 +10,74 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The header a peer call carries: the cluster's shared secret.
-pub const PEER_HEADER: &str = "emporium-peer";
+pub(crate) const PEER_HEADER: &str = "emporium-peer";
 
 /// `POST /internal/v1/reservations`: reserve on the owner's SKU actor for an order
 /// another node places (an order spanning owners).
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct RemoteReserve {
-    pub order: crate::domain::ids::OrderId,
-    pub sku: Sku,
-    pub qty: i64,
-    pub expires_at: crate::domain::Millis,
+pub(crate) struct RemoteReserve {
+    pub(crate) order: crate::domain::ids::OrderId,
+    pub(crate) sku: Sku,
+    pub(crate) qty: i64,
+    pub(crate) expires_at: crate::domain::Millis,
 }
 
 /// The owner's answer: the journal entry it decided (none when the reservation existed
 /// already), the unit price, and the fence the placing node's commit must check.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct RemoteReserved {
-    pub entry: Option<crate::persistence::JournalEntry>,
-    pub unit_price: crate::domain::money::Money,
-    pub fence: Fence,
+pub(crate) struct RemoteReserved {
+    pub(crate) entry: Option<crate::persistence::JournalEntry>,
+    pub(crate) unit_price: crate::domain::money::Money,
+    pub(crate) fence: Fence,
 }
 
 /// A refusal of a remote reservation as the owner gave it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct RemoteRefusal {
+pub(crate) struct RemoteRefusal {
     /// `out_of_stock`, `unknown_sku` or `unavailable`.
-    pub reason: String,
-    pub requested: i64,
-    pub available: i64,
+    pub(crate) reason: String,
+    pub(crate) requested: i64,
+    pub(crate) available: i64,
 }
 
 /// `POST /internal/v1/reservations/settle`: after the order's decision is durable, its
 /// owner applies it to its reservation (the owner reads the decision from the store;
 /// `confirm` is what the caller recorded). Also the body of `/forget`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct RemoteSettle {
-    pub order: crate::domain::ids::OrderId,
-    pub sku: Sku,
-    pub confirm: bool,
+pub(crate) struct RemoteSettle {
+    pub(crate) order: crate::domain::ids::OrderId,
+    pub(crate) sku: Sku,
+    pub(crate) confirm: bool,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct RemoteSettled {
-    pub entry: Option<crate::persistence::JournalEntry>,
-    pub fence: Fence,
+pub(crate) struct RemoteSettled {
+    pub(crate) entry: Option<crate::persistence::JournalEntry>,
+    pub(crate) fence: Fence,
 }
 
 /// `POST /internal/v1/payments`: a payment outcome consumed by a node that does not own
 /// the order, for the node that runs its saga (`payment.mode = "kafka"`).
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct RemotePayment {
-    pub order: crate::domain::ids::OrderId,
+pub(crate) struct RemotePayment {
+    pub(crate) order: crate::domain::ids::OrderId,
     /// The order's smallest SKU: its owner runs the saga.
-    pub sku: Sku,
+    pub(crate) sku: Sku,
     /// `None` when the payment succeeded, else why it failed.
-    pub failure: Option<String>,
-    pub consumed: crate::persistence::Consumed,
+    pub(crate) failure: Option<String>,
+    pub(crate) consumed: crate::persistence::Consumed,
 }
 
 /// Why a remote inventory call failed.
 #[derive(Debug, Clone)]
-pub enum RemoteFailure {
+pub(crate) enum RemoteFailure {
     Refused(RemoteRefusal),
     /// The owner did not answer, or no longer owns the SKU: retry (maybe elsewhere).
     Unavailable(Cause),
 }
 
 /// Calls other nodes' SKU actors (orders spanning owners). One pooled HTTP client.
-pub struct PeerClient {
+pub(crate) struct PeerClient {
     ownership: Arc<Ownership>,
     client: reqwest::Client,
     secret: String,
@@ -97,15 +97,15 @@ impl PeerClient {
         })
     }
 
-    pub fn ownership(&self) -> &Arc<Ownership> {
+    pub(crate) fn ownership(&self) -> &Arc<Ownership> {
         &self.ownership
     }
 
-    pub fn secret(&self) -> &str {
+    pub(crate) fn secret(&self) -> &str {
         &self.secret
     }
 
-    pub fn client(&self) -> &reqwest::Client {
+    pub(crate) fn client(&self) -> &reqwest::Client {
         &self.client
     }
 
@@ -160,14 +160,14 @@ impl PeerClient {
             .map(|_| ())
     }
 
-    pub async fn settle(&self, request: &RemoteSettle) -> Result<RemoteSettled, RemoteFailure> {
+    pub(crate) async fn settle(&self, request: &RemoteSettle) -> Result<RemoteSettled, RemoteFailure> {
         self.call(&request.sku, "/internal/v1/reservations/settle", request)
             .await
     }
 
     /// Hands a consumed payment outcome to the node running the order's saga; it
     /// applies it with the consumed event's id, as a local consumer would.
-    pub async fn payment(&self, request: &RemotePayment) -> Result<(), RemoteFailure> {
+    pub(crate) async fn payment(&self, request: &RemotePayment) -> Result<(), RemoteFailure> {
         self.call::<_, serde_json::Value>(&request.sku, "/internal/v1/payments", request)
             .await
             .map(|_| ())

@@ -45,11 +45,11 @@ use tracing::Instrument;
 const ACTOR: &str = "sku";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct InventoryView {
-    pub sku: String,
-    pub stock: i64,
-    pub reserved: i64,
-    pub available: i64,
+pub(crate) struct InventoryView {
+    pub(crate) sku: String,
+    pub(crate) stock: i64,
+    pub(crate) reserved: i64,
+    pub(crate) available: i64,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -79,8 +79,8 @@ impl From<CommitError> for InventoryFailure {
 /// A reservation was taken (or already existed: `entry` is `None`).
 #[derive(Debug, Clone)]
 pub struct Reserved {
-    pub entry: Option<JournalEntry>,
-    pub unit_price: Money,
+    pub(crate) entry: Option<JournalEntry>,
+    pub(crate) unit_price: Money,
 }
 
 /// A live SKU actor as the registry finds it: its address and what it publishes.
@@ -139,11 +139,11 @@ pub struct Inventory {
 
 #[derive(Debug, Clone)]
 pub struct InventoryOptions {
-    pub idle_timeout: Duration,
-    pub mailbox_capacity: usize,
-    pub strategy: InventoryStrategy,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) mailbox_capacity: usize,
+    pub(crate) strategy: InventoryStrategy,
     /// Cap on live SKU actors (0 = none): past it the least recently used go first.
-    pub max_live_actors: usize,
+    pub(crate) max_live_actors: usize,
 }
 
 impl Inventory {
@@ -181,7 +181,7 @@ impl Inventory {
         }
     }
 
-    pub fn strategy(&self) -> InventoryStrategy {
+    pub(crate) fn strategy(&self) -> InventoryStrategy {
         self.strategy
     }
 
@@ -189,7 +189,7 @@ impl Inventory {
     /// activation: the hot ones in a sale, a bounded set for the metrics whatever the
     /// catalog's size. Passivated SKUs outside the top `n` are forgotten here, so the
     /// map holds the live actors plus at most `n` others.
-    pub fn hottest(&self, n: usize) -> Vec<(String, i64)> {
+    pub(crate) fn hottest(&self, n: usize) -> Vec<(String, i64)> {
         let mut all: Vec<(u64, Sku, i64, bool)> = self
             .shared
             .stats
@@ -220,7 +220,7 @@ impl Inventory {
 
     /// Cluster mode: stops the actors of every SKU `lost` says this node no longer
     /// owns; a later request for one activates it again only if its shard came back.
-    pub fn relinquish(&self, lost: impl Fn(&Sku) -> bool) {
+    pub(crate) fn relinquish(&self, lost: impl Fn(&Sku) -> bool) {
         let going: Vec<Live> = self
             .shared
             .actors
@@ -247,7 +247,7 @@ impl Inventory {
     /// thread. `None` means "ask the actors" — always the answer when a SKU before the
     /// short one has no live actor (it might be unknown, or its actor answers otherwise),
     /// so this can only ever answer what the actors would have answered, never sell.
-    pub fn short_of<'a>(&self, wanted: impl IntoIterator<Item = (&'a Sku, i64)>) -> Option<(Sku, i64, i64)> {
+    pub(crate) fn short_of<'a>(&self, wanted: impl IntoIterator<Item = (&'a Sku, i64)>) -> Option<(Sku, i64, i64)> {
         if self.strategy != InventoryStrategy::Actor {
             return None;
         }
@@ -371,17 +371,17 @@ impl Inventory {
         self.ask(sku, Forget { order }).await
     }
 
-    pub async fn confirm(&self, sku: &Sku, order: OrderId) -> Result<Option<JournalEntry>, InventoryFailure> {
+    pub(crate) async fn confirm(&self, sku: &Sku, order: OrderId) -> Result<Option<JournalEntry>, InventoryFailure> {
         let span = tracing::debug_span!("inventory.confirm", %sku, order_id = %order);
         self.ask(sku, Confirm { order }).instrument(span).await
     }
 
-    pub async fn release(&self, sku: &Sku, order: OrderId) -> Result<Option<JournalEntry>, InventoryFailure> {
+    pub(crate) async fn release(&self, sku: &Sku, order: OrderId) -> Result<Option<JournalEntry>, InventoryFailure> {
         let span = tracing::debug_span!("inventory.release", %sku, order_id = %order);
         self.ask(sku, Release { order }).instrument(span).await
     }
 
-    pub async fn set_stock(&self, sku: &Sku, stock: i64) -> Result<InventoryView, InventoryFailure> {
+    pub(crate) async fn set_stock(&self, sku: &Sku, stock: i64) -> Result<InventoryView, InventoryFailure> {
         if self.strategy == InventoryStrategy::SqlRowLock {
             use crate::persistence::row_lock::Refusal;
             let (stock, reserved) = self
@@ -404,7 +404,7 @@ impl Inventory {
         self.ask(sku, SetStock { stock }).await?
     }
 
-    pub async fn view(&self, sku: &Sku) -> Result<InventoryView, InventoryFailure> {
+    pub(crate) async fn view(&self, sku: &Sku) -> Result<InventoryView, InventoryFailure> {
         if self.strategy == InventoryStrategy::SqlRowLock {
             let (stock, reserved) = self
                 .shared
@@ -424,7 +424,7 @@ impl Inventory {
 }
 
 /// Which arbiter runs a key's actor: a fixed-key hash, so a SKU always lands on the same thread.
-pub fn arbiter_of<K: Hash>(key: &K, arbiters: usize) -> usize {
+pub(crate) fn arbiter_of<K: Hash>(key: &K, arbiters: usize) -> usize {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut hasher);
     (hasher.finish() % arbiters.max(1) as u64) as usize

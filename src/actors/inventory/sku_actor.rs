@@ -47,41 +47,41 @@ use std::time::Instant;
 
 #[derive(Message, Clone)]
 #[rtype(result = "Result<Reserved, InventoryError>")]
-pub struct Reserve {
-    pub order: OrderId,
-    pub qty: i64,
-    pub expires_at: Millis,
+pub(crate) struct Reserve {
+    pub(crate) order: OrderId,
+    pub(crate) qty: i64,
+    pub(crate) expires_at: Millis,
 }
 
 /// Drops a reservation whose order never became durable (not journaled).
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
-pub struct Forget {
-    pub order: OrderId,
+pub(crate) struct Forget {
+    pub(crate) order: OrderId,
 }
 
 #[derive(Message, Clone)]
 #[rtype(result = "Option<JournalEntry>")]
-pub struct Confirm {
-    pub order: OrderId,
+pub(crate) struct Confirm {
+    pub(crate) order: OrderId,
 }
 
 #[derive(Message, Clone)]
 #[rtype(result = "Option<JournalEntry>")]
-pub struct Release {
-    pub order: OrderId,
+pub(crate) struct Release {
+    pub(crate) order: OrderId,
 }
 
 /// Admin change of stock on hand; answered after it is committed.
 #[derive(Message, Clone)]
 #[rtype(result = "Result<InventoryView, InventoryFailure>")]
-pub struct SetStock {
-    pub stock: i64,
+pub(crate) struct SetStock {
+    pub(crate) stock: i64,
 }
 
 #[derive(Message, Clone)]
 #[rtype(result = "InventoryView")]
-pub struct GetView;
+pub(crate) struct GetView;
 
 /// Cluster mode: this SKU's shard is no longer this node's. Stop now; whatever is held
 /// in memory and not durable was never acknowledged, and the new owner loads the rest.
@@ -89,7 +89,7 @@ pub struct GetView;
 #[rtype(result = "()")]
 pub(super) struct Relinquish;
 
-pub struct SkuActor {
+pub(crate) struct SkuActor {
     pub(super) sku: Sku,
     unit_price: Money,
     pub(super) inventory: SkuInventory,

@@ -287,7 +287,7 @@ impl Orders {
     /// store, not taken from the caller: a settle for an order with no decision yet is
     /// refused (`Unavailable`), and one repeated while the first is not durable is told to
     /// come back rather than "done".
-    pub async fn settle_for_peer(
+    pub(crate) async fn settle_for_peer(
         &self,
         sku: &Sku,
         order: OrderId,

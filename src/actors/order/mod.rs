@@ -42,23 +42,23 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use retry::with_backoff;
-pub use saga::OrderActor;
+pub(crate) use saga::OrderActor;
 use stock_keeper::StockKeeper;
 const ACTOR: &str = "order";
 
 #[derive(Debug, Clone)]
 pub struct SagaOptions {
-    pub payment_attempts: u32,
-    pub attempt_timeout: Duration,
-    pub backoff_base: Duration,
-    pub reservation_ttl: Duration,
-    pub limits: OrderLimits,
+    pub(crate) payment_attempts: u32,
+    pub(crate) attempt_timeout: Duration,
+    pub(crate) backoff_base: Duration,
+    pub(crate) reservation_ttl: Duration,
+    pub(crate) limits: OrderLimits,
     /// `payment.mode = "kafka"`: the saga does not charge; it waits for the payment
     /// service's outcome ([`PaymentReported`], from `emporium.payments`).
-    pub external_payment: bool,
+    pub(crate) external_payment: bool,
     /// `payment.gateway_url` set: the gateway outlives this process, so a charge sent
     /// before a crash may still capture after it (a cancel then asks for a refund first).
-    pub shared_gateway: bool,
+    pub(crate) shared_gateway: bool,
 }
 
 struct Deps {
@@ -109,7 +109,7 @@ pub enum PlaceError {
 
 /// Why a cancellation was refused.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum CancelRefused {
+pub(crate) enum CancelRefused {
     #[error("order not found")]
     NotFound,
     #[error("order is {} and can no longer be cancelled", .0.as_str())]
@@ -129,38 +129,37 @@ pub struct PlaceOrder {
     pub tracestate: Option<String>,
 }
 
-/// A placed order; `replayed` when it is the stored answer to a repeated Idempotency-Key.
+/// A placed order (or the stored answer to a repeated Idempotency-Key).
 #[derive(Debug, Clone)]
 pub struct Placed {
     pub order: Order,
-    pub replayed: bool,
 }
 
 #[derive(Debug, Default, Clone)]
-pub struct RecoveryReport {
-    pub resumed: usize,
-    pub expired: usize,
+pub(crate) struct RecoveryReport {
+    pub(crate) resumed: usize,
+    pub(crate) expired: usize,
 }
 
 #[derive(Message)]
 #[rtype(result = "Result<Order, CancelRefused>")]
-pub struct Cancel {
-    pub reason: CancelReason,
+pub(crate) struct Cancel {
+    pub(crate) reason: CancelReason,
 }
 
 /// A payment outcome from the external payment service (`payment.mode = "kafka"`),
 /// applied together with the consumed event's id.
 #[derive(Message)]
 #[rtype(result = "Result<Reported, CancelRefused>")]
-pub struct PaymentReported {
+pub(crate) struct PaymentReported {
     /// `Err(reason)` when the payment failed.
-    pub outcome: Result<(), String>,
-    pub consumed: Consumed,
+    pub(crate) outcome: Result<(), String>,
+    pub(crate) consumed: Consumed,
 }
 
 /// What a [`PaymentReported`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reported {
+pub(crate) enum Reported {
     /// The order moved (COMPLETED, or CANCELLED with its reservations released).
     Applied,
     /// The order had already left PENDING_PAYMENT: nothing to do.
@@ -175,15 +174,15 @@ pub struct Orders {
 
 /// What the order directory works with, built by `app`.
 pub struct OrderServices {
-    pub inventory: Inventory,
-    pub write_behind: WriteBehind,
-    pub store: SqlStore,
-    pub payment: Addr<PaymentActor>,
-    pub metrics: Arc<Metrics>,
+    pub(crate) inventory: Inventory,
+    pub(crate) write_behind: WriteBehind,
+    pub(crate) store: SqlStore,
+    pub(crate) payment: Addr<PaymentActor>,
+    pub(crate) metrics: Arc<Metrics>,
     /// The arbiters sagas are spread over.
-    pub arbiters: Arc<Vec<ArbiterHandle>>,
-    pub refunder: Arc<Refunder>,
-    pub peers: Arc<PeerClient>,
+    pub(crate) arbiters: Arc<Vec<ArbiterHandle>>,
+    pub(crate) refunder: Arc<Refunder>,
+    pub(crate) peers: Arc<PeerClient>,
 }
 
 impl Orders {
@@ -265,7 +264,7 @@ impl Orders {
     /// `after` (the placing node has had every chance to commit), the store decides
     /// (`SqlStore::resolve_placement`): the reservation is dropped unless the order was
     /// committed, and then never will be.
-    pub fn resolve_remote_reservation(&self, sku: Sku, order: OrderId, after: Duration) {
+    pub(crate) fn resolve_remote_reservation(&self, sku: Sku, order: OrderId, after: Duration) {
         let deps = self.deps.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
@@ -305,7 +304,7 @@ impl Orders {
     }
 
     /// Customer (or admin) cancellation of a PENDING_PAYMENT order.
-    pub async fn cancel(&self, id: OrderId) -> Result<Order, CancelRefused> {
+    pub(crate) async fn cancel(&self, id: OrderId) -> Result<Order, CancelRefused> {
         let live = self.deps.actors.get(&id).map(|a| a.clone());
         if let Some(addr) = live {
             if let Ok(answer) = addr
@@ -329,7 +328,7 @@ impl Orders {
     /// Applies a payment outcome from the payment service (`payment.mode = "kafka"`) with
     /// the consumed event's id. `Unavailable` while the order's saga is not running yet
     /// (recovery) or its step is not durable; `Failed` for an order that does not exist.
-    pub async fn payment_reported(
+    pub(crate) async fn payment_reported(
         &self,
         id: OrderId,
         outcome: Result<(), String>,
@@ -365,7 +364,7 @@ impl Orders {
 
     /// Applies a payment outcome on this node (its saga, or the store when the saga
     /// finished); in cluster mode `Unavailable` while this node does not own the order.
-    pub async fn payment_reported_here(
+    pub(crate) async fn payment_reported_here(
         &self,
         id: OrderId,
         outcome: Result<(), String>,
@@ -429,7 +428,7 @@ impl Orders {
 
 /// The shard an order belongs to: its first SKU's (an order is placed only where
 /// every SKU of it is owned, so this is the node that placed it).
-pub fn order_shard(ownership: &Ownership, order: &Order) -> Shard {
+pub(crate) fn order_shard(ownership: &Ownership, order: &Order) -> Shard {
     order
         .lines
         .iter()

@@ -87,7 +87,7 @@ impl Orders {
             Replay::StoredAnswer => {
                 let order =
                     serde_json::from_str(&record.response).map_err(|e| PlaceError::Unavailable(Cause::new(e)))?;
-                Ok(Some(Placed { order, replayed: true }))
+                Ok(Some(Placed { order }))
             }
         }
     }
@@ -195,7 +195,7 @@ impl Orders {
             Ok(()) => {
                 deps.metrics.orders_created.inc();
                 self.start_saga(order.clone(), request.traceparent, false);
-                Ok(Placed { order, replayed: false })
+                Ok(Placed { order })
             }
             Err(CommitError::Store(StoreError::Unavailable(e))) => {
                 // The outcome is unknown: the connection may have broken after the database
@@ -239,7 +239,7 @@ impl Orders {
                 let order = set.new_order.expect("an order write-set carries its order");
                 self.deps.metrics.orders_created.inc();
                 self.start_saga(order.clone(), request.traceparent, false);
-                Ok(Placed { order, replayed: false })
+                Ok(Placed { order })
             }
             Err(Refusal::UnknownSku(sku)) => Err(PlaceError::UnknownSku(sku)),
             Err(Refusal::Rule {

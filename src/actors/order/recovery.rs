@@ -24,13 +24,13 @@ impl Orders {
     /// Start-up recovery of the sagas: orders whose reservation expired while the
     /// server was down are cancelled in one coalesced sweep (their write-sets share
     /// group commits); the others resume where they stopped.
-    pub async fn recover(&self) -> Result<RecoveryReport, StoreError> {
+    pub(crate) async fn recover(&self) -> Result<RecoveryReport, StoreError> {
         self.recover_where(|_| true).await
     }
 
     /// Cluster mode: this node now owns `shards`; the in-flight orders of those shards
     /// (a dead or departed owner's) resume here, their due expiries swept.
-    pub async fn recover_shards(&self, shards: &[Shard]) -> Result<RecoveryReport, StoreError> {
+    pub(crate) async fn recover_shards(&self, shards: &[Shard]) -> Result<RecoveryReport, StoreError> {
         let deps = self.deps.clone();
         self.recover_where(move |order| {
             shards.contains(&order_shard(&deps.ownership, order)) && !deps.actors.contains_key(&order.id)
@@ -41,7 +41,7 @@ impl Orders {
     /// Cluster mode: the sagas of orders in `shards` stop here (another node owns them
     /// now and resumes them from the store). A saga in the middle of a step finishes
     /// the step first; the fence refuses it if the shard has passed on.
-    pub fn relinquish(&self, shards: &[Shard]) {
+    pub(crate) fn relinquish(&self, shards: &[Shard]) {
         let shards: Arc<[Shard]> = shards.into();
         for entry in self.deps.actors.iter() {
             entry.value().do_send(Relinquish(shards.clone()));

@@ -69,7 +69,7 @@ use tracing::{info, warn};
 
 use super::Deps;
 
-pub struct OrderActor {
+pub(crate) struct OrderActor {
     order: Order,
     attempt: u32,
     traceparent: Option<String>,

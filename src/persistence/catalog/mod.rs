@@ -18,8 +18,8 @@
 //! replayed at the next start (or by the background retry while MongoDB is down). With
 //! the embedded catalog the commit *is* the catalog write and `sync` has nothing to do.
 
-pub mod mongo;
-pub mod sql;
+pub(crate) mod mongo;
+pub(crate) mod sql;
 
 use crate::domain::catalog::{Category, Page, Product, ProductFilter};
 use crate::domain::ids::ProductId;
@@ -27,13 +27,13 @@ use crate::persistence::StoreError;
 
 /// A page request: at most `limit` items after `cursor` (exclusive), in id order.
 #[derive(Debug, Clone)]
-pub struct PageRequest<C> {
-    pub limit: usize,
-    pub cursor: Option<C>,
+pub(crate) struct PageRequest<C> {
+    pub(crate) limit: usize,
+    pub(crate) cursor: Option<C>,
 }
 
 #[async_trait::async_trait]
-pub trait Catalog: Send + Sync {
+pub(crate) trait Catalog: Send + Sync {
     /// `"embedded"` or `"mongodb"`, for logs and readiness.
     fn kind(&self) -> &'static str;
 

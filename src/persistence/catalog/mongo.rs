@@ -52,7 +52,7 @@ struct CategoryDoc {
     depth: i64,
 }
 
-pub struct MongoCatalog {
+pub(crate) struct MongoCatalog {
     db: Database,
     store: SqlStore,
     sync_gate: tokio::sync::Mutex<()>,
@@ -74,10 +74,6 @@ impl MongoCatalog {
             store,
             sync_gate: tokio::sync::Mutex::new(()),
         })
-    }
-
-    pub fn database(&self) -> &Database {
-        &self.db
     }
 
     fn products_coll(&self) -> Collection<Document> {

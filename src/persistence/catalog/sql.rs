@@ -25,11 +25,11 @@ use sqlx::{Any, QueryBuilder, Row};
 
 /// What one product write changes besides the document.
 #[derive(Debug, Clone, Default)]
-pub struct SkuChanges {
+pub(crate) struct SkuChanges {
     /// SKUs this write adds, with their initial stock.
-    pub new: Vec<NewSku>,
+    pub(crate) new: Vec<NewSku>,
     /// Existing SKUs of the product and their (possibly new) prices.
-    pub prices: Vec<(String, Money)>,
+    pub(crate) prices: Vec<(String, Money)>,
 }
 
 fn product_from_row(row: &AnyRow) -> Result<Product, StoreError> {
@@ -117,7 +117,7 @@ impl SqlStore {
 
     /// Creates a product, its SKUs with their stock, and its event, all or nothing.
     /// `project`: queue it for a projected catalog.
-    pub async fn insert_product(
+    pub(crate) async fn insert_product(
         &self,
         product: &Product,
         skus: &[NewSku],
@@ -144,7 +144,7 @@ impl SqlStore {
     }
 
     /// The live product and its version, read from the store (the truth) before a write.
-    pub async fn product_for_write(&self, id: ProductId) -> Result<Option<(Product, i64)>, StoreError> {
+    pub(crate) async fn product_for_write(&self, id: ProductId) -> Result<Option<(Product, i64)>, StoreError> {
         let row = sqlx::query("SELECT doc, version FROM products WHERE id = ? AND deleted_at IS NULL")
             .bind(id.to_string())
             .fetch_optional(self.pool())
@@ -155,7 +155,7 @@ impl SqlStore {
 
     /// Replaces a product if it is still at `version` (else `Conflict`: someone else
     /// changed it in between; the caller re-reads and retries or reports 409).
-    pub async fn replace_product(
+    pub(crate) async fn replace_product(
         &self,
         product: &Product,
         version: i64,
@@ -203,7 +203,7 @@ impl SqlStore {
     }
 
     /// Soft-deletes a live product; `false` if there is none.
-    pub async fn delete_product(
+    pub(crate) async fn delete_product(
         &self,
         id: ProductId,
         event: &Event,
@@ -231,7 +231,7 @@ impl SqlStore {
     }
 
     /// A category as the store has it (the truth the writes check against).
-    pub async fn category_row(&self, id: i64) -> Result<Option<Category>, StoreError> {
+    pub(crate) async fn category_row(&self, id: i64) -> Result<Option<Category>, StoreError> {
         let row = sqlx::query(&format!("{CATEGORY_COLUMNS} WHERE id = ?"))
             .bind(id)
             .fetch_optional(self.pool())
@@ -240,7 +240,7 @@ impl SqlStore {
     }
 
     /// How many levels lie below `c` (0 for a leaf).
-    pub async fn subtree_height(&self, c: &Category) -> Result<i64, StoreError> {
+    pub(crate) async fn subtree_height(&self, c: &Category) -> Result<i64, StoreError> {
         let (lo, hi) = descendants_range(&c.path);
         let row = sqlx::query("SELECT MAX(depth) AS d FROM categories WHERE path >= ? AND path < ?")
             .bind(lo)
@@ -252,7 +252,7 @@ impl SqlStore {
     }
 
     /// Creates a category under `parent` (a top-level one when `None`).
-    pub async fn insert_category(
+    pub(crate) async fn insert_category(
         &self,
         name: &str,
         parent: Option<&Category>,
@@ -306,7 +306,7 @@ impl SqlStore {
     /// Moves a subtree: every descendant path and depth in one statement, every product
     /// below it in one statement, and a `product_upserted` event per live product moved.
     /// Returns how many products moved.
-    pub async fn move_category(
+    pub(crate) async fn move_category(
         &self,
         node: &Category,
         new_parent: Option<i64>,
@@ -394,7 +394,10 @@ impl SqlStore {
     }
 
     /// The oldest queued projection entries: `(seq, product_id, category_id)`.
-    pub async fn projection_batch(&self, limit: i64) -> Result<Vec<(i64, Option<String>, Option<i64>)>, StoreError> {
+    pub(crate) async fn projection_batch(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(i64, Option<String>, Option<i64>)>, StoreError> {
         let rows = sqlx::query("SELECT seq, product_id, category_id FROM catalog_projection ORDER BY seq LIMIT ?")
             .bind(limit)
             .fetch_all(self.pool())
@@ -405,7 +408,7 @@ impl SqlStore {
     }
 
     /// Forgets projection entries up to `seq`, once the projection applied them.
-    pub async fn projection_done(&self, seq: i64) -> Result<(), StoreError> {
+    pub(crate) async fn projection_done(&self, seq: i64) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM catalog_projection WHERE seq <= ?")
             .bind(seq)
             .execute(self.pool())
@@ -414,7 +417,7 @@ impl SqlStore {
     }
 
     /// Current documents of these products, with `live` = not soft-deleted.
-    pub async fn products_by_ids(&self, ids: &[String]) -> Result<Vec<(Product, bool)>, StoreError> {
+    pub(crate) async fn products_by_ids(&self, ids: &[String]) -> Result<Vec<(Product, bool)>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(ROWS_PER_INSERT) {
             let mut q = QueryBuilder::<Any>::new("SELECT doc, deleted_at FROM products WHERE id IN (");
@@ -431,7 +434,7 @@ impl SqlStore {
         Ok(out)
     }
 
-    pub async fn categories_by_ids(&self, ids: &[i64]) -> Result<Vec<Category>, StoreError> {
+    pub(crate) async fn categories_by_ids(&self, ids: &[i64]) -> Result<Vec<Category>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(ROWS_PER_INSERT) {
             let mut q = QueryBuilder::<Any>::new(format!("{CATEGORY_COLUMNS} WHERE id IN ("));
@@ -450,7 +453,7 @@ impl SqlStore {
 
 /// The embedded catalog: reads straight from the SQL store's tables.
 #[derive(Clone)]
-pub struct SqlCatalog {
+pub(crate) struct SqlCatalog {
     store: SqlStore,
 }
 

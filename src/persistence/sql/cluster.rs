@@ -13,25 +13,25 @@ const DB_NOW: &str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
 
 /// A member as the table has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberRow {
-    pub node_id: String,
-    pub url: String,
+pub(crate) struct MemberRow {
+    pub(crate) node_id: String,
+    pub(crate) url: String,
     /// Its last heartbeat is younger than the lease TTL.
-    pub live: bool,
+    pub(crate) live: bool,
 }
 
 /// A lease as the table has it; `owner` is `None` when free or expired.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeaseRow {
-    pub shard: Shard,
-    pub owner: Option<String>,
-    pub epoch: i64,
+pub(crate) struct LeaseRow {
+    pub(crate) shard: Shard,
+    pub(crate) owner: Option<String>,
+    pub(crate) epoch: i64,
 }
 
 impl SqlStore {
     /// Creates the lease rows `0..shards` that do not exist yet (every node at start;
     /// the first one creates them).
-    pub async fn ensure_shards(&self, shards: u32) -> Result<(), StoreError> {
+    pub(crate) async fn ensure_shards(&self, shards: u32) -> Result<(), StoreError> {
         let rows: Vec<String> = (0..shards).map(|s| format!("({s})")).collect();
         for chunk in rows.chunks(1000) {
             sqlx::query(&format!(
@@ -48,7 +48,7 @@ impl SqlStore {
     /// stopped in the middle of a commit keeps its connection and its locks, and every
     /// claim of its shards would wait behind them): MariaDB's `idle_transaction_timeout`
     /// does. MySQL has no such limit, so it is refused with the reason.
-    pub async fn require_idle_transaction_limit(&self) -> Result<(), StoreError> {
+    pub(crate) async fn require_idle_transaction_limit(&self) -> Result<(), StoreError> {
         let row = sqlx::query("SELECT VERSION() AS version").fetch_one(&self.pool).await?;
         let version = text(&row, "version")?;
         if version.contains("MariaDB") {
@@ -64,7 +64,7 @@ impl SqlStore {
     }
 
     /// I-am-alive: records (or refreshes) this node's row.
-    pub async fn heartbeat(&self, node: &str, url: &str) -> Result<(), StoreError> {
+    pub(crate) async fn heartbeat(&self, node: &str, url: &str) -> Result<(), StoreError> {
         sqlx::query(&format!(
             "INSERT INTO cluster_members (node_id, url, heartbeat_at, started_at) VALUES (?, ?, {DB_NOW}, {DB_NOW}) \
              ON DUPLICATE KEY UPDATE url = VALUES(url), heartbeat_at = VALUES(heartbeat_at)"
@@ -78,7 +78,7 @@ impl SqlStore {
 
     /// The members and the leases as the database sees them now: a member is live while
     /// its heartbeat is younger than `ttl_ms`, a lease is held while it has not expired.
-    pub async fn cluster_view(&self, ttl_ms: i64) -> Result<(Vec<MemberRow>, Vec<LeaseRow>), StoreError> {
+    pub(crate) async fn cluster_view(&self, ttl_ms: i64) -> Result<(Vec<MemberRow>, Vec<LeaseRow>), StoreError> {
         let members = sqlx::query(&format!(
             "SELECT node_id, url, CAST(heartbeat_at > {DB_NOW} - ? AS SIGNED) AS live FROM cluster_members ORDER BY node_id"
         ))
@@ -114,7 +114,7 @@ impl SqlStore {
     /// Extends this node's leases on `shards` by `ttl_ms` from now; returns the shards it
     /// still holds with their epochs (a shard another node took is missing). A lease that
     /// expired without anybody taking it is renewed: nobody acted on it meanwhile.
-    pub async fn renew_leases(
+    pub(crate) async fn renew_leases(
         &self,
         node: &str,
         shards: &[Shard],
@@ -147,7 +147,7 @@ impl SqlStore {
 
     /// Takes `shard` if it is free or its lease has expired: a new epoch (the fence
     /// against the previous owner). Returns the epoch, or `None` if another node holds it.
-    pub async fn claim_lease(&self, shard: Shard, node: &str, ttl_ms: i64) -> Result<Option<i64>, StoreError> {
+    pub(crate) async fn claim_lease(&self, shard: Shard, node: &str, ttl_ms: i64) -> Result<Option<i64>, StoreError> {
         let mut tx = self.begin().await?;
         let taken = sqlx::query(&format!(
             "UPDATE shard_leases SET owner = ?, epoch = epoch + 1, expires_at = {DB_NOW} + ? \
@@ -174,7 +174,7 @@ impl SqlStore {
     }
 
     /// Gives `shard` back at once (a hand-over), if this node still holds it at `epoch`.
-    pub async fn release_lease(&self, shard: Shard, node: &str, epoch: i64) -> Result<(), StoreError> {
+    pub(crate) async fn release_lease(&self, shard: Shard, node: &str, epoch: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE shard_leases SET owner = NULL, expires_at = 0 WHERE shard = ? AND owner = ? AND epoch = ?")
             .bind(shard as i32)
             .bind(node.to_owned())
@@ -185,7 +185,7 @@ impl SqlStore {
     }
 
     /// Leaves the cluster: every lease of this node is released and its member row goes.
-    pub async fn leave_cluster(&self, node: &str) -> Result<(), StoreError> {
+    pub(crate) async fn leave_cluster(&self, node: &str) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         sqlx::query("UPDATE shard_leases SET owner = NULL, expires_at = 0 WHERE owner = ?")
             .bind(node.to_owned())
@@ -208,7 +208,7 @@ impl SqlStore {
     /// An order spanning owners also records its placement's decision here
     /// (`placement_outcomes`, "committed"): an owner that reserved for it and never heard
     /// the outcome resolves it from that row ([`Self::resolve_placement`]).
-    pub async fn commit_fenced(
+    pub(crate) async fn commit_fenced(
         &self,
         sets: &[&WriteSet],
         fences: &[Fence],
@@ -263,7 +263,7 @@ impl SqlStore {
     /// Forgets placement decisions older than `age_ms` (database clock). A decision is
     /// read only while an owner still holds a tentative reservation for its order,
     /// which it resolves within seconds of the placement; a day later nobody asks.
-    pub async fn prune_placement_outcomes(&self, age_ms: i64) -> Result<u64, StoreError> {
+    pub(crate) async fn prune_placement_outcomes(&self, age_ms: i64) -> Result<u64, StoreError> {
         Ok(sqlx::query(&format!(
             "DELETE FROM placement_outcomes WHERE decided_at < {DB_NOW} - ?"
         ))
@@ -278,7 +278,7 @@ impl SqlStore {
     /// placing node recorded "committed" first (a placement still committing is waited
     /// for: the insert meets its row lock). True when the order was committed (the
     /// reservation stays), false when it never will be (forget it).
-    pub async fn resolve_placement(&self, order: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn resolve_placement(&self, order: &str) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         sqlx::query(&format!(
             "INSERT IGNORE INTO placement_outcomes (order_id, outcome, decided_at) VALUES (?, 'aborted', {DB_NOW})"

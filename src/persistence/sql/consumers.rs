@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 impl SqlStore {
     /// Whether `consumer` has already applied the event (its effect is committed).
-    pub async fn is_processed(&self, consumer: &str, event_id: uuid::Uuid) -> Result<bool, StoreError> {
+    pub(crate) async fn is_processed(&self, consumer: &str, event_id: uuid::Uuid) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT 1 AS one FROM processed_events WHERE consumer = ? AND event_id = ?")
             .bind(consumer.to_owned())
             .bind(event_id.to_string())
@@ -22,7 +22,7 @@ impl SqlStore {
 
     /// Records an event that has no effect (e.g. a payment for an order that is already
     /// final), so its redeliveries are skipped without looking at it again.
-    pub async fn mark_processed(&self, consumed: &Consumed) -> Result<(), StoreError> {
+    pub(crate) async fn mark_processed(&self, consumed: &Consumed) -> Result<(), StoreError> {
         let set = WriteSet {
             consumed: Some(consumed.clone()),
             ..WriteSet::default()
@@ -35,7 +35,7 @@ impl SqlStore {
 
     /// Keeps a message a consumer gave up on in `failed_events`. A message that failed
     /// again after a replay replaces its replayed row.
-    pub async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+    pub(crate) async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
         let (event_id, event_type, aggregate, body) = match &letter.event {
             Some(e) => (
                 e.id.to_string(),

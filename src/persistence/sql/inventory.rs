@@ -1,7 +1,6 @@
 //! Reading a SKU's inventory: what its actor loads on activation, and its snapshot row.
 use super::corrupt;
 use crate::domain::ids::OrderId;
-use crate::domain::ids::ProductId;
 use crate::domain::ids::Sku;
 use crate::domain::inventory::Reservation;
 use crate::domain::money::Currency;
@@ -12,7 +11,7 @@ use crate::persistence::StoreError;
 use sqlx::Row;
 
 impl SqlStore {
-    pub async fn load_sku(&self, sku: &Sku) -> Result<Option<SkuRecord>, StoreError> {
+    pub(crate) async fn load_sku(&self, sku: &Sku) -> Result<Option<SkuRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT s.product_id, s.price_amount, s.currency, i.stock, i.reserved, i.seq \
              FROM skus s JOIN inventory i ON i.sku = s.sku WHERE s.sku = ?",
@@ -40,17 +39,15 @@ impl SqlStore {
         let currency = Currency::parse(&row.try_get::<String, _>("currency")?).map_err(corrupt)?;
         Ok(Some(SkuRecord {
             sku: sku.clone(),
-            product_id: ProductId::parse(&row.try_get::<String, _>("product_id")?).map_err(corrupt)?,
             unit_price: Money::new(row.try_get("price_amount")?, currency).map_err(corrupt)?,
             stock: row.try_get("stock")?,
-            reserved: row.try_get("reserved")?,
             seq: row.try_get("seq")?,
             reservations,
         }))
     }
 
     /// Inventory totals (stock, reserved) of one SKU straight from the snapshot table.
-    pub async fn inventory_row(&self, sku: &Sku) -> Result<Option<(i64, i64)>, StoreError> {
+    pub(crate) async fn inventory_row(&self, sku: &Sku) -> Result<Option<(i64, i64)>, StoreError> {
         let row = sqlx::query("SELECT stock, reserved FROM inventory WHERE sku = ?")
             .bind(sku.to_string())
             .fetch_optional(&self.pool)

@@ -30,8 +30,7 @@ mod write_sets;
 
 pub(in crate::persistence) use outbox::insert_outbox;
 
-pub use cluster::{LeaseRow, MemberRow};
-pub use refunds::DueRefund;
+pub(crate) use refunds::DueRefund;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mysql");
@@ -40,13 +39,13 @@ static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mysql");
 pub(super) const ROWS_PER_INSERT: usize = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
+pub(crate) enum Dialect {
     Sqlite,
     MySql,
 }
 
 impl Dialect {
-    pub fn of_url(url: &str) -> Option<Self> {
+    pub(crate) fn of_url(url: &str) -> Option<Self> {
         if url.starts_with("sqlite:") {
             Some(Self::Sqlite)
         } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
@@ -133,13 +132,13 @@ fn is_lock_conflict(message: &str) -> bool {
 
 /// The store rolled a transaction back whole to break a lock conflict (several nodes
 /// commit to the same tables in cluster mode): nothing was written; retry at once.
-pub fn lost_a_lock_conflict(err: &StoreError) -> bool {
+pub(crate) fn lost_a_lock_conflict(err: &StoreError) -> bool {
     matches!(err, StoreError::Unavailable(cause) if is_lock_conflict(&cause.to_string()))
 }
 
 /// The store refused a write because an inventory snapshot would leave
 /// `0 <= reserved <= stock` (MariaDB names the constraint, SQLite quotes it).
-pub fn breaks_inventory_bounds(err: &StoreError) -> bool {
+pub(crate) fn breaks_inventory_bounds(err: &StoreError) -> bool {
     let StoreError::Rejected(cause) = err else {
         return false;
     };
@@ -212,7 +211,7 @@ impl SqlStore {
         })
     }
 
-    pub fn dialect(&self) -> Dialect {
+    pub(crate) fn dialect(&self) -> Dialect {
         self.dialect
     }
 
@@ -231,7 +230,7 @@ impl SqlStore {
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}").into()))
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
@@ -239,7 +238,7 @@ impl SqlStore {
     /// Connections in use and idle, for the pool metrics.
     /// Tasks waiting for a connection to begin a transaction (group commits, row-lock
     /// orders, saga and admin writes); single-statement reads are not counted.
-    pub fn pool_waiters(&self) -> i64 {
+    pub(crate) fn pool_waiters(&self) -> i64 {
         self.waiters.load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -258,7 +257,7 @@ impl SqlStore {
         self.pool.begin().await
     }
 
-    pub fn pool_usage(&self) -> (u32, usize) {
+    pub(crate) fn pool_usage(&self) -> (u32, usize) {
         (self.pool.size(), self.pool.num_idle())
     }
 
@@ -272,7 +271,7 @@ impl SqlStore {
 }
 
 /// A store URL with its password hidden, for error messages and logs.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
         _ => url.to_owned(),

@@ -50,7 +50,7 @@ impl SqlStore {
     }
 
     /// Orders whose saga has not finished: what recovery resumes.
-    pub async fn orders_in_flight(&self) -> Result<Vec<Order>, StoreError> {
+    pub(crate) async fn orders_in_flight(&self) -> Result<Vec<Order>, StoreError> {
         let rows = sqlx::query(&format!(
             "{ORDER_COLUMNS} WHERE status IN ('PENDING_PAYMENT', 'PAID') ORDER BY id"
         ))
@@ -125,7 +125,11 @@ impl SqlStore {
         Ok(orders)
     }
 
-    pub async fn find_idempotency(&self, user: &UserId, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+    pub(crate) async fn find_idempotency(
+        &self,
+        user: &UserId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT request_hash, order_id, response FROM idempotency_keys WHERE user_id = ? AND idem_key = ?",
         )

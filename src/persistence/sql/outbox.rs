@@ -16,7 +16,7 @@ use sqlx::Row;
 
 impl SqlStore {
     /// The oldest unpublished outbox rows, in id order.
-    pub async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+    pub(crate) async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, body, attempts, next_attempt_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?",
         )
@@ -42,7 +42,7 @@ impl SqlStore {
         Ok(row.try_get("n")?)
     }
 
-    pub async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {
+    pub(crate) async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {
         let now = crate::domain::now_millis();
         // One fixed statement text whatever the number of ids (a bound JSON array), so
         // the relay does not prepare a new statement for every batch size.
@@ -66,7 +66,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub async fn outbox_defer(
+    pub(crate) async fn outbox_defer(
         &self,
         id: i64,
         attempts: i64,
@@ -84,7 +84,7 @@ impl SqlStore {
     }
 
     /// Gives up on an outbox row: it moves to `failed_events`, from where `replay` re-publishes it.
-    pub async fn outbox_fail(&self, row: &OutboxRow, error: &str) -> Result<(), StoreError> {
+    pub(crate) async fn outbox_fail(&self, row: &OutboxRow, error: &str) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO failed_events (event_id, event_type, aggregate_id, body, error, attempts, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -118,8 +118,6 @@ impl SqlStore {
                 Ok(FailedEvent {
                     id: r.try_get("id")?,
                     event: serde_json::from_str(&text(r, "body")?).map_err(corrupt)?,
-                    error: text(r, "error")?,
-                    attempts: r.try_get("attempts")?,
                 })
             })
             .collect()

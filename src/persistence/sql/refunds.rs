@@ -15,12 +15,12 @@ use std::collections::HashMap;
 
 /// A refund whose next attempt has come.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DueRefund {
-    pub order_id: OrderId,
-    pub amount: Money,
-    pub token: String,
+pub(crate) struct DueRefund {
+    pub(crate) order_id: OrderId,
+    pub(crate) amount: Money,
+    pub(crate) token: String,
     /// Attempts made so far.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
 }
 
 impl SqlStore {
@@ -29,7 +29,7 @@ impl SqlStore {
     /// finds the row and changes nothing. With `consumed`, the payment event that
     /// reported the capture is marked processed in the same transaction. True when this
     /// call recorded the refund (false: it was requested before).
-    pub async fn request_refund(
+    pub(crate) async fn request_refund(
         &self,
         order: OrderId,
         amount: Money,
@@ -70,7 +70,7 @@ impl SqlStore {
     }
 
     /// Refunds still requested whose next attempt is due at `now`, oldest first.
-    pub async fn due_refunds(&self, now: Millis, limit: i64) -> Result<Vec<DueRefund>, StoreError> {
+    pub(crate) async fn due_refunds(&self, now: Millis, limit: i64) -> Result<Vec<DueRefund>, StoreError> {
         let rows = sqlx::query(
             "SELECT order_id, amount, currency, payment_token, attempts FROM refunds \
              WHERE status = ? AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
@@ -96,20 +96,25 @@ impl SqlStore {
     /// The gateway gave the money back: the refund is done and `event`
     /// (`payment_refunded`) goes out through the outbox, in one transaction. A refund
     /// that is no longer `requested` (finished by an earlier attempt) changes nothing.
-    pub async fn refund_succeeded(&self, order: OrderId, event: &Event, now: Millis) -> Result<bool, StoreError> {
+    pub(crate) async fn refund_succeeded(
+        &self,
+        order: OrderId,
+        event: &Event,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
         self.finish_refund(order, RefundStatus::Refunded, None, Some(event), now)
             .await
     }
 
     /// The gateway had captured nothing and voided the order: the refund is done, with
     /// no event (no money moved).
-    pub async fn refund_voided(&self, order: OrderId, now: Millis) -> Result<bool, StoreError> {
+    pub(crate) async fn refund_voided(&self, order: OrderId, now: Millis) -> Result<bool, StoreError> {
         self.finish_refund(order, RefundStatus::Voided, None, None, now).await
     }
 
     /// The refund is given up on after its last attempt: `event` (`refund_failed`) goes
     /// out and a `failed_events` row (source `refund`) keeps it for `emporium replay`.
-    pub async fn refund_gave_up(
+    pub(crate) async fn refund_gave_up(
         &self,
         order: OrderId,
         error: &str,
@@ -175,7 +180,7 @@ impl SqlStore {
 
     /// The order is not decided yet (its refund was requested just before its cancel
     /// commits): look again at `next_attempt_at`, without spending an attempt.
-    pub async fn refund_postponed(&self, order: OrderId, next_attempt_at: Millis) -> Result<(), StoreError> {
+    pub(crate) async fn refund_postponed(&self, order: OrderId, next_attempt_at: Millis) -> Result<(), StoreError> {
         sqlx::query("UPDATE refunds SET next_attempt_at = ? WHERE order_id = ? AND status = ?")
             .bind(next_attempt_at)
             .bind(order.to_string())
@@ -187,7 +192,7 @@ impl SqlStore {
 
     /// The cancel the refund was requested for lost to the payment (the order
     /// completed): nothing is owed, the request goes.
-    pub async fn refund_dropped(&self, order: OrderId) -> Result<(), StoreError> {
+    pub(crate) async fn refund_dropped(&self, order: OrderId) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM refunds WHERE order_id = ? AND status = ?")
             .bind(order.to_string())
             .bind(RefundStatus::Requested.as_str())
@@ -197,7 +202,7 @@ impl SqlStore {
     }
 
     /// A failed attempt with attempts left: try again at `next_attempt_at`.
-    pub async fn refund_retry_later(
+    pub(crate) async fn refund_retry_later(
         &self,
         order: OrderId,
         error: &str,
@@ -248,7 +253,10 @@ impl SqlStore {
     }
 
     /// Where the refund of each of `orders` stands (orders without one are absent).
-    pub async fn refund_statuses(&self, orders: &[OrderId]) -> Result<HashMap<OrderId, RefundStatus>, StoreError> {
+    pub(crate) async fn refund_statuses(
+        &self,
+        orders: &[OrderId],
+    ) -> Result<HashMap<OrderId, RefundStatus>, StoreError> {
         let mut found = HashMap::new();
         if orders.is_empty() {
             return Ok(found);

@@ -37,8 +37,8 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{AllQuery, BooleanQuery, Occur, Query, TermQuery};
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{IndexRecordOption, Value};
 use tantivy::{TantivyDocument, Term};
 
@@ -93,7 +93,7 @@ pub struct Shared {
 
 /// Answers kept by default (`search.cache_entries`): each is one page of hits and the
 /// facets, a few KB, so tens of MB at most.
-pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
+pub(crate) const DEFAULT_CACHE_ENTRIES: usize = 10_000;
 
 const RECENT_CHANGES: usize = 100_000;
 
@@ -143,7 +143,7 @@ impl EmbeddedIndex {
     }
 
     /// [`EmbeddedIndex::open`] with a result cache of `cache_entries` answers (0: none).
-    pub fn open_with_cache(
+    pub(crate) fn open_with_cache(
         root: &Path,
         alias: &str,
         analysis: Arc<Analysis>,
@@ -171,7 +171,7 @@ impl EmbeddedIndex {
     }
 
     /// Polls the alias file until the process ends.
-    pub fn spawn_alias_follower(&self, every: Duration) {
+    pub(crate) fn spawn_alias_follower(&self, every: Duration) {
         let me = Arc::downgrade(&self.0);
         tokio::spawn(async move {
             loop {
@@ -207,7 +207,7 @@ impl Shared {
     /// Checks whether another process (`emporium reindex`) switched the alias; if so,
     /// opens the new version, replays the changes applied here since start (versioned,
     /// so those already in it are skipped), swaps it in and removes the old directory.
-    pub fn follow_alias(&self) -> Result<bool, SearchError> {
+    pub(crate) fn follow_alias(&self) -> Result<bool, SearchError> {
         let current = self.version();
         let Some(name) = read_alias(&self.root, &self.alias) else {
             return Ok(false);
@@ -320,25 +320,6 @@ impl Shared {
             }
         }
         Ok(out)
-    }
-
-    /// Number of live products in the current version (tests and the reindex report).
-    pub fn count(&self) -> Result<usize, SearchError> {
-        let v = self.version();
-        let q = TermQuery::new(
-            Term::from_field_text(v.fields.kind, KIND_PRODUCT),
-            IndexRecordOption::Basic,
-        );
-        v.reader.searcher().search(&q, &Count).map_err(unavailable)
-    }
-
-    /// Every document, tombstones included (used to check nothing is left behind).
-    pub fn raw_count(&self) -> Result<usize, SearchError> {
-        self.version()
-            .reader
-            .searcher()
-            .search(&AllQuery, &Count)
-            .map_err(unavailable)
     }
 }
 

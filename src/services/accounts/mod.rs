@@ -27,7 +27,7 @@ use tokens::Keys;
 use tracing::{info, warn};
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum AccountError {
+pub(crate) enum AccountError {
     #[error("{0}")]
     Invalid(#[from] InvalidField),
     #[error("{0}")]
@@ -58,12 +58,12 @@ impl From<PasswordError> for AccountError {
 
 /// A successful login.
 #[derive(Debug, Clone)]
-pub struct Login {
-    pub user_id: UserId,
-    pub token: String,
+pub(crate) struct Login {
+    pub(crate) user_id: UserId,
+    pub(crate) token: String,
 }
 
-pub struct Accounts {
+pub(crate) struct Accounts {
     store: SqlStore,
     passwords: Passwords,
     keys: Arc<Keys>,
@@ -80,7 +80,7 @@ impl Accounts {
 
     /// Creates an account. Fields are checked in the order of the form (email,
     /// password, name); the first invalid one is reported.
-    pub async fn sign_up(&self, email: &str, password: &str, name: &str) -> Result<Account, AccountError> {
+    pub(crate) async fn sign_up(&self, email: &str, password: &str, name: &str) -> Result<Account, AccountError> {
         let email = Email::parse(email)?;
         let password = Password::parse(password)?;
         let name = DisplayName::parse(name)?;
@@ -105,7 +105,7 @@ impl Accounts {
 
     /// Checks the password and issues a token; the account becomes active (a dormant
     /// one wakes). An unknown email costs the same lookup and hash as a wrong password.
-    pub async fn login(&self, email: &Email, password: &str) -> Result<Login, AccountError> {
+    pub(crate) async fn login(&self, email: &Email, password: &str) -> Result<Login, AccountError> {
         let credentials = self.store.credentials(email).await?;
         let verdict = self
             .passwords
@@ -132,11 +132,11 @@ impl Accounts {
         })
     }
 
-    pub async fn profile(&self, id: &UserId) -> Result<Account, AccountError> {
+    pub(crate) async fn profile(&self, id: &UserId) -> Result<Account, AccountError> {
         self.store.account(id).await?.ok_or(AccountError::NoAccount)
     }
 
-    pub fn token_ttl_secs(&self) -> u64 {
+    pub(crate) fn token_ttl_secs(&self) -> u64 {
         self.keys.ttl_secs()
     }
 }
@@ -149,7 +149,7 @@ pub async fn sweep_dormant(store: &SqlStore, now: Millis, dormant_after_days: u3
 
 /// Runs [`sweep_dormant`] at start and then every `dormancy_sweep_interval_secs`, for
 /// as long as the runtime lives. A failed sweep is logged and tried again next time.
-pub fn spawn_dormancy_sweeps(store: SqlStore, settings: &UserSettings) {
+pub(crate) fn spawn_dormancy_sweeps(store: SqlStore, settings: &UserSettings) {
     let every = Duration::from_secs(settings.dormancy_sweep_interval_secs.max(1));
     let days = settings.dormant_after_days;
     tokio::spawn(async move {

@@ -95,7 +95,7 @@ impl Passwords {
 
     /// A new hash, with today's parameters, of a password that just verified against
     /// its old hash (it may predate today's length rules, and is the user's all the same).
-    pub async fn rehash_verified(&self, password: &str) -> Result<String, PasswordError> {
+    pub(crate) async fn rehash_verified(&self, password: &str) -> Result<String, PasswordError> {
         self.hash_raw(password).await
     }
 

@@ -14,9 +14,9 @@ use std::path::Path;
 pub struct Claims {
     pub sub: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-    pub iat: u64,
-    pub exp: u64,
+    pub(crate) role: Option<String>,
+    pub(crate) iat: u64,
+    pub(crate) exp: u64,
 }
 
 impl Claims {
@@ -36,7 +36,7 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn from_secret(secret: &[u8], ttl_secs: u64) -> Self {
+    pub(crate) fn from_secret(secret: &[u8], ttl_secs: u64) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         Self {
@@ -83,12 +83,12 @@ impl Keys {
     }
 
     /// The peer-to-peer secret derived from the JWT secret (`cluster.peer_secret` empty).
-    pub fn derived_peer_secret(&self) -> &str {
+    pub(crate) fn derived_peer_secret(&self) -> &str {
         &self.peer_secret
     }
 
     /// How long an issued token is valid.
-    pub fn ttl_secs(&self) -> u64 {
+    pub(crate) fn ttl_secs(&self) -> u64 {
         self.ttl_secs
     }
 
