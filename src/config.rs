@@ -11,6 +11,46 @@ use std::time::Duration;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
+/// A secret from the settings (the JWT key, the peer secret): read where it is used
+/// ([`Secret::expose`]), never printed: its `Debug` (and so any logged `Settings`) shows
+/// `***`. Empty means unset.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(secret: &str) -> Self {
+        Self(secret.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
+}
+
+/// A time in the settings: an integer of milliseconds in the files and the environment
+/// (the key says so: `_ms`), a [`Duration`] in code.
+fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
+}
+
+/// Likewise for keys in seconds (`_secs`).
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_secs)
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -38,8 +78,10 @@ pub struct ServerSettings {
     pub data_dir: PathBuf,
     pub workers: usize,
     pub(crate) body_limit_bytes: usize,
-    pub request_timeout_ms: u64,
-    pub(crate) shutdown_grace_secs: u64,
+    #[serde(rename = "request_timeout_ms", deserialize_with = "millis")]
+    pub request_timeout: Duration,
+    #[serde(rename = "shutdown_grace_secs", deserialize_with = "seconds")]
+    pub(crate) shutdown_grace: Duration,
     pub public_introspection: bool,
 }
 
@@ -48,14 +90,16 @@ pub struct StoreSettings {
     pub url: String,
     pub(crate) max_connections: u32,
     pub(crate) migrate_on_start: bool,
-    pub acquire_timeout_ms: u64,
+    #[serde(rename = "acquire_timeout_ms", deserialize_with = "millis")]
+    pub acquire_timeout: Duration,
     pub sqlite_synchronous: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct WriteBehindSettings {
     pub(crate) max_batch: usize,
-    pub(crate) linger_ms: u64,
+    #[serde(rename = "linger_ms", deserialize_with = "millis")]
+    pub(crate) linger: Duration,
     pub(crate) queue_capacity: usize,
 }
 
@@ -74,8 +118,10 @@ pub enum InventoryStrategy {
 pub struct InventorySettings {
     pub strategy: InventoryStrategy,
     pub(crate) shards: usize,
-    pub idle_passivate_secs: u64,
-    pub reservation_ttl_secs: u64,
+    #[serde(rename = "idle_passivate_secs", deserialize_with = "seconds")]
+    pub idle_passivate: Duration,
+    #[serde(rename = "reservation_ttl_secs", deserialize_with = "seconds")]
+    pub reservation_ttl: Duration,
     pub(crate) mailbox_capacity: usize,
     /// Live SKU actors kept at most (0 = no cap); the least recently used go first.
     #[serde(default)]
@@ -125,11 +171,15 @@ pub enum BusKind {
 pub struct PaymentSettings {
     pub mode: PaymentMode,
     pub(crate) attempts: u32,
-    pub attempt_timeout_ms: u64,
-    pub backoff_base_ms: u64,
-    pub gateway_latency_ms: u64,
+    #[serde(rename = "attempt_timeout_ms", deserialize_with = "millis")]
+    pub attempt_timeout: Duration,
+    #[serde(rename = "backoff_base_ms", deserialize_with = "millis")]
+    pub backoff_base: Duration,
+    #[serde(rename = "gateway_latency_ms", deserialize_with = "millis")]
+    pub gateway_latency: Duration,
     /// How long the simulated gateway takes for the `test_slow*` tokens (charge and refund).
-    pub slow_ms: u64,
+    #[serde(rename = "slow_ms", deserialize_with = "millis")]
+    pub slow: Duration,
     /// Empty: the simulated gateway in this process. Otherwise the URL of a shared
     /// `emporium gateway` that every charge and refund goes to.
     #[serde(default)]
@@ -137,15 +187,18 @@ pub struct PaymentSettings {
     /// Refund attempts before a refund is given up on (`refund_failed`, `failed_events`).
     pub refund_attempts: u32,
     /// Backoff before the second refund attempt; doubles with each further one.
-    pub refund_backoff_base_ms: u64,
+    #[serde(rename = "refund_backoff_base_ms", deserialize_with = "millis")]
+    pub refund_backoff_base: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct OutboxSettings {
-    pub poll_interval_ms: u64,
+    #[serde(rename = "poll_interval_ms", deserialize_with = "millis")]
+    pub poll_interval: Duration,
     pub(crate) batch_size: i64,
     pub max_attempts: i64,
-    pub backoff_base_ms: u64,
+    #[serde(rename = "backoff_base_ms", deserialize_with = "millis")]
+    pub backoff_base: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,7 +207,8 @@ pub struct BusSettings {
     pub brokers: String,
     pub partitions: i32,
     pub replication_factor: i32,
-    pub message_timeout_ms: u64,
+    #[serde(rename = "message_timeout_ms", deserialize_with = "millis")]
+    pub message_timeout: Duration,
 }
 
 /// Kafka consumers (`payment.mode = "kafka"` and the payment service).
@@ -164,10 +218,13 @@ pub struct ConsumerSettings {
     pub(crate) group_id: String,
     /// Attempts at one message before it goes to `emporium.dlq` and `failed_events`.
     pub max_attempts: u32,
-    pub backoff_base_ms: u64,
-    pub(crate) session_timeout_ms: u64,
+    #[serde(rename = "backoff_base_ms", deserialize_with = "millis")]
+    pub backoff_base: Duration,
+    #[serde(rename = "session_timeout_ms", deserialize_with = "millis")]
+    pub(crate) session_timeout: Duration,
     /// How often the consumer samples its lag into the `emporium_consumer_*` metrics.
-    pub lag_interval_ms: u64,
+    #[serde(rename = "lag_interval_ms", deserialize_with = "millis")]
+    pub lag_interval: Duration,
 }
 
 /// `emporium payment-service`: the payment side as its own process.
@@ -183,16 +240,18 @@ pub struct PaymentServiceSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
-    pub jwt_secret: String,
+    pub jwt_secret: Secret,
     pub(crate) jwt_secret_file: String,
-    pub token_ttl_secs: u64,
+    #[serde(rename = "token_ttl_secs", deserialize_with = "seconds")]
+    pub token_ttl: Duration,
 }
 
 /// User accounts: dormancy and password hashing (`[users]`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct UserSettings {
     pub dormant_after_days: u32,
-    pub dormancy_sweep_interval_secs: u64,
+    #[serde(rename = "dormancy_sweep_interval_secs", deserialize_with = "seconds")]
+    pub dormancy_sweep_interval: Duration,
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
@@ -206,7 +265,8 @@ pub struct TelemetrySettings {
     pub(crate) log_level: String,
     pub(crate) otlp_endpoint: String,
     /// How long finished spans are batched before one OTLP export request.
-    pub(crate) otlp_export_delay_ms: u64,
+    #[serde(rename = "otlp_export_delay_ms", deserialize_with = "millis")]
+    pub(crate) otlp_export_delay: Duration,
     /// Record Prometheus metrics (false: `/metrics` still answers, with counters and
     /// histograms left at zero; used to measure what recording costs).
     pub(crate) metrics: bool,
@@ -221,8 +281,10 @@ pub struct SearchSettings {
     pub(crate) dictionary_file: String,
     pub(crate) particles_file: String,
     pub(crate) suggest_size: usize,
-    pub request_timeout_ms: u64,
-    pub(crate) alias_poll_ms: u64,
+    #[serde(rename = "request_timeout_ms", deserialize_with = "millis")]
+    pub request_timeout: Duration,
+    #[serde(rename = "alias_poll_ms", deserialize_with = "millis")]
+    pub(crate) alias_poll: Duration,
     /// Embedded index: how many recent search answers to keep (0 = no cache).
     pub(crate) cache_entries: usize,
     /// Compiled mecab-ko-dic directory (scripts/mecab.sh): Korean morphemes by MeCab.
@@ -236,7 +298,8 @@ pub struct CatalogSettings {
     /// Empty: the embedded catalog in the SQL store. `mongodb://host:port/db`: MongoDB.
     pub url: String,
     /// How often a MongoDB catalog retries changes it could not apply yet.
-    pub catch_up_interval_ms: u64,
+    #[serde(rename = "catch_up_interval_ms", deserialize_with = "millis")]
+    pub catch_up_interval: Duration,
 }
 
 /// Cluster mode (docs/cluster.md): several nodes on one MySQL/MariaDB store, SKUs split
@@ -251,9 +314,18 @@ pub struct ClusterSettings {
     /// Virtual shards (SKU hash modulo this). Every node of a cluster must agree.
     pub shards: u32,
     /// A lease not renewed for this long may be taken by another node.
-    pub lease_ttl_ms: u64,
+    #[serde(rename = "lease_ttl_ms", deserialize_with = "millis")]
+    pub lease_ttl: Duration,
     /// Shared secret of peer-to-peer calls. Empty: derived from the JWT secret.
-    pub(crate) peer_secret: String,
+    pub(crate) peer_secret: Secret,
+}
+
+/// A setting outside what it may be (see [`Settings::validate`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{key} {problem}")]
+pub struct InvalidSetting {
+    pub key: &'static str,
+    pub problem: String,
 }
 
 impl Settings {
@@ -274,6 +346,50 @@ impl Settings {
             .merge(Env::prefixed("EMPORIUM__").split("__"))
             .extract()
             .map_err(Box::new)
+    }
+
+    /// Every floor a setting must respect, checked once (at start, after the command
+    /// line's overrides) so that the code uses the values as they are. The error
+    /// names the key, as the files and the environment spell it.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let at_least = |key: &'static str, value: u64, floor: u64| {
+            if value >= floor {
+                Ok(())
+            } else {
+                Err(InvalidSetting {
+                    key,
+                    problem: format!("is {value}; it must be at least {floor}"),
+                })
+            }
+        };
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        at_least("payment.attempts", self.payment.attempts.into(), 1)?;
+        at_least("payment.refund_attempts", self.payment.refund_attempts.into(), 1)?;
+        at_least("payment.attempt_timeout_ms", ms(self.payment.attempt_timeout), 1)?;
+        at_least("outbox.max_attempts", self.outbox.max_attempts.max(0) as u64, 1)?;
+        at_least("outbox.batch_size", self.outbox.batch_size.max(0) as u64, 1)?;
+        at_least("consumer.max_attempts", self.consumer.max_attempts.into(), 1)?;
+        at_least("consumer.lag_interval_ms", ms(self.consumer.lag_interval), 10)?;
+        at_least("write_behind.max_batch", self.write_behind.max_batch as u64, 1)?;
+        at_least(
+            "write_behind.queue_capacity",
+            self.write_behind.queue_capacity as u64,
+            1,
+        )?;
+        at_least("store.max_connections", self.store.max_connections.into(), 1)?;
+        at_least(
+            "users.dormancy_sweep_interval_secs",
+            self.users.dormancy_sweep_interval.as_secs(),
+            1,
+        )?;
+        at_least("search.request_timeout_ms", ms(self.search.request_timeout), 1)?;
+        at_least("search.alias_poll_ms", ms(self.search.alias_poll), 50)?;
+        at_least("catalog.catch_up_interval_ms", ms(self.catalog.catch_up_interval), 100)?;
+        at_least("cluster.shards", self.cluster.shards.into(), 1)?;
+        // A lease round (and the decided-reservation sweep) is a third of the TTL; below
+        // this the renewals alone would keep the database busy.
+        at_least("cluster.lease_ttl_ms", ms(self.cluster.lease_ttl), 300)?;
+        Ok(())
     }
 
     /// The store URL, defaulting to the SQLite file in the data dir.
@@ -301,7 +417,7 @@ impl Settings {
     }
 
     pub(crate) fn reservation_ttl(&self) -> Duration {
-        Duration::from_secs(self.inventory.reservation_ttl_secs)
+        self.inventory.reservation_ttl
     }
 }
 
@@ -314,6 +430,19 @@ mod tests {
         let s: Settings = Figment::from(Toml::string(DEFAULTS)).extract().unwrap();
         assert_eq!(s.inventory.strategy, InventoryStrategy::Actor);
         assert!(s.store_url().starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_a_value_under_its_floor_is_named() {
+        let mut s: Settings = Figment::from(Toml::string(DEFAULTS)).extract().unwrap();
+        s.validate().expect("the defaults are valid");
+        s.payment.attempts = 0;
+        let e = s.validate().expect_err("no attempt at all");
+        assert_eq!(e.key, "payment.attempts");
+        assert_eq!(e.to_string(), "payment.attempts is 0; it must be at least 1");
+        s.payment.attempts = 3;
+        s.cluster.lease_ttl = Duration::from_millis(100);
+        assert_eq!(s.validate().expect_err("too short a lease").key, "cluster.lease_ttl_ms");
     }
 
     #[test]

@@ -89,6 +89,7 @@ fn run() -> anyhow::Result<ExitCode> {
     if let Some(dir) = cli.data_dir {
         settings.server.data_dir = dir;
     }
+    settings.validate().context("invalid configuration")?;
     // Held until the end of `run`: dropping it flushes the spans not yet exported.
     let _telemetry = emporium::telemetry::init(&settings.telemetry);
     match cli.command.unwrap_or(Command::Serve { listen: None }) {

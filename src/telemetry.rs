@@ -29,7 +29,7 @@ pub fn init(settings: &crate::config::TelemetrySettings) -> traces::Telemetry {
         log_format: settings.log_format.clone(),
         log_level: settings.log_level.clone(),
         otlp_endpoint: settings.otlp_endpoint.clone(),
-        export_delay: std::time::Duration::from_millis(settings.otlp_export_delay_ms),
+        export_delay: settings.otlp_export_delay,
     })
 }
 

@@ -94,7 +94,7 @@ impl WriteBehind {
         committed: Arc<Notify>,
         ownership: Arc<Ownership>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
+        let (sender, receiver) = mpsc::channel(settings.queue_capacity);
         let handle = Self {
             sender,
             queued: Arc::default(),
@@ -104,8 +104,8 @@ impl WriteBehind {
         let worker = CommitLoop {
             receiver,
             store,
-            max_batch: settings.max_batch.max(1),
-            linger: Duration::from_millis(settings.linger_ms),
+            max_batch: settings.max_batch,
+            linger: settings.linger,
             metrics,
             committed,
             queued: handle.queued.clone(),

@@ -273,9 +273,9 @@ async fn captures(gateway: web::Data<Gateway>) -> Result<HttpResponse, GatewayEr
 /// `emporium gateway listening on http://ADDR` once it listens.
 pub async fn run(settings: &Settings, listen: &str, store: &Path) -> anyhow::Result<()> {
     let store = GatewayStore::open(store).await?;
-    let attempt_timeout = Duration::from_millis(settings.payment.attempt_timeout_ms);
-    let latency = Duration::from_millis(settings.payment.gateway_latency_ms);
-    let slow = Duration::from_millis(settings.payment.slow_ms);
+    let attempt_timeout = settings.payment.attempt_timeout;
+    let latency = settings.payment.gateway_latency;
+    let slow = settings.payment.slow;
     let simulated = PaymentActor::new(latency, attempt_timeout, slow).start();
     let gateway = web::Data::new(Gateway {
         store,

@@ -97,6 +97,7 @@ fn cores(configured: usize) -> usize {
 impl App {
     /// Builds every part. Must run inside an actix `System` (the actors need arbiters).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate().context("invalid configuration")?;
         let strategy = settings.inventory.strategy;
         let external_payment = settings.payment.mode == PaymentMode::Kafka;
         anyhow::ensure!(
@@ -111,11 +112,7 @@ impl App {
             } else {
                 settings.cluster.node_id.clone()
             };
-            Ownership::clustered(
-                node_id,
-                settings.cluster.shards,
-                Duration::from_millis(settings.cluster.lease_ttl_ms.max(300)),
-            )
+            Ownership::clustered(node_id, settings.cluster.shards, settings.cluster.lease_ttl)
         } else {
             Ownership::single()
         };
@@ -128,18 +125,18 @@ impl App {
                 .await
                 .context("cannot open the catalog (catalog.url)")?,
         );
-        catalog.spawn_catch_up(Duration::from_millis(settings.catalog.catch_up_interval_ms.max(100)));
+        catalog.spawn_catch_up(settings.catalog.catch_up_interval);
         let keys = Arc::new(Keys::load(&settings)?);
         let peer_secret = if settings.cluster.peer_secret.is_empty() {
             keys.derived_peer_secret().to_owned()
         } else {
-            settings.cluster.peer_secret.clone()
+            settings.cluster.peer_secret.expose().to_owned()
         };
         // At least the owner's own request timeout, plus a second for the way back: a
         // forwarder that gave up earlier would answer 503 for an order the owner still
         // commits (its placement runs on, detached from the request).
-        let peer_timeout = settings.server.request_timeout_ms + 1_000;
-        let peers = PeerClient::new(ownership.clone(), peer_secret, Duration::from_millis(peer_timeout));
+        let peer_timeout = settings.server.request_timeout + Duration::from_secs(1);
+        let peers = PeerClient::new(ownership.clone(), peer_secret, peer_timeout);
         let accounts = Arc::new(Accounts::new(store.clone(), keys.clone(), &settings.users)?);
         let metrics = Arc::new(Metrics::with_recording(settings.telemetry.metrics)?);
         let committed = Arc::new(tokio::sync::Notify::new());
@@ -162,16 +159,16 @@ impl App {
             metrics.clone(),
             arbiters.clone(),
             InventoryOptions {
-                idle_timeout: Duration::from_secs(settings.inventory.idle_passivate_secs),
+                idle_timeout: settings.inventory.idle_passivate,
                 mailbox_capacity: settings.inventory.mailbox_capacity,
                 strategy,
                 max_live_actors: settings.inventory.max_live_actors,
             },
             ownership.clone(),
         );
-        let attempt_timeout = Duration::from_millis(settings.payment.attempt_timeout_ms);
-        let latency = Duration::from_millis(settings.payment.gateway_latency_ms);
-        let slow = Duration::from_millis(settings.payment.slow_ms);
+        let attempt_timeout = settings.payment.attempt_timeout;
+        let latency = settings.payment.gateway_latency;
+        let slow = settings.payment.slow;
         let mut simulated = PaymentActor::new(latency, attempt_timeout, slow);
         if !settings.payment.gateway_url.trim().is_empty() {
             simulated = simulated
@@ -183,10 +180,10 @@ impl App {
             store.clone(),
             payment.clone(),
             RefundOptions {
-                attempts: settings.payment.refund_attempts.max(1),
-                backoff_base: Duration::from_millis(settings.payment.refund_backoff_base_ms),
+                attempts: settings.payment.refund_attempts,
+                backoff_base: settings.payment.refund_backoff_base,
                 call_timeout: attempt_timeout,
-                poll: Duration::from_millis(settings.outbox.poll_interval_ms.max(100)),
+                poll: settings.outbox.poll_interval.max(Duration::from_millis(100)),
             },
             metrics.clone(),
             committed.clone(),
@@ -205,9 +202,9 @@ impl App {
                 peers: peers.clone(),
             },
             SagaOptions {
-                payment_attempts: settings.payment.attempts.max(1),
+                payment_attempts: settings.payment.attempts,
                 attempt_timeout,
-                backoff_base: Duration::from_millis(settings.payment.backoff_base_ms),
+                backoff_base: settings.payment.backoff_base,
                 reservation_ttl: settings.reservation_ttl(),
                 limits: OrderLimits {
                     max_items: settings.orders.max_items,
@@ -219,7 +216,7 @@ impl App {
         );
         // Cluster mode: every lease round, the decisions recorded for orders whose other
         // SKUs are this node's are applied to reservations nobody settled (docs/cluster.md).
-        orders.sweep_in_background(Duration::from_millis(settings.cluster.lease_ttl_ms.max(300)) / 3);
+        orders.sweep_in_background(settings.cluster.lease_ttl / 3);
         let bus = InProcessBus::default();
         // Search: the indexer follows product events on the in-process bus; in Kafka mode
         // the relay also copies acknowledged product events there (search/feed.rs).
@@ -329,7 +326,7 @@ impl App {
                 .configure(http::routes)
         })
         .workers(cores(self.settings.server.workers))
-        .shutdown_timeout(self.settings.server.shutdown_grace_secs)
+        .shutdown_timeout(self.settings.server.shutdown_grace.as_secs())
         // Slow-client protection: a client must send its headers within this time.
         .client_request_timeout(Duration::from_secs(5))
         .disable_signals()
@@ -387,7 +384,7 @@ impl Running {
     /// Graceful stop: refuse new orders, finish in-flight requests, flush the
     /// write-behind and the outbox.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let grace = Duration::from_secs(self.app.settings.server.shutdown_grace_secs);
+        let grace = self.app.settings.server.shutdown_grace;
         self.app.lifecycle.start_draining();
         // An event half-applied when the consumer stops is not committed and comes back.
         consumer::stop_all(&self.app.consumers, Duration::from_secs(10)).await;

@@ -174,7 +174,7 @@ impl PaymentService {
         let url = settings.payment_service_store_url();
         let options = StoreOptions {
             max_connections: settings.store.max_connections,
-            acquire_timeout: Duration::from_millis(settings.store.acquire_timeout_ms),
+            acquire_timeout: settings.store.acquire_timeout,
             sqlite_synchronous: settings.store.sqlite_synchronous.clone(),
             lock_timeouts_secs: None,
         };
@@ -195,16 +195,16 @@ impl PaymentService {
         let committed = Arc::new(Notify::new());
         relay.relay_in_background(committed.clone());
 
-        let attempt_timeout = Duration::from_millis(settings.payment.attempt_timeout_ms);
-        let latency = Duration::from_millis(settings.payment.gateway_latency_ms);
-        let slow = Duration::from_millis(settings.payment.slow_ms);
+        let attempt_timeout = settings.payment.attempt_timeout;
+        let latency = settings.payment.gateway_latency;
+        let slow = settings.payment.slow;
         let payment = PaymentActor::new(latency, attempt_timeout, slow).start();
         let handler = Arc::new(ChargeOrders {
             store: store.clone(),
             payment,
-            attempts: settings.payment.attempts.max(1),
+            attempts: settings.payment.attempts,
             attempt_timeout,
-            backoff_base: Duration::from_millis(settings.payment.backoff_base_ms),
+            backoff_base: settings.payment.backoff_base,
             committed,
         });
         let (stop, stopped) = watch::channel(false);

@@ -16,12 +16,12 @@ pub async fn connect_store(settings: &Settings) -> anyhow::Result<SqlStore> {
 fn store_options(settings: &Settings) -> StoreOptions {
     StoreOptions {
         max_connections: settings.store.max_connections,
-        acquire_timeout: Duration::from_millis(settings.store.acquire_timeout_ms),
+        acquire_timeout: settings.store.acquire_timeout,
         sqlite_synchronous: settings.store.sqlite_synchronous.clone(),
         lock_timeouts_secs: settings
             .cluster
             .enabled
-            .then(|| settings.cluster.lease_ttl_ms.div_ceil(1000)),
+            .then(|| settings.cluster.lease_ttl.as_millis().div_ceil(1000) as u64),
     }
 }
 
@@ -39,7 +39,7 @@ async fn open_pool(settings: &Settings, options: StoreOptions, what: &str) -> an
 pub(super) async fn connect_keeper_store(settings: &Settings) -> anyhow::Result<SqlStore> {
     let options = StoreOptions {
         max_connections: 2,
-        acquire_timeout: Duration::from_millis(settings.cluster.lease_ttl_ms.max(300) / 3),
+        acquire_timeout: settings.cluster.lease_ttl / 3,
         lock_timeouts_secs: Some(1),
         ..store_options(settings)
     };

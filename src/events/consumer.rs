@@ -288,7 +288,7 @@ impl ConsumerLoop {
             // A new group starts at the beginning: events published before it first
             // joined are still somebody's orders.
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", settings.session_timeout_ms.to_string())
+            .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
             .create_with_context(context)?;
         consumer.subscribe(&spec.topics)?;
         info!(consumer = spec.name, group = spec.group_id, topics = ?spec.topics, "kafka consumer started");
@@ -310,7 +310,7 @@ impl ConsumerLoop {
             self.spec.group_id.clone(),
             self.metrics.clone(),
             self.in_flight.clone(),
-            Duration::from_millis(self.settings.lag_interval_ms.max(10)),
+            self.settings.lag_interval,
         ));
         self.consume(stop).await;
         sampler.abort();
@@ -389,7 +389,7 @@ impl ConsumerLoop {
             event_id: event.id,
         };
         let mut failures = 0u32;
-        let mut outage_backoff = Duration::from_millis(self.settings.backoff_base_ms.max(1));
+        let mut outage_backoff = self.settings.backoff_base.max(Duration::from_millis(1));
         loop {
             if *stop.borrow() {
                 return Outcome::Stopped;
@@ -411,17 +411,14 @@ impl ConsumerLoop {
                 }
                 Err(ConsumeError::Failed(e)) => {
                     failures += 1;
-                    if failures >= self.settings.max_attempts.max(1) {
+                    if failures >= self.settings.max_attempts {
                         return self
                             .dead_letter(message, Some(event), crate::error::chain(&e), i64::from(failures), stop)
                             .await;
                     }
                     warn!(consumer = self.spec.name, event_id = %event.id, attempt = failures, error = %e, "event failed; retrying");
-                    let backoff = self
-                        .settings
-                        .backoff_base_ms
-                        .saturating_mul(1 << (failures - 1).min(10));
-                    tokio::time::sleep(Duration::from_millis(backoff)).await;
+                    let backoff = self.settings.backoff_base.saturating_mul(1 << (failures - 1).min(10));
+                    tokio::time::sleep(backoff).await;
                 }
             }
         }

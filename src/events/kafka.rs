@@ -72,7 +72,7 @@ pub(crate) fn producer(settings: &BusSettings) -> Result<FutureProducer, KafkaEr
     client_config(settings)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("message.timeout.ms", settings.message_timeout_ms.to_string())
+        .set("message.timeout.ms", settings.message_timeout.as_millis().to_string())
         .set("linger.ms", "2")
         .create()
 }

@@ -64,8 +64,8 @@ impl OutboxRelay {
         self.bus.kind()
     }
 
-    pub(crate) fn poll_interval_ms(&self) -> u64 {
-        self.settings.poll_interval_ms
+    pub(crate) fn poll_interval(&self) -> std::time::Duration {
+        self.settings.poll_interval
     }
 
     /// Relays in the background: after every commit `committed` announces, and every
@@ -73,7 +73,7 @@ impl OutboxRelay {
     pub fn relay_in_background(self: &Arc<Self>, committed: Arc<tokio::sync::Notify>) {
         let relay = self.clone();
         tokio::spawn(async move {
-            let poll = std::time::Duration::from_millis(relay.poll_interval_ms().max(1));
+            let poll = relay.poll_interval().max(std::time::Duration::from_millis(1));
             loop {
                 tokio::select! {
                     _ = committed.notified() => {}
@@ -108,7 +108,7 @@ impl OutboxRelay {
     }
 
     async fn relay_once(&self) -> Result<usize, StoreError> {
-        let rows = self.store.outbox_pending(self.settings.batch_size.max(1)).await?;
+        let rows = self.store.outbox_pending(self.settings.batch_size).await?;
         let now = now_millis();
         let mut waiting: HashSet<&str> = HashSet::new();
         let mut due: Vec<&OutboxRow> = Vec::with_capacity(rows.len());
@@ -189,9 +189,7 @@ impl OutboxRelay {
                 .await;
         }
         self.metrics.outbox_retries.inc();
-        let backoff = self
-            .settings
-            .backoff_base_ms
+        let backoff = (self.settings.backoff_base.as_millis() as u64)
             .saturating_mul(1 << attempts.clamp(0, 16))
             .min(MAX_BACKOFF_MS) as i64;
         self.store

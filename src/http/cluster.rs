@@ -23,7 +23,7 @@ use crate::error::Cause;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tracing::warn;
 
 /// How many times a request was forwarded (a node's view of the owners can be a lease
@@ -255,7 +255,7 @@ pub(crate) async fn remote_reserve(
         Ok(reserved) => {
             if reserved.entry.is_some() {
                 // Twice the request timeout: the placing node has given up on it by then.
-                let after = Duration::from_millis(2 * state.settings.server.request_timeout_ms);
+                let after = 2 * state.settings.server.request_timeout;
                 state
                     .orders
                     .resolve_remote_reservation(request.sku.clone(), request.order, after);

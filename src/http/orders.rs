@@ -14,7 +14,6 @@ use crate::domain::payment::{payment_status, PaymentStatus, RefundStatus};
 use crate::error::Cause;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 use utoipa::{IntoParams, ToSchema};
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -228,7 +227,7 @@ pub(crate) async fn create_order(
         traceparent: req.extensions().get::<TraceParent>().map(|t| t.0.clone()),
         tracestate: tracestate_of(&req),
     };
-    let wait = Duration::from_millis(state.settings.server.request_timeout_ms);
+    let wait = state.settings.server.request_timeout;
     let placed = tokio::time::timeout(wait, state.orders.place(request))
         .await
         .map_err(|_| {
@@ -339,7 +338,7 @@ pub(crate) async fn cancel_order(
     {
         return state.peers.forward(&state, &req, &owner, None).await;
     }
-    let wait = Duration::from_millis(state.settings.server.request_timeout_ms);
+    let wait = state.settings.server.request_timeout;
     let cancelled = tokio::time::timeout(wait, state.orders.cancel(order.id))
         .await
         .map_err(|_| ApiError::UnavailableFor("the cancellation was not confirmed in time"))??;

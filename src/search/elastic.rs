@@ -133,7 +133,7 @@ impl ElasticIndex {
     /// Builds the client; nothing is sent until the first request.
     pub fn connect(s: &SearchSettings, analysis: Arc<Analysis>) -> Result<Self, SearchError> {
         let url = Url::parse(&s.url).map_err(|e| SearchError::Rejected(format!("search.url: {e}").into()))?;
-        let timeout = Duration::from_millis(s.request_timeout_ms.max(1));
+        let timeout = s.request_timeout;
         let transport = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(timeout)
             .build()

@@ -149,7 +149,7 @@ pub async fn open(settings: &crate::config::Settings) -> anyhow::Result<std::syn
             move || embedded::EmbeddedIndex::open_with_cache(&root, &alias, analysis, cache)
         })
         .await??;
-        index.spawn_alias_follower(std::time::Duration::from_millis(settings.search.alias_poll_ms.max(50)));
+        index.spawn_alias_follower(settings.search.alias_poll);
         Ok(std::sync::Arc::new(index))
     } else {
         elastic::ElasticIndex::connect(&settings.search, analysis)

@@ -355,7 +355,7 @@ async fn spawn() -> TestApp {
     TestApp::spawn_with(Backend::Sqlite, |s| {
         s.auth.jwt_secret = SECRET.into();
         // test_down orders stay PENDING_PAYMENT for the whole walk.
-        s.payment.attempt_timeout_ms = 5_000;
+        s.payment.attempt_timeout = Duration::from_millis(5_000);
     })
     .await
 }

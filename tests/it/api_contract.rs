@@ -2,6 +2,7 @@
 //! control, health, OpenAPI, metrics.
 
 use crate::common;
+use std::time::Duration;
 
 on_every_strategy!(
     idempotency_key_replays_without_reserving_twice,
@@ -40,7 +41,7 @@ async fn raw_order(
 }
 
 async fn idempotency_key_replays_without_reserving_twice(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |s| s.payment.attempt_timeout_ms = 5_000).await;
+    let app = TestApp::spawn_with(backend, |s| s.payment.attempt_timeout = Duration::from_millis(5_000)).await;
     app.product(&[("IDEM", 10)]).await;
     let token = app.token("jo");
     let body = r#"{"items":[{"sku":"IDEM","qty":2}],"payment":{"token":"test_down"}}"#;
@@ -246,7 +247,7 @@ async fn orders_are_private_and_admin_routes_need_the_role(backend: Backend) {
         let secret = if configured.is_empty() {
             std::fs::read_to_string(app.app.settings.server.data_dir.join("jwt_secret")).unwrap()
         } else {
-            configured.clone()
+            configured.expose().to_owned()
         };
         sign_with_server_secret(&claims, &secret)
     };
@@ -265,7 +266,7 @@ fn sign_with_server_secret(claims: &Value, secret: &str) -> String {
 }
 
 async fn stock_changes_are_admin_only_and_never_below_reserved(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |s| s.payment.attempt_timeout_ms = 5_000).await;
+    let app = TestApp::spawn_with(backend, |s| s.payment.attempt_timeout = Duration::from_millis(5_000)).await;
     app.product(&[("RESTOCK", 5)]).await;
     let (status, _) = app
         .order(

@@ -55,7 +55,7 @@ impl CatalogBackend {
                 let url = format!("{server}/emporium_t_{}", uuid::Uuid::new_v4().simple());
                 TestApp::spawn_with(Backend::Sqlite, move |s| {
                     s.catalog.url = url;
-                    s.catalog.catch_up_interval_ms = 100;
+                    s.catalog.catch_up_interval = Duration::from_millis(100);
                 })
                 .await
             }

@@ -118,7 +118,7 @@ async fn start_consumer(brokers: &str, dir: &std::path::Path, name: &str) -> Con
     let mut settings = test_settings(dir);
     settings.bus.kind = emporium::config::BusKind::Kafka;
     settings.bus.brokers = brokers.to_owned();
-    settings.consumer.lag_interval_ms = 100;
+    settings.consumer.lag_interval = Duration::from_millis(100);
     let url = format!("sqlite://{}?mode=rwc", dir.join(format!("{name}.db")).display());
     let options = StoreOptions {
         max_connections: 2,

@@ -305,8 +305,8 @@ async fn broker_outage_keeps_taking_orders_and_delivers_everything_afterwards() 
         return;
     };
     let app = kafka_app(&broker.brokers(), |s| {
-        s.bus.message_timeout_ms = 1500;
-        s.outbox.backoff_base_ms = 20;
+        s.bus.message_timeout = Duration::from_millis(1500);
+        s.outbox.backoff_base = Duration::from_millis(20);
         // Low on purpose: an outage must not use up the attempts of a rejected event.
         s.outbox.max_attempts = 2;
     })
@@ -447,8 +447,8 @@ async fn a_broker_killed_mid_sale_comes_back_with_its_log_and_every_event_arrive
         return;
     };
     let app = kafka_app(&broker.address(), |s| {
-        s.bus.message_timeout_ms = 1500;
-        s.outbox.backoff_base_ms = 20;
+        s.bus.message_timeout = Duration::from_millis(1500);
+        s.outbox.backoff_base = Duration::from_millis(20);
         s.outbox.max_attempts = 2;
     })
     .await;
@@ -481,7 +481,7 @@ async fn losing_the_partition_leader_of_three_brokers_loses_no_acknowledged_even
     let app = kafka_app(&bootstrap, |s| {
         s.bus.replication_factor = 3;
         s.bus.partitions = 1;
-        s.outbox.backoff_base_ms = 20;
+        s.outbox.backoff_base = Duration::from_millis(20);
         s.outbox.max_attempts = 1_000;
     })
     .await;

@@ -43,9 +43,9 @@ fn kafka_settings(s: &mut emporium::config::Settings, brokers: String) {
     s.bus.brokers = brokers;
     s.bus.partitions = 2;
     s.payment.mode = emporium::config::PaymentMode::Kafka;
-    s.consumer.backoff_base_ms = 10;
+    s.consumer.backoff_base = Duration::from_millis(10);
     s.consumer.max_attempts = 3;
-    s.outbox.poll_interval_ms = 20;
+    s.outbox.poll_interval = Duration::from_millis(20);
 }
 
 /// The payment service on its own actix system and data dir, as its own process would run.
@@ -63,8 +63,8 @@ impl PaymentServiceProcess {
         settings.bus.kind = emporium::config::BusKind::Kafka;
         settings.bus.brokers = brokers.to_owned();
         settings.bus.partitions = 2;
-        settings.consumer.backoff_base_ms = 10;
-        settings.outbox.poll_interval_ms = 20;
+        settings.consumer.backoff_base = Duration::from_millis(10);
+        settings.outbox.poll_interval = Duration::from_millis(20);
         let store_url = settings.payment_service_store_url();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -35,8 +35,8 @@ async fn mysql_outage_answers_503_loses_nothing_and_recovers() {
     };
     let app = Arc::new(
         TestApp::spawn_with(Backend::MySql(through_proxy), |s| {
-            s.store.acquire_timeout_ms = 500;
-            s.server.request_timeout_ms = 3_000;
+            s.store.acquire_timeout = Duration::from_millis(500);
+            s.server.request_timeout = Duration::from_millis(3_000);
         })
         .await,
     );

@@ -2,6 +2,7 @@
 //! `/metrics` scrape after a flash sale, and the scrape is valid Prometheus text.
 
 use crate::common;
+use std::time::Duration;
 
 use common::{Backend, TestApp};
 use serde_json::json;
@@ -34,7 +35,7 @@ fn families_used_in(text: &str) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alert_metrics_exist_after_a_flash_sale() {
-    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.inventory.idle_passivate_secs = 0).await;
+    let app = TestApp::spawn_with(Backend::Sqlite, |s| s.inventory.idle_passivate = Duration::from_secs(0)).await;
     app.product(&[("OBS", 3)]).await;
     let buyer = app.token("watcher");
     let mut placed = Vec::new();

@@ -93,7 +93,7 @@ async fn gateway_down_cancels_after_three_attempts(backend: Backend) {
 /// A customer cancel and a payment outcome race: exactly one of them wins, and the
 /// stock matches the winner.
 async fn cancel_racing_payment_never_both(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |s| s.payment.gateway_latency_ms = 3).await;
+    let app = TestApp::spawn_with(backend, |s| s.payment.gateway_latency = Duration::from_millis(3)).await;
     app.product(&[("RACE", 100)]).await;
     let token = app.token("gina");
     let mut cancelled = 0;
@@ -133,7 +133,7 @@ async fn cancel_racing_payment_never_both(backend: Backend) {
 
 async fn customer_cancel_releases_and_second_cancel_conflicts(backend: Backend) {
     // The gateway hangs (test_down) long enough for the customer to cancel first.
-    let app = TestApp::spawn_with(backend, |s| s.payment.attempt_timeout_ms = 5_000).await;
+    let app = TestApp::spawn_with(backend, |s| s.payment.attempt_timeout = Duration::from_millis(5_000)).await;
     app.product(&[("CANCEL", 3)]).await;
     let token = app.token("hana");
     let order = place(&app, "hana", "CANCEL", 2, "test_down").await;
@@ -174,8 +174,8 @@ async fn customer_cancel_releases_and_second_cancel_conflicts(backend: Backend) 
 
 async fn unpaid_reservation_expires_and_releases_stock(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
-        s.inventory.reservation_ttl_secs = 1;
-        s.payment.attempt_timeout_ms = 10_000;
+        s.inventory.reservation_ttl = Duration::from_secs(1);
+        s.payment.attempt_timeout = Duration::from_millis(10_000);
     })
     .await;
     app.product(&[("EXPIRE", 4)]).await;
@@ -233,8 +233,8 @@ async fn events_of(app: &TestApp, id: &str, event_type: &str) -> i64 {
 /// `payment_refunded` event leaves (no `payment_succeeded`, no completion).
 async fn a_charge_that_succeeds_after_a_cancel_is_refunded_exactly_once(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
-        s.payment.attempt_timeout_ms = 5_000;
-        s.payment.slow_ms = 400;
+        s.payment.attempt_timeout = Duration::from_millis(5_000);
+        s.payment.slow = Duration::from_millis(400);
     })
     .await;
     app.product(&[("LATE", 5)]).await;
@@ -264,10 +264,10 @@ async fn a_charge_that_succeeds_after_a_cancel_is_refunded_exactly_once(backend:
 /// again and it goes through, refunded once.
 async fn a_refund_that_keeps_failing_lands_in_failed_events_and_replay_refunds_it(backend: Backend) {
     let app = TestApp::spawn_with(backend, |s| {
-        s.payment.attempt_timeout_ms = 5_000;
-        s.payment.slow_ms = 300;
+        s.payment.attempt_timeout = Duration::from_millis(5_000);
+        s.payment.slow = Duration::from_millis(300);
         s.payment.refund_attempts = 2;
-        s.payment.refund_backoff_base_ms = 20;
+        s.payment.refund_backoff_base = Duration::from_millis(20);
     })
     .await;
     app.product(&[("NOREFUND", 3)]).await;

@@ -855,7 +855,7 @@ async fn a_search_outage_is_503_while_orders_keep_working() {
         .port();
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
         s.search.url = format!("http://127.0.0.1:{port}");
-        s.search.request_timeout_ms = 500;
+        s.search.request_timeout = Duration::from_millis(500);
     })
     .await;
     let r = app.client.get(app.url("/v1/search?q=노트북")).send().await.unwrap();

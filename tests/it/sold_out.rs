@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 /// Orders stay PENDING_PAYMENT (the gateway hangs on `test_down` far past the test), so
 /// the test decides when their units come back.
 async fn app_with_pending_payments(backend: Backend) -> TestApp {
-    TestApp::spawn_with(backend, |s| s.payment.attempt_timeout_ms = 120_000).await
+    TestApp::spawn_with(backend, |s| s.payment.attempt_timeout = Duration::from_millis(120_000)).await
 }
 
 fn pending_order(sku: &str, qty: i64) -> Value {

@@ -100,7 +100,7 @@ async fn sign_up_and_log_in(backend: Backend) {
     assert_eq!(answer.body["token_type"], "Bearer");
     assert_eq!(
         answer.body["expires_in"].as_u64(),
-        Some(app.app.settings.auth.token_ttl_secs)
+        Some(app.app.settings.auth.token_ttl.as_secs())
     );
     let token = answer.body["token"].as_str().expect("token");
     let claims = app.app.keys.verify(token).expect("a token the server accepts");
@@ -396,7 +396,7 @@ async fn the_scheduled_sweep_marks_idle_accounts_on_its_own(backend: Backend) {
     // Zero days and a one-second interval: every account is dormant at the next sweep.
     let app = TestApp::spawn_with(backend, |s| {
         s.users.dormant_after_days = 0;
-        s.users.dormancy_sweep_interval_secs = 1;
+        s.users.dormancy_sweep_interval = Duration::from_secs(1);
     })
     .await;
     assert_eq!(

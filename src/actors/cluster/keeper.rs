@@ -68,7 +68,7 @@ impl LeaseKeeper {
             ownership,
             holders,
             metrics,
-            ttl: Duration::from_millis(settings.lease_ttl_ms.max(300)),
+            ttl: settings.lease_ttl,
         });
         Ok(tokio::spawn(async move {
             tokio::join!(keeper.renewals(), keeper.rebalancing(), keeper.watchdog());

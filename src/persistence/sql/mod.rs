@@ -172,7 +172,7 @@ impl SqlStore {
         };
         let lock_timeouts = options.lock_timeouts_secs;
         let pool = AnyPoolOptions::new()
-            .max_connections(options.max_connections.max(1))
+            .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {

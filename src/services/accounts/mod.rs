@@ -21,7 +21,6 @@ use crate::persistence::users::{Account, NewAccount};
 use crate::persistence::{SqlStore, StoreError};
 use passwords::{PasswordError, Passwords, Verdict};
 use std::sync::Arc;
-use std::time::Duration;
 use tokens::Keys;
 
 use tracing::{info, warn};
@@ -150,7 +149,7 @@ pub async fn sweep_dormant(store: &SqlStore, now: Millis, dormant_after_days: u3
 /// Runs [`sweep_dormant`] at start and then every `dormancy_sweep_interval_secs`, for
 /// as long as the runtime lives. A failed sweep is logged and tried again next time.
 pub(crate) fn spawn_dormancy_sweeps(store: SqlStore, settings: &UserSettings) {
-    let every = Duration::from_secs(settings.dormancy_sweep_interval_secs.max(1));
+    let every = settings.dormancy_sweep_interval;
     let days = settings.dormant_after_days;
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);

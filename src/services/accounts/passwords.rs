@@ -172,7 +172,7 @@ mod tests {
             argon2_parallelism: 1,
             max_concurrent_hashes: 2,
             dormant_after_days: 180,
-            dormancy_sweep_interval_secs: 86_400,
+            dormancy_sweep_interval: std::time::Duration::from_secs(86_400),
         }
     }
 

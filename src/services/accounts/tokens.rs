@@ -58,7 +58,7 @@ impl Keys {
     pub fn load(settings: &Settings) -> anyhow::Result<Self> {
         let auth = &settings.auth;
         let secret = if !auth.jwt_secret.is_empty() {
-            auth.jwt_secret.clone().into_bytes()
+            auth.jwt_secret.expose().as_bytes().to_vec()
         } else if !auth.jwt_secret_file.is_empty() {
             std::fs::read_to_string(&auth.jwt_secret_file)?
                 .trim()
@@ -68,7 +68,7 @@ impl Keys {
             generated_secret(&settings.server.data_dir.join("jwt_secret"))?
         };
         anyhow::ensure!(secret.len() >= 16, "the JWT secret must be at least 16 bytes");
-        Ok(Self::from_secret(&secret, auth.token_ttl_secs))
+        Ok(Self::from_secret(&secret, auth.token_ttl.as_secs()))
     }
 
     pub fn issue(&self, sub: &str, admin: bool) -> Result<String, jsonwebtoken::errors::Error> {

@@ -210,9 +210,9 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     // Tests run payment services side by side: each binds a free port.
     s.payment_service.listen = "127.0.0.1:0".into();
     s.server.workers = 2;
-    s.payment.backoff_base_ms = 10;
-    s.payment.attempt_timeout_ms = 300;
-    s.payment.gateway_latency_ms = 1;
+    s.payment.backoff_base = Duration::from_millis(10);
+    s.payment.attempt_timeout = Duration::from_millis(300);
+    s.payment.gateway_latency = Duration::from_millis(1);
     // The load and fault suites send many orders per user; the rate limits have their
     // own tests (access_control.rs), which set them explicitly.
     s.limits.orders_per_user_per_sec = 0;
@@ -242,7 +242,7 @@ impl TestApp {
         if cluster {
             settings.cluster.enabled = true;
             settings.cluster.shards = 32;
-            settings.cluster.lease_ttl_ms = 2000;
+            settings.cluster.lease_ttl = Duration::from_millis(2000);
             settings.auth.jwt_secret = "cluster-suite-secret-0123456789abcdef".into();
         }
         tweak(&mut settings);
