@@ -40,6 +40,12 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A text setting that may be left out: `""` in the files (where the key is listed to
+/// be found) or in the environment means unset, `None` in code.
+fn unset_if_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.trim().is_empty()))
+}
+
 /// A time in the settings: an integer of milliseconds in the files and the environment
 /// (the key says so: `_ms`), a [`Duration`] in code.
 fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -87,7 +93,8 @@ pub struct ServerSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct StoreSettings {
-    pub url: String,
+    #[serde(default, deserialize_with = "unset_if_empty")]
+    pub url: Option<String>,
     pub(crate) max_connections: u32,
     pub(crate) migrate_on_start: bool,
     #[serde(rename = "acquire_timeout_ms", deserialize_with = "millis")]
@@ -182,8 +189,8 @@ pub struct PaymentSettings {
     pub slow: Duration,
     /// Empty: the simulated gateway in this process. Otherwise the URL of a shared
     /// `emporium gateway` that every charge and refund goes to.
-    #[serde(default)]
-    pub(crate) gateway_url: String,
+    #[serde(default, deserialize_with = "unset_if_empty")]
+    pub(crate) gateway_url: Option<String>,
     /// Refund attempts before a refund is given up on (`refund_failed`, `failed_events`).
     pub refund_attempts: u32,
     /// Backoff before the second refund attempt; doubles with each further one.
@@ -232,7 +239,8 @@ pub struct ConsumerSettings {
 pub struct PaymentServiceSettings {
     /// Its own database (outbox, processed events). Empty = SQLite at
     /// `<data_dir>/payment-service.db`.
-    pub(crate) store_url: String,
+    #[serde(default, deserialize_with = "unset_if_empty")]
+    pub(crate) store_url: Option<String>,
     pub(crate) group_id: String,
     /// Its health and metrics listener (probes, Prometheus).
     pub listen: String,
@@ -241,7 +249,8 @@ pub struct PaymentServiceSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct AuthSettings {
     pub jwt_secret: Secret,
-    pub(crate) jwt_secret_file: String,
+    #[serde(default, deserialize_with = "unset_if_empty")]
+    pub(crate) jwt_secret_file: Option<String>,
     #[serde(rename = "token_ttl_secs", deserialize_with = "seconds")]
     pub token_ttl: Duration,
 }
@@ -263,7 +272,8 @@ pub struct UserSettings {
 pub struct TelemetrySettings {
     pub(crate) log_format: String,
     pub(crate) log_level: String,
-    pub(crate) otlp_endpoint: String,
+    #[serde(default, deserialize_with = "unset_if_empty")]
+    pub(crate) otlp_endpoint: Option<String>,
     /// How long finished spans are batched before one OTLP export request.
     #[serde(rename = "otlp_export_delay_ms", deserialize_with = "millis")]
     pub(crate) otlp_export_delay: Duration,
@@ -275,11 +285,15 @@ pub struct TelemetrySettings {
 /// Product search (issue 8): the embedded index, or Elasticsearch when `url` is set.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SearchSettings {
-    pub url: String,
+    #[serde(default, deserialize_with = "unset_if_empty")]
+    pub url: Option<String>,
     pub alias: String,
-    pub(crate) synonyms_file: String,
-    pub(crate) dictionary_file: String,
-    pub(crate) particles_file: String,
+    #[serde(default, deserialize_with = "unset_if_empty")]
+    pub(crate) synonyms_file: Option<String>,
+    #[serde(default, deserialize_with = "unset_if_empty")]
+    pub(crate) dictionary_file: Option<String>,
+    #[serde(default, deserialize_with = "unset_if_empty")]
+    pub(crate) particles_file: Option<String>,
     pub(crate) suggest_size: usize,
     #[serde(rename = "request_timeout_ms", deserialize_with = "millis")]
     pub request_timeout: Duration,
@@ -289,14 +303,16 @@ pub struct SearchSettings {
     pub(crate) cache_entries: usize,
     /// Compiled mecab-ko-dic directory (scripts/mecab.sh): Korean morphemes by MeCab.
     /// Empty, or not loadable: the built-in analysis (particle list + CJK bigrams).
-    pub(crate) mecab_dicdir: String,
+    #[serde(default, deserialize_with = "unset_if_empty")]
+    pub(crate) mecab_dicdir: Option<String>,
 }
 
 /// Where products and categories are kept and queried (src/persistence/catalog/mod.rs).
 #[derive(Debug, Clone, Deserialize)]
 pub struct CatalogSettings {
     /// Empty: the embedded catalog in the SQL store. `mongodb://host:port/db`: MongoDB.
-    pub url: String,
+    #[serde(default, deserialize_with = "unset_if_empty")]
+    pub url: Option<String>,
     /// How often a MongoDB catalog retries changes it could not apply yet.
     #[serde(rename = "catch_up_interval_ms", deserialize_with = "millis")]
     pub catch_up_interval: Duration,
@@ -308,9 +324,11 @@ pub struct CatalogSettings {
 pub struct ClusterSettings {
     pub enabled: bool,
     /// Empty: the host name and a random suffix (a restarted node is a new member).
-    pub node_id: String,
+    #[serde(default, deserialize_with = "unset_if_empty")]
+    pub node_id: Option<String>,
     /// How peers reach this node's HTTP API. Empty: `http://` + the bound listen address.
-    pub(crate) advertise_url: String,
+    #[serde(default, deserialize_with = "unset_if_empty")]
+    pub(crate) advertise_url: Option<String>,
     /// Virtual shards (SKU hash modulo this). Every node of a cluster must agree.
     pub shards: u32,
     /// A lease not renewed for this long may be taken by another node.
@@ -394,26 +412,22 @@ impl Settings {
 
     /// The store URL, defaulting to the SQLite file in the data dir.
     pub fn store_url(&self) -> String {
-        if self.store.url.is_empty() {
+        self.store.url.clone().unwrap_or_else(|| {
             format!(
                 "sqlite://{}?mode=rwc",
                 self.server.data_dir.join("emporium.db").display()
             )
-        } else {
-            self.store.url.clone()
-        }
+        })
     }
 
     /// The payment service's own store URL.
     pub fn payment_service_store_url(&self) -> String {
-        if self.payment_service.store_url.is_empty() {
+        self.payment_service.store_url.clone().unwrap_or_else(|| {
             format!(
                 "sqlite://{}?mode=rwc",
                 self.server.data_dir.join("payment-service.db").display()
             )
-        } else {
-            self.payment_service.store_url.clone()
-        }
+        })
     }
 
     pub(crate) fn reservation_ttl(&self) -> Duration {

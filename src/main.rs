@@ -173,7 +173,7 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Seed { products, seed } => block_on(async {
             anyhow::ensure!(
-                settings.catalog.url.trim().is_empty(),
+                settings.catalog.url.is_none(),
                 "seed loads the embedded catalog; with catalog.url set every product would need projecting"
             );
             let store = connect_store(&settings).await?;

@@ -28,7 +28,7 @@ pub fn init(settings: &crate::config::TelemetrySettings) -> traces::Telemetry {
     traces::init(&traces::TraceSettings {
         log_format: settings.log_format.clone(),
         log_level: settings.log_level.clone(),
-        otlp_endpoint: settings.otlp_endpoint.clone(),
+        otlp_endpoint: settings.otlp_endpoint.clone().unwrap_or_default(),
         export_delay: settings.otlp_export_delay,
     })
 }

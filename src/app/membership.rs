@@ -39,7 +39,7 @@ pub(super) fn check_cluster_settings(settings: &Settings) -> anyhow::Result<()> 
         "cluster.enabled = true needs inventory.strategy = \"actor\""
     );
     anyhow::ensure!(
-        !settings.auth.jwt_secret.is_empty() || !settings.auth.jwt_secret_file.is_empty(),
+        !settings.auth.jwt_secret.is_empty() || settings.auth.jwt_secret_file.is_some(),
         "cluster.enabled = true needs auth.jwt_secret or auth.jwt_secret_file: every node must accept the same tokens"
     );
     anyhow::ensure!(cluster.shards >= 1, "cluster.shards must be at least 1");
@@ -127,15 +127,16 @@ impl App {
             return Ok(None);
         }
         let settings = &self.settings.cluster;
-        let url = if settings.advertise_url.is_empty() {
-            // Peers cannot reach "0.0.0.0": the address to give them must be said.
-            anyhow::ensure!(
-                !addr.ip().is_unspecified(),
-                "cluster mode listening on {addr} needs cluster.advertise_url (how the other nodes reach this one)"
-            );
-            format!("http://{addr}")
-        } else {
-            settings.advertise_url.clone()
+        let url = match &settings.advertise_url {
+            Some(url) => url.clone(),
+            None => {
+                // Peers cannot reach "0.0.0.0": the address to give them must be said.
+                anyhow::ensure!(
+                    !addr.ip().is_unspecified(),
+                    "cluster mode listening on {addr} needs cluster.advertise_url (how the other nodes reach this one)"
+                );
+                format!("http://{addr}")
+            }
         };
         info!(node = self.ownership.node_id(), %url, shards = settings.shards, "joining the cluster");
         self.ownership.advertise(url);

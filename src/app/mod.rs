@@ -107,11 +107,11 @@ impl App {
 
         check_cluster_settings(&settings)?;
         let ownership = if settings.cluster.enabled {
-            let node_id = if settings.cluster.node_id.is_empty() {
-                cluster::default_node_id()
-            } else {
-                settings.cluster.node_id.clone()
-            };
+            let node_id = settings
+                .cluster
+                .node_id
+                .clone()
+                .unwrap_or_else(cluster::default_node_id);
             Ownership::clustered(node_id, settings.cluster.shards, settings.cluster.lease_ttl)
         } else {
             Ownership::single()
@@ -170,9 +170,9 @@ impl App {
         let latency = settings.payment.gateway_latency;
         let slow = settings.payment.slow;
         let mut simulated = PaymentActor::new(latency, attempt_timeout, slow);
-        if !settings.payment.gateway_url.trim().is_empty() {
+        if let Some(url) = &settings.payment.gateway_url {
             simulated = simulated
-                .with_remote(&settings.payment.gateway_url, attempt_timeout)
+                .with_remote(url, attempt_timeout)
                 .context("payment.gateway_url: cannot build its HTTP client")?;
         }
         let payment = PaymentActor::start_in_arbiter(&arbiters[0], move |_| simulated);
@@ -211,7 +211,7 @@ impl App {
                     max_qty_per_item: settings.orders.max_qty_per_item,
                 },
                 external_payment,
-                shared_gateway: !settings.payment.gateway_url.trim().is_empty(),
+                shared_gateway: settings.payment.gateway_url.is_some(),
             },
         );
         // Cluster mode: every lease round, the decisions recorded for orders whose other

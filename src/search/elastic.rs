@@ -132,7 +132,8 @@ pub struct Inner {
 impl ElasticIndex {
     /// Builds the client; nothing is sent until the first request.
     pub fn connect(s: &SearchSettings, analysis: Arc<Analysis>) -> Result<Self, SearchError> {
-        let url = Url::parse(&s.url).map_err(|e| SearchError::Rejected(format!("search.url: {e}").into()))?;
+        let url = Url::parse(s.url.as_deref().unwrap_or_default())
+            .map_err(|e| SearchError::Rejected(format!("search.url: {e}").into()))?;
         let timeout = s.request_timeout;
         let transport = TransportBuilder::new(SingleNodeConnectionPool::new(url))
             .timeout(timeout)

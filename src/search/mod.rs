@@ -110,11 +110,10 @@ pub fn version_of(name: &str, alias: &str) -> Option<u64> {
 /// The analysis files named in the settings, or the compiled-in defaults.
 pub(crate) fn load_analysis(s: &crate::config::SearchSettings) -> anyhow::Result<analysis::Analysis> {
     use anyhow::Context as _;
-    let read = |path: &str, default: &str| -> anyhow::Result<String> {
-        if path.is_empty() {
-            Ok(default.to_owned())
-        } else {
-            std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))
+    let read = |path: &Option<String>, default: &str| -> anyhow::Result<String> {
+        match path {
+            None => Ok(default.to_owned()),
+            Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {path}")),
         }
     };
     let analysis = analysis::Analysis::parse(
@@ -122,12 +121,12 @@ pub(crate) fn load_analysis(s: &crate::config::SearchSettings) -> anyhow::Result
         &read(&s.dictionary_file, analysis::DEFAULT_DICTIONARY)?,
         &read(&s.particles_file, analysis::DEFAULT_PARTICLES)?,
     )?;
-    if s.mecab_dicdir.is_empty() {
+    let Some(dicdir) = &s.mecab_dicdir else {
         return Ok(analysis);
-    }
+    };
     // The dictionary is optional: without it search keeps working on the built-in
     // analysis, and the log says which one is live.
-    match mecab::Mecab::open(std::path::Path::new(&s.mecab_dicdir)) {
+    match mecab::Mecab::open(std::path::Path::new(dicdir)) {
         Ok(m) => Ok(analysis.with_morphology(std::sync::Arc::new(m))),
         Err(e) => {
             tracing::warn!(error = %e, "search.mecab_dicdir is set but MeCab could not load it: built-in Korean analysis");
@@ -141,7 +140,7 @@ pub(crate) fn load_analysis(s: &crate::config::SearchSettings) -> anyhow::Result
 pub async fn open(settings: &crate::config::Settings) -> anyhow::Result<std::sync::Arc<dyn SearchIndex>> {
     let analysis = std::sync::Arc::new(load_analysis(&settings.search)?);
     tracing::info!(korean = %analysis.korean(), "search analysis");
-    if settings.search.url.is_empty() {
+    if settings.search.url.is_none() {
         let root = settings.server.data_dir.join("search");
         let index = tokio::task::spawn_blocking({
             let alias = settings.search.alias.clone();

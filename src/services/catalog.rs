@@ -71,7 +71,7 @@ impl CatalogService {
     /// Opens the catalog chosen by `catalog.url` (empty: embedded) and prepares it
     /// (indexes, catching up with changes a crash left unprojected).
     pub async fn open(settings: &Settings, store: SqlStore) -> Result<Self, StoreError> {
-        let url = settings.catalog.url.trim();
+        let url = settings.catalog.url.as_deref().unwrap_or_default().trim();
         let catalog: Arc<dyn Catalog> = if url.is_empty() {
             Arc::new(SqlCatalog::new(store.clone()))
         } else if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {

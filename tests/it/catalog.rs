@@ -54,7 +54,7 @@ impl CatalogBackend {
             Self::Mongo(server) => {
                 let url = format!("{server}/emporium_t_{}", uuid::Uuid::new_v4().simple());
                 TestApp::spawn_with(Backend::Sqlite, move |s| {
-                    s.catalog.url = url;
+                    s.catalog.url = Some(url);
                     s.catalog.catch_up_interval = Duration::from_millis(100);
                 })
                 .await
@@ -752,7 +752,13 @@ async fn mongodb_projection_catches_up_after_a_lost_write() {
     let id = p["id"].as_str().expect("id").to_owned();
     // Simulate the crash: the MongoDB document is gone, the projection queue still has
     // the entry the committing transaction wrote.
-    let url = app.app.settings.catalog.url.clone();
+    let url = app
+        .app
+        .settings
+        .catalog
+        .url
+        .clone()
+        .expect("the MongoDB backend has a catalog.url");
     let client = mongodb::Client::with_uri_str(&url).await.expect("client");
     let db = client.default_database().expect("database in url");
     db.collection::<mongodb::bson::Document>("products")
@@ -795,7 +801,7 @@ async fn mongodb_catalog_starts_again_on_its_existing_database() {
     let start = || {
         let (url, dir) = (url.clone(), data.path().to_path_buf());
         TestApp::spawn_with(Backend::Sqlite, move |s| {
-            s.catalog.url = url;
+            s.catalog.url = Some(url);
             s.server.data_dir = dir;
         })
     };

@@ -94,7 +94,7 @@ async fn es_reachable(url: &str) -> bool {
 /// A second handle on a test's Elasticsearch index (same URL and alias).
 fn elastic_index(url: &str, alias: &str) -> ElasticIndex {
     let mut s = settings().search;
-    s.url = url.to_owned();
+    s.url = Some(url.to_owned());
     s.alias = alias.to_owned();
     ElasticIndex::connect(&s, Arc::new(Analysis::builtin().expect("analysis files parse"))).expect("client builds")
 }
@@ -137,7 +137,7 @@ async fn open(engine: Engine) -> Option<Opened> {
                 return None;
             }
             let mut s = settings().search;
-            s.url = url.clone();
+            s.url = Some(url.clone());
             // A unique alias per test: suites run in parallel against one server.
             s.alias = format!("t{}", uuid::Uuid::new_v4().simple());
             let alias = s.alias.clone();
@@ -854,7 +854,7 @@ async fn a_search_outage_is_503_while_orders_keep_working() {
         .unwrap()
         .port();
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.search.url = format!("http://127.0.0.1:{port}");
+        s.search.url = Some(format!("http://127.0.0.1:{port}"));
         s.search.request_timeout = Duration::from_millis(500);
     })
     .await;

@@ -59,11 +59,8 @@ impl Keys {
         let auth = &settings.auth;
         let secret = if !auth.jwt_secret.is_empty() {
             auth.jwt_secret.expose().as_bytes().to_vec()
-        } else if !auth.jwt_secret_file.is_empty() {
-            std::fs::read_to_string(&auth.jwt_secret_file)?
-                .trim()
-                .as_bytes()
-                .to_vec()
+        } else if let Some(file) = &auth.jwt_secret_file {
+            std::fs::read_to_string(file)?.trim().as_bytes().to_vec()
         } else {
             generated_secret(&settings.server.data_dir.join("jwt_secret"))?
         };

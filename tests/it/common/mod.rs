@@ -233,7 +233,7 @@ impl TestApp {
         let mut settings = test_settings(dir.path());
         let store_url = backend.store_url().await;
         if let Some(url) = &store_url {
-            settings.store.url = url.clone();
+            settings.store.url = Some(url.clone());
         }
         if matches!(backend, Backend::MySqlRowLock(_)) {
             settings.inventory.strategy = emporium::config::InventoryStrategy::SqlRowLock;
@@ -251,7 +251,7 @@ impl TestApp {
         for i in 0..count {
             let mut node = settings.clone();
             if cluster {
-                node.cluster.node_id = format!("node-{i}");
+                node.cluster.node_id = Some(format!("node-{i}"));
                 node.server.data_dir = dir.path().join(format!("node-{i}"));
             }
             // The first node drops the database; it is stopped last.
