@@ -282,7 +282,7 @@ pub struct TelemetrySettings {
     pub(crate) metrics: bool,
 }
 
-/// Product search (issue 8): the embedded index, or Elasticsearch when `url` is set.
+/// Product search: the embedded index, or Elasticsearch when `url` is set.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SearchSettings {
     #[serde(default, deserialize_with = "unset_if_empty")]

@@ -12,7 +12,8 @@
 //! - [`actors`]: the owners of live state. `inventory` (one actor per SKU), `order` (one
 //!   saga per open order, and the `Orders` directory), `payment`, `write_behind` (group
 //!   commit, the only path to the database for orders), `cluster` (shard ownership and the
-//!   lease keeper), `refunds` (gives back payments captured for orders cancelled meanwhile).
+//!   lease keeper), `refunds` (gives back payments captured for orders cancelled meanwhile,
+//!   and voids at the gateway the orders it captured nothing for).
 //! - [`events`]: what leaves and enters through a bus: the buses (in-process, Kafka), the
 //!   outbox relay, the Kafka consumer loop with its retries and dead letters, and the
 //!   payment outcomes that drive saga steps.
@@ -25,12 +26,17 @@
 //! - [`persistence`]: durable state only: the SQL store (SQLite, MySQL/MariaDB), the
 //!   catalog backends, accounts, the row-lock baseline.
 //! - [`telemetry`]: tracing subscriber, OpenTelemetry export, metrics registry.
+//! - [`error`]: `Cause`, the error under an error, kept whole (its `source()` chain) and
+//!   cheap to clone.
 //! - [`app`]: wiring: start-up, recovery and graceful shutdown of the server, of the
 //!   payment service (`app::payment_service`) and of the test gateway (`app::gateway`),
 //!   and the bulk loader behind `emporium seed` (`app::seed`); [`config`]: layered settings.
 //! - `failpoints`: test-only hooks that abort or pause the process at named points of the
 //!   saga (feature `failpoints`, on in the test build only).
 //! - [`fuzz`]: fuzz targets shared by proptest and cargo-fuzz (not part of the API).
+//!
+//! Visibility: an item is `pub` only where the binaries (`main.rs`, `bench/`) or the
+//! end-to-end tests reach it; everything else is `pub(crate)` or private.
 
 pub mod actors;
 pub mod app;

@@ -63,7 +63,7 @@ pub struct Metrics {
     /// Available units of the [`HOT_SKUS`] busiest active SKUs, refreshed per scrape.
     pub(crate) inventory_available: IntGaugeVec,
     pub(crate) db_pool_waiters: IntGauge,
-    // ---- Kafka consumer lag (events::consumer samples these; issue 21) ----
+    // ---- Kafka consumer lag (events::consumer samples these) ----
     /// Per consumer group, topic and assigned partition: the group's committed offset.
     pub(crate) consumer_committed_offset: IntGaugeVec,
     /// The partition's end offset (high watermark: the offset the next message gets).

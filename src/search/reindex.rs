@@ -10,7 +10,7 @@
 //! Source: the `products` table of the SQL store (the embedded catalog). `emporium seed`
 //! bulk-loads that table without one event per product and asks for this command, which
 //! is how the 1,000,000-product search benchmark is built (docs/search.md). When the
-//! catalog moves behind its own trait (issue 7), only [`catalog_page`] changes.
+//! catalog moves behind its own trait, only [`catalog_page`] changes.
 
 use super::{SearchError, SearchIndex};
 use crate::domain::search::SearchDoc;

@@ -20,7 +20,7 @@ use super::Deps;
 /// Where an order's stock is taken and settled, chosen once at start from
 /// `inventory.strategy`: the design's inventory actors + write-behind, or the
 /// prototype's row-locking transactions (kept as the benchmark's baseline). The saga
-/// and the placement call it without knowing which (issue 17: no strategy branches).
+/// and the placement call it without knowing which: no strategy branches.
 #[async_trait::async_trait]
 pub(super) trait StockKeeper: Send + Sync {
     /// Reserves every SKU of the order or none and makes the accepted order durable.

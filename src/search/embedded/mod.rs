@@ -16,7 +16,7 @@
 //! A deleted product leaves a tombstone (its id and version, no text), so that a
 //! re-delivered older `product_upserted` cannot bring it back.
 //!
-//! A search costs what its answer needs (issue 19): count and facets in one unscored pass
+//! A search costs what its answer needs: count and facets in one unscored pass
 //! over `all_text` with a fast-field collector ([`super::facets`]), the top hits by
 //! block-WAND over the weighted fields, typo and partial-word expansion only when the
 //! words find little (see [`Plan`]), and recent answers cached until the index changes
