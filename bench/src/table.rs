@@ -16,7 +16,8 @@
 //! include whatever else runs on that server meanwhile; the harness subtracts its own
 //! status queries and the report says so.
 
-use crate::{metric, mysql_exec, scrape, Server};
+use crate::run::{metric, scrape};
+use crate::server::{mysql_exec, Server};
 use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Serialize;
@@ -196,12 +197,12 @@ async fn start(
         env.push(("EMPORIUM__INVENTORY__STRATEGY".to_owned(), "sql_row_lock".to_owned()));
     }
     let server = Server::spawn(
-        &crate::emporium_binary()?,
+        &crate::server::emporium_binary()?,
         &["serve", "--listen", "127.0.0.1:0"],
         env,
         Some(tempfile::tempdir()?),
     )?;
-    crate::wait_ready(&server.base, Duration::from_secs(60)).await?;
+    crate::server::wait_ready(&server.base, Duration::from_secs(60)).await?;
     let client = reqwest::Client::new();
     let r = client
         .post(format!("{}/v1/products", server.base))
@@ -630,7 +631,7 @@ async fn half_peak(run: &Run, args: &TableArgs, peak: f64) -> anyhow::Result<Fig
     let connections = args.connections;
     let r = tokio::task::spawn_blocking(move || open_loop(addr, requests, rate, seconds, connections)).await??;
     let cpu = cpu_seconds(run.server.child.id()) - before_cpu;
-    let lat = crate::latency(&r.accepted_us);
+    let lat = crate::load::latency(&r.accepted_us);
     let accepted = r.by_status.get(&201).copied().unwrap_or(0);
     Ok(Figure {
         figure: format!("open loop at half peak ({rate:.0}/s offered)"),
@@ -814,11 +815,13 @@ pub async fn table(args: TableArgs) -> anyhow::Result<()> {
     let md = markdown(&figures, &verdicts);
     std::fs::write(
         args.out.join("TABLE.md"),
-        format!("Machine: {}\n\n{md}", crate::machine()),
+        format!("Machine: {}\n\n{md}", crate::run::machine()),
     )?;
     std::fs::write(
         args.out.join("table.json"),
-        serde_json::to_string_pretty(&json!({"machine": crate::machine(), "figures": figures, "targets": verdicts}))?,
+        serde_json::to_string_pretty(
+            &json!({"machine": crate::run::machine(), "figures": figures, "targets": verdicts}),
+        )?,
     )?;
     let _ = std::fs::remove_file(&tokens_file);
     println!("{md}");
@@ -833,7 +836,7 @@ pub async fn table(args: TableArgs) -> anyhow::Result<()> {
 }
 
 fn reconcile(run: &Run) -> String {
-    let out = crate::emporium_cli(&run.server, &["reconcile"]);
+    let out = crate::server::emporium_cli(&run.server, &["reconcile"]);
     match out {
         Ok(o) if o.status.success() => "reconcile ok".into(),
         Ok(o) => format!(
