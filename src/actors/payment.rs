@@ -17,12 +17,7 @@
 
 use crate::domain::ids::OrderId;
 use crate::domain::money::Money;
-use actix::Actor;
-use actix::Addr;
-use actix::Context;
-use actix::Handler;
-use actix::Message;
-use actix::ResponseFuture;
+use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
 use std::time::Duration;
 
 /// The payment tokens the simulated gateway knows.

@@ -24,8 +24,7 @@ use crate::actors::payment::{
 };
 use crate::config::Settings;
 use crate::domain::money::{Currency, Money};
-use actix::Actor;
-use actix::Addr;
+use actix::{Actor, Addr};
 use actix_web::{web, HttpResponse, ResponseError};
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};

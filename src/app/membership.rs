@@ -4,22 +4,18 @@
 
 use super::store::connect_keeper_store;
 use super::App;
-use crate::actors::cluster::LeaseKeeper;
-use crate::actors::cluster::Ownership;
-use crate::actors::cluster::ShardHolders;
+use crate::actors::cluster::{LeaseKeeper, Ownership, ShardHolders};
 use crate::actors::inventory::Inventory;
 use crate::actors::order::Orders;
 use crate::actors::write_behind::WriteBehind;
-use crate::config::InventoryStrategy;
-use crate::config::Settings;
+use crate::config::{InventoryStrategy, Settings};
 use crate::domain::cluster::Shard;
 use crate::telemetry::Metrics;
 use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::info;
-use tracing::warn;
+use tracing::{info, warn};
 
 /// Cluster mode's refusals, checked before anything starts: what cluster mode cannot
 /// run with is named, instead of a cluster that quietly misbehaves.

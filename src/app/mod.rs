@@ -12,8 +12,7 @@ pub mod payment_service;
 pub mod seed;
 mod store;
 
-use actix::Actor;
-use actix::Arbiter;
+use actix::{Actor, Arbiter};
 use membership::check_cluster_settings;
 pub use store::connect_store;
 use store::migrate;

@@ -13,10 +13,9 @@
 
 use crate::config::Settings;
 use crate::domain::catalog::{self as rules, Category, Page, Product, ProductFilter, ProductInput};
-use crate::domain::categories;
 use crate::domain::events::{Event, EventType};
 use crate::domain::ids::ProductId;
-use crate::domain::now_millis;
+use crate::domain::{categories, now_millis};
 use crate::error::Cause;
 use crate::persistence::catalog::mongo::MongoCatalog;
 use crate::persistence::catalog::sql::{SkuChanges, SqlCatalog};

@@ -945,15 +945,17 @@ async fn sku_events_become(store: &str, event_type: &str, sku: &str, order: Opti
 
 /// The status of order `id` in the store (None before it is committed).
 async fn stored_status(store: &str, id: &str) -> Option<String> {
+    stored_text(store, "SELECT status FROM orders WHERE id = ?", id).await
+}
+
+/// The one text column `sql` selects for `id` (MariaDB answers these as bytes), if a row
+/// matches.
+async fn stored_text(store: &str, sql: &str, id: &str) -> Option<String> {
     use sqlx::{Connection, Row};
     let mut conn = sqlx::MySqlConnection::connect(store).await.unwrap();
-    let row = sqlx::query("SELECT status FROM orders WHERE id = ?")
-        .bind(id)
-        .fetch_optional(&mut conn)
-        .await
-        .unwrap()?;
-    let status: Vec<u8> = row.try_get("status").unwrap();
-    Some(String::from_utf8(status).unwrap())
+    let row = sqlx::query(sql).bind(id).fetch_optional(&mut conn).await.unwrap()?;
+    let text: Vec<u8> = row.try_get(0).unwrap();
+    Some(String::from_utf8(text).unwrap())
 }
 
 /// Waits until `node`'s process has exited (a failpoint aborted it).
@@ -1352,15 +1354,7 @@ async fn a_capture_whose_owner_died_is_refunded_when_a_survivor_expires_the_orde
 
 /// The status of order `id`'s refund row in the store, if it has one.
 async fn stored_refund(store: &str, id: &str) -> Option<String> {
-    use sqlx::{Connection, Row};
-    let mut conn = sqlx::MySqlConnection::connect(store).await.unwrap();
-    let row = sqlx::query("SELECT status FROM refunds WHERE order_id = ?")
-        .bind(id)
-        .fetch_optional(&mut conn)
-        .await
-        .unwrap()?;
-    let status: Vec<u8> = row.try_get("status").unwrap();
-    Some(String::from_utf8(status).unwrap())
+    stored_text(store, "SELECT status FROM refunds WHERE order_id = ?", id).await
 }
 
 /// The F9 gap the nemesis found (seed 12497241351254603777): with a shared gateway, the

@@ -5,12 +5,7 @@
 use super::sku_actor::{SkuActor, SkuStats};
 use super::Shared;
 use crate::domain::ids::Sku;
-use actix::ActorFutureExt;
-use actix::AsyncContext;
-use actix::Context;
-use actix::Handler;
-use actix::Message;
-use actix::WrapFuture;
+use actix::{ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 

@@ -16,11 +16,7 @@ mod eviction;
 mod sku_actor;
 
 use crate::error::Cause;
-use actix::Actor;
-use actix::Addr;
-use actix::Handler;
-use actix::MailboxError;
-use actix::Message;
+use actix::{Actor, Addr, Handler, MailboxError, Message};
 use eviction::mark_used;
 
 use crate::actors::cluster::Ownership;

@@ -11,39 +11,21 @@
 //! memory already refuses is answered 409 on the worker's own thread without a message
 //! to this actor.
 
-use super::InventoryView;
-use super::Reserved;
-use super::Shared;
-use super::ACTOR;
+use super::{InventoryView, Reserved, Shared, ACTOR};
 use crate::actors::inventory::InventoryFailure;
-use crate::domain::ids::OrderId;
-use crate::domain::ids::Sku;
-use crate::domain::inventory::Change;
-use crate::domain::inventory::InventoryError;
-use crate::domain::inventory::Outcome;
-use crate::domain::inventory::SkuInventory;
+use crate::domain::ids::{OrderId, Sku};
+use crate::domain::inventory::{Change, InventoryError, Outcome, SkuInventory};
 use crate::domain::money::Money;
-use crate::domain::now_millis;
-use crate::domain::Millis;
-use crate::persistence::JournalEntry;
-use crate::persistence::WriteSet;
+use crate::domain::{now_millis, Millis};
+use crate::persistence::{JournalEntry, WriteSet};
 use crate::telemetry::actor::Handling;
-use actix::Actor;
-use actix::ActorContext;
-use actix::ActorFutureExt;
-use actix::AsyncContext;
-use actix::AtomicResponse;
-use actix::Context;
-use actix::Handler;
-use actix::Message;
-use actix::MessageResult;
-use actix::WrapFuture;
-use std::sync::atomic::AtomicI64;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message, MessageResult,
+    WrapFuture,
+};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Message, Clone)]
 #[rtype(result = "Result<Reserved, InventoryError>")]

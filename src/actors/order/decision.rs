@@ -6,29 +6,20 @@
 //! settle and the sweeps run). Everything here reads the decision from the store or
 //! carries it; nothing decides twice.
 
-use super::order_shard;
 use super::retry::with_backoff;
 use super::step_sets::{apply_set, settle_set};
-use super::{Deps, Orders};
+use super::{order_shard, Deps, Orders};
 use crate::actors::cluster::RemoteSettle;
 use crate::actors::inventory::InventoryFailure;
 use crate::actors::write_behind::CommitError;
 use crate::domain::cluster::Shard;
 use crate::domain::events::Event;
-use crate::domain::ids::OrderId;
-use crate::domain::ids::Sku;
+use crate::domain::ids::{OrderId, Sku};
 use crate::domain::inventory::ChangeKind;
-use crate::domain::order::Order;
-use crate::domain::order::OrderStatus;
-use crate::persistence::Consumed;
-use crate::persistence::JournalEntry;
-use crate::persistence::StatusChange;
-use crate::persistence::StoreError;
-use crate::persistence::WriteSet;
+use crate::domain::order::{Order, OrderStatus};
+use crate::persistence::{Consumed, JournalEntry, StatusChange, StoreError, WriteSet};
 use std::time::Duration;
-use tracing::error;
-use tracing::info;
-use tracing::warn;
+use tracing::{error, info, warn};
 
 /// What a saga step came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

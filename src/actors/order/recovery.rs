@@ -5,17 +5,13 @@
 
 use super::decision::{settle_and_commit, Step};
 use super::saga::Relinquish;
-use super::{order_shard, request_refund_until_recorded};
-use super::{Orders, RecoveryReport};
+use super::{order_shard, request_refund_until_recorded, Orders, RecoveryReport};
 use crate::domain::cluster::Shard;
 use crate::domain::ids::Sku;
 use crate::domain::inventory::ChangeKind;
 use crate::domain::now_millis;
-use crate::domain::order::CancelReason;
-use crate::domain::order::Order;
-use crate::domain::order::OrderStatus;
-use crate::persistence::StatusChange;
-use crate::persistence::StoreError;
+use crate::domain::order::{CancelReason, Order, OrderStatus};
+use crate::persistence::{StatusChange, StoreError};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tracing::info;

@@ -35,16 +35,11 @@
 //! refused because the order was cancelled meanwhile requests a refund too.
 
 use super::decision::{settle_and_commit, Step};
-use super::order_shard;
-use super::request_refund;
-use super::request_refund_until_recorded;
 use super::retry::with_backoff;
-use super::Cancel;
-use super::CancelRefused;
-use super::Orders;
-use super::PaymentReported;
-use super::Reported;
-use super::ACTOR;
+use super::{
+    order_shard, request_refund, request_refund_until_recorded, Cancel, CancelRefused, Orders, PaymentReported,
+    Reported, ACTOR,
+};
 use crate::actors::payment::{self, Charge, PaymentError};
 use crate::domain::events::{Event, EventType, PaymentMoved, PaymentRefused};
 use crate::domain::ids::{OrderId, Sku};
@@ -52,16 +47,10 @@ use crate::domain::inventory::ChangeKind;
 use crate::domain::now_millis;
 use crate::domain::order::{next_status, CancelReason, Order, OrderStatus, Transition};
 use crate::persistence::{Consumed, StatusChange};
-use actix::Actor;
-use actix::ActorContext;
-use actix::ActorFuture;
-use actix::ActorFutureExt;
-use actix::AsyncContext;
-use actix::AtomicResponse;
-use actix::Context;
-use actix::Handler;
-use actix::Message;
-use actix::WrapFuture;
+use actix::{
+    Actor, ActorContext, ActorFuture, ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message,
+    WrapFuture,
+};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,8 +2,7 @@
 //! step commit (rows, journal entries, events in their order). No I/O: the caller hands
 //! the result to the write-behind (or to the row-lock transaction).
 
-use super::PlaceError;
-use super::PlaceOrder;
+use super::{PlaceError, PlaceOrder};
 use crate::domain::events::{Event, EventType, InventoryChanged, OrderCreated, OrderFinished, PaymentRef};
 use crate::domain::ids::{OrderId, Sku};
 use crate::domain::inventory::ChangeKind;

@@ -4,10 +4,7 @@
 use super::decision::{
     commit_step, retry_until_durable, settle_in_order_shard, split_by_order_shard, tell_owners, Step,
 };
-use super::Orders;
-use super::PlaceError;
-use super::PlaceOrder;
-use super::Placed;
+use super::{Orders, PlaceError, PlaceOrder, Placed};
 use crate::config::InventoryStrategy;
 use crate::domain::ids::{OrderId, Sku};
 use crate::domain::inventory::ChangeKind;

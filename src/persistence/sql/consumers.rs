@@ -1,11 +1,7 @@
 //! What consumers record: events applied (`processed_events`) and messages given up on
 //! (`failed_events` from a consumer, `emporium.dlq`).
 use super::corrupt;
-use crate::persistence::Consumed;
-use crate::persistence::DeadLetter;
-use crate::persistence::SqlStore;
-use crate::persistence::StoreError;
-use crate::persistence::WriteSet;
+use crate::persistence::{Consumed, DeadLetter, SqlStore, StoreError, WriteSet};
 use sqlx::Row;
 use std::collections::BTreeMap;
 

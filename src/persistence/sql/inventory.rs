@@ -1,13 +1,9 @@
 //! Reading a SKU's inventory: what its actor loads on activation, and its snapshot row.
 use super::corrupt;
-use crate::domain::ids::OrderId;
-use crate::domain::ids::Sku;
+use crate::domain::ids::{OrderId, Sku};
 use crate::domain::inventory::Reservation;
-use crate::domain::money::Currency;
-use crate::domain::money::Money;
-use crate::persistence::SkuRecord;
-use crate::persistence::SqlStore;
-use crate::persistence::StoreError;
+use crate::domain::money::{Currency, Money};
+use crate::persistence::{SkuRecord, SqlStore, StoreError};
 use sqlx::Row;
 
 impl SqlStore {

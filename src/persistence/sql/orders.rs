@@ -1,23 +1,11 @@
 //! Reading orders: one, a user's page, those still in flight; and stored idempotent answers.
-use super::corrupt;
-use super::text;
-use super::ROWS_PER_INSERT;
-use crate::domain::ids::OrderId;
-use crate::domain::ids::Sku;
-use crate::domain::ids::UserId;
-use crate::domain::money::Currency;
-use crate::domain::money::Money;
-use crate::domain::order::CancelReason;
-use crate::domain::order::Order;
-use crate::domain::order::OrderLine;
-use crate::domain::order::OrderStatus;
-use crate::persistence::IdempotencyRecord;
-use crate::persistence::SqlStore;
-use crate::persistence::StoreError;
+use super::{corrupt, text, ROWS_PER_INSERT};
+use crate::domain::ids::{OrderId, Sku, UserId};
+use crate::domain::money::{Currency, Money};
+use crate::domain::order::{CancelReason, Order, OrderLine, OrderStatus};
+use crate::persistence::{IdempotencyRecord, SqlStore, StoreError};
 use sqlx::any::AnyRow;
-use sqlx::Any;
-use sqlx::QueryBuilder;
-use sqlx::Row;
+use sqlx::{Any, QueryBuilder, Row};
 use std::collections::HashMap;
 
 impl SqlStore {

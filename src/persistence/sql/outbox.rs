@@ -1,18 +1,10 @@
 //! The outbox: pending events for the relay, marking them published, deferring and giving
 //! up on them (`failed_events`), and replaying what was given up on.
-use super::corrupt;
-use super::text;
-use super::Dialect;
-use super::ROWS_PER_INSERT;
+use super::{corrupt, text, Dialect, ROWS_PER_INSERT};
 use crate::domain::events::Event;
 use crate::domain::Millis;
-use crate::persistence::FailedEvent;
-use crate::persistence::OutboxRow;
-use crate::persistence::SqlStore;
-use crate::persistence::StoreError;
-use sqlx::Any;
-use sqlx::QueryBuilder;
-use sqlx::Row;
+use crate::persistence::{FailedEvent, OutboxRow, SqlStore, StoreError};
+use sqlx::{Any, QueryBuilder, Row};
 
 impl SqlStore {
     /// The oldest unpublished outbox rows, in id order.

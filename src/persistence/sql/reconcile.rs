@@ -1,7 +1,6 @@
 //! `emporium reconcile`: the offline invariant check over inventory, reservations, journal
 //! and orders.
-use crate::persistence::SqlStore;
-use crate::persistence::StoreError;
+use crate::persistence::{SqlStore, StoreError};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 

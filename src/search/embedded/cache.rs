@@ -1,8 +1,6 @@
 //! The result cache: answers keyed by the normalised request, valid for one searcher
 //! generation of one index version.
-use crate::domain::search::SearchQuery;
-use crate::domain::search::SearchResults;
-use crate::domain::search::Sort;
+use crate::domain::search::{SearchQuery, SearchResults, Sort};
 use crate::search::analysis;
 use std::num::NonZeroUsize;
 use std::sync::Arc;

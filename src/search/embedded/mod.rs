@@ -28,8 +28,7 @@
 //! rebuilds, searching).
 
 use super::analysis::{self, Analysis};
-use super::grams;
-use super::{IndexChange, Rebuild, SearchError, SearchIndex};
+use super::{grams, IndexChange, Rebuild, SearchError, SearchIndex};
 use crate::domain::search::{SearchDoc, SearchQuery, SearchResults};
 use crate::error::Cause;
 use async_trait::async_trait;

@@ -1,34 +1,17 @@
 //! How a search request becomes tantivy queries (the [`Plan`]) and how a plan is run: count
 //! and facets, top hits, sorting.
-use super::schema::unavailable;
-use super::schema::Fields;
-use super::Shared;
-use super::BOOSTS;
-use super::KIND_PRODUCT;
-use crate::domain::search::Facets;
-use crate::domain::search::SearchQuery;
-use crate::domain::search::Sort;
-use crate::domain::search::EXPAND_BELOW;
-use crate::search::analysis;
+use super::schema::{unavailable, Fields};
+use super::{Shared, BOOSTS, KIND_PRODUCT};
+use crate::domain::search::{Facets, SearchQuery, Sort, EXPAND_BELOW};
 use crate::search::facets::FacetCollector;
-use crate::search::grams;
-use crate::search::SearchError;
+use crate::search::{analysis, grams, SearchError};
 use std::ops::Bound;
 use tantivy::collector::TopDocs;
-use tantivy::query::BooleanQuery;
-use tantivy::query::BoostQuery;
-use tantivy::query::ConstScoreQuery;
-use tantivy::query::EmptyQuery;
-use tantivy::query::FuzzyTermQuery;
-use tantivy::query::Occur;
-use tantivy::query::Query;
-use tantivy::query::RangeQuery;
-use tantivy::query::TermQuery;
+use tantivy::query::{
+    BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, FuzzyTermQuery, Occur, Query, RangeQuery, TermQuery,
+};
 use tantivy::schema::IndexRecordOption;
-use tantivy::DocAddress;
-use tantivy::Order;
-use tantivy::Searcher;
-use tantivy::Term;
+use tantivy::{DocAddress, Order, Searcher, Term};
 
 /// What one search runs. The three queries match in tiers, so that the CPU a search
 /// costs follows what the answer needs, not how many products a popular word matches:

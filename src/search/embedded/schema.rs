@@ -1,38 +1,19 @@
 //! The embedded index's schema and fields, and an index version on disk.
-use super::tokenizers::AnalyzedTokenizer;
-use super::tokenizers::Mode;
-use super::KIND_PRODUCT;
-use super::KIND_TOMBSTONE;
-use super::SERVING_HEAP;
+use super::tokenizers::{AnalyzedTokenizer, Mode};
+use super::{KIND_PRODUCT, KIND_TOMBSTONE, SERVING_HEAP};
 use crate::domain::search::SearchDoc;
 use crate::error::Cause;
 use crate::search::analysis::Analysis;
-use crate::search::newest_per_product;
-use crate::search::IndexChange;
-use crate::search::SearchError;
-use std::path::Path;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::Mutex;
+use crate::search::{newest_per_product, IndexChange, SearchError};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use tantivy::collector::TopDocs;
 use tantivy::query::TermQuery;
-use tantivy::schema::Field;
-use tantivy::schema::IndexRecordOption;
-use tantivy::schema::NumericOptions;
-use tantivy::schema::Schema;
-use tantivy::schema::TextFieldIndexing;
-use tantivy::schema::TextOptions;
-use tantivy::schema::FAST;
-use tantivy::schema::STORED;
-use tantivy::schema::STRING;
+use tantivy::schema::{
+    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, FAST, STORED, STRING,
+};
 use tantivy::tokenizer::TextAnalyzer;
-use tantivy::Index;
-use tantivy::IndexReader;
-use tantivy::IndexWriter;
-use tantivy::ReloadPolicy;
-use tantivy::Searcher;
-use tantivy::TantivyDocument;
-use tantivy::Term;
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
 
 #[derive(Clone, Copy)]
 pub(super) struct Fields {

@@ -1,12 +1,9 @@
 //! The embedded index's tokenizers: the shared analysis ([`super::super::analysis`]) run as
 //! tantivy tokenizers.
-use crate::search::analysis::Analysis;
-use crate::search::analysis::Term as AnalyzedTerm;
+use crate::search::analysis::{Analysis, Term as AnalyzedTerm};
 use crate::search::grams;
 use std::sync::Arc;
-use tantivy::tokenizer::Token;
-use tantivy::tokenizer::TokenStream;
-use tantivy::tokenizer::Tokenizer;
+use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
 
 #[derive(Clone, Copy)]
 pub(super) enum Mode {
