@@ -429,10 +429,6 @@ impl Settings {
             )
         })
     }
-
-    pub(crate) fn reservation_ttl(&self) -> Duration {
-        self.inventory.reservation_ttl
-    }
 }
 
 #[cfg(test)]

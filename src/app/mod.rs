@@ -204,7 +204,7 @@ impl App {
                 payment_attempts: settings.payment.attempts,
                 attempt_timeout,
                 backoff_base: settings.payment.backoff_base,
-                reservation_ttl: settings.reservation_ttl(),
+                reservation_ttl: settings.inventory.reservation_ttl,
                 limits: OrderLimits {
                     max_items: settings.orders.max_items,
                     max_qty_per_item: settings.orders.max_qty_per_item,
