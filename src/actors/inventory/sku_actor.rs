@@ -112,6 +112,20 @@ pub(super) struct SkuStats {
 }
 
 impl SkuActor {
+    /// A confirm's or a release's outcome: published, and journalled when it changed
+    /// something (its sequence noted: eviction waits until the store has it).
+    fn settled(&mut self, outcome: Outcome) -> Option<JournalEntry> {
+        self.note_available();
+        match outcome {
+            Outcome::Applied(change) => {
+                let entry = self.journal(change);
+                self.last_settle_seq = entry.seq;
+                Some(entry)
+            }
+            Outcome::Unchanged => None,
+        }
+    }
+
     /// The actor of `sku`, its inventory restored from the store (`seq` its last
     /// journal sequence there), activated under `epoch` of its shard (0 outside
     /// cluster mode).
@@ -264,15 +278,7 @@ impl Handler<Confirm> for SkuActor {
     fn handle(&mut self, msg: Confirm, _ctx: &mut Self::Context) -> Self::Result {
         let _handling = self.touch();
         let outcome = self.inventory.confirm(msg.order);
-        self.note_available();
-        match outcome {
-            Outcome::Applied(change) => {
-                let entry = self.journal(change);
-                self.last_settle_seq = entry.seq;
-                Some(entry)
-            }
-            Outcome::Unchanged => None,
-        }
+        self.settled(outcome)
     }
 }
 
@@ -281,15 +287,7 @@ impl Handler<Release> for SkuActor {
     fn handle(&mut self, msg: Release, _ctx: &mut Self::Context) -> Self::Result {
         let _handling = self.touch();
         let outcome = self.inventory.release(msg.order);
-        self.note_available();
-        match outcome {
-            Outcome::Applied(change) => {
-                let entry = self.journal(change);
-                self.last_settle_seq = entry.seq;
-                Some(entry)
-            }
-            Outcome::Unchanged => None,
-        }
+        self.settled(outcome)
     }
 }
 
