@@ -25,6 +25,7 @@ use crate::domain::search::{
     PRICE_RANGES,
 };
 use crate::error::Cause;
+use crate::search::unavailable;
 use async_trait::async_trait;
 use elasticsearch::http::headers::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
@@ -37,10 +38,6 @@ use std::time::Duration;
 const INDEX_FILE: &str = include_str!("../../config/search/elasticsearch/products.v1.json");
 const NORI_FILE: &str = include_str!("../../config/search/elasticsearch/analysis-nori.v1.json");
 const RECENT_CHANGES: usize = 100_000;
-
-fn unavailable(what: impl std::fmt::Display) -> SearchError {
-    SearchError::Unavailable(Cause::from(what.to_string()))
-}
 
 /// Index settings for a new version: the file, with the analysis lists filled in, and the
 /// Nori analyzer swapped in when the server has it.

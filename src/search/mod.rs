@@ -34,6 +34,12 @@ pub enum SearchError {
     Rejected(#[source] Cause),
 }
 
+/// The engine failed or cannot be reached: `what` says how. Both engines report their
+/// I/O, lock and client failures through this.
+pub(crate) fn unavailable(what: impl std::fmt::Display) -> SearchError {
+    SearchError::Unavailable(Cause::from(what.to_string()))
+}
+
 /// One change to apply, from a `product_upserted` or `product_deleted` event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum IndexChange {

@@ -63,9 +63,10 @@ mod query;
 mod schema;
 mod tokenizers;
 
+use super::unavailable;
 use cache::{CacheKey, ResultCache};
 use query::{boxed, run_plan};
-use schema::{unavailable, Version};
+use schema::Version;
 
 /// The embedded [`SearchIndex`]: a cheap handle on the shared state.
 #[derive(Clone)]

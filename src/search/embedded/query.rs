@@ -1,9 +1,10 @@
 //! How a search request becomes tantivy queries (the [`Plan`]) and how a plan is run: count
 //! and facets, top hits, sorting.
-use super::schema::{unavailable, Fields};
+use super::schema::Fields;
 use super::{Shared, BOOSTS, KIND_PRODUCT};
 use crate::domain::search::{Facets, SearchQuery, Sort, EXPAND_BELOW};
 use crate::search::facets::FacetCollector;
+use crate::search::unavailable;
 use crate::search::{analysis, grams, SearchError};
 use std::ops::Bound;
 use tantivy::collector::TopDocs;

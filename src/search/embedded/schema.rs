@@ -4,6 +4,7 @@ use super::{KIND_PRODUCT, KIND_TOMBSTONE, SERVING_HEAP};
 use crate::domain::search::SearchDoc;
 use crate::error::Cause;
 use crate::search::analysis::Analysis;
+use crate::search::unavailable;
 use crate::search::{newest_per_product, IndexChange, SearchError};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -84,10 +85,6 @@ pub(super) fn fields(schema: &Schema) -> Result<Fields, SearchError> {
         price: f("price")?,
         doc: f("doc")?,
     })
-}
-
-pub(super) fn unavailable(what: impl std::fmt::Display) -> SearchError {
-    SearchError::Unavailable(Cause::from(what.to_string()))
 }
 
 /// One open index version: its reader, and its writer when this process owns it.
