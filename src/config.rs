@@ -253,6 +253,8 @@ pub struct AuthSettings {
     pub(crate) jwt_secret_file: Option<String>,
     #[serde(rename = "token_ttl_secs", deserialize_with = "seconds")]
     pub token_ttl: Duration,
+    /// Verified tokens remembered (`Keys::verify`); 0 = verify every request.
+    pub(crate) verified_token_cache: usize,
 }
 
 /// User accounts: dormancy and password hashing (`[users]`).

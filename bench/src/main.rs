@@ -17,6 +17,7 @@ mod load;
 mod run;
 mod scale;
 mod server;
+mod sqlite_writers;
 mod table;
 
 use crate::baselines::{serve_bare, serve_redis_lua};
@@ -42,6 +43,9 @@ enum Cmd {
     /// The write-path and flash-sale table of issue 18: wrk-driven, with CPU, statements and
     /// commits per order and both ceilings measured in the same run.
     Table(table::TableArgs),
+    /// What one group commit of accepted orders costs SQLite through sqlx with JSON
+    /// expansion, sqlx with multi-row statements, and rusqlite (same rows, same pragmas).
+    SqliteWriters(sqlite_writers::SqliteWritersArgs),
     /// Scale: many SKUs with few hot ones (memory, activation, passivation) and the
     /// restart recovery time of a large store.
     Scale(ScaleArgs),
@@ -101,6 +105,10 @@ fn main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(table::table(args)),
+        Cmd::SqliteWriters(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(sqlite_writers::sqlite_writers(args)),
         Cmd::Scale(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

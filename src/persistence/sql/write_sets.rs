@@ -1,19 +1,17 @@
 //! The group commit's SQL: how a batch of write-sets becomes durable.
 //!
-//! Every per-order write of a batch goes out as ONE set-based statement per table (and
-//! per shape), whatever the number of orders in it: the rows travel as one bound JSON
-//! array of positional arrays, which `json_each` (SQLite) or `JSON_TABLE` (MariaDB/MySQL)
-//! expand inside the server. Three things follow from that, each measured (see
-//! docs/write-path.md):
-//! - a batch costs the same handful of round trips whether it holds 2 orders or 500,
-//!   so statements per order fall as the load (and the batch) grows;
-//! - every shape has one fixed statement text, so each connection prepares it once and
-//!   the prepared-statement cache never churns (a multi-row `VALUES (…), (…)` list makes
-//!   a new text for every row count);
-//! - the guarded status change (`… WHERE status = <expected>`) stays guarded: the
-//!   statement reports how many rows it matched, and a batch where one order was not in
-//!   its expected state fails as a whole, exactly like the per-order statement did, so
-//!   the write-behind's one-by-one retry isolates the culprit.
+//! Every per-order write of a batch goes out as a few set-based statements per table
+//! (and per shape), whatever the number of orders in it: prepared multi-row statements
+//! whose rows are bound values (`INSERT … VALUES (?, …), (?, …)`; guarded updates and
+//! deletes select their rows by `(key, expected) IN (…)`). Each statement exists for a few
+//! fixed row counts ([`SIZES`]), so a batch of N rows is at most a handful of executions
+//! and every connection prepares each text once (the statement cache never churns). No
+//! JSON anywhere on this path: the database parses nothing but its own protocol (see
+//! docs/write-path.md for what each alternative cost).
+//!
+//! The guarded status change stays guarded: the statement reports how many rows it
+//! matched, and a batch where one order was not in its expected state fails as a whole,
+//! so the write-behind's one-by-one retry isolates the culprit.
 //!
 //! Statements run in a fixed table order (orders, items, keys, status, journal,
 //! reservations, snapshots, outbox, processed events), which keeps two concurrent
@@ -24,182 +22,300 @@ use crate::domain::events::Event;
 use crate::domain::ids::Sku;
 use crate::domain::inventory::ChangeKind;
 use crate::domain::order::Order;
-use crate::persistence::{Consumed, IdempotencyRecord, JournalEntry, StatusChange, StoreError, WriteSet};
-use serde_json::{json, Value};
+use crate::persistence::{JournalEntry, StatusChange, StoreError, WriteSet};
 use sqlx::Any;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
-/// Rows per statement. The text does not depend on it (the rows are one bound value);
-/// it only bounds the size of that value (MariaDB's `max_allowed_packet`).
-const ROWS_PER_STATEMENT: usize = 1000;
+/// The row counts every statement is prepared for, largest first. A batch's rows go out
+/// greedily in these sizes (161 rows: 2 × 64, 2 × 16, 1 × 1), so a statement executes at
+/// most 3 times per size, and a connection holds at most 5 texts per shape.
+const SIZES: [usize; 5] = [256, 64, 16, 4, 1];
 
-/// One set-based statement in both dialects, taking one JSON array of rows.
-struct Shape {
-    sqlite: &'static str,
-    mysql: &'static str,
+/// One bound value of a row.
+enum Param<'a> {
+    Text(Cow<'a, str>),
+    Int(i64),
+    Null,
 }
 
-impl Shape {
-    fn text(&self, dialect: Dialect) -> &'static str {
-        match dialect {
-            Dialect::Sqlite => self.sqlite,
-            Dialect::MySql => self.mysql,
+impl<'a> From<&'a str> for Param<'a> {
+    fn from(s: &'a str) -> Self {
+        Param::Text(Cow::Borrowed(s))
+    }
+}
+
+impl From<String> for Param<'_> {
+    fn from(s: String) -> Self {
+        Param::Text(Cow::Owned(s))
+    }
+}
+
+impl From<i64> for Param<'_> {
+    fn from(n: i64) -> Self {
+        Param::Int(n)
+    }
+}
+
+impl<'a, T: Into<Param<'a>>> From<Option<T>> for Param<'a> {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Param::Null, Into::into)
+    }
+}
+
+/// The rows of one statement, flat: `width` values per row.
+struct Rows<'a> {
+    width: usize,
+    values: Vec<Param<'a>>,
+}
+
+impl<'a> Rows<'a> {
+    fn new(width: usize) -> Self {
+        Self { width, values: Vec::new() }
+    }
+
+    fn push<const N: usize>(&mut self, row: [Param<'a>; N]) {
+        debug_assert_eq!(N, self.width, "a row of the wrong width");
+        self.values.extend(row);
+    }
+
+    fn len(&self) -> usize {
+        self.values.len() / self.width
+    }
+
+    fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The text value of column `column` in row `row` (for error messages).
+    fn text(&self, row: usize, column: usize) -> &str {
+        match &self.values[row * self.width + column] {
+            Param::Text(t) => t,
+            _ => "",
         }
     }
 }
 
-// SQLite reads array element N with `value->>N`; `ORDER BY key` keeps the array order
-// (outbox ids must follow the event order). MariaDB's JSON_TABLE names a type per column;
-// join keys are declared with the tables' own collation (utf8mb4_bin) so the join uses
-// the primary key, and inserted text is TEXT so an over-long value fails the INSERT (as
-// it did before) instead of being cut short silently.
+/// One statement in both dialects, built once per size in [`SIZES`] and kept.
+struct Shape {
+    build: fn(Dialect, usize) -> String,
+    texts: [OnceLock<Vec<String>>; 2],
+}
 
-const INSERT_ORDERS: Shape = Shape {
-    sqlite: "INSERT INTO orders (id, user_id, status, total_amount, currency, payment_token, cancel_reason, created_at, updated_at, expires_at) \
-             SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7, value->>8, value->>9 \
-             FROM json_each(?) ORDER BY key",
-    mysql: "INSERT INTO orders (id, user_id, status, total_amount, currency, payment_token, cancel_reason, created_at, updated_at, expires_at) \
-            SELECT j.id, j.user_id, j.status, j.total_amount, j.currency, j.payment_token, j.cancel_reason, j.created_at, j.updated_at, j.expires_at \
-            FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, id TEXT PATH '$[0]', user_id TEXT PATH '$[1]', status TEXT PATH '$[2]', \
-            total_amount BIGINT PATH '$[3]', currency TEXT PATH '$[4]', payment_token TEXT PATH '$[5]', cancel_reason TEXT PATH '$[6]', \
-            created_at BIGINT PATH '$[7]', updated_at BIGINT PATH '$[8]', expires_at BIGINT PATH '$[9]')) AS j ORDER BY j.n",
-};
+impl Shape {
+    const fn new(build: fn(Dialect, usize) -> String) -> Self {
+        Self {
+            build,
+            texts: [OnceLock::new(), OnceLock::new()],
+        }
+    }
 
-const INSERT_ITEMS: Shape = Shape {
-    sqlite: "INSERT INTO order_items (order_id, line, sku, qty, unit_amount) \
-             SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?) ORDER BY key",
-    mysql: "INSERT INTO order_items (order_id, line, sku, qty, unit_amount) \
-            SELECT j.order_id, j.line, j.sku, j.qty, j.unit_amount \
-            FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, order_id TEXT PATH '$[0]', line BIGINT PATH '$[1]', \
-            sku TEXT PATH '$[2]', qty BIGINT PATH '$[3]', unit_amount BIGINT PATH '$[4]')) AS j ORDER BY j.n",
-};
+    fn text(&self, dialect: Dialect, size: usize) -> &str {
+        let slot = match dialect {
+            Dialect::Sqlite => 0,
+            Dialect::MySql => 1,
+        };
+        let texts = self.texts[slot].get_or_init(|| SIZES.iter().map(|&n| (self.build)(dialect, n)).collect());
+        &texts[SIZES.iter().position(|&s| s == size).unwrap_or(SIZES.len() - 1)]
+    }
+}
 
-const INSERT_KEYS: Shape = Shape {
-    sqlite: "INSERT INTO idempotency_keys (user_id, idem_key, request_hash, order_id, response, created_at) \
-             SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5 FROM json_each(?) ORDER BY key",
-    mysql: "INSERT INTO idempotency_keys (user_id, idem_key, request_hash, order_id, response, created_at) \
-            SELECT j.user_id, j.idem_key, j.request_hash, j.order_id, j.response, j.created_at \
-            FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, user_id TEXT PATH '$[0]', idem_key TEXT PATH '$[1]', \
-            request_hash TEXT PATH '$[2]', order_id TEXT PATH '$[3]', response LONGTEXT PATH '$[4]', created_at BIGINT PATH '$[5]')) AS j ORDER BY j.n",
-};
+/// `(?, ?, ?), (?, ?, ?)`: `rows` tuples of `width` placeholders.
+fn tuples(width: usize, rows: usize) -> String {
+    let one = format!("({})", vec!["?"; width].join(", "));
+    vec![one; rows].join(", ")
+}
+
+/// `IN (…)` of `rows` row values of `width`: a list on MariaDB/MySQL (its range optimiser
+/// reads each from the primary key), a `VALUES` table on SQLite (which has no row-value lists).
+fn row_values_in(dialect: Dialect, width: usize, rows: usize) -> String {
+    match dialect {
+        Dialect::MySql => format!("IN ({})", tuples(width, rows)),
+        Dialect::Sqlite => format!("IN (VALUES {})", tuples(width, rows)),
+    }
+}
+
+/// `CASE key WHEN ? THEN ? … END`: the new value of a column, per row.
+fn case_of(key: &str, rows: usize) -> String {
+    format!("CASE {key} {} END", vec!["WHEN ? THEN ?"; rows].join(" "))
+}
+
+fn insert_into(head: &str, width: usize, rows: usize) -> String {
+    format!("{head} VALUES {}", tuples(width, rows))
+}
+
+static INSERT_ORDERS: Shape = Shape::new(|_, n| {
+    insert_into(
+        "INSERT INTO orders (id, user_id, status, total_amount, currency, payment_token, cancel_reason, created_at, updated_at, expires_at)",
+        10,
+        n,
+    )
+});
+
+static INSERT_ITEMS: Shape =
+    Shape::new(|_, n| insert_into("INSERT INTO order_items (order_id, line, sku, qty, unit_amount)", 5, n));
+
+static INSERT_KEYS: Shape = Shape::new(|_, n| {
+    insert_into(
+        "INSERT INTO idempotency_keys (user_id, idem_key, request_hash, order_id, response, created_at)",
+        6,
+        n,
+    )
+});
 
 /// The guarded status change: a row is updated only while it is in the expected status.
-const UPDATE_STATUS: Shape = Shape {
-    sqlite: "UPDATE orders SET status = j.to_status, cancel_reason = j.cancel_reason, updated_at = j.at \
-             FROM (SELECT value->>0 AS id, value->>1 AS from_status, value->>2 AS to_status, value->>3 AS cancel_reason, \
-             value->>4 AS at FROM json_each(?)) AS j WHERE orders.id = j.id AND orders.status = j.from_status",
-    mysql: "UPDATE orders o JOIN JSON_TABLE(?, '$[*]' COLUMNS (id VARCHAR(36) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[0]', \
-            from_status VARCHAR(16) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[1]', to_status TEXT PATH '$[2]', \
-            cancel_reason TEXT PATH '$[3]', at BIGINT PATH '$[4]')) AS j ON o.id = j.id AND o.status = j.from_status \
-            SET o.status = j.to_status, o.cancel_reason = j.cancel_reason, o.updated_at = j.at",
-};
+/// Binds: per row (id, to), (id, reason), (id, at) for the three CASEs, then (id, from).
+static UPDATE_STATUS: Shape = Shape::new(|dialect, n| {
+    format!(
+        "UPDATE orders SET status = {}, cancel_reason = {}, updated_at = {} WHERE (id, status) {}",
+        case_of("id", n),
+        case_of("id", n),
+        case_of("id", n),
+        row_values_in(dialect, 2, n)
+    )
+});
 
-const INSERT_JOURNAL: Shape = Shape {
-    sqlite: "INSERT INTO inventory_journal (sku, seq, kind, order_id, qty, stock_delta, reserved_delta, created_at) \
-             SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, value->>7 FROM json_each(?) ORDER BY key",
-    mysql: "INSERT INTO inventory_journal (sku, seq, kind, order_id, qty, stock_delta, reserved_delta, created_at) \
-            SELECT j.sku, j.seq, j.kind, j.order_id, j.qty, j.stock_delta, j.reserved_delta, j.created_at \
-            FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, sku TEXT PATH '$[0]', seq BIGINT PATH '$[1]', kind TEXT PATH '$[2]', \
-            order_id TEXT PATH '$[3]', qty BIGINT PATH '$[4]', stock_delta BIGINT PATH '$[5]', reserved_delta BIGINT PATH '$[6]', \
-            created_at BIGINT PATH '$[7]')) AS j ORDER BY j.n",
-};
+static INSERT_JOURNAL: Shape = Shape::new(|_, n| {
+    insert_into(
+        "INSERT INTO inventory_journal (sku, seq, kind, order_id, qty, stock_delta, reserved_delta, created_at)",
+        8,
+        n,
+    )
+});
 
-const INSERT_RESERVATIONS: Shape = Shape {
-    sqlite: "INSERT INTO reservations (sku, order_id, qty, expires_at) \
-             SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each(?) ORDER BY key",
-    mysql: "INSERT INTO reservations (sku, order_id, qty, expires_at) SELECT j.sku, j.order_id, j.qty, j.expires_at \
-            FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, sku TEXT PATH '$[0]', order_id TEXT PATH '$[1]', \
-            qty BIGINT PATH '$[2]', expires_at BIGINT PATH '$[3]')) AS j ORDER BY j.n",
-};
+static INSERT_RESERVATIONS: Shape =
+    Shape::new(|_, n| insert_into("INSERT INTO reservations (sku, order_id, qty, expires_at)", 4, n));
 
-const DELETE_RESERVATIONS: Shape = Shape {
-    sqlite: "DELETE FROM reservations WHERE (sku, order_id) IN (SELECT value->>0, value->>1 FROM json_each(?))",
-    mysql: "DELETE r FROM reservations r JOIN JSON_TABLE(?, '$[*]' COLUMNS ( \
-            sku VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[0]', \
-            order_id VARCHAR(36) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[1]')) AS j \
-            ON r.sku = j.sku AND r.order_id = j.order_id",
-};
+static DELETE_RESERVATIONS: Shape =
+    Shape::new(|dialect, n| format!("DELETE FROM reservations WHERE (sku, order_id) {}", row_values_in(dialect, 2, n)));
 
 /// The coalesced snapshot update: one row per SKU of the batch, deltas summed.
-const UPDATE_SNAPSHOTS: Shape = Shape {
-    sqlite: "UPDATE inventory SET stock = inventory.stock + j.stock_delta, reserved = inventory.reserved + j.reserved_delta, \
-             seq = CASE WHEN inventory.seq > j.seq THEN inventory.seq ELSE j.seq END, updated_at = j.at \
-             FROM (SELECT value->>0 AS sku, value->>1 AS stock_delta, value->>2 AS reserved_delta, value->>3 AS seq, \
-             value->>4 AS at FROM json_each(?)) AS j WHERE inventory.sku = j.sku",
-    mysql: "UPDATE inventory i JOIN JSON_TABLE(?, '$[*]' COLUMNS (sku VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$[0]', \
-            stock_delta BIGINT PATH '$[1]', reserved_delta BIGINT PATH '$[2]', seq BIGINT PATH '$[3]', at BIGINT PATH '$[4]')) AS j \
-            ON i.sku = j.sku \
-            SET i.stock = i.stock + j.stock_delta, i.reserved = i.reserved + j.reserved_delta, \
-            i.seq = CASE WHEN i.seq > j.seq THEN i.seq ELSE j.seq END, i.updated_at = j.at",
-};
+/// Binds: per SKU (sku, stock delta), (sku, reserved delta), (sku, seq) for the CASEs,
+/// then the time, then the SKUs.
+static UPDATE_SNAPSHOTS: Shape = Shape::new(|_, n| {
+    format!(
+        "UPDATE inventory SET stock = stock + {}, reserved = reserved + {}, \
+         seq = CASE WHEN seq > {seq} THEN seq ELSE {seq} END, updated_at = ? WHERE sku IN ({})",
+        case_of("sku", n),
+        case_of("sku", n),
+        vec!["?"; n].join(", "),
+        seq = case_of("sku", n),
+    )
+});
 
-const INSERT_OUTBOX: Shape = Shape {
-    sqlite: "INSERT INTO outbox (event_id, event_type, aggregate_id, body, created_at) \
-             SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?) ORDER BY key",
-    mysql: "INSERT INTO outbox (event_id, event_type, aggregate_id, body, created_at) \
-            SELECT j.event_id, j.event_type, j.aggregate_id, j.body, j.created_at \
-            FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, event_id TEXT PATH '$[0]', event_type TEXT PATH '$[1]', \
-            aggregate_id TEXT PATH '$[2]', body LONGTEXT PATH '$[3]', created_at BIGINT PATH '$[4]')) AS j ORDER BY j.n",
-};
+static INSERT_OUTBOX: Shape = Shape::new(|_, n| {
+    insert_into(
+        "INSERT INTO outbox (event_id, event_type, aggregate_id, body, created_at)",
+        5,
+        n,
+    )
+});
 
-const INSERT_PROCESSED: Shape = Shape {
-    sqlite: "INSERT INTO processed_events (consumer, event_id, processed_at) \
-             SELECT value->>0, value->>1, value->>2 FROM json_each(?) ORDER BY key",
-    mysql:
-        "INSERT INTO processed_events (consumer, event_id, processed_at) SELECT j.consumer, j.event_id, j.processed_at \
-            FROM JSON_TABLE(?, '$[*]' COLUMNS (n FOR ORDINALITY, consumer TEXT PATH '$[0]', event_id TEXT PATH '$[1]', \
-            processed_at BIGINT PATH '$[2]')) AS j ORDER BY j.n",
-};
+static INSERT_PROCESSED: Shape =
+    Shape::new(|_, n| insert_into("INSERT INTO processed_events (consumer, event_id, processed_at)", 3, n));
+
+fn bind<'q>(
+    query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    param: &'q Param<'_>,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    match param {
+        Param::Text(t) => query.bind(t.as_ref()),
+        Param::Int(n) => query.bind(*n),
+        Param::Null => query.bind(None::<&str>),
+    }
+}
+
+/// How a statement's binds are laid out from its rows.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// Each row's values in order (INSERTs, DELETE … IN).
+    Rows,
+    /// The guarded status change: rows are (id, from, to, reason, at).
+    Status,
+    /// The snapshot update: rows are (sku, stock delta, reserved delta, seq), plus the time.
+    Snapshots(i64),
+}
 
 impl SqlStore {
-    /// Runs `shape` over `rows` (nothing at all for no rows); returns the rows it matched.
+    /// Runs `shape` over `rows` in chunks of the fixed [`SIZES`] (nothing at all for no
+    /// rows); returns the rows it matched.
     async fn set_based(
         &self,
         tx: &mut sqlx::Transaction<'_, Any>,
         shape: &Shape,
-        rows: &[Value],
+        layout: Layout,
+        rows: &Rows<'_>,
     ) -> Result<u64, StoreError> {
         let mut affected = 0;
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let bound = serde_json::to_string(chunk).map_err(corrupt)?;
-            affected += sqlx::query(shape.text(self.dialect()))
-                .bind(bound)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
+        let mut from = 0;
+        let total = rows.len();
+        while from < total {
+            let size = SIZES.iter().copied().find(|&s| s <= total - from).unwrap_or(1);
+            let chunk = &rows.values[from * rows.width..(from + size) * rows.width];
+            let mut query = sqlx::query(shape.text(self.dialect(), size));
+            match layout {
+                Layout::Rows => {
+                    for p in chunk {
+                        query = bind(query, p);
+                    }
+                }
+                Layout::Status => {
+                    let row = |i: usize| &chunk[i * rows.width..(i + 1) * rows.width];
+                    // The three CASEs (to, reason, at by id), then the (id, from) guard.
+                    for column in [2, 3, 4] {
+                        for i in 0..size {
+                            query = bind(bind(query, &row(i)[0]), &row(i)[column]);
+                        }
+                    }
+                    for i in 0..size {
+                        query = bind(bind(query, &row(i)[0]), &row(i)[1]);
+                    }
+                }
+                Layout::Snapshots(at) => {
+                    let row = |i: usize| &chunk[i * rows.width..(i + 1) * rows.width];
+                    for column in [1, 2, 3, 3] {
+                        for i in 0..size {
+                            query = bind(bind(query, &row(i)[0]), &row(i)[column]);
+                        }
+                    }
+                    query = query.bind(at);
+                    for i in 0..size {
+                        query = bind(query, &row(i)[0]);
+                    }
+                }
+            }
+            affected += query.execute(&mut **tx).await?.rows_affected();
+            from += size;
         }
         Ok(affected)
     }
 
-    /// Writes the write-sets inside an open transaction: one statement per table, or on
-    /// MariaDB/MySQL all of them in one `CALL` (migrations/mysql/0005_write_batch.sql)
-    /// when every table's rows fit one statement.
+    /// Writes the write-sets inside an open transaction: a few statements per table.
     pub(in crate::persistence) async fn write_sets(
         &self,
         tx: &mut sqlx::Transaction<'_, Any>,
         sets: &[&WriteSet],
     ) -> Result<(), StoreError> {
         let rows = BatchRows::of(sets)?;
-        if self.dialect() == Dialect::MySql && rows.fit_one_call() {
-            return rows.call(tx).await;
-        }
         if !rows.orders.is_empty() {
-            self.set_based(tx, &INSERT_ORDERS, &rows.orders).await?;
-            self.set_based(tx, &INSERT_ITEMS, &rows.items).await?;
+            self.set_based(tx, &INSERT_ORDERS, Layout::Rows, &rows.orders).await?;
+            self.set_based(tx, &INSERT_ITEMS, Layout::Rows, &rows.items).await?;
         }
-        self.set_based(tx, &INSERT_KEYS, &rows.keys).await?;
-        let matched = self.set_based(tx, &UPDATE_STATUS, &rows.status).await?;
+        self.set_based(tx, &INSERT_KEYS, Layout::Rows, &rows.keys).await?;
+        let matched = self.set_based(tx, &UPDATE_STATUS, Layout::Status, &rows.status).await?;
         if matched != rows.status.len() as u64 {
             // Which one is for the one-by-one retry to find: a batch of one names its order.
-            return Err(StoreError::Rejected(match rows.status.as_slice() {
-                [one] => format!("order {} is not {} any more", one[0], one[1]).into(),
-                _ => "an order of the batch is not in its expected status any more".into(),
+            return Err(StoreError::Rejected(if rows.status.len() == 1 {
+                format!("order {} is not {} any more", rows.status.text(0, 0), rows.status.text(0, 1)).into()
+            } else {
+                "an order of the batch is not in its expected status any more".into()
             }));
         }
         self.journal_statements(tx, &rows.journal).await?;
-        self.set_based(tx, &INSERT_OUTBOX, &rows.outbox).await?;
+        self.set_based(tx, &INSERT_OUTBOX, Layout::Rows, &rows.outbox).await?;
         // A duplicate is a unique violation: the whole effect is refused, not applied twice.
-        self.set_based(tx, &INSERT_PROCESSED, &rows.processed).await?;
+        self.set_based(tx, &INSERT_PROCESSED, Layout::Rows, &rows.processed).await?;
         Ok(())
     }
 
@@ -215,22 +331,22 @@ impl SqlStore {
     async fn journal_statements(
         &self,
         tx: &mut sqlx::Transaction<'_, Any>,
-        rows: &JournalRows,
+        rows: &JournalRows<'_>,
     ) -> Result<(), StoreError> {
-        self.set_based(tx, &INSERT_JOURNAL, &rows.journal).await?;
-        self.set_based(tx, &INSERT_RESERVATIONS, &rows.reserve).await?;
-        let deleted = self.set_based(tx, &DELETE_RESERVATIONS, &rows.settle).await?;
+        self.set_based(tx, &INSERT_JOURNAL, Layout::Rows, &rows.journal).await?;
+        self.set_based(tx, &INSERT_RESERVATIONS, Layout::Rows, &rows.reserve).await?;
+        let deleted = self.set_based(tx, &DELETE_RESERVATIONS, Layout::Rows, &rows.settle).await?;
         if deleted != rows.settle.len() as u64 {
             return Err(StoreError::Rejected(
                 "a confirm or release has no stored reservation".into(),
             ));
         }
-        let updated = self.set_based(tx, &UPDATE_SNAPSHOTS, &rows.snapshots).await?;
+        let updated = self
+            .set_based(tx, &UPDATE_SNAPSHOTS, Layout::Snapshots(rows.at), &rows.snapshots)
+            .await?;
         if updated != rows.snapshots.len() as u64 {
-            let skus = rows
-                .snapshots
-                .iter()
-                .map(|r| r[0].to_string())
+            let skus = (0..rows.snapshots.len())
+                .map(|i| rows.snapshots.text(i, 0))
                 .collect::<Vec<_>>()
                 .join(", ");
             return Err(StoreError::Rejected(
@@ -241,216 +357,160 @@ impl SqlStore {
     }
 }
 
-/// Every row a batch writes, per table, as positional JSON arrays.
-struct BatchRows {
-    orders: Vec<Value>,
-    items: Vec<Value>,
-    keys: Vec<Value>,
-    status: Vec<Value>,
-    journal: JournalRows,
-    outbox: Vec<Value>,
-    processed: Vec<Value>,
+/// Every row a batch writes, per table.
+struct BatchRows<'a> {
+    orders: Rows<'a>,
+    items: Rows<'a>,
+    keys: Rows<'a>,
+    status: Rows<'a>,
+    journal: JournalRows<'a>,
+    outbox: Rows<'a>,
+    processed: Rows<'a>,
 }
 
 /// The rows an inventory journal writes: entries, new reservations, settled
 /// reservations, and one coalesced snapshot delta per SKU.
-struct JournalRows {
-    journal: Vec<Value>,
-    reserve: Vec<Value>,
-    settle: Vec<Value>,
-    snapshots: Vec<Value>,
+struct JournalRows<'a> {
+    journal: Rows<'a>,
+    reserve: Rows<'a>,
+    settle: Rows<'a>,
+    snapshots: Rows<'a>,
+    /// The snapshots' `updated_at`.
+    at: i64,
 }
 
-impl BatchRows {
-    fn of(sets: &[&WriteSet]) -> Result<Self, StoreError> {
+impl<'a> BatchRows<'a> {
+    fn of(sets: &[&'a WriteSet]) -> Result<Self, StoreError> {
         let now = crate::domain::now_millis();
-        let orders: Vec<&Order> = sets.iter().filter_map(|s| s.new_order.as_ref()).collect();
-        let journal: Vec<&JournalEntry> = sets.iter().flat_map(|s| s.journal.iter()).collect();
-        let events: Vec<&Event> = sets.iter().flat_map(|s| s.events.iter()).collect();
-        Ok(Self {
-            orders: orders
-                .iter()
-                .map(|o| {
-                    json!([
-                        o.id.to_string(),
-                        o.user_id.to_string(),
-                        o.status.as_str(),
-                        o.total.amount,
-                        o.total.currency.to_string(),
-                        o.payment_token,
-                        o.cancel_reason.map(|r| r.as_str()),
-                        o.created_at,
-                        o.updated_at,
-                        o.expires_at
-                    ])
-                })
-                .collect(),
-            items: orders
-                .iter()
-                .flat_map(|o| {
-                    o.lines.iter().enumerate().map(move |(i, l)| {
-                        json!([
-                            o.id.to_string(),
-                            i as i64,
-                            l.sku.to_string(),
-                            l.qty,
-                            l.unit_price.amount
-                        ])
-                    })
-                })
-                .collect(),
-            keys: sets
-                .iter()
-                .filter_map(|s| s.idempotency.as_ref())
-                .map(|k: &IdempotencyRecord| {
-                    json!([
-                        k.user_id.to_string(),
-                        k.key,
-                        k.request_hash,
-                        k.order_id.to_string(),
-                        k.response,
-                        now
-                    ])
-                })
-                .collect(),
-            status: sets
-                .iter()
-                .filter_map(|s| s.status_change.as_ref())
-                .map(|c: &StatusChange| {
-                    json!([
-                        c.order_id.to_string(),
-                        c.from.as_str(),
-                        c.to.as_str(),
-                        c.cancel_reason.map(|r| r.as_str()),
-                        c.at
-                    ])
-                })
-                .collect(),
-            journal: JournalRows::of(&journal),
-            outbox: outbox_rows(&events)?,
-            processed: sets
-                .iter()
-                .filter_map(|s| s.consumed.as_ref())
-                .map(|c: &Consumed| json!([c.consumer, c.event_id.to_string(), now]))
-                .collect(),
-        })
-    }
-
-    fn fit_one_call(&self) -> bool {
-        let j = &self.journal;
-        [
-            &self.orders,
-            &self.items,
-            &self.keys,
-            &self.status,
-            &j.journal,
-            &j.reserve,
-            &j.settle,
-            &j.snapshots,
-            &self.outbox,
-            &self.processed,
-        ]
-        .iter()
-        .all(|rows| rows.len() <= ROWS_PER_STATEMENT)
-    }
-
-    /// The whole batch in one round trip: the procedure runs the same statements with
-    /// the same guards (SQLSTATE 45000 fails the batch, a duplicate key is a conflict).
-    async fn call(&self, tx: &mut sqlx::Transaction<'_, Any>) -> Result<(), StoreError> {
-        let array = |rows: &[Value]| -> Result<Option<String>, StoreError> {
-            if rows.is_empty() {
-                Ok(None)
-            } else {
-                serde_json::to_string(rows).map(Some).map_err(corrupt)
-            }
+        let mut rows = Self {
+            orders: Rows::new(10),
+            items: Rows::new(5),
+            keys: Rows::new(6),
+            status: Rows::new(5),
+            journal: JournalRows::of(&sets.iter().flat_map(|s| s.journal.iter()).collect::<Vec<_>>()),
+            outbox: Rows::new(5),
+            processed: Rows::new(3),
         };
-        let j = &self.journal;
-        sqlx::query("CALL emporium_write_batch(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-            .bind(array(&self.orders)?)
-            .bind(array(&self.items)?)
-            .bind(array(&self.keys)?)
-            .bind(array(&self.status)?)
-            .bind(self.status.len() as i64)
-            .bind(array(&j.journal)?)
-            .bind(array(&j.reserve)?)
-            .bind(array(&j.settle)?)
-            .bind(j.settle.len() as i64)
-            .bind(array(&j.snapshots)?)
-            .bind(j.snapshots.len() as i64)
-            .bind(array(&self.outbox)?)
-            .bind(array(&self.processed)?)
-            .execute(&mut **tx)
-            .await?;
+        for set in sets {
+            if let Some(o) = &set.new_order {
+                rows.push_order(o);
+            }
+            if let Some(k) = &set.idempotency {
+                rows.keys.push([
+                    k.user_id.as_str().into(),
+                    k.key.as_str().into(),
+                    k.request_hash.as_str().into(),
+                    k.order_id.to_string().into(),
+                    k.response.as_str().into(),
+                    now.into(),
+                ]);
+            }
+            if let Some(c) = &set.status_change {
+                rows.push_status(c);
+            }
+            for e in &set.events {
+                rows.push_event(e)?;
+            }
+            if let Some(c) = &set.consumed {
+                rows.processed
+                    .push([c.consumer.as_str().into(), c.event_id.to_string().into(), now.into()]);
+            }
+        }
+        Ok(rows)
+    }
+
+    fn push_order(&mut self, o: &'a Order) {
+        let id = o.id.to_string();
+        for (line, l) in o.lines.iter().enumerate() {
+            self.items.push([
+                id.clone().into(),
+                (line as i64).into(),
+                l.sku.as_str().into(),
+                l.qty.into(),
+                l.unit_price.amount.into(),
+            ]);
+        }
+        self.orders.push([
+            id.into(),
+            o.user_id.as_str().into(),
+            o.status.as_str().into(),
+            o.total.amount.into(),
+            o.total.currency.as_str().into(),
+            o.payment_token.as_str().into(),
+            o.cancel_reason.map(|r| r.as_str()).into(),
+            o.created_at.into(),
+            o.updated_at.into(),
+            o.expires_at.into(),
+        ]);
+    }
+
+    fn push_status(&mut self, c: &'a StatusChange) {
+        self.status.push([
+            c.order_id.to_string().into(),
+            c.from.as_str().into(),
+            c.to.as_str().into(),
+            c.cancel_reason.map(|r| r.as_str()).into(),
+            c.at.into(),
+        ]);
+    }
+
+    fn push_event(&mut self, e: &'a Event) -> Result<(), StoreError> {
+        self.outbox.push([
+            e.id.to_string().into(),
+            e.event_type.as_str().into(),
+            e.aggregate_id.as_str().into(),
+            serde_json::to_string(e).map_err(corrupt)?.into(),
+            e.occurred_at.into(),
+        ]);
         Ok(())
     }
 }
 
-impl JournalRows {
-    fn of(journal: &[&JournalEntry]) -> Self {
+impl<'a> JournalRows<'a> {
+    fn of(journal: &[&'a JournalEntry]) -> Self {
         let order = |e: &JournalEntry| e.change.order.map(|o| o.to_string());
         // Coalesce: one snapshot row per SKU per batch, however many orders touched it.
-        let mut per_sku: BTreeMap<&Sku, (i64, i64, i64)> = BTreeMap::new();
+        let mut per_sku: BTreeMap<&'a Sku, (i64, i64, i64)> = BTreeMap::new();
+        let mut rows = Self {
+            journal: Rows::new(8),
+            reserve: Rows::new(4),
+            settle: Rows::new(2),
+            snapshots: Rows::new(4),
+            at: crate::domain::now_millis(),
+        };
         for e in journal {
             let acc = per_sku.entry(&e.sku).or_insert((0, 0, 0));
             acc.0 += e.change.stock_delta;
             acc.1 += e.change.reserved_delta;
             acc.2 = acc.2.max(e.seq);
+            let sku = e.sku.as_str();
+            rows.journal.push([
+                sku.into(),
+                e.seq.into(),
+                e.change.kind.as_str().into(),
+                order(e).into(),
+                e.change.qty.into(),
+                e.change.stock_delta.into(),
+                e.change.reserved_delta.into(),
+                e.at.into(),
+            ]);
+            match e.change.kind {
+                ChangeKind::Reserve => rows.reserve.push([
+                    sku.into(),
+                    order(e).unwrap_or_default().into(),
+                    e.change.qty.into(),
+                    e.change.expires_at.unwrap_or_default().into(),
+                ]),
+                ChangeKind::Confirm | ChangeKind::Release => {
+                    rows.settle.push([sku.into(), order(e).unwrap_or_default().into()])
+                }
+                ChangeKind::SetStock => {}
+            }
         }
-        let now = crate::domain::now_millis();
-        Self {
-            journal: journal
-                .iter()
-                .map(|e| {
-                    json!([
-                        e.sku.to_string(),
-                        e.seq,
-                        e.change.kind.as_str(),
-                        order(e),
-                        e.change.qty,
-                        e.change.stock_delta,
-                        e.change.reserved_delta,
-                        e.at
-                    ])
-                })
-                .collect(),
-            reserve: journal
-                .iter()
-                .filter(|e| e.change.kind == ChangeKind::Reserve)
-                .map(|e| {
-                    json!([
-                        e.sku.to_string(),
-                        order(e).unwrap_or_default(),
-                        e.change.qty,
-                        e.change.expires_at.unwrap_or_default()
-                    ])
-                })
-                .collect(),
-            settle: journal
-                .iter()
-                .filter(|e| matches!(e.change.kind, ChangeKind::Confirm | ChangeKind::Release))
-                .map(|e| json!([e.sku.to_string(), order(e).unwrap_or_default()]))
-                .collect(),
-            snapshots: per_sku
-                .iter()
-                .map(|(sku, (stock_delta, reserved_delta, seq))| {
-                    json!([sku.to_string(), stock_delta, reserved_delta, seq, now])
-                })
-                .collect(),
+        for (sku, (stock_delta, reserved_delta, seq)) in per_sku {
+            rows.snapshots
+                .push([sku.as_str().into(), stock_delta.into(), reserved_delta.into(), seq.into()]);
         }
+        rows
     }
-}
-
-fn outbox_rows(events: &[&Event]) -> Result<Vec<Value>, StoreError> {
-    events
-        .iter()
-        .map(|e| {
-            Ok(json!([
-                e.id.to_string(),
-                e.event_type.as_str(),
-                e.aggregate_id,
-                serde_json::to_string(e).map_err(corrupt)?,
-                e.occurred_at
-            ]))
-        })
-        .collect()
 }

@@ -3,12 +3,19 @@
 //! The secret comes from `auth.jwt_secret`, else `auth.jwt_secret_file`, else a file
 //! generated once in the data dir (mode 0600), so the embedded default works with no
 //! setup and no secret ever lives in the repository.
+//!
+//! A token's signature is checked once per process: [`Keys::verify`] remembers the claims of
+//! the tokens it verified (a bounded LRU keyed by the whole token), so a client sending the
+//! same bearer token on every request pays a hash lookup, not an HMAC and two JSON decodes.
+//! Only verified tokens enter it, and a remembered token is still refused once it expired.
 
 use crate::config::Settings;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use std::num::NonZeroUsize;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -33,7 +40,12 @@ pub struct Keys {
     /// The secret of peer-to-peer calls in cluster mode, derived from the JWT secret
     /// (so every node that accepts the same tokens also trusts the same peers).
     peer_secret: String,
+    /// Tokens whose signature was checked, with their claims (`None`: cache off).
+    verified: Option<Mutex<lru::LruCache<Box<str>, Arc<Claims>>>>,
 }
+
+/// Tokens remembered when the settings do not say (tests, `emporium token`).
+const DEFAULT_VERIFIED_TOKENS: usize = 1024;
 
 impl Keys {
     pub(crate) fn from_secret(secret: &[u8], ttl_secs: u64) -> Self {
@@ -52,7 +64,14 @@ impl Keys {
             decoding: DecodingKey::from_secret(secret),
             validation,
             ttl_secs,
+            verified: NonZeroUsize::new(DEFAULT_VERIFIED_TOKENS).map(|n| Mutex::new(lru::LruCache::new(n))),
         }
+    }
+
+    /// Remembers up to `capacity` verified tokens (0: verifies every token every time).
+    pub(crate) fn remembering(mut self, capacity: usize) -> Self {
+        self.verified = NonZeroUsize::new(capacity).map(|n| Mutex::new(lru::LruCache::new(n)));
+        self
     }
 
     pub fn load(settings: &Settings) -> anyhow::Result<Self> {
@@ -65,7 +84,7 @@ impl Keys {
             generated_secret(&settings.server.data_dir.join("jwt_secret"))?
         };
         anyhow::ensure!(secret.len() >= 16, "the JWT secret must be at least 16 bytes");
-        Ok(Self::from_secret(&secret, auth.token_ttl.as_secs()))
+        Ok(Self::from_secret(&secret, auth.token_ttl.as_secs()).remembering(auth.verified_token_cache))
     }
 
     pub fn issue(&self, sub: &str, admin: bool) -> Result<String, jsonwebtoken::errors::Error> {
@@ -89,7 +108,29 @@ impl Keys {
         self.ttl_secs
     }
 
-    pub fn verify(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
+    /// The claims of a valid token: signed with this secret and not expired.
+    pub fn verify(&self, token: &str) -> Result<Arc<Claims>, jsonwebtoken::errors::Error> {
+        let Some(verified) = &self.verified else {
+            return self.decode(token).map(Arc::new);
+        };
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        // A poisoned lock only means another request panicked mid-lookup: the map is intact.
+        if let Some(claims) = verified.lock().unwrap_or_else(|p| p.into_inner()).get(token) {
+            // Past `exp` it goes through the full check again (which applies the leeway
+            // and refuses it once that is over too).
+            if now <= claims.exp {
+                return Ok(claims.clone());
+            }
+        }
+        let claims = Arc::new(self.decode(token)?);
+        verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(token.into(), claims.clone());
+        Ok(claims)
+    }
+
+    fn decode(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map(|d| d.claims)
     }
 }
@@ -135,6 +176,35 @@ mod tests {
         assert!(claims.is_admin());
         let other = Keys::from_secret(b"another-secret-of-20b", 60);
         assert!(other.verify(&token).is_err());
+    }
+
+    #[test]
+    fn remembered_tokens_still_expire_and_others_are_still_checked() {
+        let keys = Keys::from_secret(b"0123456789abcdef0123", 60);
+        let token = keys.issue("alice", false).unwrap();
+        assert_eq!(keys.verify(&token).unwrap().sub, "alice");
+        assert_eq!(keys.verify(&token).unwrap().sub, "alice", "answered from memory");
+        // The same claims under another signature are a different token: checked, refused.
+        let forged = format!("{}x", token);
+        assert!(keys.verify(&forged).is_err());
+        // A remembered token whose `exp` has passed is not answered from memory: it goes
+        // through the full check, which refuses it.
+        let expired = Keys::from_secret(b"0123456789abcdef0123", 0);
+        let now = chrono::Utc::now().timestamp() as u64;
+        let stale = Claims {
+            sub: "bob".into(),
+            role: None,
+            iat: now - 120,
+            exp: now - 60,
+        };
+        let old = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &stale, &expired.encoding).unwrap();
+        let cache = keys.verified.as_ref().unwrap();
+        cache.lock().unwrap().put(old.as_str().into(), Arc::new(stale));
+        assert!(keys.verify(&old).is_err(), "an expired token was answered from memory");
+        // With the cache off every token is checked every time, with the same results.
+        let uncached = Keys::from_secret(b"0123456789abcdef0123", 60).remembering(0);
+        assert_eq!(uncached.verify(&token).unwrap().sub, "alice");
+        assert!(uncached.verify(&old).is_err());
     }
 
     #[test]

@@ -1,0 +1,376 @@
+//! `emporium-bench sqlite-writers`: what one group commit of accepted orders costs SQLite
+//! through each way the write-behind could send it, on the project's own schema with the
+//! server's pragmas (WAL, `synchronous = FULL`: every commit is fsynced).
+//!
+//! Each way commits the same rows, `--batch` accepted one-SKU orders per transaction (an
+//! order, its line, its reservation, its journal entry, two outbox events, and one
+//! coalesced snapshot update per commit), for `--seconds`:
+//! - `sqlx-json`: the write path before: one statement per table whose rows are one bound
+//!   JSON array expanded by `json_each`, through sqlx's `Any` driver;
+//! - `sqlx-values`: the write path now: prepared multi-row `VALUES` statements of fixed
+//!   sizes, through sqlx's `Any` driver (its SQLite worker thread);
+//! - `rusqlite`: the same statements through `rusqlite` on the calling thread (what a
+//!   dedicated writer thread would do), no async driver in between.
+//!
+//! CPU is the whole process's (`/proc/self/stat`), so sqlx's worker thread is counted.
+
+use crate::table::cpu_seconds;
+use clap::Parser;
+use serde_json::json;
+use sqlx::{Any, Connection};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Clone)]
+pub struct SqliteWritersArgs {
+    /// Orders per commit (the write-behind's batch under load was ~60).
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Seconds per way.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+}
+
+/// One accepted order's rows, as the write-behind would write them.
+struct OrderRows {
+    id: String,
+    user: String,
+    event_ids: [String; 2],
+    bodies: [String; 2],
+    seq: i64,
+    at: i64,
+}
+
+fn orders(batch: usize, next_seq: &mut i64) -> Vec<OrderRows> {
+    let at = chrono_millis();
+    (0..batch)
+        .map(|i| {
+            *next_seq += 1;
+            let id = uuid::Uuid::new_v4().to_string();
+            let event_ids = [uuid::Uuid::new_v4().to_string(), uuid::Uuid::new_v4().to_string()];
+            let body = |kind: &str, event: &str| {
+                json!({"id": event, "type": kind, "aggregate_id": id, "occurred_at": at, "schema_version": 1,
+                       "traceparent": null, "data": {"order_id": id, "user_id": format!("user-{i}"),
+                       "items": [{"sku": "HOT", "qty": 1, "unit_price": {"amount": 1000, "currency": "KRW"}}],
+                       "total": {"amount": 1000, "currency": "KRW"}}})
+                .to_string()
+            };
+            let bodies = [body("order_created", &event_ids[0]), body("inventory_reserved", &event_ids[1])];
+            OrderRows {
+                user: format!("user-{i}"),
+                seq: *next_seq,
+                at,
+                id,
+                event_ids,
+                bodies,
+            }
+        })
+        .collect()
+}
+
+fn chrono_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One way's result.
+struct Measured {
+    way: &'static str,
+    orders: u64,
+    commits: u64,
+    seconds: f64,
+    cpu_seconds: f64,
+}
+
+async fn prepare(dir: &Path) -> anyhow::Result<String> {
+    let url = format!("sqlite://{}?mode=rwc", dir.join("writers.db").display());
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&url).await?;
+    for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA foreign_keys = ON"] {
+        sqlx::query(pragma).execute(&mut conn).await?;
+    }
+    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/sqlite");
+    sqlx::migrate::Migrator::new(migrations).await?.run(&mut conn).await?;
+    sqlx::raw_sql(
+        "INSERT INTO products (id, doc, created_at, updated_at) VALUES ('p', '{}', 0, 0);
+         INSERT INTO skus (sku, product_id, price_amount, currency) VALUES ('HOT', 'p', 1000, 'KRW');
+         INSERT INTO inventory (sku, stock, reserved, seq, updated_at) VALUES ('HOT', 1000000000000, 0, 0, 0);",
+    )
+    .execute(&mut conn)
+    .await?;
+    conn.close().await?;
+    Ok(url)
+}
+
+const JSON_STATEMENTS: [&str; 5] = [
+    "INSERT INTO orders (id, user_id, status, total_amount, currency, payment_token, cancel_reason, created_at, updated_at, expires_at) \
+     SELECT value->>0, value->>1, 'PENDING_PAYMENT', 1000, 'KRW', 'test_ok', NULL, value->>2, value->>2, value->>2 FROM json_each(?) ORDER BY key",
+    "INSERT INTO order_items (order_id, line, sku, qty, unit_amount) SELECT value->>0, 0, 'HOT', 1, 1000 FROM json_each(?) ORDER BY key",
+    "INSERT INTO inventory_journal (sku, seq, kind, order_id, qty, stock_delta, reserved_delta, created_at) \
+     SELECT 'HOT', value->>1, 'reserve', value->>0, 1, 0, 1, value->>2 FROM json_each(?) ORDER BY key",
+    "INSERT INTO reservations (sku, order_id, qty, expires_at) SELECT 'HOT', value->>0, 1, value->>2 FROM json_each(?) ORDER BY key",
+    "INSERT INTO outbox (event_id, event_type, aggregate_id, body, created_at) \
+     SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?) ORDER BY key",
+];
+
+const SNAPSHOT: &str = "UPDATE inventory SET reserved = reserved + ?, seq = ?, updated_at = ? WHERE sku = 'HOT'";
+
+/// The multi-row statements for `n` orders (a fixed text per `n`).
+fn values_statements(n: usize) -> [String; 5] {
+    let tuples = |width: usize, rows: usize| vec![format!("({})", vec!["?"; width].join(", ")); rows].join(", ");
+    [
+        format!(
+            "INSERT INTO orders (id, user_id, status, total_amount, currency, payment_token, cancel_reason, created_at, updated_at, expires_at) VALUES {}",
+            tuples(10, n)
+        ),
+        format!("INSERT INTO order_items (order_id, line, sku, qty, unit_amount) VALUES {}", tuples(5, n)),
+        format!(
+            "INSERT INTO inventory_journal (sku, seq, kind, order_id, qty, stock_delta, reserved_delta, created_at) VALUES {}",
+            tuples(8, n)
+        ),
+        format!("INSERT INTO reservations (sku, order_id, qty, expires_at) VALUES {}", tuples(4, n)),
+        format!(
+            "INSERT INTO outbox (event_id, event_type, aggregate_id, body, created_at) VALUES {}",
+            tuples(5, 2 * n)
+        ),
+    ]
+}
+
+async fn sqlx_json(url: &str, args: &SqliteWritersArgs) -> anyhow::Result<Measured> {
+    let mut conn = sqlx::AnyConnection::connect(url).await?;
+    sqlx::query("PRAGMA synchronous = FULL").execute(&mut conn).await?;
+    let mut seq = 0;
+    measure("sqlx-json", args, || {
+        let batch = orders(args.batch, &mut seq);
+        let conn = &mut conn;
+        async move {
+            let at = batch[0].at;
+            let last = batch[batch.len() - 1].seq;
+            let per_order: Vec<_> = batch.iter().map(|o| json!([o.id, o.user, o.at])).collect();
+            let journal: Vec<_> = batch.iter().map(|o| json!([o.id, o.seq, o.at])).collect();
+            let events: Vec<_> = batch
+                .iter()
+                .flat_map(|o| {
+                    (0..2).map(move |k| {
+                        json!([o.event_ids[k], ["order_created", "inventory_reserved"][k], o.id, o.bodies[k], o.at])
+                    })
+                })
+                .collect();
+            let bound = [&per_order, &per_order, &journal, &per_order, &events].map(|rows| json!(rows).to_string());
+            let mut tx = conn.begin().await?;
+            for (sql, rows) in JSON_STATEMENTS.iter().zip(bound) {
+                sqlx::query::<Any>(sql).bind(rows).execute(&mut *tx).await?;
+            }
+            sqlx::query::<Any>(SNAPSHOT)
+                .bind(batch.len() as i64)
+                .bind(last)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            anyhow::Ok(batch.len())
+        }
+    })
+    .await
+}
+
+async fn sqlx_values(url: &str, args: &SqliteWritersArgs) -> anyhow::Result<Measured> {
+    let mut conn = sqlx::AnyConnection::connect(url).await?;
+    sqlx::query("PRAGMA synchronous = FULL").execute(&mut conn).await?;
+    let texts = values_statements(args.batch);
+    let mut seq = 0;
+    measure("sqlx-values", args, || {
+        let batch = orders(args.batch, &mut seq);
+        let conn = &mut conn;
+        let texts = &texts;
+        async move {
+            let mut tx = conn.begin().await?;
+            let mut q = sqlx::query::<Any>(&texts[0]);
+            for o in &batch {
+                q = q.bind(&o.id).bind(&o.user).bind("PENDING_PAYMENT").bind(1000_i64).bind("KRW");
+                q = q.bind("test_ok").bind(None::<&str>).bind(o.at).bind(o.at).bind(o.at);
+            }
+            q.execute(&mut *tx).await?;
+            let mut q = sqlx::query::<Any>(&texts[1]);
+            for o in &batch {
+                q = q.bind(&o.id).bind(0_i64).bind("HOT").bind(1_i64).bind(1000_i64);
+            }
+            q.execute(&mut *tx).await?;
+            let mut q = sqlx::query::<Any>(&texts[2]);
+            for o in &batch {
+                q = q.bind("HOT").bind(o.seq).bind("reserve").bind(&o.id).bind(1_i64);
+                q = q.bind(0_i64).bind(1_i64).bind(o.at);
+            }
+            q.execute(&mut *tx).await?;
+            let mut q = sqlx::query::<Any>(&texts[3]);
+            for o in &batch {
+                q = q.bind("HOT").bind(&o.id).bind(1_i64).bind(o.at);
+            }
+            q.execute(&mut *tx).await?;
+            let mut q = sqlx::query::<Any>(&texts[4]);
+            for o in &batch {
+                for k in 0..2 {
+                    q = q.bind(&o.event_ids[k]).bind(["order_created", "inventory_reserved"][k]);
+                    q = q.bind(&o.id).bind(&o.bodies[k]).bind(o.at);
+                }
+            }
+            q.execute(&mut *tx).await?;
+            sqlx::query::<Any>(SNAPSHOT)
+                .bind(batch.len() as i64)
+                .bind(batch[batch.len() - 1].seq)
+                .bind(batch[0].at)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            anyhow::Ok(batch.len())
+        }
+    })
+    .await
+}
+
+fn rusqlite_values(path: &Path, args: &SqliteWritersArgs) -> anyhow::Result<Measured> {
+    use rusqlite::params;
+    let mut conn = rusqlite::Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    let texts = values_statements(args.batch);
+    let mut seq = 1_000_000_000;
+    let started = Instant::now();
+    let cpu = cpu_seconds(std::process::id());
+    let (mut orders_done, mut commits) = (0u64, 0u64);
+    while started.elapsed() < Duration::from_secs(args.seconds) {
+        let batch = orders(args.batch, &mut seq);
+        let tx = conn.transaction()?;
+        {
+            let mut values: Vec<Box<dyn rusqlite::ToSql + '_>> = Vec::new();
+            for o in &batch {
+                values.extend([
+                    Box::new(o.id.as_str()) as Box<dyn rusqlite::ToSql>,
+                    Box::new(o.user.as_str()),
+                    Box::new("PENDING_PAYMENT"),
+                    Box::new(1000_i64),
+                    Box::new("KRW"),
+                    Box::new("test_ok"),
+                    Box::new(None::<&str>),
+                    Box::new(o.at),
+                    Box::new(o.at),
+                    Box::new(o.at),
+                ]);
+            }
+            tx.prepare_cached(&texts[0])?
+                .execute(rusqlite::params_from_iter(values.iter()))?;
+            values.clear();
+            for o in &batch {
+                values.extend([
+                    Box::new(o.id.as_str()) as Box<dyn rusqlite::ToSql>,
+                    Box::new(0_i64),
+                    Box::new("HOT"),
+                    Box::new(1_i64),
+                    Box::new(1000_i64),
+                ]);
+            }
+            tx.prepare_cached(&texts[1])?
+                .execute(rusqlite::params_from_iter(values.iter()))?;
+            values.clear();
+            for o in &batch {
+                values.extend([
+                    Box::new("HOT") as Box<dyn rusqlite::ToSql>,
+                    Box::new(o.seq),
+                    Box::new("reserve"),
+                    Box::new(o.id.as_str()),
+                    Box::new(1_i64),
+                    Box::new(0_i64),
+                    Box::new(1_i64),
+                    Box::new(o.at),
+                ]);
+            }
+            tx.prepare_cached(&texts[2])?
+                .execute(rusqlite::params_from_iter(values.iter()))?;
+            values.clear();
+            for o in &batch {
+                values.extend([
+                    Box::new("HOT") as Box<dyn rusqlite::ToSql>,
+                    Box::new(o.id.as_str()),
+                    Box::new(1_i64),
+                    Box::new(o.at),
+                ]);
+            }
+            tx.prepare_cached(&texts[3])?
+                .execute(rusqlite::params_from_iter(values.iter()))?;
+            values.clear();
+            for o in &batch {
+                for k in 0..2 {
+                    values.extend([
+                        Box::new(o.event_ids[k].as_str()) as Box<dyn rusqlite::ToSql>,
+                        Box::new(["order_created", "inventory_reserved"][k]),
+                        Box::new(o.id.as_str()),
+                        Box::new(o.bodies[k].as_str()),
+                        Box::new(o.at),
+                    ]);
+                }
+            }
+            tx.prepare_cached(&texts[4])?
+                .execute(rusqlite::params_from_iter(values.iter()))?;
+            tx.prepare_cached(SNAPSHOT)?
+                .execute(params![batch.len() as i64, batch[batch.len() - 1].seq, batch[0].at])?;
+        }
+        tx.commit()?;
+        orders_done += batch.len() as u64;
+        commits += 1;
+    }
+    Ok(Measured {
+        way: "rusqlite",
+        orders: orders_done,
+        commits,
+        seconds: started.elapsed().as_secs_f64(),
+        cpu_seconds: cpu_seconds(std::process::id()) - cpu,
+    })
+}
+
+/// Commits batches made by `commit_one` for `--seconds`.
+async fn measure<F, Fut>(way: &'static str, args: &SqliteWritersArgs, mut commit_one: F) -> anyhow::Result<Measured>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<usize>>,
+{
+    let started = Instant::now();
+    let cpu = cpu_seconds(std::process::id());
+    let (mut orders_done, mut commits) = (0u64, 0u64);
+    while started.elapsed() < Duration::from_secs(args.seconds) {
+        orders_done += commit_one().await? as u64;
+        commits += 1;
+    }
+    Ok(Measured {
+        way,
+        orders: orders_done,
+        commits,
+        seconds: started.elapsed().as_secs_f64(),
+        cpu_seconds: cpu_seconds(std::process::id()) - cpu,
+    })
+}
+
+pub async fn sqlite_writers(args: SqliteWritersArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = prepare(dir.path()).await?;
+    let mut results = vec![sqlx_json(&url, &args).await?, sqlx_values(&url, &args).await?];
+    let path = dir.path().join("writers.db");
+    let a = args.clone();
+    results.push(tokio::task::spawn_blocking(move || rusqlite_values(&path, &a)).await??);
+    println!("SQLite, WAL, synchronous = FULL, {} one-SKU orders per commit, {} s per way, {}", args.batch, args.seconds, crate::run::machine());
+    println!();
+    println!("| way | orders/s | commits/s | mean commit ms | process CPU µs per order |");
+    println!("|---|---|---|---|---|");
+    for m in &results {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} | {:.1} |",
+            m.way,
+            m.orders as f64 / m.seconds,
+            m.commits as f64 / m.seconds,
+            m.seconds * 1000.0 / m.commits.max(1) as f64,
+            m.cpu_seconds * 1e6 / m.orders.max(1) as f64
+        );
+    }
+    Ok(())
+}
