@@ -141,10 +141,10 @@ async fn sqlx_json(url: &str, args: &SqliteWritersArgs) -> anyhow::Result<Measur
     let mut conn = sqlx::AnyConnection::connect(url).await?;
     sqlx::query("PRAGMA synchronous = FULL").execute(&mut conn).await?;
     let mut seq = 0;
-    measure("sqlx-json", args, || {
+    let mut timer = Timer::start("sqlx-json");
+    while timer.running(args) {
         let batch = orders(args.batch, &mut seq);
-        let conn = &mut conn;
-        async move {
+        {
             let at = batch[0].at;
             let last = batch[batch.len() - 1].seq;
             let per_order: Vec<_> = batch.iter().map(|o| json!([o.id, o.user, o.at])).collect();
@@ -153,7 +153,8 @@ async fn sqlx_json(url: &str, args: &SqliteWritersArgs) -> anyhow::Result<Measur
                 .iter()
                 .flat_map(|o| {
                     (0..2).map(move |k| {
-                        json!([o.event_ids[k], ["order_created", "inventory_reserved"][k], o.id, o.bodies[k], o.at])
+                        let kind = ["order_created", "inventory_reserved"][k];
+                        json!([o.event_ids[k], kind, o.id, o.bodies[k], o.at])
                     })
                 })
                 .collect();
@@ -169,22 +170,21 @@ async fn sqlx_json(url: &str, args: &SqliteWritersArgs) -> anyhow::Result<Measur
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            anyhow::Ok(batch.len())
         }
-    })
-    .await
+        timer.committed(batch.len());
+    }
+    Ok(timer.done())
 }
 
 async fn sqlx_values(url: &str, args: &SqliteWritersArgs) -> anyhow::Result<Measured> {
     let mut conn = sqlx::AnyConnection::connect(url).await?;
     sqlx::query("PRAGMA synchronous = FULL").execute(&mut conn).await?;
     let texts = values_statements(args.batch);
-    let mut seq = 0;
-    measure("sqlx-values", args, || {
+    let mut seq = 500_000_000;
+    let mut timer = Timer::start("sqlx-values");
+    while timer.running(args) {
         let batch = orders(args.batch, &mut seq);
-        let conn = &mut conn;
-        let texts = &texts;
-        async move {
+        {
             let mut tx = conn.begin().await?;
             let mut q = sqlx::query::<Any>(&texts[0]);
             for o in &batch {
@@ -223,10 +223,10 @@ async fn sqlx_values(url: &str, args: &SqliteWritersArgs) -> anyhow::Result<Meas
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            anyhow::Ok(batch.len())
         }
-    })
-    .await
+        timer.committed(batch.len());
+    }
+    Ok(timer.done())
 }
 
 fn rusqlite_values(path: &Path, args: &SqliteWritersArgs) -> anyhow::Result<Measured> {
@@ -237,10 +237,8 @@ fn rusqlite_values(path: &Path, args: &SqliteWritersArgs) -> anyhow::Result<Meas
     conn.pragma_update(None, "foreign_keys", "ON")?;
     let texts = values_statements(args.batch);
     let mut seq = 1_000_000_000;
-    let started = Instant::now();
-    let cpu = cpu_seconds(std::process::id());
-    let (mut orders_done, mut commits) = (0u64, 0u64);
-    while started.elapsed() < Duration::from_secs(args.seconds) {
+    let mut timer = Timer::start("rusqlite");
+    while timer.running(args) {
         let batch = orders(args.batch, &mut seq);
         let tx = conn.transaction()?;
         {
@@ -317,38 +315,49 @@ fn rusqlite_values(path: &Path, args: &SqliteWritersArgs) -> anyhow::Result<Meas
                 .execute(params![batch.len() as i64, batch[batch.len() - 1].seq, batch[0].at])?;
         }
         tx.commit()?;
-        orders_done += batch.len() as u64;
-        commits += 1;
+        timer.committed(batch.len());
     }
-    Ok(Measured {
-        way: "rusqlite",
-        orders: orders_done,
-        commits,
-        seconds: started.elapsed().as_secs_f64(),
-        cpu_seconds: cpu_seconds(std::process::id()) - cpu,
-    })
+    Ok(timer.done())
 }
 
-/// Commits batches made by `commit_one` for `--seconds`.
-async fn measure<F, Fut>(way: &'static str, args: &SqliteWritersArgs, mut commit_one: F) -> anyhow::Result<Measured>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<usize>>,
-{
-    let started = Instant::now();
-    let cpu = cpu_seconds(std::process::id());
-    let (mut orders_done, mut commits) = (0u64, 0u64);
-    while started.elapsed() < Duration::from_secs(args.seconds) {
-        orders_done += commit_one().await? as u64;
-        commits += 1;
+/// Counts one way's commits, its wall time and the process's CPU time.
+struct Timer {
+    way: &'static str,
+    started: Instant,
+    cpu: f64,
+    orders: u64,
+    commits: u64,
+}
+
+impl Timer {
+    fn start(way: &'static str) -> Self {
+        Self {
+            way,
+            started: Instant::now(),
+            cpu: cpu_seconds(std::process::id()),
+            orders: 0,
+            commits: 0,
+        }
     }
-    Ok(Measured {
-        way,
-        orders: orders_done,
-        commits,
-        seconds: started.elapsed().as_secs_f64(),
-        cpu_seconds: cpu_seconds(std::process::id()) - cpu,
-    })
+
+    fn running(&self, args: &SqliteWritersArgs) -> bool {
+        self.started.elapsed() < Duration::from_secs(args.seconds)
+    }
+
+    fn committed(&mut self, orders: usize) {
+        self.orders += orders as u64;
+        self.commits += 1;
+    }
+
+    fn done(self) -> Measured {
+        Measured {
+            way: self.way,
+            orders: self.orders,
+            commits: self.commits,
+            seconds: self.started.elapsed().as_secs_f64(),
+            cpu_seconds: cpu_seconds(std::process::id()) - self.cpu,
+        }
+    }
 }
 
 pub async fn sqlite_writers(args: SqliteWritersArgs) -> anyhow::Result<()> {

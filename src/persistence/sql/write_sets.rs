@@ -2,8 +2,9 @@
 //!
 //! Every per-order write of a batch goes out as a few set-based statements per table
 //! (and per shape), whatever the number of orders in it: prepared multi-row statements
-//! whose rows are bound values (`INSERT … VALUES (?, …), (?, …)`; guarded updates and
-//! deletes select their rows by `(key, expected) IN (…)`). Each statement exists for a few
+//! whose rows are bound values (`INSERT … VALUES (?, …), (?, …)`; updates and deletes find
+//! their rows by primary key, `id IN (…)`, and set columns by `CASE id WHEN …`). One text
+//! serves both engines. Each statement exists for a few
 //! fixed row counts ([`SIZES`]), so a batch of N rows is at most a handful of executions
 //! and every connection prepares each text once (the statement cache never churns). No
 //! JSON anywhere on this path: the database parses nothing but its own protocol (see
@@ -17,7 +18,7 @@
 //! reservations, snapshots, outbox, processed events), which keeps two concurrent
 //! transactions from locking the same tables in opposite orders.
 
-use super::{corrupt, Dialect, SqlStore};
+use super::{corrupt, SqlStore};
 use crate::domain::events::Event;
 use crate::domain::ids::Sku;
 use crate::domain::inventory::ChangeKind;
@@ -97,26 +98,24 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// One statement in both dialects, built once per size in [`SIZES`] and kept.
+/// One statement (the same text on SQLite and MariaDB/MySQL), built once per size in
+/// [`SIZES`] and kept.
 struct Shape {
-    build: fn(Dialect, usize) -> String,
-    texts: [OnceLock<Vec<String>>; 2],
+    build: fn(usize) -> String,
+    texts: OnceLock<Vec<String>>,
 }
 
 impl Shape {
-    const fn new(build: fn(Dialect, usize) -> String) -> Self {
+    const fn new(build: fn(usize) -> String) -> Self {
         Self {
             build,
-            texts: [OnceLock::new(), OnceLock::new()],
+            texts: OnceLock::new(),
         }
     }
 
-    fn text(&self, dialect: Dialect, size: usize) -> &str {
-        let slot = match dialect {
-            Dialect::Sqlite => 0,
-            Dialect::MySql => 1,
-        };
-        let texts = self.texts[slot].get_or_init(|| SIZES.iter().map(|&n| (self.build)(dialect, n)).collect());
+    /// The text for `size` rows (one of [`SIZES`]).
+    fn text(&self, size: usize) -> &str {
+        let texts = self.texts.get_or_init(|| SIZES.iter().map(|&n| (self.build)(n)).collect());
         &texts[SIZES.iter().position(|&s| s == size).unwrap_or(SIZES.len() - 1)]
     }
 }
@@ -125,15 +124,6 @@ impl Shape {
 fn tuples(width: usize, rows: usize) -> String {
     let one = format!("({})", vec!["?"; width].join(", "));
     vec![one; rows].join(", ")
-}
-
-/// `IN (…)` of `rows` row values of `width`: a list on MariaDB/MySQL (its range optimiser
-/// reads each from the primary key), a `VALUES` table on SQLite (which has no row-value lists).
-fn row_values_in(dialect: Dialect, width: usize, rows: usize) -> String {
-    match dialect {
-        Dialect::MySql => format!("IN ({})", tuples(width, rows)),
-        Dialect::Sqlite => format!("IN (VALUES {})", tuples(width, rows)),
-    }
 }
 
 /// `CASE key WHEN ? THEN ? … END`: the new value of a column, per row.
@@ -145,7 +135,7 @@ fn insert_into(head: &str, width: usize, rows: usize) -> String {
     format!("{head} VALUES {}", tuples(width, rows))
 }
 
-static INSERT_ORDERS: Shape = Shape::new(|_, n| {
+static INSERT_ORDERS: Shape = Shape::new(|n| {
     insert_into(
         "INSERT INTO orders (id, user_id, status, total_amount, currency, payment_token, cancel_reason, created_at, updated_at, expires_at)",
         10,
@@ -154,9 +144,9 @@ static INSERT_ORDERS: Shape = Shape::new(|_, n| {
 });
 
 static INSERT_ITEMS: Shape =
-    Shape::new(|_, n| insert_into("INSERT INTO order_items (order_id, line, sku, qty, unit_amount)", 5, n));
+    Shape::new(|n| insert_into("INSERT INTO order_items (order_id, line, sku, qty, unit_amount)", 5, n));
 
-static INSERT_KEYS: Shape = Shape::new(|_, n| {
+static INSERT_KEYS: Shape = Shape::new(|n| {
     insert_into(
         "INSERT INTO idempotency_keys (user_id, idem_key, request_hash, order_id, response, created_at)",
         6,
@@ -165,18 +155,22 @@ static INSERT_KEYS: Shape = Shape::new(|_, n| {
 });
 
 /// The guarded status change: a row is updated only while it is in the expected status.
-/// Binds: per row (id, to), (id, reason), (id, at) for the three CASEs, then (id, from).
-static UPDATE_STATUS: Shape = Shape::new(|dialect, n| {
+/// Binds: per row (id, to), (id, reason), (id, at) for the three CASEs, the ids, then
+/// (id, from) for the guard. The rows are found by `id IN (…)` (a primary-key lookup each
+/// on both engines; a row-value `(id, status) IN …` made MariaDB read the status index
+/// and SQLite scan the table).
+static UPDATE_STATUS: Shape = Shape::new(|n| {
     format!(
-        "UPDATE orders SET status = {}, cancel_reason = {}, updated_at = {} WHERE (id, status) {}",
+        "UPDATE orders SET status = {}, cancel_reason = {}, updated_at = {} WHERE id IN ({}) AND status = {}",
         case_of("id", n),
         case_of("id", n),
         case_of("id", n),
-        row_values_in(dialect, 2, n)
+        vec!["?"; n].join(", "),
+        case_of("id", n),
     )
 });
 
-static INSERT_JOURNAL: Shape = Shape::new(|_, n| {
+static INSERT_JOURNAL: Shape = Shape::new(|n| {
     insert_into(
         "INSERT INTO inventory_journal (sku, seq, kind, order_id, qty, stock_delta, reserved_delta, created_at)",
         8,
@@ -185,15 +179,21 @@ static INSERT_JOURNAL: Shape = Shape::new(|_, n| {
 });
 
 static INSERT_RESERVATIONS: Shape =
-    Shape::new(|_, n| insert_into("INSERT INTO reservations (sku, order_id, qty, expires_at)", 4, n));
+    Shape::new(|n| insert_into("INSERT INTO reservations (sku, order_id, qty, expires_at)", 4, n));
 
-static DELETE_RESERVATIONS: Shape =
-    Shape::new(|dialect, n| format!("DELETE FROM reservations WHERE (sku, order_id) {}", row_values_in(dialect, 2, n)));
+/// One primary-key lookup per term on both engines (SQLite's multi-index OR, MariaDB's
+/// range access); a row-value `IN` made SQLite scan the table.
+static DELETE_RESERVATIONS: Shape = Shape::new(|n| {
+    format!(
+        "DELETE FROM reservations WHERE {}",
+        vec!["(sku = ? AND order_id = ?)"; n].join(" OR ")
+    )
+});
 
 /// The coalesced snapshot update: one row per SKU of the batch, deltas summed.
 /// Binds: per SKU (sku, stock delta), (sku, reserved delta), (sku, seq) for the CASEs,
 /// then the time, then the SKUs.
-static UPDATE_SNAPSHOTS: Shape = Shape::new(|_, n| {
+static UPDATE_SNAPSHOTS: Shape = Shape::new(|n| {
     format!(
         "UPDATE inventory SET stock = stock + {}, reserved = reserved + {}, \
          seq = CASE WHEN seq > {seq} THEN seq ELSE {seq} END, updated_at = ? WHERE sku IN ({})",
@@ -204,7 +204,7 @@ static UPDATE_SNAPSHOTS: Shape = Shape::new(|_, n| {
     )
 });
 
-static INSERT_OUTBOX: Shape = Shape::new(|_, n| {
+static INSERT_OUTBOX: Shape = Shape::new(|n| {
     insert_into(
         "INSERT INTO outbox (event_id, event_type, aggregate_id, body, created_at)",
         5,
@@ -213,7 +213,7 @@ static INSERT_OUTBOX: Shape = Shape::new(|_, n| {
 });
 
 static INSERT_PROCESSED: Shape =
-    Shape::new(|_, n| insert_into("INSERT INTO processed_events (consumer, event_id, processed_at)", 3, n));
+    Shape::new(|n| insert_into("INSERT INTO processed_events (consumer, event_id, processed_at)", 3, n));
 
 fn bind<'q>(
     query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
@@ -229,8 +229,10 @@ fn bind<'q>(
 /// How a statement's binds are laid out from its rows.
 #[derive(Clone, Copy)]
 enum Layout {
-    /// Each row's values in order (INSERTs, DELETE … IN).
-    Rows,
+    /// Each row's values in order.
+    Insert,
+    /// Each row's values in order; rows found by key (padding allowed).
+    Delete,
     /// The guarded status change: rows are (id, from, to, reason, at).
     Status,
     /// The snapshot update: rows are (sku, stock delta, reserved delta, seq), plus the time.
@@ -238,8 +240,12 @@ enum Layout {
 }
 
 impl SqlStore {
-    /// Runs `shape` over `rows` in chunks of the fixed [`SIZES`] (nothing at all for no
-    /// rows); returns the rows it matched.
+    /// Runs `shape` over `rows` (nothing at all for no rows); returns the rows it matched.
+    ///
+    /// Inserts go out in chunks of the fixed [`SIZES`], largest first. Statements that find
+    /// their rows by key run once per 256 rows: the key list is padded to the next size by
+    /// repeating its last row, which matches the same row again (an `IN` list or an `OR`
+    /// counts each row once) and changes nothing.
     async fn set_based(
         &self,
         tx: &mut sqlx::Transaction<'_, Any>,
@@ -251,29 +257,43 @@ impl SqlStore {
         let mut from = 0;
         let total = rows.len();
         while from < total {
-            let size = SIZES.iter().copied().find(|&s| s <= total - from).unwrap_or(1);
-            let chunk = &rows.values[from * rows.width..(from + size) * rows.width];
-            let mut query = sqlx::query(shape.text(self.dialect(), size));
+            let left = total - from;
+            let size = match layout {
+                Layout::Insert => SIZES.iter().copied().find(|&s| s <= left),
+                _ => SIZES.iter().rev().copied().find(|&s| s >= left),
+            }
+            .unwrap_or(SIZES[0]);
+            let taken = size.min(left);
+            // Row `i` of this execution (past the real rows: the last one again).
+            let row = |i: usize| {
+                let at = (from + i.min(taken - 1)) * rows.width;
+                &rows.values[at..at + rows.width]
+            };
+            let mut query = sqlx::query(shape.text(size));
             match layout {
-                Layout::Rows => {
-                    for p in chunk {
-                        query = bind(query, p);
+                Layout::Insert | Layout::Delete => {
+                    for i in 0..size {
+                        for p in row(i) {
+                            query = bind(query, p);
+                        }
                     }
                 }
                 Layout::Status => {
-                    let row = |i: usize| &chunk[i * rows.width..(i + 1) * rows.width];
-                    // The three CASEs (to, reason, at by id), then the (id, from) guard.
+                    // The three CASEs (to, reason, at by id), the ids, then the guard's
+                    // (id, from).
                     for column in [2, 3, 4] {
                         for i in 0..size {
                             query = bind(bind(query, &row(i)[0]), &row(i)[column]);
                         }
                     }
                     for i in 0..size {
+                        query = bind(query, &row(i)[0]);
+                    }
+                    for i in 0..size {
                         query = bind(bind(query, &row(i)[0]), &row(i)[1]);
                     }
                 }
                 Layout::Snapshots(at) => {
-                    let row = |i: usize| &chunk[i * rows.width..(i + 1) * rows.width];
                     for column in [1, 2, 3, 3] {
                         for i in 0..size {
                             query = bind(bind(query, &row(i)[0]), &row(i)[column]);
@@ -286,7 +306,7 @@ impl SqlStore {
                 }
             }
             affected += query.execute(&mut **tx).await?.rows_affected();
-            from += size;
+            from += taken;
         }
         Ok(affected)
     }
@@ -299,10 +319,10 @@ impl SqlStore {
     ) -> Result<(), StoreError> {
         let rows = BatchRows::of(sets)?;
         if !rows.orders.is_empty() {
-            self.set_based(tx, &INSERT_ORDERS, Layout::Rows, &rows.orders).await?;
-            self.set_based(tx, &INSERT_ITEMS, Layout::Rows, &rows.items).await?;
+            self.set_based(tx, &INSERT_ORDERS, Layout::Insert, &rows.orders).await?;
+            self.set_based(tx, &INSERT_ITEMS, Layout::Insert, &rows.items).await?;
         }
-        self.set_based(tx, &INSERT_KEYS, Layout::Rows, &rows.keys).await?;
+        self.set_based(tx, &INSERT_KEYS, Layout::Insert, &rows.keys).await?;
         let matched = self.set_based(tx, &UPDATE_STATUS, Layout::Status, &rows.status).await?;
         if matched != rows.status.len() as u64 {
             // Which one is for the one-by-one retry to find: a batch of one names its order.
@@ -313,9 +333,9 @@ impl SqlStore {
             }));
         }
         self.journal_statements(tx, &rows.journal).await?;
-        self.set_based(tx, &INSERT_OUTBOX, Layout::Rows, &rows.outbox).await?;
+        self.set_based(tx, &INSERT_OUTBOX, Layout::Insert, &rows.outbox).await?;
         // A duplicate is a unique violation: the whole effect is refused, not applied twice.
-        self.set_based(tx, &INSERT_PROCESSED, Layout::Rows, &rows.processed).await?;
+        self.set_based(tx, &INSERT_PROCESSED, Layout::Insert, &rows.processed).await?;
         Ok(())
     }
 
@@ -333,9 +353,9 @@ impl SqlStore {
         tx: &mut sqlx::Transaction<'_, Any>,
         rows: &JournalRows<'_>,
     ) -> Result<(), StoreError> {
-        self.set_based(tx, &INSERT_JOURNAL, Layout::Rows, &rows.journal).await?;
-        self.set_based(tx, &INSERT_RESERVATIONS, Layout::Rows, &rows.reserve).await?;
-        let deleted = self.set_based(tx, &DELETE_RESERVATIONS, Layout::Rows, &rows.settle).await?;
+        self.set_based(tx, &INSERT_JOURNAL, Layout::Insert, &rows.journal).await?;
+        self.set_based(tx, &INSERT_RESERVATIONS, Layout::Insert, &rows.reserve).await?;
+        let deleted = self.set_based(tx, &DELETE_RESERVATIONS, Layout::Delete, &rows.settle).await?;
         if deleted != rows.settle.len() as u64 {
             return Err(StoreError::Rejected(
                 "a confirm or release has no stored reservation".into(),
