@@ -1,10 +1,14 @@
 //! The outbox: pending events for the relay, marking them published, deferring and giving
 //! up on them (`failed_events`), and replaying what was given up on.
-use super::{corrupt, text, Dialect, ROWS_PER_INSERT};
+use super::write_sets::{covering_size, Shape, SIZES};
+use super::{corrupt, text, ROWS_PER_INSERT};
 use crate::domain::events::Event;
 use crate::domain::Millis;
 use crate::persistence::{FailedEvent, OutboxRow, SqlStore, StoreError};
 use sqlx::{Any, QueryBuilder, Row};
+
+static MARK_PUBLISHED: Shape =
+    Shape::new(|n| format!("UPDATE outbox SET published_at = ? WHERE id IN ({})", vec!["?"; n].join(", ")));
 
 impl SqlStore {
     /// The oldest unpublished outbox rows, in id order.
@@ -36,23 +40,14 @@ impl SqlStore {
 
     pub(crate) async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {
         let now = crate::domain::now_millis();
-        // One fixed statement text whatever the number of ids (a bound JSON array), so
-        // the relay does not prepare a new statement for every batch size.
-        for chunk in ids.chunks(ROWS_PER_INSERT) {
-            let bound = serde_json::to_string(chunk).map_err(corrupt)?;
-            let query = match self.dialect {
-                Dialect::Sqlite => {
-                    sqlx::query("UPDATE outbox SET published_at = ? WHERE id IN (SELECT value FROM json_each(?))")
-                        .bind(now)
-                        .bind(bound)
-                }
-                Dialect::MySql => sqlx::query(
-                    "UPDATE outbox o JOIN JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS j ON o.id = j.id \
-                     SET o.published_at = ?",
-                )
-                .bind(bound)
-                .bind(now),
-            };
+        // A primary-key lookup per id, in one execution per 256 ids: the list is padded to
+        // a fixed size by repeating its last id (so each connection prepares a few texts).
+        for chunk in ids.chunks(SIZES[0]) {
+            let size = covering_size(chunk.len());
+            let mut query = sqlx::query(MARK_PUBLISHED.text(size)).bind(now);
+            for i in 0..size {
+                query = query.bind(chunk[i.min(chunk.len() - 1)]);
+            }
             query.execute(&self.pool).await?;
         }
         Ok(())

@@ -32,7 +32,13 @@ use std::sync::OnceLock;
 /// The row counts every statement is prepared for, largest first. A batch's rows go out
 /// greedily in these sizes (161 rows: 2 × 64, 2 × 16, 1 × 1), so a statement executes at
 /// most 3 times per size, and a connection holds at most 5 texts per shape.
-const SIZES: [usize; 5] = [256, 64, 16, 4, 1];
+pub(super) const SIZES: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// The size a key list of `rows` is padded to: the smallest of [`SIZES`] that holds it
+/// (the largest for more).
+pub(super) fn covering_size(rows: usize) -> usize {
+    SIZES.iter().rev().copied().find(|&s| s >= rows).unwrap_or(SIZES[0])
+}
 
 /// One bound value of a row.
 enum Param<'a> {
@@ -100,13 +106,13 @@ impl<'a> Rows<'a> {
 
 /// One statement (the same text on SQLite and MariaDB/MySQL), built once per size in
 /// [`SIZES`] and kept.
-struct Shape {
+pub(super) struct Shape {
     build: fn(usize) -> String,
     texts: OnceLock<Vec<String>>,
 }
 
 impl Shape {
-    const fn new(build: fn(usize) -> String) -> Self {
+    pub(super) const fn new(build: fn(usize) -> String) -> Self {
         Self {
             build,
             texts: OnceLock::new(),
@@ -114,7 +120,7 @@ impl Shape {
     }
 
     /// The text for `size` rows (one of [`SIZES`]).
-    fn text(&self, size: usize) -> &str {
+    pub(super) fn text(&self, size: usize) -> &str {
         let texts = self.texts.get_or_init(|| SIZES.iter().map(|&n| (self.build)(n)).collect());
         &texts[SIZES.iter().position(|&s| s == size).unwrap_or(SIZES.len() - 1)]
     }
@@ -259,10 +265,9 @@ impl SqlStore {
         while from < total {
             let left = total - from;
             let size = match layout {
-                Layout::Insert => SIZES.iter().copied().find(|&s| s <= left),
-                _ => SIZES.iter().rev().copied().find(|&s| s >= left),
-            }
-            .unwrap_or(SIZES[0]);
+                Layout::Insert => SIZES.iter().copied().find(|&s| s <= left).unwrap_or(1),
+                _ => covering_size(left),
+            };
             let taken = size.min(left);
             // Row `i` of this execution (past the real rows: the last one again).
             let row = |i: usize| {
