@@ -361,10 +361,15 @@ impl Timer {
 }
 
 pub async fn sqlite_writers(args: SqliteWritersArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let url = prepare(dir.path()).await?;
-    let mut results = vec![sqlx_json(&url, &args).await?, sqlx_values(&url, &args).await?];
-    let path = dir.path().join("writers.db");
+    // A fresh database per way: a table that already holds the previous way's rows would
+    // make every later way pay for bigger B-trees.
+    let (json_dir, values_dir, rusqlite_dir) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut results = vec![
+        sqlx_json(&prepare(json_dir.path()).await?, &args).await?,
+        sqlx_values(&prepare(values_dir.path()).await?, &args).await?,
+    ];
+    prepare(rusqlite_dir.path()).await?;
+    let path = rusqlite_dir.path().join("writers.db");
     let a = args.clone();
     results.push(tokio::task::spawn_blocking(move || rusqlite_values(&path, &a)).await??);
     println!("SQLite, WAL, synchronous = FULL, {} one-SKU orders per commit, {} s per way, {}", args.batch, args.seconds, crate::run::machine());
