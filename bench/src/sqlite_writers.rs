@@ -55,7 +55,10 @@ fn orders(batch: usize, next_seq: &mut i64) -> Vec<OrderRows> {
                        "total": {"amount": 1000, "currency": "KRW"}}})
                 .to_string()
             };
-            let bodies = [body("order_created", &event_ids[0]), body("inventory_reserved", &event_ids[1])];
+            let bodies = [
+                body("order_created", &event_ids[0]),
+                body("inventory_reserved", &event_ids[1]),
+            ];
             OrderRows {
                 user: format!("user-{i}"),
                 seq: *next_seq,
@@ -87,7 +90,11 @@ async fn prepare(dir: &Path) -> anyhow::Result<String> {
     let url = format!("sqlite://{}?mode=rwc", dir.join("writers.db").display());
     sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(&url).await?;
-    for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL", "PRAGMA foreign_keys = ON"] {
+    for pragma in [
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = FULL",
+        "PRAGMA foreign_keys = ON",
+    ] {
         sqlx::query(pragma).execute(&mut conn).await?;
     }
     let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/sqlite");
@@ -188,7 +195,12 @@ async fn sqlx_values(url: &str, args: &SqliteWritersArgs) -> anyhow::Result<Meas
             let mut tx = conn.begin().await?;
             let mut q = sqlx::query::<Any>(&texts[0]);
             for o in &batch {
-                q = q.bind(&o.id).bind(&o.user).bind("PENDING_PAYMENT").bind(1000_i64).bind("KRW");
+                q = q
+                    .bind(&o.id)
+                    .bind(&o.user)
+                    .bind("PENDING_PAYMENT")
+                    .bind(1000_i64)
+                    .bind("KRW");
                 q = q.bind("test_ok").bind(None::<&str>).bind(o.at).bind(o.at).bind(o.at);
             }
             q.execute(&mut *tx).await?;
@@ -311,8 +323,11 @@ fn rusqlite_values(path: &Path, args: &SqliteWritersArgs) -> anyhow::Result<Meas
             }
             tx.prepare_cached(&texts[4])?
                 .execute(rusqlite::params_from_iter(values.iter()))?;
-            tx.prepare_cached(SNAPSHOT)?
-                .execute(params![batch.len() as i64, batch[batch.len() - 1].seq, batch[0].at])?;
+            tx.prepare_cached(SNAPSHOT)?.execute(params![
+                batch.len() as i64,
+                batch[batch.len() - 1].seq,
+                batch[0].at
+            ])?;
         }
         tx.commit()?;
         timer.committed(batch.len());
@@ -372,7 +387,12 @@ pub async fn sqlite_writers(args: SqliteWritersArgs) -> anyhow::Result<()> {
     let path = rusqlite_dir.path().join("writers.db");
     let a = args.clone();
     results.push(tokio::task::spawn_blocking(move || rusqlite_values(&path, &a)).await??);
-    println!("SQLite, WAL, synchronous = FULL, {} one-SKU orders per commit, {} s per way, {}", args.batch, args.seconds, crate::run::machine());
+    println!(
+        "SQLite, WAL, synchronous = FULL, {} one-SKU orders per commit, {} s per way, {}",
+        args.batch,
+        args.seconds,
+        crate::run::machine()
+    );
     println!();
     println!("| way | orders/s | commits/s | mean commit ms | process CPU µs per order |");
     println!("|---|---|---|---|---|");

@@ -7,8 +7,12 @@ use crate::domain::Millis;
 use crate::persistence::{FailedEvent, OutboxRow, SqlStore, StoreError};
 use sqlx::{Any, QueryBuilder, Row};
 
-static MARK_PUBLISHED: Shape =
-    Shape::new(|n| format!("UPDATE outbox SET published_at = ? WHERE id IN ({})", vec!["?"; n].join(", ")));
+static MARK_PUBLISHED: Shape = Shape::new(|n| {
+    format!(
+        "UPDATE outbox SET published_at = ? WHERE id IN ({})",
+        vec!["?"; n].join(", ")
+    )
+});
 
 impl SqlStore {
     /// The oldest unpublished outbox rows, in id order.

@@ -79,7 +79,10 @@ struct Rows<'a> {
 
 impl<'a> Rows<'a> {
     fn new(width: usize) -> Self {
-        Self { width, values: Vec::new() }
+        Self {
+            width,
+            values: Vec::new(),
+        }
     }
 
     fn push<const N: usize>(&mut self, row: [Param<'a>; N]) {
@@ -121,7 +124,9 @@ impl Shape {
 
     /// The text for `size` rows (one of [`SIZES`]).
     pub(super) fn text(&self, size: usize) -> &str {
-        let texts = self.texts.get_or_init(|| SIZES.iter().map(|&n| (self.build)(n)).collect());
+        let texts = self
+            .texts
+            .get_or_init(|| SIZES.iter().map(|&n| (self.build)(n)).collect());
         &texts[SIZES.iter().position(|&s| s == size).unwrap_or(SIZES.len() - 1)]
     }
 }
@@ -332,7 +337,12 @@ impl SqlStore {
         if matched != rows.status.len() as u64 {
             // Which one is for the one-by-one retry to find: a batch of one names its order.
             return Err(StoreError::Rejected(if rows.status.len() == 1 {
-                format!("order {} is not {} any more", rows.status.text(0, 0), rows.status.text(0, 1)).into()
+                format!(
+                    "order {} is not {} any more",
+                    rows.status.text(0, 0),
+                    rows.status.text(0, 1)
+                )
+                .into()
             } else {
                 "an order of the batch is not in its expected status any more".into()
             }));
@@ -340,7 +350,8 @@ impl SqlStore {
         self.journal_statements(tx, &rows.journal).await?;
         self.set_based(tx, &INSERT_OUTBOX, Layout::Insert, &rows.outbox).await?;
         // A duplicate is a unique violation: the whole effect is refused, not applied twice.
-        self.set_based(tx, &INSERT_PROCESSED, Layout::Insert, &rows.processed).await?;
+        self.set_based(tx, &INSERT_PROCESSED, Layout::Insert, &rows.processed)
+            .await?;
         Ok(())
     }
 
@@ -358,9 +369,13 @@ impl SqlStore {
         tx: &mut sqlx::Transaction<'_, Any>,
         rows: &JournalRows<'_>,
     ) -> Result<(), StoreError> {
-        self.set_based(tx, &INSERT_JOURNAL, Layout::Insert, &rows.journal).await?;
-        self.set_based(tx, &INSERT_RESERVATIONS, Layout::Insert, &rows.reserve).await?;
-        let deleted = self.set_based(tx, &DELETE_RESERVATIONS, Layout::Delete, &rows.settle).await?;
+        self.set_based(tx, &INSERT_JOURNAL, Layout::Insert, &rows.journal)
+            .await?;
+        self.set_based(tx, &INSERT_RESERVATIONS, Layout::Insert, &rows.reserve)
+            .await?;
+        let deleted = self
+            .set_based(tx, &DELETE_RESERVATIONS, Layout::Delete, &rows.settle)
+            .await?;
         if deleted != rows.settle.len() as u64 {
             return Err(StoreError::Rejected(
                 "a confirm or release has no stored reservation".into(),
@@ -533,8 +548,12 @@ impl<'a> JournalRows<'a> {
             }
         }
         for (sku, (stock_delta, reserved_delta, seq)) in per_sku {
-            rows.snapshots
-                .push([sku.as_str().into(), stock_delta.into(), reserved_delta.into(), seq.into()]);
+            rows.snapshots.push([
+                sku.as_str().into(),
+                stock_delta.into(),
+                reserved_delta.into(),
+                seq.into(),
+            ]);
         }
         rows
     }
