@@ -249,8 +249,10 @@ impl Shared {
         let key = self.cache.as_ref().map(|_| CacheKey::of(q));
         if let (Some(cache), Some(key)) = (&self.cache, &key) {
             let mut cache = cache.lock().map_err(|_| unavailable("search cache poisoned"))?;
-            if let Some(hit) = cache.at(&v.name, generation).get(key) {
-                return Ok(SearchResults::clone(hit));
+            let hit = cache.at(&v.name, generation).get(key).cloned();
+            cache::count_lookup(hit.is_some());
+            if let Some(hit) = hit {
+                return Ok(SearchResults::clone(&hit));
             }
         }
         let plan = self.plan(&searcher, &v.fields, q);
