@@ -36,10 +36,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate products into <data-dir>/search (a new index version behind the alias).
+    /// Generate products into <data-dir>/search (a new index version behind the alias),
+    /// or, with --search-url, into a new Elasticsearch/OpenSearch index behind the alias.
     Load {
         #[arg(long)]
         data_dir: PathBuf,
+        /// Elasticsearch/OpenSearch to load instead (the server's `search.url`); the other
+        /// search settings come from the environment as the server reads them.
+        #[arg(long)]
+        search_url: Option<String>,
         #[arg(long, default_value_t = 1_000_000)]
         products: u64,
         #[arg(long, default_value_t = 42)]
@@ -483,10 +488,19 @@ async fn cache_lookups(client: &reqwest::Client, base: &str) -> Option<(u64, u64
     Some((value("hit")?, value("miss")?))
 }
 
-async fn load(data_dir: PathBuf, products: u64, seed: u64) -> anyhow::Result<()> {
-    let analysis = Arc::new(Analysis::builtin()?);
-    let root = data_dir.join("search");
-    let index = tokio::task::spawn_blocking(move || EmbeddedIndex::open(&root, "products", analysis)).await??;
+async fn load(data_dir: PathBuf, search_url: Option<String>, products: u64, seed: u64) -> anyhow::Result<()> {
+    let index: Arc<dyn SearchIndex> = match search_url {
+        Some(url) => {
+            let mut settings = emporium::config::Settings::load(None).map_err(|e| anyhow::anyhow!("{e}"))?;
+            settings.search.url = Some(url);
+            emporium::search::open(&settings).await?
+        }
+        None => {
+            let analysis = Arc::new(Analysis::builtin()?);
+            let root = data_dir.join("search");
+            Arc::new(tokio::task::spawn_blocking(move || EmbeddedIndex::open(&root, "products", analysis)).await??)
+        }
+    };
     let started = Instant::now();
     let mut rebuild = index.rebuild().await?;
     let mut rng = StdRng::seed_from_u64(seed);
@@ -677,9 +691,10 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Load {
                 data_dir,
+                search_url,
                 products,
                 seed,
-            } => load(data_dir, products, seed).await,
+            } => load(data_dir, search_url, products, seed).await,
             Command::Run {
                 base,
                 clients,
