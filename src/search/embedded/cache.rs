@@ -22,6 +22,9 @@ fn lookups() -> Option<&'static prometheus::IntCounterVec> {
             )
             .ok()?;
             prometheus::default_registry().register(Box::new(c.clone())).ok()?;
+            // Both series from the start, so that a reader sees 0, not a missing metric.
+            c.with_label_values(&["hit"]);
+            c.with_label_values(&["miss"]);
             Some(c)
         })
         .as_ref()
