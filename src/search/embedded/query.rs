@@ -11,12 +11,13 @@ use std::collections::BinaryHeap;
 use std::ops::Bound;
 use std::sync::Arc;
 use tantivy::collector::TopDocs;
+use tantivy::query::Scorer;
 use tantivy::query::{
     BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, EnableScoring, FuzzyTermQuery, Occur, Query, RangeQuery,
     TermQuery,
 };
 use tantivy::schema::IndexRecordOption;
-use tantivy::{DocAddress, DocId, Score, Searcher, Term};
+use tantivy::{DocAddress, DocId, DocSet, Score, Searcher, Term};
 
 /// What one search runs. It matches in tiers, so that the CPU a search costs follows
 /// what the answer needs, not how many products a popular word matches:
@@ -297,6 +298,9 @@ pub(super) fn run_cached(
         for t in &plan.match_terms {
             set.or(&*data.term(reader, t).map_err(unavailable)?);
         }
+        let restricted = !plan.filter_terms.is_empty() || plan.price != (0, u64::MAX);
+        // Only needed to choose how to rank a restricted set (see `top_scored`).
+        let words = if restricted && order.is_none() { set.len() } else { 0 };
         for t in &plan.filter_terms {
             set.and(&*data.term(reader, t).map_err(unavailable)?);
         }
@@ -325,8 +329,9 @@ pub(super) fn run_cached(
                 }
             }
         }
+        let matched = counts.total;
         per_segment.push(counts.keyed(data));
-        sets.push(set);
+        sets.push((set, matched, words.max(matched)));
     }
     let (total, facets) = facets::merge(per_segment);
     if let Some(expanded) = plan.expanded.as_ref().filter(|_| total < EXPAND_BELOW) {
@@ -358,29 +363,63 @@ impl Ord for Worst {
     }
 }
 
-/// The `k` best-scored documents of `query` among the match sets, best first:
-/// block-WAND (`for_each_pruning`) over the pure union of the words, with the filters
-/// applied as membership in the match set. The threshold only rises with documents that
-/// pass them, so no document that could make the page is skipped.
-fn top_scored(searcher: &Searcher, query: &dyn Query, sets: &[Bits], k: usize) -> Result<Vec<DocAddress>, SearchError> {
+/// A segment's filtered match set this many times smaller than its words' is ranked
+/// by seeking the scorer to each of its documents rather than by block-WAND.
+const SEEK_BELOW_ONE_IN: u64 = 8;
+
+/// The `k` best-scored documents of `query` among the match sets, best first. Per
+/// segment, either block-WAND (`for_each_pruning`) over the pure union of the words with
+/// the filters applied as membership in the match set (the threshold only rises with
+/// documents that pass them, so none that could make the page is skipped), or, when
+/// the filters left few of the words' matches (WAND's threshold would rise late and
+/// prune little), the scorer sought to each document of the match set.
+fn top_scored(
+    searcher: &Searcher,
+    query: &dyn Query,
+    sets: &[(Bits, u64, u64)],
+    k: usize,
+) -> Result<Vec<DocAddress>, SearchError> {
     let weight = query
         .weight(EnableScoring::enabled_from_searcher(searcher))
         .map_err(unavailable)?;
     let mut heap: BinaryHeap<Worst> = BinaryHeap::with_capacity(k + 1);
     let mut threshold = Score::MIN;
-    for (ord, (reader, set)) in searcher.segment_readers().iter().zip(sets).enumerate() {
+    let offer = |heap: &mut BinaryHeap<Worst>, threshold: &mut Score, score: Score, addr: DocAddress| {
+        heap.push(Worst(score, addr));
+        if heap.len() > k {
+            heap.pop();
+        }
+        if heap.len() == k {
+            if let Some(worst) = heap.peek() {
+                *threshold = worst.0;
+            }
+        }
+    };
+    for (ord, (reader, (set, matched, words))) in searcher.segment_readers().iter().zip(sets).enumerate() {
+        let ord = ord as u32;
+        if *matched == 0 {
+            continue;
+        }
+        if matched * SEEK_BELOW_ONE_IN <= *words {
+            let mut scorer = weight.scorer(reader, 1.0).map_err(unavailable)?;
+            for doc in set.docs() {
+                // Every match has one of the words, so the union lands on it; the check
+                // only guards the order `seek` requires.
+                if scorer.doc() > doc || scorer.seek(doc) != doc {
+                    continue;
+                }
+                let score = scorer.score();
+                // Equal scores keep the earlier address, as in the WAND branch.
+                if heap.len() < k || score > threshold {
+                    offer(&mut heap, &mut threshold, score, DocAddress::new(ord, doc));
+                }
+            }
+            continue;
+        }
         weight
             .for_each_pruning(threshold, reader, &mut |doc, score| {
                 if set.contains(doc) {
-                    heap.push(Worst(score, DocAddress::new(ord as u32, doc)));
-                    if heap.len() > k {
-                        heap.pop();
-                    }
-                    if heap.len() == k {
-                        if let Some(worst) = heap.peek() {
-                            threshold = worst.0;
-                        }
-                    }
+                    offer(&mut heap, &mut threshold, score, DocAddress::new(ord, doc));
                 }
                 threshold
             })

@@ -20,8 +20,8 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use tantivy::columnar::StrColumn;
-use tantivy::schema::IndexRecordOption;
 use tantivy::index::SegmentId;
+use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, DocSet, Searcher, SegmentReader, Term, TERMINATED};
 
 /// No value in a column (a tombstone, or a product without brand or category).
@@ -60,6 +60,24 @@ impl Bits {
         for (a, b) in self.0.iter_mut().zip(&other.0) {
             *a |= *b;
         }
+    }
+
+    pub(super) fn len(&self) -> u64 {
+        self.0.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// The documents, in ascending order.
+    pub(super) fn docs(&self) -> impl Iterator<Item = DocId> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, word)| {
+            let mut rest = *word;
+            std::iter::from_fn(move || {
+                (rest != 0).then(|| {
+                    let bit = rest.trailing_zeros();
+                    rest &= rest - 1;
+                    (w * 64) as DocId + bit
+                })
+            })
+        })
     }
 
     pub(super) fn and(&mut self, other: &Bits) {
