@@ -288,6 +288,7 @@ pub(super) fn run_cached(
         (Sort::Newest, _) => Some(Order::Newest),
     };
     let (lo, hi) = plan.price;
+    let ranged = plan.price != (0, u64::MAX);
     let readers = searcher.segment_readers();
     let mut sets = Vec::with_capacity(readers.len());
     let mut per_segment = Vec::with_capacity(readers.len());
@@ -298,7 +299,7 @@ pub(super) fn run_cached(
         for t in &plan.match_terms {
             set.or(&*data.term(reader, t).map_err(unavailable)?);
         }
-        let restricted = !plan.filter_terms.is_empty() || plan.price != (0, u64::MAX);
+        let restricted = !plan.filter_terms.is_empty() || ranged;
         // Only needed to choose how to rank a restricted set (see `top_scored`).
         let words = if restricted && order.is_none() { set.len() } else { 0 };
         for t in &plan.filter_terms {
@@ -312,8 +313,13 @@ pub(super) fn run_cached(
                 let bit = rest.trailing_zeros();
                 rest &= rest - 1;
                 let doc = w * 64 + bit as usize;
-                let price = data.price.get(doc).copied().unwrap_or(u64::MAX);
-                if price < lo || price > hi || alive.is_some_and(|a| a.is_deleted(doc as DocId)) {
+                // The price is only read for a range: most searches have none, and the
+                // read is a cache miss per match.
+                let out_of_range = ranged && {
+                    let price = data.price.get(doc).copied().unwrap_or(u64::MAX);
+                    price < lo || price > hi
+                };
+                if out_of_range || alive.is_some_and(|a| a.is_deleted(doc as DocId)) {
                     *word &= !(1u64 << bit);
                     continue;
                 }

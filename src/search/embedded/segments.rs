@@ -25,8 +25,20 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::{DocId, DocSet, Searcher, SegmentReader, Term, TERMINATED};
 
 /// No value in a column (a tombstone, or a product without brand or category).
-pub(super) const NONE: u32 = u32::MAX;
-pub(super) const NO_BUCKET: u8 = u8::MAX;
+const NONE: u32 = u32::MAX;
+
+/// Bits of an ordinal in a packed facets word: 268 million categories or brands per
+/// segment, more than a segment has documents.
+const ORD_BITS: u32 = 28;
+const ORD_MASK: u64 = (1 << ORD_BITS) - 1;
+
+/// Category ordinal (low 28 bits), brand ordinal (next 28) and price bucket (top 8) in
+/// one word; a missing one is all ones in its bits.
+fn pack(category: u32, brand: u32, bucket: Option<usize>) -> u64 {
+    let ord = |o: u32| if o == NONE { ORD_MASK } else { u64::from(o) & ORD_MASK };
+    let bucket = bucket.map_or(0xff, |b| (b as u64) & 0xff);
+    ord(category) | (ord(brand) << ORD_BITS) | (bucket << (2 * ORD_BITS))
+}
 
 /// Bits of term bitsets kept per segment (128 MiB in all): the LRU of each segment
 /// holds this many bits' worth of bitsets of the whole index's size.
@@ -92,9 +104,9 @@ pub(super) struct SegmentData {
     pub(super) max_doc: u32,
     pub(super) price: Vec<u64>,
     pub(super) version: Vec<u64>,
-    pub(super) bucket: Vec<u8>,
-    pub(super) category: Vec<u32>,
-    pub(super) brand: Vec<u32>,
+    /// Category ordinal, brand ordinal and price bucket of each document in one word
+    /// (see [`pack`]): counting a match's facets touches one cache line, not three.
+    pub(super) facets: Vec<u64>,
     pub(super) category_keys: Vec<String>,
     pub(super) brand_keys: Vec<String>,
     terms: Mutex<lru::LruCache<Term, Arc<Bits>>>,
@@ -127,26 +139,22 @@ impl SegmentData {
         let price: Vec<u64> = (0..max_doc)
             .map(|d| price_column.first(d).unwrap_or(u64::MAX))
             .collect();
-        let bucket = price
-            .iter()
-            .map(|p| {
-                if *p == u64::MAX {
-                    NO_BUCKET
-                } else {
-                    price_bucket(*p).map_or(NO_BUCKET, |b| b as u8)
-                }
-            })
-            .collect();
         let version = (0..max_doc).map(|d| version_column.first(d).unwrap_or(0)).collect();
         let (category, category_keys) = keyword(reader, "category_kw")?;
         let (brand, brand_keys) = keyword(reader, "brand_kw")?;
+        let facets = price
+            .iter()
+            .zip(category.iter().zip(&brand))
+            .map(|(p, (c, b))| {
+                let bucket = if *p == u64::MAX { None } else { price_bucket(*p) };
+                pack(*c, *b, bucket)
+            })
+            .collect();
         Ok(Self {
             max_doc,
             price,
             version,
-            bucket,
-            category,
-            brand,
+            facets,
             category_keys,
             brand_keys,
             terms: Mutex::new(lru::LruCache::new(term_cache_entries)),
@@ -245,13 +253,15 @@ impl Counts {
     #[inline]
     pub(super) fn add(&mut self, data: &SegmentData, doc: usize) {
         self.total += 1;
-        if let Some(n) = self.category.get_mut(data.category[doc] as usize) {
+        let Some(&f) = data.facets.get(doc) else { return };
+        // A missing value (all ones) is past the end of its counts: skipped.
+        if let Some(n) = self.category.get_mut((f & ORD_MASK) as usize) {
             *n += 1;
         }
-        if let Some(n) = self.brand.get_mut(data.brand[doc] as usize) {
+        if let Some(n) = self.brand.get_mut(((f >> ORD_BITS) & ORD_MASK) as usize) {
             *n += 1;
         }
-        if let Some(n) = self.price.get_mut(data.bucket[doc] as usize) {
+        if let Some(n) = self.price.get_mut((f >> (2 * ORD_BITS)) as usize) {
             *n += 1;
         }
     }
