@@ -77,6 +77,8 @@ pub(super) struct ResultCache {
 
 impl ResultCache {
     pub(super) fn new(capacity: NonZeroUsize) -> Self {
+        // Registered with the cache, so `/metrics` shows it from the start.
+        let _ = lookups();
         Self {
             generation: (String::new(), 0),
             entries: lru::LruCache::new(capacity),
