@@ -284,3 +284,52 @@ impl Counts {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_list_their_documents_in_order_and_combine() {
+        let mut a = Bits::empty(200);
+        for d in [0, 63, 64, 130, 199] {
+            a.insert(d);
+        }
+        assert_eq!(a.docs().collect::<Vec<_>>(), vec![0, 63, 64, 130, 199]);
+        assert_eq!(a.len(), 5);
+        assert!(a.contains(130) && !a.contains(131) && !a.contains(10_000));
+        let mut b = Bits::empty(200);
+        b.insert(64);
+        b.insert(100);
+        let mut or = a.clone();
+        or.or(&b);
+        assert_eq!(or.docs().collect::<Vec<_>>(), vec![0, 63, 64, 100, 130, 199]);
+        a.and(&b);
+        assert_eq!(a.docs().collect::<Vec<_>>(), vec![64]);
+    }
+
+    #[test]
+    fn a_packed_word_counts_into_its_buckets_and_skips_missing_values() {
+        let data = SegmentData {
+            max_doc: 3,
+            price: vec![5_000, 700_000, u64::MAX],
+            version: vec![1, 2, 3],
+            facets: vec![
+                pack(1, 0, price_bucket(5_000)),
+                pack(NONE, 1, price_bucket(700_000)),
+                pack(NONE, NONE, None),
+            ],
+            category_keys: vec!["1".into(), "1/2".into()],
+            brand_keys: vec!["A".into(), "B".into()],
+            terms: Mutex::new(lru::LruCache::new(NonZeroUsize::MIN)),
+        };
+        let mut counts = Counts::new(&data);
+        for doc in 0..3 {
+            counts.add(&data, doc);
+        }
+        assert_eq!(counts.total, 3);
+        assert_eq!(counts.category, vec![0, 1]);
+        assert_eq!(counts.brand, vec![1, 1]);
+        assert_eq!(counts.price, [1, 0, 0, 0, 1]);
+    }
+}
