@@ -4,6 +4,8 @@
 //! emporium-search-bench load --data-dir DIR --products 1000000   # synthetic catalog → DIR/search
 //! emporium serve --data-dir DIR &                                   # the real server on that index
 //! emporium-search-bench run --base http://127.0.0.1:8080 --clients 300 --seconds 30
+//! # issue 29's long tail (words, brands, categories, prices of the loaded catalog):
+//! emporium-search-bench run --mix long-tail --clients 300 --think-range-ms 100-300 --server-pid PID
 //! ```
 //!
 //! The loader writes generated products straight into a new index version (through the
@@ -12,7 +14,9 @@
 //! The load generator runs `--clients` concurrent HTTP clients over a fixed query mix
 //! (see `next_request`), each sending its next request as soon as the previous one
 //! answered (closed loop) or after `--think-ms` (like a k6 script's `sleep`), and reports
-//! requests/s, average, p50, p95, p99 and non-200 answers.
+//! requests/s, average, p50, p95, p99, non-200 answers, the server's CPU per request
+//! (`--server-pid`), the share of repeated requests and the server's result-cache hit
+//! rate (turn the cache off with `EMPORIUM__SEARCH__CACHE_ENTRIES=0` on the server).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
