@@ -361,7 +361,10 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec only fails on invalid metric families, which `new` rules out.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let mut families = self.registry.gather();
+        // Collectors registered outside `Metrics` (the search result cache's).
+        families.extend(prometheus::gather());
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 }

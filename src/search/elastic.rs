@@ -21,8 +21,8 @@ use super::analysis::Analysis;
 use super::{newest_per_product, version_of, IndexChange, Rebuild, SearchError, SearchIndex};
 use crate::config::SearchSettings;
 use crate::domain::search::{
-    category_ancestors, price_range_key, Bucket, Facets, SearchDoc, SearchQuery, SearchResults, Sort, FACET_SIZE,
-    PRICE_RANGES,
+    category_ancestors, price_range_key, Bucket, Facets, SearchDoc, SearchQuery, SearchResults, Sort, EXPAND_BELOW,
+    FACET_SIZE, PRICE_RANGES,
 };
 use crate::error::Cause;
 use crate::search::unavailable;
@@ -303,7 +303,11 @@ impl Inner {
         Ok(())
     }
 
-    fn query_body(&self, q: &SearchQuery) -> Value {
+    /// The search request. `expand` adds the typo-tolerant and partial-word clauses: like
+    /// the embedded index's tiers, only sent when the words alone match fewer than
+    /// [`EXPAND_BELOW`] (see `search`). Fuzzy terms and an n-gram conjunction on every
+    /// search made the engine score and count every near match of a million products.
+    fn query_body(&self, q: &SearchQuery, expand: bool) -> Value {
         let mut filters = Vec::new();
         if let Some(c) = &q.category {
             filters.push(json!({"term": {"category_anc": c.trim_matches('/')}}));
@@ -328,12 +332,14 @@ impl Inner {
                 json!({"multi_match": {"query": text, "type": "most_fields",
                     "fields": ["name^4", "brand^3", "category_path^2", "description^1", "all_text^0.5"]}})
             };
-            let mut should = vec![
-                exact(&q.text),
-                json!({"multi_match": {"query": q.text, "type": "most_fields", "fuzziness": "AUTO",
+            let mut should = vec![exact(&q.text)];
+            if expand {
+                should.push(
+                    json!({"multi_match": {"query": q.text, "type": "most_fields", "fuzziness": "AUTO",
                     "fields": ["name^2", "brand^1.5"]}}),
-                json!({"match": {"name.ngram": {"query": q.text, "operator": "and"}}}),
-            ];
+                );
+                should.push(json!({"match": {"name.ngram": {"query": q.text, "operator": "and"}}}));
+            }
             if let Some(expanded) = self.analysis.expand_synonyms(&q.text) {
                 should.push(exact(&expanded));
             }
@@ -411,14 +417,19 @@ impl SearchIndex for ElasticIndex {
 
     async fn search(&self, q: &SearchQuery) -> Result<SearchResults, SearchError> {
         self.ensure().await?;
-        let v = self
-            .ok(Method::Post, &format!("/{}/_search", self.alias), self.query_body(q))
-            .await?;
-        let total = v
-            .pointer("/hits/total/value")
-            .and_then(Value::as_u64)
-            .or_else(|| v.pointer("/hits/total").and_then(Value::as_u64))
-            .unwrap_or(0);
+        let path = format!("/{}/_search", self.alias);
+        let total_of = |v: &Value| {
+            v.pointer("/hits/total/value")
+                .and_then(Value::as_u64)
+                .or_else(|| v.pointer("/hits/total").and_then(Value::as_u64))
+                .unwrap_or(0)
+        };
+        let mut v = self.ok(Method::Post, &path, self.query_body(q, false)).await?;
+        let words = !self.analysis.query_terms(&q.text).is_empty();
+        if words && total_of(&v) < EXPAND_BELOW {
+            v = self.ok(Method::Post, &path, self.query_body(q, true)).await?;
+        }
+        let total = total_of(&v);
         let mut highlight_terms = self.analysis.query_terms(&q.text);
         highlight_terms.extend(super::analysis::words(&q.text).into_iter().map(|w| w.text));
         let mut hits = Vec::new();

@@ -26,6 +26,22 @@ pub(crate) struct SegmentFacets {
     price: [u64; PRICE_RANGES.len()],
 }
 
+impl SegmentFacets {
+    pub(crate) fn new(
+        count: u64,
+        category: Vec<(String, u64)>,
+        brand: Vec<(String, u64)>,
+        price: [u64; PRICE_RANGES.len()],
+    ) -> Self {
+        Self {
+            count,
+            category,
+            brand,
+            price,
+        }
+    }
+}
+
 pub(crate) struct FacetSegmentCollector {
     count: u64,
     category: Option<(StrColumn, Vec<u32>)>,
@@ -45,7 +61,7 @@ fn keyword(reader: &SegmentReader, field: &str) -> tantivy::Result<Option<(StrCo
 }
 
 /// The bucket of a price: `PRICE_RANGES` are `[from, to)`, sorted and contiguous.
-fn price_bucket(price: u64) -> Option<usize> {
+pub(crate) fn price_bucket(price: u64) -> Option<usize> {
     PRICE_RANGES
         .iter()
         .position(|(from, to)| price >= *from && to.is_none_or(|to| price < to))
@@ -71,38 +87,43 @@ impl Collector for FacetCollector {
     }
 
     fn merge_fruits(&self, segments: Vec<SegmentFacets>) -> tantivy::Result<(u64, Facets)> {
-        let mut count = 0;
-        let mut category: HashMap<String, u64> = HashMap::new();
-        let mut brand: HashMap<String, u64> = HashMap::new();
-        let mut price = [0u64; PRICE_RANGES.len()];
-        for s in segments {
-            count += s.count;
-            for (k, n) in s.category {
-                *category.entry(k).or_default() += n;
-            }
-            for (k, n) in s.brand {
-                *brand.entry(k).or_default() += n;
-            }
-            for (total, n) in price.iter_mut().zip(s.price) {
-                *total += n;
-            }
-        }
-        Ok((
-            count,
-            Facets {
-                category: top(category),
-                brand: top(brand),
-                price: PRICE_RANGES
-                    .iter()
-                    .zip(price)
-                    .map(|((from, to), count)| Bucket {
-                        key: price_range_key(*from, *to),
-                        count,
-                    })
-                    .collect(),
-            },
-        ))
+        Ok(merge(segments))
     }
+}
+
+/// The count and facets of all segments together.
+pub(crate) fn merge(segments: Vec<SegmentFacets>) -> (u64, Facets) {
+    let mut count = 0;
+    let mut category: HashMap<String, u64> = HashMap::new();
+    let mut brand: HashMap<String, u64> = HashMap::new();
+    let mut price = [0u64; PRICE_RANGES.len()];
+    for s in segments {
+        count += s.count;
+        for (k, n) in s.category {
+            *category.entry(k).or_default() += n;
+        }
+        for (k, n) in s.brand {
+            *brand.entry(k).or_default() += n;
+        }
+        for (total, n) in price.iter_mut().zip(s.price) {
+            *total += n;
+        }
+    }
+    (
+        count,
+        Facets {
+            category: top(category),
+            brand: top(brand),
+            price: PRICE_RANGES
+                .iter()
+                .zip(price)
+                .map(|((from, to), count)| Bucket {
+                    key: price_range_key(*from, *to),
+                    count,
+                })
+                .collect(),
+        },
+    )
 }
 
 /// The `FACET_SIZE` largest buckets, most documents first, then by key (Elasticsearch's

@@ -4,6 +4,8 @@
 //! emporium-search-bench load --data-dir DIR --products 1000000   # synthetic catalog → DIR/search
 //! emporium serve --data-dir DIR &                                   # the real server on that index
 //! emporium-search-bench run --base http://127.0.0.1:8080 --clients 300 --seconds 30
+//! # issue 29's long tail (words, brands, categories, prices of the loaded catalog):
+//! emporium-search-bench run --mix long-tail --clients 300 --think-range-ms 100-300 --server-pid PID
 //! ```
 //!
 //! The loader writes generated products straight into a new index version (through the
@@ -12,7 +14,9 @@
 //! The load generator runs `--clients` concurrent HTTP clients over a fixed query mix
 //! (see `next_request`), each sending its next request as soon as the previous one
 //! answered (closed loop) or after `--think-ms` (like a k6 script's `sleep`), and reports
-//! requests/s, average, p50, p95, p99 and non-200 answers.
+//! requests/s, average, p50, p95, p99, non-200 answers, the server's CPU per request
+//! (`--server-pid`), the share of repeated requests and the server's result-cache hit
+//! rate (turn the cache off with `EMPORIUM__SEARCH__CACHE_ENTRIES=0` on the server).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -36,10 +40,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Generate products into <data-dir>/search (a new index version behind the alias).
+    /// Generate products into <data-dir>/search (a new index version behind the alias),
+    /// or, with --search-url, into a new Elasticsearch/OpenSearch index behind the alias.
     Load {
         #[arg(long)]
         data_dir: PathBuf,
+        /// Elasticsearch/OpenSearch to load instead (the server's `search.url`); the other
+        /// search settings come from the environment as the server reads them.
+        #[arg(long)]
+        search_url: Option<String>,
         #[arg(long, default_value_t = 1_000_000)]
         products: u64,
         #[arg(long, default_value_t = 42)]
@@ -70,7 +79,8 @@ enum Command {
         #[arg(long)]
         ramp: Option<String>,
         /// `mixed` (the scripts/search-load.js mix), `one-word` (one popular word per
-        /// search, the issue's profile), or one kind of the mix alone: `word`,
+        /// search, the prototype's profile), `long-tail` (issue 29: rarely repeated word
+        /// pairs with filters, sorts and pages, see `long_tail_request`), or one kind of the mix alone: `word`,
         /// `two_words`, `filtered`, `category`, `suggest`, `typo`.
         #[arg(long, default_value = "mixed")]
         mix: String,
@@ -78,6 +88,12 @@ enum Command {
         /// window is reported per request, next to this process's own.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// `long-tail` draws its words, brands, categories and prices from the catalog
+        /// `load` generated: give the same seed and product count as to `load`.
+        #[arg(long, default_value_t = 42)]
+        catalog_seed: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        catalog_products: u64,
     },
 }
 
@@ -392,10 +408,103 @@ fn next_request(rng: &mut StdRng, base: &str, mix: &str) -> (reqwest::Url, &'sta
     (url, kind)
 }
 
-async fn load(data_dir: PathBuf, products: u64, seed: u64) -> anyhow::Result<()> {
-    let analysis = Arc::new(Analysis::builtin()?);
-    let root = data_dir.join("search");
-    let index = tokio::task::spawn_blocking(move || EmbeddedIndex::open(&root, "products", analysis)).await??;
+/// Products of the generated catalog the `long-tail` mix draws its queries from: the
+/// first this many that `load` generates with the same seed (the generator is
+/// sequential, so these are exactly the indexed documents; every word, brand and
+/// category of the vocabulary occurs among them).
+const LONG_TAIL_SAMPLE: u64 = 200_000;
+
+/// The catalog's own products, regenerated from `load`'s seed, for the `long-tail` mix.
+fn catalog_sample(seed: u64, products: u64) -> Vec<SearchDoc> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..products.min(LONG_TAIL_SAMPLE))
+        .map(|n| product(&mut rng, n))
+        .collect()
+}
+
+/// A shop's long-tail search, shaped like issue 29's: one or two words of a real product
+/// name; a third with that product's brand, a third within one of its category's
+/// ancestors, a third with a price range around its price (each independently); a
+/// quarter sorted by price or newest; a third on pages 2-5. Drawn from a real product so
+/// that the filters combine into answers that are not empty; the combination (and the
+/// model numbers among the words) makes most requests unique.
+fn long_tail_request(rng: &mut StdRng, base: &str, catalog: &[SearchDoc]) -> reqwest::Url {
+    let d = &catalog[rng.random_range(0..catalog.len())];
+    let words: Vec<&str> = d.name.split_whitespace().collect();
+    let first = rng.random_range(0..words.len());
+    let mut q = words[first].to_owned();
+    if rng.random_bool(0.5) {
+        let mut second = rng.random_range(0..words.len());
+        if second == first {
+            second = (second + 1) % words.len();
+        }
+        q = format!("{q} {}", words[second]);
+    }
+    let mut url = reqwest::Url::parse(&format!("{base}/v1/search")).expect("valid base url");
+    {
+        let mut pairs = url.query_pairs_mut();
+        pairs.append_pair("q", &q);
+        if let Some(brand) = d.brand.as_deref().filter(|_| rng.random_bool(1.0 / 3.0)) {
+            pairs.append_pair("brand", brand);
+        }
+        if let Some(path) = d.category_path.as_deref().filter(|_| rng.random_bool(1.0 / 3.0)) {
+            // The top category or the one below it: a subtree, as a shop's menu filters.
+            let parts: Vec<&str> = path.split('/').collect();
+            let depth = rng.random_range(1..parts.len().max(2));
+            pairs.append_pair("category", &parts[..depth.min(parts.len())].join("/"));
+        }
+        if rng.random_bool(1.0 / 3.0) {
+            let below = rng.random_range(0..=200) * 1_000;
+            let width = rng.random_range(1..=10) * 50_000;
+            let lo = d.price.saturating_sub(below);
+            pairs.append_pair("min_price", &lo.to_string());
+            pairs.append_pair("max_price", &(lo + width).to_string());
+        }
+        if rng.random_bool(0.25) {
+            pairs.append_pair("sort", ["price_asc", "price_desc", "newest"][rng.random_range(0..3)]);
+        }
+        if rng.random_bool(1.0 / 3.0) {
+            pairs.append_pair("page", &rng.random_range(2..=5).to_string());
+        }
+    }
+    url
+}
+
+/// The server's result cache counters (`emporium_search_cache_lookups_total` on
+/// `/metrics`), hits and misses; `None` when the server has no such metric (the
+/// Elasticsearch backend, or a build without it).
+async fn cache_lookups(client: &reqwest::Client, base: &str) -> Option<(u64, u64)> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let value = |result: &str| {
+        let prefix = format!("emporium_search_cache_lookups_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    Some((value("hit")?, value("miss")?))
+}
+
+async fn load(data_dir: PathBuf, search_url: Option<String>, products: u64, seed: u64) -> anyhow::Result<()> {
+    let index: Arc<dyn SearchIndex> = match search_url {
+        Some(url) => {
+            let mut settings = emporium::config::Settings::load(None).map_err(|e| anyhow::anyhow!("{e}"))?;
+            settings.search.url = Some(url);
+            emporium::search::open(&settings).await?
+        }
+        None => {
+            let analysis = Arc::new(Analysis::builtin()?);
+            let root = data_dir.join("search");
+            Arc::new(tokio::task::spawn_blocking(move || EmbeddedIndex::open(&root, "products", analysis)).await??)
+        }
+    };
     let started = Instant::now();
     let mut rebuild = index.rebuild().await?;
     let mut rng = StdRng::seed_from_u64(seed);
@@ -427,11 +536,13 @@ struct RunOptions {
     ramp: Option<Vec<(u64, usize)>>,
     mix: String,
     server_pid: Option<u32>,
+    catalog_seed: u64,
+    catalog_products: u64,
 }
 
 async fn run(o: RunOptions) -> anyhow::Result<()> {
     anyhow::ensure!(
-        o.mix == "mixed" || o.mix == "one-word" || KINDS.iter().any(|(k, _)| *k == o.mix),
+        o.mix == "mixed" || o.mix == "one-word" || o.mix == "long-tail" || KINDS.iter().any(|(k, _)| *k == o.mix),
         "unknown --mix {}",
         o.mix
     );
@@ -452,14 +563,24 @@ async fn run(o: RunOptions) -> anyhow::Result<()> {
     let end = measure_from + Duration::from_secs(seconds);
     let ramp = Arc::new(o.ramp.clone());
     let mix = Arc::new(o.mix.clone());
+    let catalog = Arc::new(if o.mix == "long-tail" {
+        catalog_sample(o.catalog_seed, o.catalog_products)
+    } else {
+        Vec::new()
+    });
+    // Every measured request's URL, to report how many repeated an earlier one: the
+    // most any result cache could answer.
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<String>::new()));
+    let lookups_before = cache_lookups(&client, &o.base).await;
     let mut tasks = Vec::with_capacity(clients);
     for c in 0..clients {
         let (client, base, ramp, mix) = (client.clone(), o.base.clone(), ramp.clone(), mix.clone());
+        let (catalog, seen) = (catalog.clone(), seen.clone());
         let think = o.think;
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(c as u64);
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-            let (mut errors, mut empty) = (0u64, 0u64);
+            let (mut errors, mut empty, mut repeats) = (0u64, 0u64, 0u64);
             loop {
                 let now = Instant::now();
                 if now >= end {
@@ -472,7 +593,12 @@ async fn run(o: RunOptions) -> anyhow::Result<()> {
                         continue;
                     }
                 }
-                let (url, kind) = next_request(&mut rng, &base, &mix);
+                let (url, kind) = if mix.as_str() == "long-tail" {
+                    (long_tail_request(&mut rng, &base, &catalog), "long_tail")
+                } else {
+                    next_request(&mut rng, &base, &mix)
+                };
+                let key = url.as_str().to_owned();
                 let sent = Instant::now();
                 let outcome = client.get(url).send().await;
                 let ok = match outcome {
@@ -490,6 +616,12 @@ async fn run(o: RunOptions) -> anyhow::Result<()> {
                 if sent >= measure_from {
                     let micros = sent.elapsed().as_micros() as u64;
                     hist.record(micros.max(1)).ok();
+                    // A poisoned set only loses this count.
+                    if let Ok(mut seen) = seen.lock() {
+                        if !seen.insert(key) {
+                            repeats += 1;
+                        }
+                    }
                     if !ok {
                         errors += 1;
                     }
@@ -498,7 +630,7 @@ async fn run(o: RunOptions) -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_millis(rng.random_range(lo..=hi))).await;
                 }
             }
-            (hist, errors, empty)
+            (hist, errors, empty, repeats)
         }));
     }
     // CPU of the server and of this process over the measured window only.
@@ -507,15 +639,23 @@ async fn run(o: RunOptions) -> anyhow::Result<()> {
     tokio::time::sleep(wait).await;
     let cpu_at_start = (server.as_deref().and_then(cpu_ticks), cpu_ticks("self"));
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut errors, mut empty) = (0, 0);
+    let (mut errors, mut empty, mut repeats) = (0, 0, 0);
     for t in tasks {
-        let (h, e, m) = t.await?;
+        let (h, e, m, r) = t.await?;
         all.add(h)?;
         errors += e;
         empty += m;
+        repeats += r;
     }
     let cpu_at_end = (server.as_deref().and_then(cpu_ticks), cpu_ticks("self"));
     let n = all.len();
+    // Over the whole run, warm-up included (the counters are read before and after it).
+    let cache_hit_rate = match (lookups_before, cache_lookups(&client, &o.base).await) {
+        (Some((h0, m0)), Some((h1, m1))) if h1 + m1 > h0 + m0 => {
+            format!("{:.3}", (h1 - h0) as f64 / ((h1 + m1) - (h0 + m0)) as f64)
+        }
+        _ => "-".into(),
+    };
     let per_request = |a: Option<u64>, b: Option<u64>| match (a, b) {
         (Some(a), Some(b)) if n > 0 => format!("{:.0}", (b - a) as f64 / CLK_TCK * 1e6 / n as f64),
         _ => "-".into(),
@@ -523,7 +663,7 @@ async fn run(o: RunOptions) -> anyhow::Result<()> {
     println!(
         "mix={} clients={clients} think={} ramp={} seconds={seconds} requests={n} errors={errors} \
          empty_word_searches={empty} rps={:.0} avg_ms={:.2} p50_ms={:.2} p95_ms={:.2} p99_ms={:.2} max_ms={:.2} \
-         server_cpu_us_per_req={} bench_cpu_us_per_req={}",
+         server_cpu_us_per_req={} bench_cpu_us_per_req={} repeated_requests={:.3} cache_hit_rate={cache_hit_rate}",
         o.mix,
         o.think.map_or("0".into(), |(lo, hi)| format!("{lo}-{hi}ms")),
         o.ramp.as_ref().map_or("-".into(), |r| r
@@ -539,6 +679,7 @@ async fn run(o: RunOptions) -> anyhow::Result<()> {
         all.max() as f64 / 1000.0,
         per_request(cpu_at_start.0, cpu_at_end.0),
         per_request(cpu_at_start.1, cpu_at_end.1),
+        if n > 0 { repeats as f64 / n as f64 } else { 0.0 },
     );
     anyhow::ensure!(errors == 0, "{errors} requests failed");
     Ok(())
@@ -554,9 +695,10 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Load {
                 data_dir,
+                search_url,
                 products,
                 seed,
-            } => load(data_dir, products, seed).await,
+            } => load(data_dir, search_url, products, seed).await,
             Command::Run {
                 base,
                 clients,
@@ -567,6 +709,8 @@ fn main() -> anyhow::Result<()> {
                 ramp,
                 mix,
                 server_pid,
+                catalog_seed,
+                catalog_products,
             } => {
                 run(RunOptions {
                     base,
@@ -581,6 +725,8 @@ fn main() -> anyhow::Result<()> {
                         .map_err(anyhow::Error::msg)?,
                     mix,
                     server_pid,
+                    catalog_seed,
+                    catalog_products,
                 })
                 .await
             }

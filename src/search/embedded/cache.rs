@@ -3,7 +3,38 @@
 use crate::domain::search::{SearchQuery, SearchResults, Sort};
 use crate::search::analysis;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// `emporium_search_cache_lookups_total{result="hit"|"miss"}`: how often the result cache
+/// answered. In prometheus' default registry, which `/metrics` renders next to the app's
+/// own (the index is opened apart from the app's `Metrics`, and one process has one cache
+/// per index handle). `None` if registering failed: the cache works without its counter.
+fn lookups() -> Option<&'static prometheus::IntCounterVec> {
+    static LOOKUPS: OnceLock<Option<prometheus::IntCounterVec>> = OnceLock::new();
+    LOOKUPS
+        .get_or_init(|| {
+            let c = prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "emporium_search_cache_lookups_total",
+                    "Search result cache lookups by result (hit, miss)",
+                ),
+                &["result"],
+            )
+            .ok()?;
+            prometheus::default_registry().register(Box::new(c.clone())).ok()?;
+            // Both series from the start, so that a reader sees 0, not a missing metric.
+            c.with_label_values(&["hit"]);
+            c.with_label_values(&["miss"]);
+            Some(c)
+        })
+        .as_ref()
+}
+
+pub(super) fn count_lookup(hit: bool) {
+    if let Some(c) = lookups() {
+        c.with_label_values(&[if hit { "hit" } else { "miss" }]).inc();
+    }
+}
 
 /// A search request normalised to what its answer depends on: the words (lowercased,
 /// punctuation dropped), the filters, the order and the page.
@@ -46,6 +77,8 @@ pub(super) struct ResultCache {
 
 impl ResultCache {
     pub(super) fn new(capacity: NonZeroUsize) -> Self {
+        // Registered with the cache, so `/metrics` shows it from the start.
+        let _ = lookups();
         Self {
             generation: (String::new(), 0),
             entries: lru::LruCache::new(capacity),

@@ -61,11 +61,12 @@ const BOOSTS: [(&str, f32); 5] = [
 mod cache;
 mod query;
 mod schema;
+mod segments;
 mod tokenizers;
 
 use super::unavailable;
 use cache::{CacheKey, ResultCache};
-use query::{boxed, run_plan};
+use query::{boxed, run_cached};
 use schema::Version;
 
 /// The embedded [`SearchIndex`]: a cheap handle on the shared state.
@@ -89,6 +90,9 @@ pub struct Shared {
     recent: Mutex<std::collections::VecDeque<IndexChange>>,
     /// Recent answers (see [`ResultCache`]); `None` when `search.cache_entries` is 0.
     cache: Option<Mutex<ResultCache>>,
+    /// Columns and term bitsets per segment (see [`segments`]); always on: it holds
+    /// what segments contain, not answers.
+    segments: segments::SegmentCache,
 }
 
 /// Answers kept by default (`search.cache_entries`): each is one page of hits and the
@@ -167,6 +171,7 @@ impl EmbeddedIndex {
             current: RwLock::new(Arc::new(version)),
             recent: Mutex::new(Default::default()),
             cache: NonZeroUsize::new(cache_entries).map(|n| Mutex::new(ResultCache::new(n))),
+            segments: Default::default(),
         })))
     }
 
@@ -249,12 +254,15 @@ impl Shared {
         let key = self.cache.as_ref().map(|_| CacheKey::of(q));
         if let (Some(cache), Some(key)) = (&self.cache, &key) {
             let mut cache = cache.lock().map_err(|_| unavailable("search cache poisoned"))?;
-            if let Some(hit) = cache.at(&v.name, generation).get(key) {
-                return Ok(SearchResults::clone(hit));
+            let hit = cache.at(&v.name, generation).get(key).cloned();
+            cache::count_lookup(hit.is_some());
+            if let Some(hit) = hit {
+                return Ok(SearchResults::clone(&hit));
             }
         }
         let plan = self.plan(&searcher, &v.fields, q);
-        let (addrs, total, facets) = run_plan(&searcher, &plan, q)?;
+        let segments = self.segments.of(&searcher).map_err(unavailable)?;
+        let (addrs, total, facets) = run_cached(&searcher, &segments, &plan, q)?;
         let mut hits = Vec::with_capacity(addrs.len());
         for addr in addrs {
             let stored: TantivyDocument = searcher.doc(addr).map_err(unavailable)?;
