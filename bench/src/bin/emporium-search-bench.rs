@@ -4,7 +4,7 @@
 //! emporium-search-bench load --data-dir DIR --products 1000000   # synthetic catalog → DIR/search
 //! emporium serve --data-dir DIR &                                   # the real server on that index
 //! emporium-search-bench run --base http://127.0.0.1:8080 --clients 300 --seconds 30
-//! # issue 29's long tail (words, brands, categories, prices of the loaded catalog):
+//! # the long tail (words, brands, categories, prices of the loaded catalog):
 //! emporium-search-bench run --mix long-tail --clients 300 --think-range-ms 100-300 --server-pid PID
 //! ```
 //!
@@ -79,7 +79,7 @@ enum Command {
         #[arg(long)]
         ramp: Option<String>,
         /// `mixed` (the scripts/search-load.js mix), `one-word` (one popular word per
-        /// search, the prototype's profile), `long-tail` (issue 29: rarely repeated word
+        /// search, the prototype's profile), `long-tail` (rarely repeated word
         /// pairs with filters, sorts and pages, see `long_tail_request`), or one kind of the mix alone: `word`,
         /// `two_words`, `filtered`, `category`, `suggest`, `typo`.
         #[arg(long, default_value = "mixed")]
@@ -422,7 +422,7 @@ fn catalog_sample(seed: u64, products: u64) -> Vec<SearchDoc> {
         .collect()
 }
 
-/// A shop's long-tail search, shaped like issue 29's: one or two words of a real product
+/// A shop's long-tail search, shaped like a real shop's: one or two words of a real product
 /// name; a third with that product's brand, a third within one of its category's
 /// ancestors, a third with a price range around its price (each independently); a
 /// quarter sorted by price or newest; a third on pages 2-5. Drawn from a real product so
