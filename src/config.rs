@@ -108,6 +108,8 @@ pub struct WriteBehindSettings {
     #[serde(rename = "linger_ms", deserialize_with = "millis")]
     pub(crate) linger: Duration,
     pub(crate) queue_capacity: usize,
+    /// Group commits in flight at once on MariaDB/MySQL (SQLite has one writer: always 1).
+    pub(crate) max_in_flight: usize,
 }
 
 /// Where reservations are decided (`inventory.strategy`).
@@ -391,6 +393,7 @@ impl Settings {
         at_least("consumer.max_attempts", self.consumer.max_attempts.into(), 1)?;
         at_least("consumer.lag_interval_ms", ms(self.consumer.lag_interval), 10)?;
         at_least("write_behind.max_batch", self.write_behind.max_batch as u64, 1)?;
+        at_least("write_behind.max_in_flight", self.write_behind.max_in_flight as u64, 1)?;
         at_least(
             "write_behind.queue_capacity",
             self.write_behind.queue_capacity as u64,

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -101,17 +102,26 @@ impl WriteBehind {
             healthy: Arc::new(AtomicBool::new(true)),
             ownership: ownership.clone(),
         };
+        // SQLite has one writer: a second transaction would only wait for the first's lock.
+        let max_in_flight = match store.dialect() {
+            crate::persistence::sql::Dialect::Sqlite => 1,
+            crate::persistence::sql::Dialect::MySql => settings.max_in_flight.max(1),
+        };
         let worker = CommitLoop {
             receiver,
-            store,
             max_batch: settings.max_batch,
             linger: settings.linger,
-            metrics,
-            committed,
+            max_in_flight,
             queued: handle.queued.clone(),
-            healthy: handle.healthy.clone(),
             deferred: Vec::new(),
-            ownership,
+            sizes: Default::default(),
+            committer: Arc::new(Committer {
+                store,
+                metrics,
+                committed,
+                healthy: handle.healthy.clone(),
+                ownership,
+            }),
         };
         (handle, tokio::spawn(worker.run()))
     }
@@ -168,26 +178,53 @@ impl WriteBehind {
 
 struct CommitLoop {
     receiver: mpsc::Receiver<Pending>,
-    store: SqlStore,
     max_batch: usize,
     linger: Duration,
-    metrics: Arc<Metrics>,
-    committed: Arc<Notify>,
+    /// Batches committing at once (1 on SQLite).
+    max_in_flight: usize,
     queued: Arc<AtomicUsize>,
-    healthy: Arc<AtomicBool>,
     /// Write-sets refused by the inventory bounds, to be retried with the next batch.
     deferred: Vec<Pending>,
-    ownership: Arc<Ownership>,
+    committer: Arc<Committer>,
+    /// The size of each batch in flight, by its task (for the queue count if one panics).
+    sizes: std::collections::HashMap<tokio::task::Id, usize>,
 }
 
+/// What a finished commit task reports: how many write-sets it took, and those it put
+/// back (refused by the inventory bounds) for a later batch.
+type Finished = (usize, Vec<Pending>);
+
 impl CommitLoop {
+    /// Forms a batch of everything queued and commits it, up to `max_in_flight` batches at
+    /// once. The next batch forms while the previous ones commit, so its size follows the
+    /// load. Two batches in flight that touch the same SKU (or order) are ordered by that
+    /// row's lock: the later one's snapshot update waits for the earlier one's commit, and
+    /// its outbox rows, inserted after that update, get later ids (docs/write-path.md).
     async fn run(mut self) {
+        let mut in_flight: JoinSet<Finished> = JoinSet::new();
         let mut batch = Vec::with_capacity(self.max_batch);
         loop {
+            while in_flight.len() >= self.max_in_flight {
+                self.finished(in_flight.join_next_with_id().await);
+            }
             batch.append(&mut self.deferred);
             if batch.is_empty() {
-                if self.receiver.recv_many(&mut batch, self.max_batch).await == 0 {
-                    break;
+                if in_flight.is_empty() {
+                    if self.receiver.recv_many(&mut batch, self.max_batch).await == 0 {
+                        break;
+                    }
+                } else {
+                    tokio::select! {
+                        received = self.receiver.recv_many(&mut batch, self.max_batch) => {
+                            if received == 0 {
+                                break;
+                            }
+                        }
+                        done = in_flight.join_next_with_id() => {
+                            self.finished(done);
+                            continue;
+                        }
+                    }
                 }
             } else if batch.len() < self.max_batch {
                 // Deferred write-sets wait for another write-set; give it a moment to arrive.
@@ -203,18 +240,54 @@ impl CommitLoop {
                     }
                 }
             }
-            self.metrics
+            self.committer
+                .metrics
                 .write_queue_depth
                 .set(self.queued.load(Ordering::Relaxed) as i64);
-            let size = batch.len();
-            self.commit_batch(std::mem::take(&mut batch)).await;
-            // Deferred write-sets are still waiting: they stay counted as queued.
-            let resolved = size - self.deferred.len();
-            let left = self.queued.fetch_sub(resolved, Ordering::SeqCst) - resolved;
-            self.metrics.write_queue_depth.set(left as i64);
+            let committer = self.committer.clone();
+            let taken = std::mem::take(&mut batch);
+            let size = taken.len();
+            let task = in_flight.spawn(async move { (size, committer.commit_batch(taken).await) });
+            self.sizes.insert(task.id(), size);
+        }
+        while !in_flight.is_empty() {
+            self.finished(in_flight.join_next_with_id().await);
         }
     }
 
+    /// Accounts for a finished commit task.
+    fn finished(&mut self, done: Option<Result<(tokio::task::Id, Finished), tokio::task::JoinError>>) {
+        let Some(done) = done else { return };
+        let (size, deferred) = match done {
+            Ok((task, finished)) => {
+                self.sizes.remove(&task);
+                finished
+            }
+            Err(e) => {
+                // A commit task that panicked dropped its callers' reply channels: they
+                // heard `Stopped`. Nothing of it is waiting any more.
+                warn!(error = %e, "a group commit task ended abnormally");
+                (self.sizes.remove(&e.id()).unwrap_or(0), Vec::new())
+            }
+        };
+        // Deferred write-sets are still waiting: they stay counted as queued.
+        let resolved = size - deferred.len();
+        self.deferred.extend(deferred);
+        let left = self.queued.fetch_sub(resolved, Ordering::SeqCst) - resolved;
+        self.committer.metrics.write_queue_depth.set(left as i64);
+    }
+}
+
+/// Commits batches: shared by the commit tasks in flight.
+struct Committer {
+    store: SqlStore,
+    metrics: Arc<Metrics>,
+    committed: Arc<Notify>,
+    healthy: Arc<AtomicBool>,
+    ownership: Arc<Ownership>,
+}
+
+impl Committer {
     /// One commit attempt of `batch`: fenced in cluster mode (the lease epochs are
     /// checked in the commit's own transaction), a plain group commit otherwise.
     async fn attempt(&self, batch: &[Pending]) -> Committed {
@@ -252,7 +325,7 @@ impl CommitLoop {
 
     /// Commits `batch`, answering `NotOwner` to every write-set the fence refuses (and
     /// committing the others): a paused or partitioned ex-owner makes nothing durable.
-    async fn commit_unfenced_part(&mut self, mut batch: Vec<Pending>) -> (Vec<Pending>, Result<(), StoreError>) {
+    async fn commit_unfenced_part(&self, mut batch: Vec<Pending>) -> (Vec<Pending>, Result<(), StoreError>) {
         loop {
             match self.attempt(&batch).await {
                 Committed::Done => return (batch, Ok(())),
@@ -281,7 +354,10 @@ impl CommitLoop {
         }
     }
 
-    async fn commit_batch(&mut self, batch: Vec<Pending>) {
+    /// Commits `batch` and answers its callers; returns the write-sets deferred for a
+    /// later batch.
+    async fn commit_batch(&self, batch: Vec<Pending>) -> Vec<Pending> {
+        let mut deferred = Vec::new();
         let started = Instant::now();
         let first = batch.first().map_or(tracing::Span::none(), |p| p.span.clone());
         let span = tracing::debug_span!(parent: &first, "db.group_commit", size = batch.len());
@@ -316,7 +392,7 @@ impl CommitLoop {
                     };
                     // Empty when the fence refused it (already answered NotOwner).
                     if let Some(p) = left.pop() {
-                        self.settle_alone(p, alone);
+                        self.settle_alone(p, alone, &mut deferred);
                     }
                 }
                 self.committed.notify_one();
@@ -331,16 +407,17 @@ impl CommitLoop {
                 }
             }
         }
+        deferred
     }
 
     /// Answers a write-set committed on its own, or defers it when the inventory bounds
     /// refused it (see the module doc: a write-set of the same SKU it follows in memory
     /// has not been committed yet).
-    fn settle_alone(&mut self, mut p: Pending, result: Result<(), StoreError>) {
+    fn settle_alone(&self, mut p: Pending, result: Result<(), StoreError>, deferred: &mut Vec<Pending>) {
         match result {
             Err(e) if crate::persistence::sql::breaks_inventory_bounds(&e) && p.deferrals < MAX_DEFERRALS => {
                 p.deferrals += 1;
-                self.deferred.push(p);
+                deferred.push(p);
             }
             other => {
                 if other.is_err() {
