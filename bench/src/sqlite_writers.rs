@@ -183,6 +183,65 @@ async fn sqlx_json(url: &str, args: &SqliteWritersArgs) -> anyhow::Result<Measur
     Ok(timer.done())
 }
 
+/// One bound value of the multi-row statements.
+enum Value<'a> {
+    Text(&'a str),
+    Int(i64),
+    Null,
+}
+
+impl rusqlite::ToSql for Value<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Value::Text(t) => ValueRef::Text(t.as_bytes()),
+            Value::Int(n) => ValueRef::Integer(*n),
+            Value::Null => ValueRef::Null,
+        }))
+    }
+}
+
+/// The values of [`values_statements`]' five statements for `batch`, in column order:
+/// both the sqlx and the rusqlite way bind exactly these.
+fn statement_values(batch: &[OrderRows]) -> [Vec<Value<'_>>; 5] {
+    use Value::{Int, Null, Text};
+    let mut values: [Vec<Value<'_>>; 5] = Default::default();
+    for o in batch {
+        let at = o.at;
+        values[0].extend([
+            Text(&o.id),
+            Text(&o.user),
+            Text("PENDING_PAYMENT"),
+            Int(1000),
+            Text("KRW"),
+        ]);
+        values[0].extend([Text("test_ok"), Null, Int(at), Int(at), Int(at)]);
+        values[1].extend([Text(&o.id), Int(0), Text("HOT"), Int(1), Int(1000)]);
+        values[2].extend([
+            Text("HOT"),
+            Int(o.seq),
+            Text("reserve"),
+            Text(&o.id),
+            Int(1),
+            Int(0),
+            Int(1),
+            Int(at),
+        ]);
+        values[3].extend([Text("HOT"), Text(&o.id), Int(1), Int(at)]);
+        for k in 0..2 {
+            let kind = ["order_created", "inventory_reserved"][k];
+            values[4].extend([
+                Text(&o.event_ids[k]),
+                Text(kind),
+                Text(&o.id),
+                Text(&o.bodies[k]),
+                Int(at),
+            ]);
+        }
+    }
+    values
+}
+
 async fn sqlx_values(url: &str, args: &SqliteWritersArgs) -> anyhow::Result<Measured> {
     let mut conn = sqlx::AnyConnection::connect(url).await?;
     sqlx::query("PRAGMA synchronous = FULL").execute(&mut conn).await?;
@@ -191,58 +250,32 @@ async fn sqlx_values(url: &str, args: &SqliteWritersArgs) -> anyhow::Result<Meas
     let mut timer = Timer::start("sqlx-values");
     while timer.running(args) {
         let batch = orders(args.batch, &mut seq);
-        {
-            let mut tx = conn.begin().await?;
-            let mut q = sqlx::query::<Any>(&texts[0]);
-            for o in &batch {
-                q = q
-                    .bind(&o.id)
-                    .bind(&o.user)
-                    .bind("PENDING_PAYMENT")
-                    .bind(1000_i64)
-                    .bind("KRW");
-                q = q.bind("test_ok").bind(None::<&str>).bind(o.at).bind(o.at).bind(o.at);
+        let values = statement_values(&batch);
+        let mut tx = conn.begin().await?;
+        for (text, values) in texts.iter().zip(&values) {
+            let mut q = sqlx::query::<Any>(text);
+            for v in values {
+                q = match v {
+                    Value::Text(t) => q.bind(*t),
+                    Value::Int(n) => q.bind(*n),
+                    Value::Null => q.bind(None::<&str>),
+                };
             }
             q.execute(&mut *tx).await?;
-            let mut q = sqlx::query::<Any>(&texts[1]);
-            for o in &batch {
-                q = q.bind(&o.id).bind(0_i64).bind("HOT").bind(1_i64).bind(1000_i64);
-            }
-            q.execute(&mut *tx).await?;
-            let mut q = sqlx::query::<Any>(&texts[2]);
-            for o in &batch {
-                q = q.bind("HOT").bind(o.seq).bind("reserve").bind(&o.id).bind(1_i64);
-                q = q.bind(0_i64).bind(1_i64).bind(o.at);
-            }
-            q.execute(&mut *tx).await?;
-            let mut q = sqlx::query::<Any>(&texts[3]);
-            for o in &batch {
-                q = q.bind("HOT").bind(&o.id).bind(1_i64).bind(o.at);
-            }
-            q.execute(&mut *tx).await?;
-            let mut q = sqlx::query::<Any>(&texts[4]);
-            for o in &batch {
-                for k in 0..2 {
-                    q = q.bind(&o.event_ids[k]).bind(["order_created", "inventory_reserved"][k]);
-                    q = q.bind(&o.id).bind(&o.bodies[k]).bind(o.at);
-                }
-            }
-            q.execute(&mut *tx).await?;
-            sqlx::query::<Any>(SNAPSHOT)
-                .bind(batch.len() as i64)
-                .bind(batch[batch.len() - 1].seq)
-                .bind(batch[0].at)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
         }
+        sqlx::query::<Any>(SNAPSHOT)
+            .bind(batch.len() as i64)
+            .bind(batch[batch.len() - 1].seq)
+            .bind(batch[0].at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         timer.committed(batch.len());
     }
     Ok(timer.done())
 }
 
 fn rusqlite_values(path: &Path, args: &SqliteWritersArgs) -> anyhow::Result<Measured> {
-    use rusqlite::params;
     let mut conn = rusqlite::Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -252,83 +285,16 @@ fn rusqlite_values(path: &Path, args: &SqliteWritersArgs) -> anyhow::Result<Meas
     let mut timer = Timer::start("rusqlite");
     while timer.running(args) {
         let batch = orders(args.batch, &mut seq);
+        let values = statement_values(&batch);
         let tx = conn.transaction()?;
-        {
-            let mut values: Vec<Box<dyn rusqlite::ToSql + '_>> = Vec::new();
-            for o in &batch {
-                values.extend([
-                    Box::new(o.id.as_str()) as Box<dyn rusqlite::ToSql>,
-                    Box::new(o.user.as_str()),
-                    Box::new("PENDING_PAYMENT"),
-                    Box::new(1000_i64),
-                    Box::new("KRW"),
-                    Box::new("test_ok"),
-                    Box::new(None::<&str>),
-                    Box::new(o.at),
-                    Box::new(o.at),
-                    Box::new(o.at),
-                ]);
-            }
-            tx.prepare_cached(&texts[0])?
-                .execute(rusqlite::params_from_iter(values.iter()))?;
-            values.clear();
-            for o in &batch {
-                values.extend([
-                    Box::new(o.id.as_str()) as Box<dyn rusqlite::ToSql>,
-                    Box::new(0_i64),
-                    Box::new("HOT"),
-                    Box::new(1_i64),
-                    Box::new(1000_i64),
-                ]);
-            }
-            tx.prepare_cached(&texts[1])?
-                .execute(rusqlite::params_from_iter(values.iter()))?;
-            values.clear();
-            for o in &batch {
-                values.extend([
-                    Box::new("HOT") as Box<dyn rusqlite::ToSql>,
-                    Box::new(o.seq),
-                    Box::new("reserve"),
-                    Box::new(o.id.as_str()),
-                    Box::new(1_i64),
-                    Box::new(0_i64),
-                    Box::new(1_i64),
-                    Box::new(o.at),
-                ]);
-            }
-            tx.prepare_cached(&texts[2])?
-                .execute(rusqlite::params_from_iter(values.iter()))?;
-            values.clear();
-            for o in &batch {
-                values.extend([
-                    Box::new("HOT") as Box<dyn rusqlite::ToSql>,
-                    Box::new(o.id.as_str()),
-                    Box::new(1_i64),
-                    Box::new(o.at),
-                ]);
-            }
-            tx.prepare_cached(&texts[3])?
-                .execute(rusqlite::params_from_iter(values.iter()))?;
-            values.clear();
-            for o in &batch {
-                for k in 0..2 {
-                    values.extend([
-                        Box::new(o.event_ids[k].as_str()) as Box<dyn rusqlite::ToSql>,
-                        Box::new(["order_created", "inventory_reserved"][k]),
-                        Box::new(o.id.as_str()),
-                        Box::new(o.bodies[k].as_str()),
-                        Box::new(o.at),
-                    ]);
-                }
-            }
-            tx.prepare_cached(&texts[4])?
-                .execute(rusqlite::params_from_iter(values.iter()))?;
-            tx.prepare_cached(SNAPSHOT)?.execute(params![
-                batch.len() as i64,
-                batch[batch.len() - 1].seq,
-                batch[0].at
-            ])?;
+        for (text, values) in texts.iter().zip(&values) {
+            tx.prepare_cached(text)?.execute(rusqlite::params_from_iter(values))?;
         }
+        tx.prepare_cached(SNAPSHOT)?.execute(rusqlite::params![
+            batch.len() as i64,
+            batch[batch.len() - 1].seq,
+            batch[0].at
+        ])?;
         tx.commit()?;
         timer.committed(batch.len());
     }

@@ -6,8 +6,9 @@
 //! Promises: a caller hears `Ok` only after its write-set is committed; many callers
 //! share one transaction (group commit: everything queued while the previous commit
 //! ran, up to `max_batch`; on MariaDB/MySQL up to `max_in_flight` such transactions
-//! commit at once, ordered by the row locks they share: see [`CommitLoop::run`]). If a batch is refused by a constraint, its write-sets are
-//! retried one by one so a single bad write-set fails alone.
+//! commit at once, ordered by the row locks they share: see [`CommitLoop::run`]). If a
+//! batch is refused by a constraint, its write-sets are retried one by one so a single
+//! bad write-set fails alone.
 //!
 //! Out of order: a SKU's journal is applied to its snapshot as deltas, and two write-sets
 //! of one SKU can reach this queue out of their memory order (a cancel's release is
