@@ -1,14 +1,13 @@
 //! The outbox relay: moves committed events from the `outbox` table to the event bus.
 //!
 //! Owns: the relay loop. Takes: a wake-up after every group commit (and polls anyway).
-//! Promises: each event is published at least once, in id order per aggregate; a row is
-//! marked published only after the bus acknowledged it; a failed publish is retried
-//! with exponential backoff. An event the bus rejects is moved to `failed_events` after
+//! Promises: each event is published at least once, in outbox order per aggregate; a row
+//! (one transaction's events) is marked published only after the bus acknowledged every
+//! event of it; a row with a failed publish is retried as a whole with exponential backoff. An event the bus rejects is moved to `failed_events` after
 //! `max_attempts` (from where `emporium replay` re-publishes it); an event that failed
 //! because the bus is unavailable is retried for as long as the outage lasts (backoff
 //! capped at 30 s), since giving up on it would only turn an outage into manual work.
-//! While one event of an aggregate waits for a retry, the later events of that
-//! aggregate wait too.
+//! While a row waits for a retry, the later rows that share an aggregate with it wait too.
 
 use crate::config::OutboxSettings;
 use crate::domain::events::Event;
@@ -127,12 +126,14 @@ impl OutboxRelay {
     async fn relay_once(&self) -> Result<usize, StoreError> {
         let rows = self.store.outbox_pending(self.settings.batch_size).await?;
         let now = now_millis();
+        // A row waits while its retry is not due, and so does every later row that shares
+        // an aggregate with a waiting one (each aggregate's events stay in order).
         let mut waiting: HashSet<&str> = HashSet::new();
         let mut due: Vec<&OutboxRow> = Vec::with_capacity(rows.len());
         for row in &rows {
-            let aggregate = row.event.aggregate_id.as_str();
-            if waiting.contains(aggregate) || row.next_attempt_at > now {
-                waiting.insert(aggregate);
+            let aggregates = || row.events.iter().map(|e| e.aggregate_id.as_str());
+            if row.next_attempt_at > now || aggregates().any(|a| waiting.contains(a)) {
+                waiting.extend(aggregates());
                 continue;
             }
             due.push(row);
@@ -141,21 +142,23 @@ impl OutboxRelay {
             return Ok(0);
         }
         let started = Instant::now();
-        let spans: Vec<tracing::Span> = due.iter().map(|r| publish_span(&r.event)).collect();
+        let due_events: Vec<&Event> = due.iter().flat_map(|r| r.events.iter()).collect();
+        let spans: Vec<tracing::Span> = due_events.iter().map(|e| publish_span(e)).collect();
         // When traces are exported, each event leaves naming its publish span, so a
         // consumer's span becomes that span's child (request → publish → consume).
         let relinked: Option<Vec<Event>> = crate::telemetry::traces::is_exporting().then(|| {
-            due.iter()
+            due_events
+                .iter()
                 .zip(&spans)
-                .map(|(r, span)| Event {
-                    traceparent: crate::telemetry::traceparent_of(span).or_else(|| r.event.traceparent.clone()),
-                    ..r.event.clone()
+                .map(|(e, span)| Event {
+                    traceparent: crate::telemetry::traceparent_of(span).or_else(|| e.traceparent.clone()),
+                    ..(*e).clone()
                 })
                 .collect()
         });
         let events: Vec<&Event> = match &relinked {
             Some(events) => events.iter().collect(),
-            None => due.iter().map(|r| &r.event).collect(),
+            None => due_events,
         };
         let outcomes = self.bus.publish(&events).await;
         self.metrics
@@ -164,46 +167,53 @@ impl OutboxRelay {
 
         let reachable = !outcomes.iter().any(|o| matches!(o, Err(BusError::Unavailable(_))));
         self.bus_reachable.store(reachable, Ordering::Relaxed);
-        let mut published = Vec::with_capacity(due.len());
-        let mut failed_aggregates: HashSet<&str> = HashSet::new();
-        for ((row, outcome), span) in due.iter().zip(outcomes).zip(&spans) {
-            if let Err(e) = &outcome {
+        for (outcome, span) in outcomes.iter().zip(&spans) {
+            if let Err(e) = outcome {
                 span.record("error", tracing::field::display(e));
             }
-            let aggregate = row.event.aggregate_id.as_str();
-            match outcome {
-                // After a failure, later events of the aggregate stay unpublished so they
-                // are delivered again after it (at least once, never skipped).
-                Ok(()) if !failed_aggregates.contains(aggregate) => published.push(row.id),
-                Ok(()) => {}
-                Err(e) => {
-                    failed_aggregates.insert(aggregate);
-                    self.give_up_or_retry(row, &e).await?;
-                }
-            }
         }
-        self.store.outbox_mark_published(&published).await?;
-        self.metrics.outbox_published.inc_by(published.len() as u64);
-        Ok(published.len())
+        // The outcomes, row by row (the bus answers each event in the order it was given).
+        let mut outcomes = outcomes.into_iter();
+        let mut published_rows = Vec::with_capacity(due.len());
+        let mut published_events = 0;
+        let mut failed_aggregates: HashSet<&str> = HashSet::new();
+        for row in due {
+            let failed: Vec<(&Event, BusError)> = row
+                .events
+                .iter()
+                .zip(outcomes.by_ref().take(row.events.len()))
+                .filter_map(|(event, outcome)| outcome.err().map(|e| (event, e)))
+                .collect();
+            let aggregates = row.events.iter().map(|e| e.aggregate_id.as_str());
+            if !failed.is_empty() {
+                failed_aggregates.extend(aggregates);
+                self.give_up_or_retry(row, &failed).await?;
+            } else if aggregates.clone().all(|a| !failed_aggregates.contains(a)) {
+                published_rows.push(row.id);
+                published_events += row.events.len();
+            }
+            // Otherwise an earlier row of one of its aggregates failed: it stays
+            // unpublished and is delivered again after that row (at least once, in order).
+        }
+        self.store.outbox_mark_published(&published_rows).await?;
+        self.metrics.outbox_published.inc_by(published_events as u64);
+        Ok(published_events)
     }
 
-    async fn give_up_or_retry(&self, row: &OutboxRow, error: &BusError) -> Result<(), StoreError> {
+    /// A row some of whose events failed: retried as a whole after a backoff, or, once
+    /// the bus has rejected them `max_attempts` times, its rejected events move to
+    /// `failed_events` and the row goes. While the bus is unavailable it is never given up.
+    async fn give_up_or_retry(&self, row: &OutboxRow, failed: &[(&Event, BusError)]) -> Result<(), StoreError> {
         let attempts = row.attempts + 1;
-        let message = error.to_string();
-        let rejected = matches!(error, BusError::Rejected(_));
+        let message = failed.first().map(|(_, e)| e.to_string()).unwrap_or_default();
+        let rejected = failed.iter().all(|(_, e)| matches!(e, BusError::Rejected(_)));
         if rejected && attempts >= self.settings.max_attempts {
-            self.metrics.outbox_failed.inc();
-            warn!(event_id = %row.event.id, attempts, error = message, "outbox event moved to failed_events");
-            return self
-                .store
-                .outbox_fail(
-                    &OutboxRow {
-                        attempts,
-                        ..row.clone()
-                    },
-                    &message,
-                )
-                .await;
+            self.metrics.outbox_failed.inc_by(failed.len() as u64);
+            for (event, error) in failed {
+                warn!(event_id = %event.id, attempts, error = %error, "outbox event moved to failed_events");
+            }
+            let events: Vec<&Event> = failed.iter().map(|(e, _)| *e).collect();
+            return self.store.outbox_fail(row.id, &events, attempts, &message).await;
         }
         self.metrics.outbox_retries.inc();
         let backoff = (self.settings.backoff_base.as_millis() as u64)
@@ -227,4 +237,99 @@ fn publish_span(event: &Event) -> tracing::Span {
     );
     crate::telemetry::continue_trace(&span, event.traceparent.as_deref());
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::events::EventType;
+    use crate::persistence::sql::StoreOptions;
+    use crate::persistence::WriteSet;
+    use async_trait::async_trait;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A bus that rejects every event of one aggregate and records what it was given.
+    struct Picky {
+        rejects: &'static str,
+        seen: Mutex<Vec<uuid::Uuid>>,
+    }
+
+    #[async_trait]
+    impl EventBus for Picky {
+        async fn publish(&self, events: &[&Event]) -> Vec<Result<(), BusError>> {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            events
+                .iter()
+                .map(|e| {
+                    seen.push(e.id);
+                    if e.aggregate_id == self.rejects {
+                        Err(BusError::Rejected("too large".into()))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .collect()
+        }
+
+        fn kind(&self) -> &'static str {
+            "picky"
+        }
+    }
+
+    fn event(aggregate: &str) -> Event {
+        Event::new(EventType::ProductUpserted, aggregate, 0, None, serde_json::Value::Null)
+    }
+
+    /// Rows are one transaction's events: a row with a rejected event is retried as a
+    /// whole, later rows sharing an aggregate with it wait for it, and once given up on
+    /// only the rejected event moves to `failed_events`.
+    #[tokio::test]
+    async fn a_row_is_retried_whole_and_only_its_rejected_event_is_given_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite:{}?mode=rwc", dir.path().join("outbox.db").display());
+        let options = StoreOptions {
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(5),
+            sqlite_synchronous: "normal".into(),
+            lock_timeouts_secs: None,
+        };
+        let store = SqlStore::connect(&url, &options).await.expect("store");
+        store.migrate().await.expect("migrations");
+        let (a1, b1, a2, c1) = (event("A"), event("B"), event("A"), event("C"));
+        for events in [vec![a1.clone(), b1.clone()], vec![a2.clone()], vec![c1.clone()]] {
+            let set = WriteSet {
+                events,
+                ..WriteSet::default()
+            };
+            store.commit(&[&set]).await.expect("commit");
+        }
+        assert_eq!(store.outbox_backlog().await.expect("backlog"), 4);
+
+        let bus = Arc::new(Picky {
+            rejects: "B",
+            seen: Mutex::new(Vec::new()),
+        });
+        let settings = OutboxSettings {
+            poll_interval: Duration::from_millis(100),
+            batch_size: 64,
+            max_attempts: 2,
+            backoff_base: Duration::ZERO,
+        };
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let relay = OutboxRelay::new(store.clone(), bus.clone(), settings, metrics);
+
+        // First read: c1's row is published; a2's row waits behind the failed row of a1
+        // (same aggregate) though the bus took a2. Second read: the failed row is given up
+        // on, b1 alone moving to failed_events. a2's row goes on the next drain.
+        assert_eq!(relay.drain().await.expect("drain"), 1);
+        assert_eq!(store.outbox_backlog().await.expect("backlog"), 1);
+        assert_eq!(relay.drain().await.expect("drain"), 1);
+        assert_eq!(store.outbox_backlog().await.expect("backlog"), 0);
+
+        let failed = store.failed_events(10).await.expect("failed events");
+        assert_eq!(failed.iter().map(|f| f.event.id).collect::<Vec<_>>(), [b1.id]);
+        let seen = bus.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(seen, [a1.id, b1.id, a2.id, c1.id, a1.id, b1.id, a2.id, a2.id]);
+    }
 }

@@ -122,7 +122,8 @@ pub(crate) struct NewSku {
 #[derive(Debug, Clone)]
 pub(crate) struct OutboxRow {
     pub(crate) id: i64,
-    pub(crate) event: Event,
+    /// One transaction's events, in order (at most 64).
+    pub(crate) events: Vec<Event>,
     pub(crate) attempts: i64,
     pub(crate) next_attempt_at: Millis,
 }

@@ -141,23 +141,11 @@ fn body(name: &str, sku: &str, amount: i64, category: Option<i64>) -> Value {
 
 /// Outbox events of one product, oldest first: what search will receive.
 async fn events_of(app: &TestApp, id: &str) -> Vec<Value> {
-    use sqlx::Row;
-    let rows = sqlx::query("SELECT body FROM outbox WHERE aggregate_id = ? ORDER BY id")
-        .bind(id.to_owned())
-        .fetch_all(app.app.store.pool())
+    common::outbox_events(&app.app.settings.store_url())
         .await
-        .expect("outbox readable");
-    rows.iter()
-        .map(|r| {
-            let body = r
-                .try_get::<String, _>("body")
-                .or_else(|_| {
-                    r.try_get::<Vec<u8>, _>("body")
-                        .map(|b| String::from_utf8(b).expect("utf8"))
-                })
-                .expect("body");
-            serde_json::from_str(&body).expect("event json")
-        })
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(|e| e["aggregate_id"] == id)
         .collect()
 }
 

@@ -51,11 +51,17 @@ fn token(data_dir: &Path, sub: &str, admin: bool) -> String {
 async fn open_store(data_dir: &Path, url: Option<&str>) -> sqlx::AnyConnection {
     use sqlx::Connection;
     sqlx::any::install_default_drivers();
-    let url = match url {
+    sqlx::AnyConnection::connect(&store_url(data_dir, url))
+        .await
+        .expect("store opens")
+}
+
+/// The store's URL: `url` (MariaDB), or the data dir's SQLite file, read-only.
+fn store_url(data_dir: &Path, url: Option<&str>) -> String {
+    match url {
         Some(url) => url.to_owned(),
         None => format!("sqlite:{}?mode=ro", data_dir.join("emporium.db").display()),
-    };
-    sqlx::AnyConnection::connect(&url).await.expect("store opens")
+    }
 }
 
 /// Creates a product with one SKU of `stock` units.
@@ -456,14 +462,7 @@ async fn refund_rows(data_dir: &Path, url: Option<&str>, order: &str) -> (Vec<St
         .iter()
         .map(|r| r.try_get::<String, _>("status").expect("status"))
         .collect();
-    let events =
-        sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE aggregate_id = ? AND event_type = 'payment_refunded'")
-            .bind(order.to_owned())
-            .fetch_one(&mut conn)
-            .await
-            .expect("count")
-            .try_get::<i64, _>("n")
-            .expect("n");
+    let events = common::outbox_count(&store_url(data_dir, url), "payment_refunded", order).await;
     (statuses, events)
 }
 

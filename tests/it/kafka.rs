@@ -88,19 +88,7 @@ async fn consume_until(brokers: &str, done: impl Fn(&[Received]) -> bool) -> Vec
 
 /// `(outbox id, event)` for every row in the test's own database, in outbox order.
 async fn outbox_events(app: &TestApp) -> Vec<(i64, Value)> {
-    let mut conn = sqlx::SqliteConnection::connect(&app.app.settings.store_url())
-        .await
-        .expect("sqlite");
-    sqlx::query("SELECT id, body FROM outbox ORDER BY id")
-        .fetch_all(&mut conn)
-        .await
-        .expect("outbox rows")
-        .iter()
-        .map(|r| {
-            let body: String = r.get("body");
-            (r.get("id"), serde_json::from_str(&body).expect("event JSON"))
-        })
-        .collect()
+    common::outbox_events(&app.app.settings.store_url()).await
 }
 
 async fn outbox_max_attempts(app: &TestApp) -> i64 {

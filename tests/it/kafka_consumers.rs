@@ -271,18 +271,17 @@ async fn orders_complete_end_to_end_through_the_payment_service() {
     // The payment side's events come from the payment service's own outbox, one per
     // order, with the attempts the simulated gateway needed; Emporium wrote none.
     let store = app.app.settings.store_url();
-    assert_eq!(
-        count(&store, "SELECT COUNT(*) FROM outbox WHERE event_type LIKE 'payment_%'").await,
-        0
-    );
-    let payments = sqlite_rows(&service.store_url, "SELECT event_type, body FROM outbox ORDER BY id").await;
+    let ours = common::outbox_events(&store).await;
+    assert!(!ours
+        .iter()
+        .any(|(_, e)| e["type"].as_str().is_some_and(|t| t.starts_with("payment_"))));
+    let payments = common::outbox_events(&service.store_url).await;
     let by_order: HashMap<String, (String, Value)> = payments
         .iter()
-        .map(|r| {
-            let body: Value = serde_json::from_str(&r.get::<String, _>("body")).expect("event");
+        .map(|(_, event)| {
             (
-                body["aggregate_id"].as_str().expect("key").to_owned(),
-                (r.get("event_type"), body),
+                event["aggregate_id"].as_str().expect("key").to_owned(),
+                (event["type"].as_str().expect("type").to_owned(), event.clone()),
             )
         })
         .collect();
@@ -438,10 +437,7 @@ async fn a_redelivered_payment_event_has_no_second_effect() {
         "one confirm journal entry"
     );
     assert_eq!(
-        one(format!(
-            "SELECT COUNT(*) FROM outbox WHERE event_type = 'order_completed' AND aggregate_id = '{order}'"
-        ))
-        .await,
+        common::outbox_count(&store, "order_completed", &order).await,
         1,
         "one transition to COMPLETED"
     );
@@ -593,10 +589,7 @@ async fn a_payment_that_lands_after_a_cancel_is_refunded_once_however_often_it_a
         async move { count(&store, &sql).await }
     };
     assert_eq!(
-        one(format!(
-            "SELECT COUNT(*) FROM outbox WHERE event_type = 'payment_refunded' AND aggregate_id = '{order}'"
-        ))
-        .await,
+        common::outbox_count(&store, "payment_refunded", &order).await,
         1,
         "refunded once"
     );

@@ -896,17 +896,14 @@ async fn read_final(store: &str, gateway: &str, http: &reqwest::Client, initial:
             format!("{}, {attempts} attempts", text(&row, "status")),
         );
     }
-    for row in sqlx::query("SELECT id, event_type, aggregate_id, body FROM outbox ORDER BY id")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
-    {
-        let body: Value = serde_json::from_str(&text(&row, "body")).unwrap_or(Value::Null);
+    // A row holds one transaction's events in order: an event's position in the
+    // flattened list is its place in the outbox.
+    for (position, (_, event)) in common::outbox_events(store).await.into_iter().enumerate() {
         fin.outbox.push(OutboxRow {
-            id: row.get("id"),
-            event_type: text(&row, "event_type"),
-            aggregate: text(&row, "aggregate_id"),
-            order: body["data"]["order_id"].as_str().map(str::to_owned),
+            id: position as i64,
+            event_type: event["type"].as_str().unwrap_or_default().to_owned(),
+            aggregate: event["aggregate_id"].as_str().unwrap_or_default().to_owned(),
+            order: event["data"]["order_id"].as_str().map(str::to_owned),
         });
     }
     let captures: Value = http

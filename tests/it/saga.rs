@@ -216,15 +216,7 @@ async fn payment_status_becomes(app: &TestApp, token: &str, id: &str, want: &str
 /// How many events of `event_type` the outbox holds for the order (published or not:
 /// published rows stay, marked).
 async fn events_of(app: &TestApp, id: &str, event_type: &str) -> i64 {
-    use sqlx::Row;
-    sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE aggregate_id = ? AND event_type = ?")
-        .bind(id.to_owned())
-        .bind(event_type.to_owned())
-        .fetch_one(app.app.store.pool())
-        .await
-        .expect("outbox count")
-        .try_get::<i64, _>("n")
-        .expect("count")
+    common::outbox_count(&app.app.settings.store_url(), event_type, id).await
 }
 
 /// The gateway is still charging (`test_slow`) when the customer cancels: the cancel

@@ -1,11 +1,27 @@
 //! The outbox: pending events for the relay, marking them published, deferring and giving
 //! up on them (`failed_events`), and replaying what was given up on.
+//!
+//! A row holds one transaction's events, in order, as a JSON array (at most
+//! [`EVENTS_PER_ROW`] of them; a bigger transaction writes several rows in id order). The
+//! relay publishes, retries and marks a row as a whole.
 use super::write_sets::{covering_size, Shape, SIZES};
-use super::{corrupt, text, ROWS_PER_INSERT};
+use super::{corrupt, text};
 use crate::domain::events::Event;
 use crate::domain::Millis;
 use crate::persistence::{FailedEvent, OutboxRow, SqlStore, StoreError};
-use sqlx::{Any, QueryBuilder, Row};
+use sqlx::{Any, Row};
+
+/// The most events one outbox row holds. It bounds a row's size, what one relay read
+/// holds (`outbox.batch_size` rows), and what a retry of one row publishes again.
+pub(super) const EVENTS_PER_ROW: usize = 64;
+
+/// The outbox rows of a transaction's events, in order: (how many events, their JSON array).
+pub(super) fn outbox_rows(events: &[&Event]) -> Result<Vec<(i64, String)>, StoreError> {
+    events
+        .chunks(EVENTS_PER_ROW)
+        .map(|chunk| Ok((chunk.len() as i64, serde_json::to_string(chunk).map_err(corrupt)?)))
+        .collect()
+}
 
 static MARK_PUBLISHED: Shape = Shape::new(|n| {
     format!(
@@ -27,7 +43,7 @@ impl SqlStore {
             .map(|r| {
                 Ok(OutboxRow {
                     id: r.try_get("id")?,
-                    event: serde_json::from_str(&text(r, "body")?).map_err(corrupt)?,
+                    events: serde_json::from_str(&text(r, "body")?).map_err(corrupt)?,
                     attempts: r.try_get("attempts")?,
                     next_attempt_at: r.try_get("next_attempt_at")?,
                 })
@@ -35,10 +51,13 @@ impl SqlStore {
             .collect()
     }
 
+    /// How many events wait in the outbox.
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&self.pool)
-            .await?;
+        let sql = format!(
+            "SELECT {} AS n FROM outbox WHERE published_at IS NULL",
+            self.dialect().int("COALESCE(SUM(events), 0)")
+        );
+        let row = sqlx::query(&sql).fetch_one(&self.pool).await?;
         Ok(row.try_get("n")?)
     }
 
@@ -74,23 +93,33 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Gives up on an outbox row: it moves to `failed_events`, from where `replay` re-publishes it.
-    pub(crate) async fn outbox_fail(&self, row: &OutboxRow, error: &str) -> Result<(), StoreError> {
+    /// Gives up on an outbox row: the events of it the bus rejected move to `failed_events`
+    /// (from where `replay` re-publishes them) and the row goes; its other events were
+    /// published by the same attempt.
+    pub(crate) async fn outbox_fail(
+        &self,
+        row_id: i64,
+        rejected: &[&Event],
+        attempts: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO failed_events (event_id, event_type, aggregate_id, body, error, attempts, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(row.event.id.to_string())
-        .bind(row.event.event_type.as_str())
-        .bind(row.event.aggregate_id.clone())
-        .bind(serde_json::to_string(&row.event).map_err(corrupt)?)
-        .bind(error.to_owned())
-        .bind(row.attempts)
-        .bind(crate::domain::now_millis())
-        .execute(&mut *tx)
-        .await?;
+        for event in rejected {
+            sqlx::query(
+                "INSERT INTO failed_events (event_id, event_type, aggregate_id, body, error, attempts, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(event.id.to_string())
+            .bind(event.event_type.as_str())
+            .bind(event.aggregate_id.clone())
+            .bind(serde_json::to_string(event).map_err(corrupt)?)
+            .bind(error.to_owned())
+            .bind(attempts)
+            .bind(crate::domain::now_millis())
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query("DELETE FROM outbox WHERE id = ?")
-            .bind(row.id)
+            .bind(row_id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -121,13 +150,8 @@ impl SqlStore {
         let failed = self.failed_events(10_000).await?;
         let mut tx = self.begin().await?;
         let events: Vec<&Event> = failed.iter().map(|f| &f.event).collect();
-        // The event keeps its id, so consumers that saw it once still deduplicate it.
-        for f in &failed {
-            sqlx::query("DELETE FROM outbox WHERE event_id = ?")
-                .bind(f.event.id.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
+        // The events keep their ids, so consumers that saw one once still deduplicate it.
+        // `replayed_at` below is what keeps a failed event from being put back twice.
         insert_outbox(&mut tx, &events).await?;
         for f in &failed {
             sqlx::query("UPDATE failed_events SET replayed_at = ? WHERE id = ?")
@@ -141,25 +165,19 @@ impl SqlStore {
     }
 }
 
+/// Writes a transaction's events to the outbox (see [`outbox_rows`]).
 pub(in crate::persistence) async fn insert_outbox(
     tx: &mut sqlx::Transaction<'_, Any>,
     events: &[&Event],
 ) -> Result<(), StoreError> {
-    for chunk in events.chunks(ROWS_PER_INSERT) {
-        let bodies = chunk
-            .iter()
-            .map(|e| serde_json::to_string(e).map_err(corrupt))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut q =
-            QueryBuilder::<Any>::new("INSERT INTO outbox (event_id, event_type, aggregate_id, body, created_at) ");
-        q.push_values(chunk.iter().zip(bodies), |mut b, (e, body)| {
-            b.push_bind(e.id.to_string())
-                .push_bind(e.event_type.as_str())
-                .push_bind(e.aggregate_id.clone())
-                .push_bind(body)
-                .push_bind(e.occurred_at);
-        });
-        q.build().execute(&mut **tx).await?;
+    let now = crate::domain::now_millis();
+    for (count, body) in outbox_rows(events)? {
+        sqlx::query("INSERT INTO outbox (events, body, created_at) VALUES (?, ?, ?)")
+            .bind(count)
+            .bind(body)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }

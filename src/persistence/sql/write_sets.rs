@@ -18,7 +18,8 @@
 //! reservations, snapshots, outbox, processed events), which keeps two concurrent
 //! transactions from locking the same tables in opposite orders.
 
-use super::{corrupt, SqlStore};
+use super::outbox::outbox_rows;
+use super::SqlStore;
 use crate::domain::events::Event;
 use crate::domain::ids::Sku;
 use crate::domain::inventory::ChangeKind;
@@ -215,13 +216,8 @@ static UPDATE_SNAPSHOTS: Shape = Shape::new(|n| {
     )
 });
 
-static INSERT_OUTBOX: Shape = Shape::new(|n| {
-    insert_into(
-        "INSERT INTO outbox (event_id, event_type, aggregate_id, body, created_at)",
-        5,
-        n,
-    )
-});
+/// The batch's events, a row per [`super::outbox::EVENTS_PER_ROW`] (most batches: a few rows).
+static INSERT_OUTBOX: Shape = Shape::new(|n| insert_into("INSERT INTO outbox (events, body, created_at)", 3, n));
 
 static INSERT_PROCESSED: Shape =
     Shape::new(|n| insert_into("INSERT INTO processed_events (consumer, event_id, processed_at)", 3, n));
@@ -428,7 +424,7 @@ impl<'a> BatchRows<'a> {
             keys: Rows::new(6),
             status: Rows::new(5),
             journal: JournalRows::of(&sets.iter().flat_map(|s| s.journal.iter()).collect::<Vec<_>>()),
-            outbox: Rows::new(5),
+            outbox: Rows::new(3),
             processed: Rows::new(3),
         };
         for set in sets {
@@ -448,13 +444,15 @@ impl<'a> BatchRows<'a> {
             if let Some(c) = &set.status_change {
                 rows.push_status(c);
             }
-            for e in &set.events {
-                rows.push_event(e)?;
-            }
             if let Some(c) = &set.consumed {
                 rows.processed
                     .push([c.consumer.as_str().into(), c.event_id.to_string().into(), now.into()]);
             }
+        }
+        // The batch's events in write-set order: one transaction, so a few rows.
+        let events: Vec<&Event> = sets.iter().flat_map(|s| s.events.iter()).collect();
+        for (count, body) in outbox_rows(&events)? {
+            rows.outbox.push([count.into(), body.into(), now.into()]);
         }
         Ok(rows)
     }
@@ -492,17 +490,6 @@ impl<'a> BatchRows<'a> {
             c.cancel_reason.map(|r| r.as_str()).into(),
             c.at.into(),
         ]);
-    }
-
-    fn push_event(&mut self, e: &'a Event) -> Result<(), StoreError> {
-        self.outbox.push([
-            e.id.to_string().into(),
-            e.event_type.as_str().into(),
-            e.aggregate_id.as_str().into(),
-            serde_json::to_string(e).map_err(corrupt)?.into(),
-            e.occurred_at.into(),
-        ]);
-        Ok(())
     }
 }
 

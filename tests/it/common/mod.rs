@@ -72,6 +72,41 @@ pub async fn mysql_exec(server: &str, sql: &str) {
     sqlx::raw_sql(sql).execute(&mut conn).await.expect("mysql statement");
 }
 
+/// Every event in a store's outbox (SQLite or MariaDB), oldest first, each with the id of
+/// its row: a row holds one transaction's events, in order, as a JSON array.
+pub async fn outbox_events(store_url: &str) -> Vec<(i64, Value)> {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(store_url).await.expect("store reachable");
+    let rows = sqlx::query("SELECT id, body FROM outbox ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .expect("outbox rows");
+    rows.iter()
+        .flat_map(|r| {
+            let id: i64 = r.get("id");
+            let body = r
+                .try_get::<String, _>("body")
+                .or_else(|_| {
+                    r.try_get::<Vec<u8>, _>("body")
+                        .map(|b| String::from_utf8(b).expect("utf8"))
+                })
+                .expect("body");
+            let events: Vec<Value> = serde_json::from_str(&body).expect("an outbox row is a JSON array of events");
+            events.into_iter().map(move |e| (id, e))
+        })
+        .collect()
+}
+
+/// How many outbox events of `event_type` are about `aggregate` (published or not).
+pub async fn outbox_count(store_url: &str, event_type: &str, aggregate: &str) -> i64 {
+    outbox_events(store_url)
+        .await
+        .iter()
+        .filter(|(_, e)| e["type"] == event_type && e["aggregate_id"] == aggregate)
+        .count() as i64
+}
+
 /// Drops a test database named by its store URL.
 pub async fn drop_database(store_url: &str) {
     if let Some((server, name)) = store_url.rsplit_once('/') {
