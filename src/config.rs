@@ -204,7 +204,8 @@ pub struct PaymentSettings {
 pub struct OutboxSettings {
     #[serde(rename = "poll_interval_ms", deserialize_with = "millis")]
     pub poll_interval: Duration,
-    /// Outbox rows per relay read (a row holds one transaction's events, at most 64).
+    /// Events per relay read, rounded up to whole outbox rows (a row holds one
+    /// transaction's events, at most 64).
     pub(crate) batch_size: i64,
     pub max_attempts: i64,
     #[serde(rename = "backoff_base_ms", deserialize_with = "millis")]

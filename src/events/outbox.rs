@@ -281,12 +281,7 @@ mod tests {
         Event::new(EventType::ProductUpserted, aggregate, 0, None, serde_json::Value::Null)
     }
 
-    /// Rows are one transaction's events: a row with a rejected event is retried as a
-    /// whole, later rows sharing an aggregate with it wait for it, and once given up on
-    /// only the rejected event moves to `failed_events`.
-    #[tokio::test]
-    async fn a_row_is_retried_whole_and_only_its_rejected_event_is_given_up() {
-        let dir = tempfile::tempdir().expect("temp dir");
+    async fn temp_store(dir: &tempfile::TempDir) -> SqlStore {
         let url = format!("sqlite:{}?mode=rwc", dir.path().join("outbox.db").display());
         let options = StoreOptions {
             max_connections: 2,
@@ -296,13 +291,42 @@ mod tests {
         };
         let store = SqlStore::connect(&url, &options).await.expect("store");
         store.migrate().await.expect("migrations");
+        store
+    }
+
+    async fn commit_events(store: &SqlStore, events: Vec<Event>) {
+        let set = WriteSet {
+            events,
+            ..WriteSet::default()
+        };
+        store.commit(&[&set]).await.expect("commit");
+    }
+
+    /// A relay read takes whole rows, oldest first, until it holds the events asked for.
+    #[tokio::test]
+    async fn a_read_takes_whole_rows_until_it_has_the_events_asked_for() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = temp_store(&dir).await;
+        for _ in 0..3 {
+            commit_events(&store, (0..3).map(|_| event("A")).collect()).await;
+        }
+        let sizes = |rows: Vec<OutboxRow>| rows.iter().map(|r| r.events.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(store.outbox_pending(1).await.expect("read")), [3]);
+        assert_eq!(sizes(store.outbox_pending(4).await.expect("read")), [3, 3]);
+        assert_eq!(sizes(store.outbox_pending(6).await.expect("read")), [3, 3]);
+        assert_eq!(sizes(store.outbox_pending(100).await.expect("read")), [3, 3, 3]);
+    }
+
+    /// Rows are one transaction's events: a row with a rejected event is retried as a
+    /// whole, later rows sharing an aggregate with it wait for it, and once given up on
+    /// only the rejected event moves to `failed_events`.
+    #[tokio::test]
+    async fn a_row_is_retried_whole_and_only_its_rejected_event_is_given_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = temp_store(&dir).await;
         let (a1, b1, a2, c1) = (event("A"), event("B"), event("A"), event("C"));
         for events in [vec![a1.clone(), b1.clone()], vec![a2.clone()], vec![c1.clone()]] {
-            let set = WriteSet {
-                events,
-                ..WriteSet::default()
-            };
-            store.commit(&[&set]).await.expect("commit");
+            commit_events(&store, events).await;
         }
         assert_eq!(store.outbox_backlog().await.expect("backlog"), 4);
 

@@ -11,8 +11,8 @@ use crate::domain::Millis;
 use crate::persistence::{FailedEvent, OutboxRow, SqlStore, StoreError};
 use sqlx::{Any, Row};
 
-/// The most events one outbox row holds. It bounds a row's size, what one relay read
-/// holds (`outbox.batch_size` rows), and what a retry of one row publishes again.
+/// The most events one outbox row holds. It bounds a row's size, how far a relay read
+/// overshoots `outbox.batch_size` events, and what a retry of one row publishes again.
 pub(super) const EVENTS_PER_ROW: usize = 64;
 
 /// The outbox rows of a transaction's events, in order: (how many events, their JSON array).
@@ -31,12 +31,22 @@ static MARK_PUBLISHED: Shape = Shape::new(|n| {
 });
 
 impl SqlStore {
-    /// The oldest unpublished outbox rows, in id order.
-    pub(crate) async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
+    /// The oldest unpublished outbox rows, in id order, holding about `events` events: the
+    /// rows before which fewer than `events` are counted (so at least one row, and at
+    /// most `events` + 63 events). Bounding a read by events, not rows, keeps each relay
+    /// round (and its `published_at` update, which on SQLite rewrites each row) about as
+    /// large whether rows hold one event or 64.
+    pub(crate) async fn outbox_pending(&self, events: i64) -> Result<Vec<OutboxRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, body, attempts, next_attempt_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?",
+            "SELECT o.id, o.body, o.attempts, o.next_attempt_at \
+             FROM (SELECT id, events, SUM(events) OVER (ORDER BY id) AS upto \
+                   FROM (SELECT id, events FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?) head) w \
+             JOIN outbox o ON o.id = w.id \
+             WHERE w.upto - w.events < ? \
+             ORDER BY o.id",
         )
-        .bind(limit)
+        .bind(events)
+        .bind(events)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
