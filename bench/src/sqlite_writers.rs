@@ -3,7 +3,8 @@
 //! server's pragmas (WAL, `synchronous = FULL`: every commit is fsynced).
 //!
 //! Each way commits the same rows, `--batch` accepted one-SKU orders per transaction (an
-//! order, its line, its reservation, its journal entry, two outbox events, and one
+//! order, its line, its reservation, its journal entry, its two events in the batch's
+//! outbox rows (a JSON array per 64 events, as the server writes them), and one
 //! coalesced snapshot update per commit), for `--seconds`:
 //! - `sqlx-json`: the write path before: one statement per table whose rows are one bound
 //!   JSON array expanded by `json_each`, through sqlx's `Any` driver;
@@ -35,7 +36,6 @@ pub struct SqliteWritersArgs {
 struct OrderRows {
     id: String,
     user: String,
-    event_ids: [String; 2],
     bodies: [String; 2],
     seq: i64,
     at: i64,
@@ -64,7 +64,6 @@ fn orders(batch: usize, next_seq: &mut i64) -> Vec<OrderRows> {
                 seq: *next_seq,
                 at,
                 id,
-                event_ids,
                 bodies,
             }
         })
@@ -117,9 +116,21 @@ const JSON_STATEMENTS: [&str; 5] = [
     "INSERT INTO inventory_journal (sku, seq, kind, order_id, qty, stock_delta, reserved_delta, created_at) \
      SELECT 'HOT', value->>1, 'reserve', value->>0, 1, 0, 1, value->>2 FROM json_each(?) ORDER BY key",
     "INSERT INTO reservations (sku, order_id, qty, expires_at) SELECT 'HOT', value->>0, 1, value->>2 FROM json_each(?) ORDER BY key",
-    "INSERT INTO outbox (event_id, event_type, aggregate_id, body, created_at) \
-     SELECT value->>0, value->>1, value->>2, value->>3, value->>4 FROM json_each(?) ORDER BY key",
+    "INSERT INTO outbox (events, body, created_at) SELECT value->>0, value->>1, value->>2 FROM json_each(?) ORDER BY key",
 ];
+
+/// Events per outbox row, as in the server (`outbox::EVENTS_PER_ROW`).
+const EVENTS_PER_ROW: usize = 64;
+
+/// The outbox rows of a batch, as the server writes them: its events in order, a JSON
+/// array per [`EVENTS_PER_ROW`], with their count.
+fn outbox_rows(batch: &[OrderRows]) -> Vec<(i64, String)> {
+    let bodies: Vec<&str> = batch.iter().flat_map(|o| o.bodies.iter().map(String::as_str)).collect();
+    bodies
+        .chunks(EVENTS_PER_ROW)
+        .map(|chunk| (chunk.len() as i64, format!("[{}]", chunk.join(","))))
+        .collect()
+}
 
 const SNAPSHOT: &str = "UPDATE inventory SET reserved = reserved + ?, seq = ?, updated_at = ? WHERE sku = 'HOT'";
 
@@ -138,8 +149,8 @@ fn values_statements(n: usize) -> [String; 5] {
         ),
         format!("INSERT INTO reservations (sku, order_id, qty, expires_at) VALUES {}", tuples(4, n)),
         format!(
-            "INSERT INTO outbox (event_id, event_type, aggregate_id, body, created_at) VALUES {}",
-            tuples(5, 2 * n)
+            "INSERT INTO outbox (events, body, created_at) VALUES {}",
+            tuples(3, (2 * n).div_ceil(EVENTS_PER_ROW))
         ),
     ]
 }
@@ -156,14 +167,9 @@ async fn sqlx_json(url: &str, args: &SqliteWritersArgs) -> anyhow::Result<Measur
             let last = batch[batch.len() - 1].seq;
             let per_order: Vec<_> = batch.iter().map(|o| json!([o.id, o.user, o.at])).collect();
             let journal: Vec<_> = batch.iter().map(|o| json!([o.id, o.seq, o.at])).collect();
-            let events: Vec<_> = batch
-                .iter()
-                .flat_map(|o| {
-                    (0..2).map(move |k| {
-                        let kind = ["order_created", "inventory_reserved"][k];
-                        json!([o.event_ids[k], kind, o.id, o.bodies[k], o.at])
-                    })
-                })
+            let events: Vec<_> = outbox_rows(&batch)
+                .into_iter()
+                .map(|(count, body)| json!([count, body, at]))
                 .collect();
             let bound = [&per_order, &per_order, &journal, &per_order, &events].map(|rows| json!(rows).to_string());
             let mut tx = conn.begin().await?;
@@ -203,9 +209,9 @@ impl rusqlite::ToSql for Value<'_> {
 
 /// The values of [`values_statements`]' five statements for `batch`, in column order:
 /// both the sqlx and the rusqlite way bind exactly these.
-fn statement_values(batch: &[OrderRows]) -> [Vec<Value<'_>>; 5] {
+fn statement_values<'a>(batch: &'a [OrderRows], outbox: &'a [(i64, String)]) -> [Vec<Value<'a>>; 5] {
     use Value::{Int, Null, Text};
-    let mut values: [Vec<Value<'_>>; 5] = Default::default();
+    let mut values: [Vec<Value<'a>>; 5] = Default::default();
     for o in batch {
         let at = o.at;
         values[0].extend([
@@ -228,16 +234,10 @@ fn statement_values(batch: &[OrderRows]) -> [Vec<Value<'_>>; 5] {
             Int(at),
         ]);
         values[3].extend([Text("HOT"), Text(&o.id), Int(1), Int(at)]);
-        for k in 0..2 {
-            let kind = ["order_created", "inventory_reserved"][k];
-            values[4].extend([
-                Text(&o.event_ids[k]),
-                Text(kind),
-                Text(&o.id),
-                Text(&o.bodies[k]),
-                Int(at),
-            ]);
-        }
+    }
+    let at = batch.first().map_or(0, |o| o.at);
+    for (count, body) in outbox {
+        values[4].extend([Int(*count), Text(body), Int(at)]);
     }
     values
 }
@@ -250,7 +250,8 @@ async fn sqlx_values(url: &str, args: &SqliteWritersArgs) -> anyhow::Result<Meas
     let mut timer = Timer::start("sqlx-values");
     while timer.running(args) {
         let batch = orders(args.batch, &mut seq);
-        let values = statement_values(&batch);
+        let outbox = outbox_rows(&batch);
+        let values = statement_values(&batch, &outbox);
         let mut tx = conn.begin().await?;
         for (text, values) in texts.iter().zip(&values) {
             let mut q = sqlx::query::<Any>(text);
@@ -285,7 +286,8 @@ fn rusqlite_values(path: &Path, args: &SqliteWritersArgs) -> anyhow::Result<Meas
     let mut timer = Timer::start("rusqlite");
     while timer.running(args) {
         let batch = orders(args.batch, &mut seq);
-        let values = statement_values(&batch);
+        let outbox = outbox_rows(&batch);
+        let values = statement_values(&batch, &outbox);
         let tx = conn.transaction()?;
         for (text, values) in texts.iter().zip(&values) {
             tx.prepare_cached(text)?.execute(rusqlite::params_from_iter(values))?;
