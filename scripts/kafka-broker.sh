@@ -112,8 +112,10 @@ if [ ! -s "$DATA_DIR/log/meta.properties" ]; then
         cluster_id="$(printf "$(sed 's/../\\x&/g' <<<"$hex")" | base64 | tr '+/' '-_' | tr -d '=\n')"
     fi
     echo "kafka-broker.sh: formatting $DATA_DIR/log (cluster id $cluster_id, node $NODE_ID)"
+    # `--cluster-id=…` in one word: an id may start with `-` (base64url of a hash), which
+    # the tool's argument parser would take for an option if it came as its own word.
     "$JAVA" "${JVM[@]}" -cp "$CP" kafka.tools.StorageTool format \
-        -t "$cluster_id" -c "$PROPS" --ignore-formatted
+        "--cluster-id=$cluster_id" -c "$PROPS" --ignore-formatted
 fi
 
 exec "$JAVA" "${JVM[@]}" -cp "$CP" kafka.Kafka "$PROPS"
