@@ -95,7 +95,7 @@ async fn outbox_max_attempts(app: &TestApp) -> i64 {
     let mut conn = sqlx::SqliteConnection::connect(&app.app.settings.store_url())
         .await
         .expect("sqlite");
-    sqlx::query("SELECT COALESCE(MAX(attempts), 0) AS a FROM outbox WHERE published_at IS NULL")
+    sqlx::query("SELECT COALESCE(MAX(attempts), 0) AS a FROM outbox WHERE published = 0")
         .fetch_one(&mut conn)
         .await
         .expect("attempts")
@@ -110,7 +110,7 @@ async fn wait_backlog_empty(app: &TestApp) {
                 .await
                 .expect("sqlite");
             let errors: Vec<(i64, Option<String>)> =
-                sqlx::query_as("SELECT attempts, last_error FROM outbox WHERE published_at IS NULL LIMIT 3")
+                sqlx::query_as("SELECT attempts, last_error FROM outbox WHERE published = 0 LIMIT 3")
                     .fetch_all(&mut conn)
                     .await
                     .expect("errors");

@@ -107,7 +107,7 @@ async fn sigterm_during_a_flash_sale_loses_nothing_acknowledged() {
     let db = format!("sqlite://{}?mode=ro", dir.path().join("emporium.db").display());
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&db).await.unwrap();
-    let unpublished: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+    let unpublished: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published = 0")
         .fetch_one(&pool)
         .await
         .unwrap();

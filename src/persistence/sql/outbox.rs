@@ -23,9 +23,12 @@ pub(super) fn outbox_rows(events: &[&Event]) -> Result<Vec<(i64, String)>, Store
         .collect()
 }
 
+/// A flag, not a time: on SQLite a row whose size stays the same is overwritten in place,
+/// only its changed pages written, so a mark writes the row's leaf page and not its events
+/// again (migrations/sqlite/0007_outbox_published_flag.sql).
 static MARK_PUBLISHED: Shape = Shape::new(|n| {
     format!(
-        "UPDATE outbox SET published_at = ? WHERE id IN ({})",
+        "UPDATE outbox SET published = 1 WHERE id IN ({})",
         vec!["?"; n].join(", ")
     )
 });
@@ -34,13 +37,13 @@ impl SqlStore {
     /// The oldest unpublished outbox rows, in id order, holding about `events` events: the
     /// rows before which fewer than `events` are counted (so at least one row, and at
     /// most `events` + 63 events). Bounding a read by events, not rows, keeps each relay
-    /// round (and its `published_at` update, which on SQLite rewrites each row) about as
-    /// large whether rows hold one event or 64.
+    /// round (its read of the events, and its update) about as large whether rows hold one
+    /// event or 64.
     pub(crate) async fn outbox_pending(&self, events: i64) -> Result<Vec<OutboxRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT o.id, o.body, o.attempts, o.next_attempt_at \
              FROM (SELECT id, events, SUM(events) OVER (ORDER BY id) AS upto \
-                   FROM (SELECT id, events FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?) head) w \
+                   FROM (SELECT id, events FROM outbox WHERE published = 0 ORDER BY id LIMIT ?) head) w \
              JOIN outbox o ON o.id = w.id \
              WHERE w.upto - w.events < ? \
              ORDER BY o.id",
@@ -64,7 +67,7 @@ impl SqlStore {
     /// How many events wait in the outbox.
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
         let sql = format!(
-            "SELECT {} AS n FROM outbox WHERE published_at IS NULL",
+            "SELECT {} AS n FROM outbox WHERE published = 0",
             self.dialect().int("COALESCE(SUM(events), 0)")
         );
         let row = sqlx::query(&sql).fetch_one(&self.pool).await?;
@@ -72,12 +75,11 @@ impl SqlStore {
     }
 
     pub(crate) async fn outbox_mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {
-        let now = crate::domain::now_millis();
         // A primary-key lookup per id, in one execution per 256 ids: the list is padded to
         // a fixed size by repeating its last id (so each connection prepares a few texts).
         for chunk in ids.chunks(SIZES[0]) {
             let size = covering_size(chunk.len());
-            let mut query = sqlx::query(MARK_PUBLISHED.text(size)).bind(now);
+            let mut query = sqlx::query(MARK_PUBLISHED.text(size));
             for i in 0..size {
                 query = query.bind(chunk[i.min(chunk.len() - 1)]);
             }
