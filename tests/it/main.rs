@@ -27,4 +27,5 @@ mod search;
 mod shutdown;
 mod sold_out;
 mod statement_count;
+mod upgrade;
 mod users;
