@@ -3,7 +3,8 @@
 //! Owns: the relay loop. Takes: a wake-up after every group commit (and polls anyway).
 //! Promises: each event is published at least once, in outbox order per aggregate; a row
 //! (one transaction's events) is marked published only after the bus acknowledged every
-//! event of it; a row with a failed publish is retried as a whole with exponential backoff. An event the bus rejects is moved to `failed_events` after
+//! event of it; a row with a failed publish is retried as a whole with exponential
+//! backoff. An event the bus rejects is moved to `failed_events` after
 //! `max_attempts` (from where `emporium replay` re-publishes it); an event that failed
 //! because the bus is unavailable is retried for as long as the outage lasts (backoff
 //! capped at 30 s), since giving up on it would only turn an outage into manual work.
