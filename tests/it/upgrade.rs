@@ -1,9 +1,10 @@
-//! Upgrading a store keeps its outbox. Before SQLite migration 0006 each outbox row was one
-//! event with `published_at`; after 0006 and 0007 a row holds a transaction's events as a
-//! JSON array and a `published` flag. A store written by the old schema must come out
-//! with every event, in order, each published one still published and each pending one
-//! relayed.
+//! Upgrading a store keeps its outbox. Before SQLite migration 0006 (MariaDB 0009) each
+//! outbox row was one event with `published_at`; after 0006 and 0007 (0009 and 0010) a row
+//! holds a transaction's events as a JSON array and a `published` flag. A store written
+//! by the old schema must come out with every event, in order, each published one still
+//! published and each pending one relayed.
 use crate::common;
+use common::Backend;
 use emporium::domain::events::{Event, EventType};
 use emporium::events::outbox::OutboxRelay;
 use emporium::events::InProcessBus;
@@ -16,8 +17,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The last SQLite migration with one outbox row per event.
-const BEFORE_OUTBOX_ROWS: i64 = 5;
+crate::on_every_backend!(an_outbox_written_before_the_upgrade_is_relayed_after_it);
+
+/// The last migration with one outbox row per event, and the engine's migrations.
+fn before_outbox_rows(backend: &Backend) -> (i64, &'static str) {
+    match backend {
+        Backend::Sqlite => (5, "migrations/sqlite"),
+        _ => (8, "migrations/mysql"),
+    }
+}
 
 fn event(order: &str) -> Event {
     Event::new(
@@ -29,24 +37,29 @@ fn event(order: &str) -> Event {
     )
 }
 
-#[tokio::test]
-async fn an_outbox_written_before_the_upgrade_is_relayed_after_it() {
+async fn an_outbox_written_before_the_upgrade_is_relayed_after_it(backend: Backend) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite:{}?mode=rwc", dir.path().join("old.db").display());
+    let url = match backend.store_url().await {
+        Some(url) => url,
+        None => format!("sqlite:{}?mode=rwc", dir.path().join("old.db").display()),
+    };
 
-    // The schema as it was: the migrations up to BEFORE_OUTBOX_ROWS alone. (`migrations`
-    // is a public field sqlx keeps for its macro; sqlx is pinned by Cargo.lock.)
-    let mut old = sqlx::migrate::Migrator::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite"))
+    // The schema as it was: the migrations up to the last one before the change, alone.
+    // (`migrations` is a public field sqlx keeps for its macro; sqlx is pinned by
+    // Cargo.lock.)
+    let (last_old, migrations) = before_outbox_rows(&backend);
+    let mut old = sqlx::migrate::Migrator::new(Path::new(env!("CARGO_MANIFEST_DIR")).join(migrations))
         .await
         .expect("migrations readable");
     old.migrations = Cow::Owned(
         old.migrations
             .iter()
-            .filter(|m| m.version <= BEFORE_OUTBOX_ROWS)
+            .filter(|m| m.version <= last_old)
             .cloned()
             .collect(),
     );
-    let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("sqlite");
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&url).await.expect("store");
     old.run(&mut conn).await.expect("old migrations");
     let (published, pending) = (event("order-1"), event("order-2"));
     for (event, published_at) in [(&published, Some(1_765_000_000_001_i64)), (&pending, None)] {
@@ -108,4 +121,5 @@ async fn an_outbox_written_before_the_upgrade_is_relayed_after_it() {
     assert_eq!(delivered.try_recv().expect("the pending event").id, pending.id);
     assert!(delivered.try_recv().is_err(), "the published one is not sent again");
     assert_eq!(store.outbox_backlog().await.expect("backlog"), 0);
+    common::drop_database(&url).await;
 }
