@@ -4,7 +4,7 @@
 //! A row holds one transaction's events, in order, as a JSON array (at most
 //! [`EVENTS_PER_ROW`] of them; a bigger transaction writes several rows in id order). The
 //! relay publishes, retries and marks a row as a whole.
-use super::write_sets::{covering_size, Shape, SIZES};
+use super::write_sets::{covering_size, Shape, INSERT_OUTBOX, SIZES};
 use super::{corrupt, text};
 use crate::domain::events::Event;
 use crate::domain::Millis;
@@ -184,7 +184,7 @@ pub(in crate::persistence) async fn insert_outbox(
 ) -> Result<(), StoreError> {
     let now = crate::domain::now_millis();
     for (count, body) in outbox_rows(events)? {
-        sqlx::query("INSERT INTO outbox (events, body, created_at) VALUES (?, ?, ?)")
+        sqlx::query(INSERT_OUTBOX.text(1))
             .bind(count)
             .bind(body)
             .bind(now)

@@ -216,8 +216,10 @@ static UPDATE_SNAPSHOTS: Shape = Shape::new(|n| {
     )
 });
 
-/// The batch's events, a row per [`super::outbox::EVENTS_PER_ROW`] (most batches: a few rows).
-static INSERT_OUTBOX: Shape = Shape::new(|n| insert_into("INSERT INTO outbox (events, body, created_at)", 3, n));
+/// The batch's events, a row per [`super::outbox::EVENTS_PER_ROW`] (most batches: a few
+/// rows). Also what `insert_outbox` runs, one row at a time, for the other writers.
+pub(super) static INSERT_OUTBOX: Shape =
+    Shape::new(|n| insert_into("INSERT INTO outbox (events, body, created_at)", 3, n));
 
 static INSERT_PROCESSED: Shape =
     Shape::new(|n| insert_into("INSERT INTO processed_events (consumer, event_id, processed_at)", 3, n));
